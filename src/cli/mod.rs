@@ -1,0 +1,234 @@
+//! The `steward` command line: the daemon entry point and the client commands that talk
+//! to a running daemon over its control socket.
+
+mod status;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use hyper::Method;
+
+use crate::config::{self, DEFAULT_CONFIG_PATH, Environment};
+use crate::control::api::{DaemonStatus, Message, ReloadReport};
+use crate::control::client::{Client, ClientError};
+use crate::error::Failure;
+use crate::logging::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "steward",
+    version,
+    about = "A systemd-native job supervisor: keeps pools of worker processes running."
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "STEWARD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Control socket of the daemon (default: the one named in the configuration).
+    #[arg(long, global = true, env = "STEWARD_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Log output of the daemon: journald when stderr is the journal, else text.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (this is what the systemd unit starts).
+    Daemon,
+    /// Validate the configuration file without starting anything (exit 0 or 78).
+    CheckConfig,
+    /// Show the daemon, its pools and their workers.
+    Status {
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restart a pool's workers one at a time, each only after the previous one runs.
+    Restart {
+        pool: String,
+        /// Return once the restart has begun instead of waiting for it to finish.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "10m", value_parser = parse_duration_arg)]
+        timeout: Duration,
+    },
+    /// Re-read the configuration file and apply it; reports whether it was valid.
+    Reload,
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    config::parse_duration(s)
+}
+
+impl Cli {
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.command, Command::Daemon)
+    }
+}
+
+/// Run a command; `Ok` means exit code 0.
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Daemon => crate::daemon::run(&cli.config),
+        Command::CheckConfig => check_config(&cli.config),
+        _ => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Failure::Failed(format!("cannot start the async runtime: {e}")))?;
+            runtime.block_on(client_command(&cli))
+        }
+    }
+}
+
+fn check_config(path: &Path) -> Result<(), Failure> {
+    let c = config::load(path, &Environment::from_process()).map_err(Failure::Config)?;
+    let pools: Vec<String> = c
+        .pools
+        .values()
+        .map(|p| format!("{} ×{}", p.name, p.instances))
+        .collect();
+    println!(
+        "{}: configuration is valid ({} pool{}{}{})",
+        c.path.display(),
+        pools.len(),
+        if pools.len() == 1 { "" } else { "s" },
+        if pools.is_empty() { "" } else { ": " },
+        pools.join(", ")
+    );
+    Ok(())
+}
+
+/// The control socket: `--socket`/`STEWARD_SOCKET`, else the configuration's, else the
+/// default under `$RUNTIME_DIRECTORY` or /run/steward.
+pub fn socket_path(cli: &Cli) -> PathBuf {
+    if let Some(s) = &cli.socket {
+        return s.clone();
+    }
+    let env = Environment::from_process();
+    match config::load(&cli.config, &env) {
+        Ok(c) => c.daemon.socket,
+        Err(_) => config::parse("", Path::new(DEFAULT_CONFIG_PATH), &env)
+            .map(|c| c.daemon.socket)
+            .unwrap_or_else(|_| PathBuf::from("/run/steward/steward.sock")),
+    }
+}
+
+async fn client_command(cli: &Cli) -> Result<(), Failure> {
+    let client = Client::new(&socket_path(cli));
+    match &cli.command {
+        Command::Status { json } => {
+            let s: DaemonStatus = client.get("/v1/status").await?;
+            if *json {
+                let text =
+                    serde_json::to_string_pretty(&s).map_err(|e| Failure::Failed(e.to_string()))?;
+                println!("{text}");
+            } else {
+                print!("{}", status::render(&s));
+            }
+            Ok(())
+        }
+        Command::Reload => reload(&client).await,
+        Command::Restart {
+            pool,
+            no_wait,
+            timeout,
+        } => restart(&client, pool, *no_wait, *timeout).await,
+        Command::Daemon | Command::CheckConfig => Ok(()),
+    }
+}
+
+async fn reload(client: &Client) -> Result<(), Failure> {
+    match client
+        .call::<ReloadReport>(Method::POST, "/v1/reload", None::<&()>)
+        .await
+    {
+        Ok(r) => {
+            println!("{}", r.summary);
+            Ok(())
+        }
+        Err(ClientError::Api { body, .. }) => match serde_json::from_slice::<ReloadReport>(&body) {
+            Ok(r) => {
+                let mut msg = r.summary;
+                for e in &r.errors {
+                    msg.push_str("\n  ");
+                    msg.push_str(e);
+                }
+                Err(Failure::InvalidConfig(msg))
+            }
+            Err(_) => Err(Failure::Failed(
+                "reload failed; see journalctl -u steward".into(),
+            )),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn restart(
+    client: &Client,
+    pool: &str,
+    no_wait: bool,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let m: Message = client
+        .call(
+            Method::POST,
+            &format!("/v1/pools/{pool}/restart"),
+            None::<&()>,
+        )
+        .await?;
+    println!("{}", m.message);
+    if no_wait {
+        return Ok(());
+    }
+    let begun = Instant::now();
+    let mut target = None;
+    let mut reported = std::collections::HashSet::new();
+    loop {
+        let s: DaemonStatus = client.get("/v1/status").await?;
+        let Some(p) = s.pools.iter().find(|p| p.name == pool) else {
+            return Err(Failure::Failed(format!(
+                "pool {pool} disappeared while restarting (was it removed by a reload?)"
+            )));
+        };
+        let generation = *target.get_or_insert(p.generation);
+        for w in &p.workers {
+            if w.generation >= generation && w.state == "running" && reported.insert(w.instance) {
+                println!(
+                    "  {pool}/{} running (pid {})",
+                    w.instance,
+                    w.pid.map(|p| p.to_string()).unwrap_or_default()
+                );
+            }
+            if w.generation >= generation && matches!(w.state.as_str(), "failed" | "crash-looping")
+            {
+                return Err(Failure::Failed(format!(
+                    "{pool}/{} is {} after the restart; the rest of the pool keeps its old workers. See: journalctl -u steward POOL={pool}",
+                    w.instance, w.state
+                )));
+            }
+        }
+        let done = p.workers.iter().all(|w| {
+            w.generation >= generation && matches!(w.state.as_str(), "running" | "stopped")
+        });
+        if done && p.workers.len() as u32 == p.instances {
+            println!(
+                "pool {pool} restarted: {}/{} workers running",
+                p.running, p.instances
+            );
+            return Ok(());
+        }
+        if begun.elapsed() > timeout {
+            return Err(Failure::Failed(format!(
+                "pool {pool} did not finish restarting within {}; see `steward status`",
+                humantime::format_duration(timeout)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

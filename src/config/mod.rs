@@ -1,0 +1,646 @@
+//! Configuration: the TOML file an operator writes, turned into a validated [`Config`].
+//!
+//! Parsing happens in two phases. [`reader`] walks the spanned TOML tree and records
+//! *every* problem it finds (unknown keys, wrong types, bad values) with the exact
+//! file:line:column, instead of stopping at the first one. Only a file without a single
+//! error becomes a [`Config`]; the daemon never runs on a half-understood file.
+//!
+//! Defaults live here, in code, so that the packaged config file can stay small.
+
+mod reader;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use reader::{Ctx, Section};
+
+/// Where the daemon looks for its configuration when neither `--config` nor
+/// `STEWARD_CONFIG` says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/steward/steward.toml";
+
+/// Exit code for "the configuration is invalid" (sysexits.h `EX_CONFIG`). The systemd unit
+/// lists it in `RestartPreventExitStatus=` so that a broken file does not cause a restart loop.
+pub const EX_CONFIG: u8 = 78;
+
+/// A fully validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this configuration was read from (absolute).
+    pub path: PathBuf,
+    pub daemon: DaemonConfig,
+    /// Pools by name, in name order.
+    pub pools: BTreeMap<String, PoolSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonConfig {
+    /// Where the daemon keeps durable state (the job journal).
+    pub state_dir: PathBuf,
+    /// The control socket (HTTP/1.1 + JSON over a Unix stream socket).
+    pub socket: PathBuf,
+    /// The whole budget for a graceful stop: draining, stop signals, escalation.
+    pub shutdown_timeout: Duration,
+}
+
+/// What the daemon does when a worker exits on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "never",
+        }
+    }
+}
+
+/// Exponential backoff between restarts of an unstable worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    pub multiplier: f64,
+    /// Up to this fraction of the delay is added at random, so that many workers that
+    /// crashed together do not come back in lockstep.
+    pub jitter: f64,
+    /// A run at least this long resets the backoff level.
+    pub reset_after: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            multiplier: 2.0,
+            jitter: 0.25,
+            reset_after: Duration::from_secs(120),
+        }
+    }
+}
+
+/// One pool: `instances` copies of the same long-lived worker command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSpec {
+    pub name: String,
+    /// Program and arguments. The program is an absolute path, or a bare name looked up in
+    /// `PATH` when the worker starts.
+    pub command: Vec<String>,
+    pub instances: u32,
+    pub env: BTreeMap<String, String>,
+    pub working_dir: PathBuf,
+    pub restart: RestartPolicy,
+    pub backoff: Backoff,
+    pub crash_loop_after: u32,
+    pub give_up_after: u32,
+    pub stable_after: Duration,
+    pub stop_signal: Signal,
+    pub stop_timeout: Duration,
+}
+
+impl PoolSpec {
+    /// True when `other` differs from `self` only in the number of instances, so the
+    /// pool can be scaled without restarting the workers it already has.
+    pub fn same_except_instances(&self, other: &PoolSpec) -> bool {
+        let mut a = self.clone();
+        a.instances = other.instances;
+        &a == other
+    }
+}
+
+/// One problem in a configuration file, with its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem has no position (the file cannot be read).
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )
+        }
+    }
+}
+
+/// All the problems found in one configuration file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    pub file: PathBuf,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        write!(
+            f,
+            "{} has {} error{}:",
+            self.file.display(),
+            n,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        write!(
+            f,
+            "\nFix the file, then check it with `steward check-config --config {}`.",
+            self.file.display()
+        )
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The environment the defaults depend on, captured once so that tests can vary it.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    /// `$STATE_DIRECTORY` as systemd sets it (first entry if several).
+    pub state_directory: Option<PathBuf>,
+    /// `$RUNTIME_DIRECTORY` as systemd sets it (first entry if several).
+    pub runtime_directory: Option<PathBuf>,
+    /// `$PATH`, to check that bare program names can be found.
+    pub path: Option<String>,
+}
+
+impl Environment {
+    pub fn from_process() -> Self {
+        fn first(var: &str) -> Option<PathBuf> {
+            let v = std::env::var_os(var)?;
+            let s = v.to_string_lossy();
+            let first = s.split(':').next().unwrap_or("").trim();
+            (!first.is_empty()).then(|| PathBuf::from(first))
+        }
+        Environment {
+            state_directory: first("STATE_DIRECTORY"),
+            runtime_directory: first("RUNTIME_DIRECTORY"),
+            path: std::env::var("PATH").ok(),
+        }
+    }
+}
+
+/// Read and validate the configuration file at `path`.
+pub fn load(path: &Path, env: &Environment) -> Result<Config, ConfigErrors> {
+    let abs = absolute(path);
+    let text = match std::fs::read_to_string(&abs) {
+        Ok(t) => t,
+        Err(e) => {
+            let hint = match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    " (create it, or point --config / STEWARD_CONFIG at the right file)"
+                }
+                std::io::ErrorKind::PermissionDenied => {
+                    " (run as root or as a member of group steward)"
+                }
+                _ => "",
+            };
+            return Err(ConfigErrors {
+                file: abs.clone(),
+                errors: vec![ConfigError {
+                    file: abs,
+                    line: 0,
+                    column: 0,
+                    message: format!("cannot read the configuration file: {e}{hint}"),
+                }],
+            });
+        }
+    };
+    parse(&text, &abs, env)
+}
+
+/// Validate configuration text as if it had been read from `path`.
+pub fn parse(text: &str, path: &Path, env: &Environment) -> Result<Config, ConfigErrors> {
+    let path = absolute(path);
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let mut ctx = Ctx::new(text, &path);
+    let config = ctx.parse_document().map(|root| {
+        let root = Section::root(&root);
+        let daemon = parse_daemon(&mut ctx, &root, &base, env);
+        let pools = parse_pools(&mut ctx, &root, &base, env);
+        root.finish(&mut ctx, &["daemon", "pool"]);
+        Config {
+            path: path.clone(),
+            daemon,
+            pools,
+        }
+    });
+    let errors = ctx.into_errors();
+    match config {
+        Some(c) if errors.is_empty() => Ok(c),
+        _ => Err(ConfigErrors { file: path, errors }),
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn parse_daemon(ctx: &mut Ctx, root: &Section, base: &Path, env: &Environment) -> DaemonConfig {
+    let mut d = DaemonConfig {
+        state_dir: env
+            .state_directory
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/steward")),
+        socket: env
+            .runtime_directory
+            .as_ref()
+            .map(|r| r.join("steward.sock"))
+            .unwrap_or_else(|| PathBuf::from("/run/steward/steward.sock")),
+        shutdown_timeout: Duration::from_secs(60),
+    };
+    let Some(s) = root.table(ctx, "daemon") else {
+        return d;
+    };
+    if let Some(p) = s.path(ctx, "state_dir", base) {
+        d.state_dir = p;
+    }
+    if let Some((p, span)) = s.path_spanned(ctx, "socket", base) {
+        // sun_path holds 108 bytes including the terminating NUL.
+        let len = p.as_os_str().len();
+        if len > 107 {
+            ctx.error(
+                span,
+                format!("the socket path is {len} bytes long; Unix sockets allow at most 107: choose a shorter path"),
+            );
+        }
+        d.socket = p;
+    }
+    if let Some(t) = s.duration(ctx, "shutdown_timeout") {
+        d.shutdown_timeout = t;
+    }
+    s.finish(ctx, &["state_dir", "socket", "shutdown_timeout"]);
+    d
+}
+
+const POOL_KEYS: &[&str] = &[
+    "command",
+    "instances",
+    "env",
+    "working_dir",
+    "restart",
+    "backoff",
+    "crash_loop_after",
+    "give_up_after",
+    "stable_after",
+    "stop_signal",
+    "stop_timeout",
+];
+
+fn parse_pools(
+    ctx: &mut Ctx,
+    root: &Section,
+    base: &Path,
+    env: &Environment,
+) -> BTreeMap<String, PoolSpec> {
+    let mut pools = BTreeMap::new();
+    let Some(all) = root.table(ctx, "pool") else {
+        return pools;
+    };
+    for (name, name_span) in all.keys() {
+        let Some(s) = all.table(ctx, &name) else {
+            continue;
+        };
+        if !valid_name(&name) {
+            ctx.error(
+                name_span,
+                format!("pool name `{name}` is not allowed: use letters, digits, `-` and `_` (at most 64)"),
+            );
+        }
+        let spec = parse_pool(ctx, &s, &name, base, env);
+        s.finish(ctx, POOL_KEYS);
+        if let Some(spec) = spec {
+            pools.insert(name, spec);
+        }
+    }
+    pools
+}
+
+fn parse_pool(
+    ctx: &mut Ctx,
+    s: &Section,
+    name: &str,
+    base: &Path,
+    env: &Environment,
+) -> Option<PoolSpec> {
+    let before = ctx.error_count();
+    let mut command = Vec::new();
+    match s.string_list(ctx, "command") {
+        None if s.has("command") => {}
+        None => ctx.error(
+            s.span(),
+            format!("pool `{name}` has no `command`: add e.g. command = [\"/usr/bin/python3\", \"worker.py\"]"),
+        ),
+        Some((list, span)) => {
+            if list.is_empty() || list[0].trim().is_empty() {
+                ctx.error(span, format!("`pool.{name}.command` is empty: give the program to run and its arguments, e.g. [\"/usr/bin/python3\", \"worker.py\"]"));
+            } else {
+                command = list;
+                let program = &command[0];
+                if program.contains('/') {
+                    let p = reader::normalize(&base.join(program));
+                    if !is_executable(&p) {
+                        ctx.error(
+                            span,
+                            format!("program {} does not exist or is not executable", p.display()),
+                        );
+                    }
+                    command[0] = p.to_string_lossy().into_owned();
+                } else if find_in_path(program, env.path.as_deref()).is_none() {
+                    ctx.error(
+                        span,
+                        format!("program `{program}` was not found in PATH ({}); give its absolute path", env.path.as_deref().unwrap_or("")),
+                    );
+                }
+            }
+        }
+    }
+    let mut spec = PoolSpec {
+        name: name.to_string(),
+        command,
+        instances: 1,
+        env: BTreeMap::new(),
+        working_dir: base.to_path_buf(),
+        restart: RestartPolicy::Always,
+        backoff: Backoff::default(),
+        crash_loop_after: 5,
+        give_up_after: 0,
+        stable_after: Duration::from_secs(3),
+        stop_signal: Signal::SIGTERM,
+        stop_timeout: Duration::from_secs(30),
+    };
+    if let Some(n) = s.integer(ctx, "instances", 1, 10_000) {
+        spec.instances = n as u32;
+    }
+    if let Some(env_table) = s.string_map(ctx, "env") {
+        spec.env = env_table;
+    }
+    if let Some((p, span)) = s.path_spanned(ctx, "working_dir", base) {
+        if !p.is_dir() {
+            ctx.error(
+                span,
+                format!("working_dir {} is not an existing directory", p.display()),
+            );
+        }
+        spec.working_dir = p;
+    }
+    if let Some((v, span)) = s.string(ctx, "restart") {
+        match v.as_str() {
+            "always" => spec.restart = RestartPolicy::Always,
+            "on-failure" => spec.restart = RestartPolicy::OnFailure,
+            "never" => spec.restart = RestartPolicy::Never,
+            other => ctx.error(
+                span,
+                format!("restart = \"{other}\" is not a policy: use \"always\", \"on-failure\" or \"never\""),
+            ),
+        }
+    }
+    if let Some(b) = s.table(ctx, "backoff") {
+        if let Some(d) = b.duration(ctx, "initial") {
+            spec.backoff.initial = d;
+        }
+        if let Some(d) = b.duration(ctx, "max") {
+            spec.backoff.max = d;
+        }
+        if let Some(m) = b.float(ctx, "multiplier", 1.0, 100.0) {
+            spec.backoff.multiplier = m;
+        }
+        if let Some(j) = b.float(ctx, "jitter", 0.0, 1.0) {
+            spec.backoff.jitter = j;
+        }
+        if let Some(d) = b.duration(ctx, "reset_after") {
+            spec.backoff.reset_after = d;
+        }
+        if spec.backoff.max < spec.backoff.initial {
+            ctx.error(
+                b.span(),
+                format!(
+                    "backoff.max ({}) is shorter than backoff.initial ({}): make max at least as long",
+                    humantime::format_duration(spec.backoff.max),
+                    humantime::format_duration(spec.backoff.initial)
+                ),
+            );
+        }
+        b.finish(
+            ctx,
+            &["initial", "max", "multiplier", "jitter", "reset_after"],
+        );
+    }
+    if let Some(n) = s.integer(ctx, "crash_loop_after", 1, 1_000_000) {
+        spec.crash_loop_after = n as u32;
+    }
+    if let Some(n) = s.integer(ctx, "give_up_after", 0, 1_000_000) {
+        spec.give_up_after = n as u32;
+    }
+    if let Some(d) = s.duration(ctx, "stable_after") {
+        spec.stable_after = d;
+    }
+    if let Some((v, span)) = s.string(ctx, "stop_signal") {
+        match parse_signal(&v) {
+            Some(sig) => spec.stop_signal = sig,
+            None => ctx.error(
+                span,
+                format!("stop_signal = \"{v}\" is not a signal name: use e.g. \"SIGTERM\", \"SIGINT\" or \"SIGQUIT\""),
+            ),
+        }
+    }
+    if let Some(d) = s.duration(ctx, "stop_timeout") {
+        spec.stop_timeout = d;
+    }
+    (ctx.error_count() == before).then_some(spec)
+}
+
+/// Pool and queue names appear in paths, URLs and journal fields: keep them simple.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Accepts `SIGTERM`, `TERM` or `sigterm`.
+pub fn parse_signal(name: &str) -> Option<Signal> {
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    let sig: Signal = full.parse().ok()?;
+    // Stopping with SIGSTOP/SIGCONT/SIGCHLD would never stop anything.
+    match sig {
+        Signal::SIGSTOP | Signal::SIGCONT | Signal::SIGCHLD | Signal::SIGTSTP => None,
+        s => Some(s),
+    }
+}
+
+/// Parses "30s", "1m 30s", "250ms"; "0" means zero.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(t).map_err(|e| e.to_string())
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+fn find_in_path(program: &str, path: Option<&str>) -> Option<PathBuf> {
+    path?
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(program))
+        .find(|p| is_executable(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> Environment {
+        Environment {
+            state_directory: None,
+            runtime_directory: None,
+            path: Some("/usr/bin:/bin".into()),
+        }
+    }
+
+    fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
+        parse(text, Path::new("/etc/steward/steward.toml"), &env())
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse_str("").expect("valid");
+        assert_eq!(c.daemon.state_dir, PathBuf::from("/var/lib/steward"));
+        assert_eq!(c.daemon.socket, PathBuf::from("/run/steward/steward.sock"));
+        assert_eq!(c.daemon.shutdown_timeout, Duration::from_secs(60));
+        assert!(c.pools.is_empty());
+    }
+
+    #[test]
+    fn systemd_directories_set_the_defaults() {
+        let e = Environment {
+            state_directory: Some("/var/lib/x".into()),
+            runtime_directory: Some("/run/x".into()),
+            path: None,
+        };
+        let c = parse("", Path::new("/etc/s.toml"), &e).expect("valid");
+        assert_eq!(c.daemon.state_dir, PathBuf::from("/var/lib/x"));
+        assert_eq!(c.daemon.socket, PathBuf::from("/run/x/steward.sock"));
+    }
+
+    #[test]
+    fn full_pool_parses() {
+        let c = parse_str(
+            r#"
+[daemon]
+state_dir = "state"
+socket = "state/s.sock"
+shutdown_timeout = "90s"
+
+[pool.web]
+command = ["sh", "-c", "sleep 100"]
+instances = 4
+env = { APP_ENV = "production" }
+working_dir = "/tmp"
+restart = "on-failure"
+backoff = { initial = "500ms", max = "10s", multiplier = 3.0, jitter = 0.1, reset_after = "1m" }
+crash_loop_after = 2
+give_up_after = 7
+stable_after = "2s"
+stop_signal = "INT"
+stop_timeout = "5s"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(c.daemon.state_dir, PathBuf::from("/etc/steward/state"));
+        assert_eq!(c.daemon.socket, PathBuf::from("/etc/steward/state/s.sock"));
+        let p = &c.pools["web"];
+        assert_eq!(p.instances, 4);
+        assert_eq!(p.env["APP_ENV"], "production");
+        assert_eq!(p.restart, RestartPolicy::OnFailure);
+        assert_eq!(p.backoff.initial, Duration::from_millis(500));
+        assert_eq!(p.backoff.multiplier, 3.0);
+        assert_eq!(p.backoff.reset_after, Duration::from_secs(60));
+        assert_eq!(p.give_up_after, 7);
+        assert_eq!(p.stop_signal, Signal::SIGINT);
+        assert_eq!(p.working_dir, PathBuf::from("/tmp"));
+    }
+
+    #[test]
+    fn all_errors_are_reported_with_positions() {
+        let err = parse_str(
+            "[pool.a]\ncommand = []\ninstances = 0\nbogus = 1\nstop_timeout = \"soon\"\n\n[pool.b]\ncommand = \"sh\"\n",
+        )
+        .expect_err("invalid");
+        let msgs: Vec<String> = err.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(msgs.len(), 5, "{msgs:#?}");
+        assert!(
+            msgs[0].starts_with("/etc/steward/steward.toml:2:11: `pool.a.command` is empty"),
+            "{msgs:#?}"
+        );
+        assert!(
+            msgs[1].starts_with("/etc/steward/steward.toml:3:13: "),
+            "{msgs:#?}"
+        );
+        assert!(msgs[2].contains(":4:1: unknown key `bogus`"), "{msgs:#?}");
+        assert!(msgs[3].contains(":5:16: "), "{msgs:#?}");
+        assert!(msgs[4].contains(":8:11: "), "{msgs:#?}");
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let err = parse_str("[daemon]\nshutdown_timeout = \n").expect_err("invalid");
+        assert_eq!(err.errors[0].line, 2, "{err}");
+    }
+
+    #[test]
+    fn instances_only_change_is_detected() {
+        let c = parse_str("[pool.a]\ncommand=[\"sh\"]\n").expect("valid");
+        let mut b = c.pools["a"].clone();
+        b.instances = 3;
+        assert!(c.pools["a"].same_except_instances(&b));
+        b.stop_timeout = Duration::from_secs(1);
+        assert!(!c.pools["a"].same_except_instances(&b));
+    }
+
+    #[test]
+    fn signals_parse() {
+        assert_eq!(parse_signal("SIGTERM"), Some(Signal::SIGTERM));
+        assert_eq!(parse_signal("quit"), Some(Signal::SIGQUIT));
+        assert_eq!(parse_signal("SIGSTOP"), None);
+        assert_eq!(parse_signal("NOPE"), None);
+    }
+}

@@ -1,0 +1,44 @@
+//! The failures a `steward` command can end with, and the exit code of each.
+
+use crate::config::{ConfigErrors, EX_CONFIG};
+
+/// sysexits.h `EX_UNAVAILABLE`: the daemon is not there to answer.
+pub const EX_UNAVAILABLE: u8 = 69;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The configuration is invalid (exit 78).
+    #[error("{0}")]
+    Config(ConfigErrors),
+    /// The daemon reported an invalid configuration (exit 78).
+    #[error("{0}")]
+    InvalidConfig(String),
+    /// The daemon could not be reached (exit 69).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else (exit 1).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Config(_) | Failure::InvalidConfig(_) => EX_CONFIG,
+            Failure::Unavailable(_) => EX_UNAVAILABLE,
+            Failure::Failed(_) => 1,
+        }
+    }
+}
+
+impl From<crate::control::client::ClientError> for Failure {
+    fn from(e: crate::control::client::ClientError) -> Self {
+        use crate::control::client::ClientError;
+        match e {
+            ClientError::Unavailable { .. } | ClientError::PermissionDenied { .. } => {
+                Failure::Unavailable(e.to_string())
+            }
+            other => Failure::Failed(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! steward: a systemd-native job supervisor.
+//!
+//! The binary is a thin shell around this library: [`daemon::run`] runs the daemon,
+//! [`cli`] implements the client commands.
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod error;
+pub mod logging;
+pub mod notify;
+pub mod process;
+pub mod supervisor;

@@ -1,0 +1,1075 @@
+//! The supervisor loop: the one task that owns all live state.
+//!
+//! Pools, worker slots, pids and timers live here and nowhere else. Everything that
+//! happens reaches the loop as an event (a child exited, a spawn finished, a signal, a
+//! control request, a timer) and the loop answers with effects (spawn, signal a process
+//! group, notify systemd). The decisions themselves are in [`policy`].
+//!
+//! A worker *slot* is one instance of a pool (`web/0`, `web/1`, ...). A slot outlives the
+//! processes it runs: it is started, exits, backs off and is started again.
+
+pub mod policy;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::Signal;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+
+use crate::config::{self, Config, Environment, PoolSpec};
+use crate::control::api::{
+    DaemonStatus, LastExit, PoolStatus, ReloadReport, Reply, Request, RequestRx, WorkerStatus,
+};
+use crate::logging::{Origin, Stream, WorkerLog};
+use crate::notify::Notifier;
+use crate::process::{self, Child, Spawner};
+use policy::{AfterExit, Exit, RestartRules, RunFacts};
+
+/// How long an exit of an unknown pid is kept, in case its spawn result is still on the
+/// way (a worker that exits within microseconds of being forked).
+const EARLY_EXIT_TTL: Duration = Duration::from_secs(10);
+/// After a forced stop (second SIGTERM), how long to wait for the kernel to deliver the
+/// last exits before leaving anyway.
+const FORCED_GRACE: Duration = Duration::from_secs(3);
+/// How often `EXTEND_TIMEOUT_USEC` is sent while stopping.
+const EXTEND_EVERY: Duration = Duration::from_secs(5);
+
+type SlotId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Fork/exec requested, result not back yet.
+    Spawning,
+    /// Process up, not yet counted as running (plain worker: before `stable_after`).
+    Starting,
+    Running,
+    BackingOff,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+/// What to do with a slot once its process is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retire {
+    /// Nothing: it stays (stopped, failed, or restarting by policy).
+    Keep,
+    /// Start it again with the pool's current spec (rolling restart).
+    Replace,
+    /// Remove it (scale down, pool removed, shutdown).
+    Remove,
+}
+
+struct Slot {
+    pool: String,
+    index: u32,
+    /// The spec this slot's process was started with.
+    spec: Arc<PoolSpec>,
+    generation: u64,
+    phase: Phase,
+    pid: Option<i32>,
+    run_started: Option<Instant>,
+    run_started_wall: Option<SystemTime>,
+    became_ready: bool,
+    /// Consecutive unstable exits (the backoff level).
+    level: u32,
+    restarts: u64,
+    ever_started: bool,
+    backoff_until: Option<Instant>,
+    crash_looping: bool,
+    stop_asked: Option<Instant>,
+    kill_at: Option<Instant>,
+    killed: bool,
+    /// A stop was requested while the spawn was in flight.
+    stop_pending: bool,
+    retire: Retire,
+    last_exit: Option<LastExit>,
+    reason: Option<String>,
+}
+
+impl Slot {
+    fn name(&self) -> String {
+        format!("{}/{}", self.pool, self.index)
+    }
+
+    fn state_name(&self) -> &'static str {
+        match self.phase {
+            Phase::Spawning | Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::BackingOff if self.crash_looping => "crash-looping",
+            Phase::BackingOff => "backing-off",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+struct Pool {
+    spec: Arc<PoolSpec>,
+    generation: u64,
+    /// Slots by instance index.
+    slots: BTreeMap<u32, SlotId>,
+    removing: bool,
+}
+
+struct Shutdown {
+    deadline: Instant,
+    forced_at: Option<Instant>,
+    next_extend: Instant,
+}
+
+enum Event {
+    Spawned {
+        slot: SlotId,
+        result: io::Result<Child>,
+    },
+}
+
+pub struct Supervisor {
+    config: Config,
+    env: Environment,
+    pools: BTreeMap<String, Pool>,
+    slots: HashMap<SlotId, Slot>,
+    pids: HashMap<i32, SlotId>,
+    early_exits: HashMap<i32, (Exit, Instant)>,
+    next_id: SlotId,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events_rx: mpsc::UnboundedReceiver<Event>,
+    spawner: Spawner,
+    worker_log: WorkerLog,
+    notifier: Notifier,
+    shutdown: Option<Shutdown>,
+    started: Instant,
+    started_wall: SystemTime,
+    last_reload: Option<ReloadReport>,
+    ready: bool,
+    /// Slots of the initial configuration whose first spawn has not answered yet.
+    initial_pending: HashSet<SlotId>,
+    status_line: String,
+    status_sent: String,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    }
+}
+
+impl Supervisor {
+    pub fn new(config: Config, env: Environment, notifier: Notifier) -> io::Result<Supervisor> {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let mut s = Supervisor {
+            pools: BTreeMap::new(),
+            slots: HashMap::new(),
+            pids: HashMap::new(),
+            early_exits: HashMap::new(),
+            next_id: 1,
+            events_tx,
+            events_rx,
+            spawner: Spawner::start()?,
+            worker_log: WorkerLog::start()?,
+            notifier,
+            shutdown: None,
+            started: Instant::now(),
+            started_wall: SystemTime::now(),
+            last_reload: None,
+            ready: false,
+            initial_pending: HashSet::new(),
+            status_line: String::new(),
+            status_sent: String::new(),
+            env,
+            config,
+        };
+        for (name, spec) in s.config.pools.clone() {
+            s.pools.insert(
+                name,
+                Pool {
+                    spec: Arc::new(spec),
+                    generation: 1,
+                    slots: BTreeMap::new(),
+                    removing: false,
+                },
+            );
+        }
+        Ok(s)
+    }
+
+    /// Run until stopped by SIGTERM/SIGINT. Sends `READY=1` once every pool's instances
+    /// have been spawned.
+    pub async fn run(mut self, mut requests: RequestRx) -> io::Result<()> {
+        let mut sigchld = signal(SignalKind::child())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sighup = signal(SignalKind::hangup())?;
+        let wd_every = self.notifier.watchdog_interval();
+        let mut watchdog = tokio::time::interval(wd_every.unwrap_or(Duration::from_secs(3600)));
+        watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+        housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+        let now = Instant::now();
+        self.reconcile(now);
+        self.initial_pending = self.slots.keys().copied().collect();
+        tracing::info!(
+            "steward {} starting: {} pools, {} workers, config {}",
+            env!("CARGO_PKG_VERSION"),
+            self.pools.len(),
+            self.slots.len(),
+            self.config.path.display()
+        );
+
+        loop {
+            let deadline = tokio::time::Instant::from_std(self.next_deadline(Instant::now()));
+            tokio::select! {
+                biased;
+                _ = sigchld.recv() => self.reap(),
+                _ = sigterm.recv() => self.begin_shutdown("SIGTERM"),
+                _ = sigint.recv() => self.begin_shutdown("SIGINT"),
+                _ = sighup.recv() => { self.reload(); }
+                Some(ev) = self.events_rx.recv() => self.on_event(ev),
+                Some((req, reply)) = requests.recv() => {
+                    let answer = self.on_request(req);
+                    let _ = reply.send(answer);
+                }
+                _ = watchdog.tick(), if wd_every.is_some() => self.notifier.watchdog(),
+                _ = housekeeping.tick() => {
+                    // A safety net for coalesced SIGCHLDs.
+                    self.reap();
+                    self.publish_status();
+                }
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+            let now = Instant::now();
+            self.on_timers(now);
+            self.reconcile(now);
+            if !self.ready && self.initial_pending.is_empty() {
+                self.ready = true;
+                self.update_status_line();
+                self.notifier.ready(&self.status_line);
+                self.status_sent = self.status_line.clone();
+                tracing::info!("steward is ready: {}", self.status_line);
+            }
+            if self.finished(now) {
+                break;
+            }
+        }
+        let orphans = process::kill_adopted_orphans();
+        if orphans > 0 {
+            tracing::warn!("killed {orphans} leftover processes that workers had left behind");
+        }
+        tracing::info!("steward stopped: all workers are gone");
+        Ok(())
+    }
+
+    fn finished(&self, now: Instant) -> bool {
+        let Some(sd) = &self.shutdown else {
+            return false;
+        };
+        if self.slots.is_empty() {
+            return true;
+        }
+        if sd.forced_at.is_some_and(|f| now >= f + FORCED_GRACE) {
+            tracing::error!(
+                "{} workers did not go away after SIGKILL; exiting anyway",
+                self.slots.len()
+            );
+            return true;
+        }
+        if now >= sd.deadline + FORCED_GRACE {
+            tracing::error!(
+                "{} workers did not go away after SIGKILL at the end of the stop budget; exiting anyway",
+                self.slots.len()
+            );
+            return true;
+        }
+        false
+    }
+
+    fn next_deadline(&self, now: Instant) -> Instant {
+        let mut next = now + Duration::from_secs(3600);
+        for s in self.slots.values() {
+            let t = match s.phase {
+                Phase::Starting => s.run_started.map(|t| t + s.spec.stable_after),
+                Phase::BackingOff => s.backoff_until,
+                Phase::Stopping if !s.killed => s.kill_at,
+                _ => None,
+            };
+            if let Some(t) = t {
+                next = next.min(t);
+            }
+        }
+        if let Some(sd) = &self.shutdown {
+            next = next.min(sd.next_extend).min(sd.deadline + FORCED_GRACE);
+            if let Some(f) = sd.forced_at {
+                next = next.min(f + FORCED_GRACE);
+            }
+        }
+        next.max(now)
+    }
+
+    // ----------------------------------------------------------------- events
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Spawned { slot, result } => self.on_spawned(slot, result),
+        }
+    }
+
+    fn on_request(&mut self, req: Request) -> Reply {
+        match req {
+            Request::Status => Reply::Status(Box::new(self.snapshot())),
+            Request::Reload => Reply::Reload(self.reload()),
+            Request::RestartPool(name) => Reply::Restart(self.restart_pool(&name)),
+        }
+    }
+
+    fn reap(&mut self) {
+        let pids = &self.pids;
+        let exits = process::reap(|pid| pids.contains_key(&pid));
+        let now = Instant::now();
+        for (pid, exit) in exits {
+            if let Some(id) = self.pids.remove(&pid) {
+                self.on_exit(id, exit, now);
+            } else if self.slots.values().any(|s| s.phase == Phase::Spawning) {
+                self.early_exits.insert(pid, (exit, now));
+            }
+        }
+        self.early_exits
+            .retain(|_, (_, at)| now.duration_since(*at) < EARLY_EXIT_TTL);
+    }
+
+    fn on_spawned(&mut self, id: SlotId, result: io::Result<Child>) {
+        self.initial_pending.remove(&id);
+        let now = Instant::now();
+        let Some(slot) = self.slots.get_mut(&id) else {
+            if let Ok(child) = result {
+                let _ = process::signal_group(child.pid, Signal::SIGKILL);
+            }
+            return;
+        };
+        match result {
+            Ok(child) => {
+                let pid = child.pid;
+                slot.pid = Some(pid);
+                slot.run_started = Some(child.started);
+                slot.run_started_wall = Some(SystemTime::now());
+                slot.phase = Phase::Starting;
+                slot.became_ready = false;
+                self.pids.insert(pid, id);
+                let origin = Origin {
+                    pool: Arc::from(slot.pool.as_str()),
+                    instance: slot.index,
+                    pid,
+                };
+                tracing::info!(POOL = %slot.pool, INSTANCE = slot.index, WORKER_PID = pid,
+                    "started worker {} (pid {pid}): {}", slot.name(), slot.spec.command.join(" "));
+                self.worker_log
+                    .forward(child.stdout, origin.clone(), Stream::Stdout);
+                self.worker_log
+                    .forward(child.stderr, origin, Stream::Stderr);
+                let stop_pending = slot.stop_pending;
+                if let Some((exit, _)) = self.early_exits.remove(&pid) {
+                    self.pids.remove(&pid);
+                    self.on_exit(id, exit, now);
+                } else if stop_pending {
+                    let retire = slot.retire;
+                    self.request_stop(id, retire, now);
+                }
+            }
+            Err(e) => {
+                tracing::error!(POOL = %slot.pool, INSTANCE = slot.index,
+                    "cannot start worker {}: {e} (command: {}); check the pool's command and working_dir",
+                    slot.name(), slot.spec.command.join(" "));
+                slot.run_started = Some(now);
+                slot.run_started_wall = Some(SystemTime::now());
+                let description = format!("could not start: {e}");
+                self.after_run(id, Exit::Code(127), description, now);
+            }
+        }
+    }
+
+    fn on_exit(&mut self, id: SlotId, exit: Exit, now: Instant) {
+        self.after_run(id, exit, policy::describe_exit(exit), now);
+    }
+
+    /// A run of slot `id` is over, either because its process exited or because it
+    /// could not be started at all.
+    fn after_run(&mut self, id: SlotId, exit: Exit, description: String, now: Instant) {
+        let shutting_down = self.shutdown.is_some();
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let ran_for = slot
+            .run_started
+            .map(|t| now.duration_since(t))
+            .unwrap_or_default();
+        let pid = slot.pid.take();
+        slot.last_exit = Some(LastExit {
+            code: match exit {
+                Exit::Code(c) => Some(c),
+                Exit::Signal(_) => None,
+            },
+            signal: match exit {
+                Exit::Signal(s) => Some(policy::signal_name(s)),
+                Exit::Code(_) => None,
+            },
+            description: description.clone(),
+            at: rfc3339(SystemTime::now()),
+            ran_secs: ran_for.as_secs_f64(),
+        });
+        let name = slot.name();
+        let (pool, index) = (slot.pool.clone(), slot.index);
+        let pid_s = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+
+        if slot.phase == Phase::Stopping
+            || slot.stop_pending
+            || slot.retire != Retire::Keep
+            || shutting_down
+        {
+            tracing::info!(POOL = %pool, INSTANCE = index, "worker {name}{pid_s} stopped: {description} after {}", human(ran_for));
+            self.finish_stop(id);
+            return;
+        }
+
+        let rules = RestartRules {
+            restart: slot.spec.restart,
+            backoff: slot.spec.backoff.clone(),
+            crash_loop_after: slot.spec.crash_loop_after,
+            give_up_after: slot.spec.give_up_after,
+            stable_after: slot.spec.stable_after,
+        };
+        let run = RunFacts {
+            exit,
+            ran_for,
+            became_ready: slot.became_ready,
+        };
+        match policy::after_exit(&rules, slot.level, run) {
+            AfterExit::Restart {
+                delay,
+                level,
+                crash_looping,
+            } => {
+                let delay = policy::with_jitter(delay, rules.backoff.jitter, rand::random::<f64>());
+                slot.level = level;
+                slot.phase = Phase::BackingOff;
+                slot.backoff_until = Some(now + delay);
+                slot.crash_looping = crash_looping;
+                if crash_looping {
+                    tracing::error!(POOL = %pool, INSTANCE = index,
+                        "worker {name}{pid_s} is crash-looping: {description} after {}, {level} unstable exits in a row; next restart in {}. Read its output with: journalctl -u steward POOL={pool}",
+                        human(ran_for), human(delay));
+                } else if exit.is_clean() {
+                    tracing::info!(POOL = %pool, INSTANCE = index,
+                        "worker {name}{pid_s} exited cleanly after {}; restarting in {}", human(ran_for), human(delay));
+                } else {
+                    tracing::warn!(POOL = %pool, INSTANCE = index,
+                        "worker {name}{pid_s} exited: {description} after {}; restarting in {} (unstable exits in a row: {level})",
+                        human(ran_for), human(delay));
+                }
+            }
+            AfterExit::Stop { level } => {
+                slot.level = level;
+                slot.phase = Phase::Stopped;
+                slot.reason = Some(format!(
+                    "exited: {description}; restart = \"{}\"",
+                    rules.restart.as_str()
+                ));
+                tracing::info!(POOL = %pool, INSTANCE = index,
+                    "worker {name}{pid_s} exited: {description}; not restarted (restart = \"{}\")", rules.restart.as_str());
+            }
+            AfterExit::Fail { level, reason } => {
+                slot.level = level;
+                slot.phase = Phase::Failed;
+                slot.reason = Some(reason.clone());
+                tracing::error!(POOL = %pool, INSTANCE = index,
+                    "worker {name}{pid_s} failed: {reason}; it will not be restarted until `steward restart {pool}` or a reload that changes the pool");
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------- timers
+
+    fn on_timers(&mut self, now: Instant) {
+        let ids: Vec<SlotId> = self.slots.keys().copied().collect();
+        for id in ids {
+            let Some(slot) = self.slots.get_mut(&id) else {
+                continue;
+            };
+            match slot.phase {
+                Phase::Starting
+                    if slot
+                        .run_started
+                        .is_some_and(|t| now >= t + slot.spec.stable_after) =>
+                {
+                    slot.phase = Phase::Running;
+                    slot.became_ready = true;
+                    slot.crash_looping = false;
+                    tracing::info!(POOL = %slot.pool, INSTANCE = slot.index, "worker {} is running", slot.name());
+                }
+                Phase::BackingOff if slot.backoff_until.is_some_and(|t| now >= t) => {
+                    self.spawn_slot(id)
+                }
+                Phase::Stopping => {
+                    if let (Some(kill_at), Some(pid)) = (slot.kill_at, slot.pid)
+                        && policy::should_kill(now, kill_at, slot.killed)
+                    {
+                        {
+                            slot.killed = true;
+                            let waited = slot
+                                .stop_asked
+                                .map(|t| now.duration_since(t))
+                                .unwrap_or_default();
+                            tracing::warn!(POOL = %slot.pool, INSTANCE = slot.index,
+                                "worker {} (pid {pid}) did not exit {} after {}; sending SIGKILL to its process group",
+                                slot.name(), human(waited), slot.spec.stop_signal.as_str());
+                            let _ = process::signal_group(pid, Signal::SIGKILL);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(sd) = &mut self.shutdown
+            && now >= sd.next_extend
+        {
+            sd.next_extend = now + EXTEND_EVERY;
+            let left = sd.deadline.saturating_duration_since(now) + Duration::from_secs(10);
+            self.notifier.extend_timeout(left);
+        }
+    }
+
+    // ----------------------------------------------------------------- actions
+
+    fn new_slot(&mut self, pool_name: &str, index: u32) -> Option<SlotId> {
+        let pool = self.pools.get_mut(pool_name)?;
+        let id = self.next_id;
+        self.next_id += 1;
+        pool.slots.insert(index, id);
+        self.slots.insert(
+            id,
+            Slot {
+                pool: pool_name.to_string(),
+                index,
+                spec: pool.spec.clone(),
+                generation: pool.generation,
+                phase: Phase::Stopped,
+                pid: None,
+                run_started: None,
+                run_started_wall: None,
+                became_ready: false,
+                level: 0,
+                restarts: 0,
+                ever_started: false,
+                backoff_until: None,
+                crash_looping: false,
+                stop_asked: None,
+                kill_at: None,
+                killed: false,
+                stop_pending: false,
+                retire: Retire::Keep,
+                last_exit: None,
+                reason: None,
+            },
+        );
+        Some(id)
+    }
+
+    fn spawn_slot(&mut self, id: SlotId) {
+        let socket = self.config.daemon.socket.to_string_lossy().into_owned();
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        if slot.ever_started {
+            slot.restarts += 1;
+        }
+        slot.ever_started = true;
+        slot.phase = Phase::Spawning;
+        slot.backoff_until = None;
+        slot.stop_pending = false;
+        slot.stop_asked = None;
+        slot.kill_at = None;
+        slot.killed = false;
+        slot.reason = None;
+        let spec = &slot.spec;
+        let mut env: Vec<(String, String)> = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.push(("STEWARD_POOL".into(), slot.pool.clone()));
+        env.push(("STEWARD_INSTANCE".into(), slot.index.to_string()));
+        env.push(("STEWARD_SOCKET".into(), socket));
+        let cmd = process::Command {
+            program: spec.command.first().cloned().unwrap_or_default().into(),
+            args: spec.command.iter().skip(1).cloned().collect(),
+            env,
+            cwd: spec.working_dir.clone(),
+            inherit_fd: None,
+            stdin_pipe: false,
+        };
+        let tx = self.events_tx.clone();
+        self.spawner.spawn(cmd, move |result| {
+            let _ = tx.send(Event::Spawned { slot: id, result });
+        });
+    }
+
+    /// Ask slot `id` to stop; `retire` says what happens once it is gone.
+    fn request_stop(&mut self, id: SlotId, retire: Retire, now: Instant) {
+        let shutdown_deadline = self.shutdown.as_ref().map(|s| s.deadline);
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        if slot.retire != Retire::Remove {
+            slot.retire = retire;
+        }
+        match slot.phase {
+            Phase::Spawning => slot.stop_pending = true,
+            Phase::Starting | Phase::Running => {
+                let Some(pid) = slot.pid else {
+                    return;
+                };
+                let sig = slot.spec.stop_signal;
+                let kill_at = policy::kill_deadline(now, slot.spec.stop_timeout, shutdown_deadline);
+                slot.phase = Phase::Stopping;
+                slot.stop_asked = Some(now);
+                slot.kill_at = Some(kill_at);
+                slot.killed = false;
+                tracing::info!(POOL = %slot.pool, INSTANCE = slot.index,
+                    "stopping worker {} (pid {pid}) with {}; SIGKILL in {} if it is still there",
+                    slot.name(), sig.as_str(), human(kill_at.saturating_duration_since(now)));
+                if let Err(e) = process::signal_group(pid, sig) {
+                    tracing::warn!("cannot signal worker {} (pid {pid}): {e}", slot.name());
+                }
+            }
+            Phase::Stopping => {
+                if let (Some(d), Some(k)) = (shutdown_deadline, slot.kill_at) {
+                    slot.kill_at = Some(k.min(d));
+                }
+            }
+            Phase::BackingOff | Phase::Stopped | Phase::Failed => self.finish_stop(id),
+        }
+    }
+
+    /// Slot `id` has no process any more: apply its `retire`.
+    fn finish_stop(&mut self, id: SlotId) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        slot.pid = None;
+        slot.stop_pending = false;
+        slot.kill_at = None;
+        match slot.retire {
+            Retire::Remove => {
+                let (pool, index) = (slot.pool.clone(), slot.index);
+                self.slots.remove(&id);
+                if let Some(p) = self.pools.get_mut(&pool)
+                    && p.slots.get(&index) == Some(&id)
+                {
+                    p.slots.remove(&index);
+                }
+            }
+            Retire::Replace => {
+                let Some(pool) = self.pools.get(&slot.pool) else {
+                    slot.retire = Retire::Remove;
+                    return self.finish_stop(id);
+                };
+                slot.spec = pool.spec.clone();
+                slot.generation = pool.generation;
+                slot.level = 0;
+                slot.crash_looping = false;
+                slot.retire = Retire::Keep;
+                self.spawn_slot(id);
+            }
+            Retire::Keep => {
+                slot.phase = Phase::Stopped;
+                slot.reason = Some("stopped by steward".into());
+            }
+        }
+    }
+
+    /// Bring pools in line with what they should be: missing instances started, extra
+    /// ones stopped, removed pools drained, and rolling restarts advanced one worker at
+    /// a time (the next only once the previous one is running).
+    fn reconcile(&mut self, now: Instant) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let names: Vec<String> = self.pools.keys().cloned().collect();
+        for name in names {
+            let Some(pool) = self.pools.get(&name) else {
+                continue;
+            };
+            if pool.removing {
+                let ids: Vec<SlotId> = pool.slots.values().copied().collect();
+                if ids.is_empty() {
+                    self.pools.remove(&name);
+                    tracing::info!(POOL = %name, "pool {name} removed: all its workers have stopped");
+                    continue;
+                }
+                for id in ids {
+                    self.request_stop(id, Retire::Remove, now);
+                }
+                continue;
+            }
+            let instances = pool.spec.instances;
+            let generation = pool.generation;
+            let missing: Vec<u32> = (0..instances)
+                .filter(|i| !pool.slots.contains_key(i))
+                .collect();
+            let extra: Vec<SlotId> = pool.slots.range(instances..).map(|(_, id)| *id).collect();
+            for index in missing {
+                if let Some(id) = self.new_slot(&name, index) {
+                    self.spawn_slot(id);
+                }
+            }
+            for id in extra {
+                self.request_stop(id, Retire::Remove, now);
+            }
+            let Some(pool) = self.pools.get(&name) else {
+                continue;
+            };
+            let mut busy = false;
+            let mut outdated = None;
+            for (&index, id) in &pool.slots {
+                let Some(s) = self.slots.get(id) else {
+                    continue;
+                };
+                if index >= instances {
+                    continue;
+                }
+                if s.retire == Retire::Replace
+                    || (s.generation == generation
+                        && matches!(
+                            s.phase,
+                            Phase::Spawning | Phase::Starting | Phase::BackingOff | Phase::Failed
+                        ))
+                {
+                    busy = true;
+                }
+                if s.generation < generation && s.retire == Retire::Keep && outdated.is_none() {
+                    outdated = Some(*id);
+                }
+            }
+            if let (false, Some(id)) = (busy, outdated) {
+                self.request_stop(id, Retire::Replace, now);
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self, why: &str) {
+        let now = Instant::now();
+        if let Some(sd) = &mut self.shutdown {
+            if sd.forced_at.is_none() {
+                sd.forced_at = Some(now);
+                tracing::warn!("second {why} while stopping: killing every worker now");
+                for s in self.slots.values_mut() {
+                    if let Some(pid) = s.pid {
+                        s.killed = true;
+                        let _ = process::signal_group(pid, Signal::SIGKILL);
+                    }
+                }
+            }
+            return;
+        }
+        let budget = self.config.daemon.shutdown_timeout;
+        let live = self.slots.values().filter(|s| s.pid.is_some()).count();
+        tracing::info!(
+            "received {why}: stopping {live} workers (budget {})",
+            human(budget)
+        );
+        self.notifier.stopping(&format!("stopping {live} workers"));
+        self.shutdown = Some(Shutdown {
+            deadline: now + budget,
+            forced_at: None,
+            next_extend: now + EXTEND_EVERY,
+        });
+        let ids: Vec<SlotId> = self.slots.keys().copied().collect();
+        for id in ids {
+            self.request_stop(id, Retire::Remove, now);
+        }
+    }
+
+    // ----------------------------------------------------------------- reload
+
+    fn reload(&mut self) -> ReloadReport {
+        self.notifier.reloading();
+        let path = self.config.path.clone();
+        tracing::info!("reloading configuration from {}", path.display());
+        let report = match config::load(&path, &self.env) {
+            Err(errs) => {
+                for e in &errs.errors {
+                    tracing::error!("{e}");
+                }
+                let summary = format!(
+                    "reload failed: {} error{} in {}; still running the previous configuration",
+                    errs.errors.len(),
+                    if errs.errors.len() == 1 { "" } else { "s" },
+                    path.display()
+                );
+                tracing::error!(
+                    "{summary}. Fix the file and run `steward check-config`, then reload again"
+                );
+                ReloadReport {
+                    ok: false,
+                    at: rfc3339(SystemTime::now()),
+                    summary,
+                    errors: errs.errors.iter().map(|e| e.to_string()).collect(),
+                }
+            }
+            Ok(new) => {
+                let summary = self.apply(new);
+                tracing::info!("configuration reloaded: {summary}");
+                ReloadReport {
+                    ok: true,
+                    at: rfc3339(SystemTime::now()),
+                    summary,
+                    errors: Vec::new(),
+                }
+            }
+        };
+        self.last_reload = Some(report.clone());
+        self.reconcile(Instant::now());
+        self.update_status_line();
+        self.notifier.ready(&self.status_line);
+        self.status_sent = self.status_line.clone();
+        report
+    }
+
+    fn apply(&mut self, mut new: Config) -> String {
+        let old = &self.config.daemon;
+        if new.daemon.socket != old.socket {
+            tracing::warn!(
+                "[daemon] socket changed from {} to {}; the new path takes effect when steward restarts",
+                old.socket.display(),
+                new.daemon.socket.display()
+            );
+            new.daemon.socket = old.socket.clone();
+        }
+        if new.daemon.state_dir != old.state_dir {
+            tracing::warn!(
+                "[daemon] state_dir changed from {} to {}; the new directory takes effect when steward restarts",
+                old.state_dir.display(),
+                new.daemon.state_dir.display()
+            );
+            new.daemon.state_dir = old.state_dir.clone();
+        }
+        let (mut added, mut removed, mut changed, mut scaled, mut same) =
+            (vec![], vec![], vec![], vec![], 0);
+        for (name, pool) in self.pools.iter_mut() {
+            if !new.pools.contains_key(name) && !pool.removing {
+                pool.removing = true;
+                removed.push(name.clone());
+            }
+        }
+        for (name, spec) in &new.pools {
+            match self.pools.get_mut(name) {
+                None => {
+                    self.pools.insert(
+                        name.clone(),
+                        Pool {
+                            spec: Arc::new(spec.clone()),
+                            generation: 1,
+                            slots: BTreeMap::new(),
+                            removing: false,
+                        },
+                    );
+                    added.push(name.clone());
+                }
+                Some(pool) if pool.removing => {
+                    pool.removing = false;
+                    pool.spec = Arc::new(spec.clone());
+                    pool.generation += 1;
+                    added.push(name.clone());
+                }
+                Some(pool) if *pool.spec == *spec => same += 1,
+                Some(pool) if pool.spec.same_except_instances(spec) => {
+                    scaled.push(format!("{name} {}→{}", pool.spec.instances, spec.instances));
+                    pool.spec = Arc::new(spec.clone());
+                }
+                Some(pool) => {
+                    pool.spec = Arc::new(spec.clone());
+                    pool.generation += 1;
+                    changed.push(name.clone());
+                }
+            }
+        }
+        self.config = new;
+        let mut parts = Vec::new();
+        if !added.is_empty() {
+            parts.push(format!("added {}", added.join(", ")));
+        }
+        if !removed.is_empty() {
+            parts.push(format!("removed {}", removed.join(", ")));
+        }
+        if !changed.is_empty() {
+            parts.push(format!("changed {} (rolling restart)", changed.join(", ")));
+        }
+        if !scaled.is_empty() {
+            parts.push(format!("scaled {}", scaled.join(", ")));
+        }
+        parts.push(format!("{same} unchanged"));
+        parts.join("; ")
+    }
+
+    fn restart_pool(&mut self, name: &str) -> Result<String, String> {
+        match self.pools.get_mut(name) {
+            Some(pool) if !pool.removing => {
+                pool.generation += 1;
+                let n = pool.spec.instances;
+                tracing::info!(POOL = %name, "restarting pool {name}: {n} workers, one at a time");
+                self.reconcile(Instant::now());
+                Ok(format!(
+                    "restarting pool {name}: {n} workers, one at a time"
+                ))
+            }
+            _ => {
+                let known: Vec<&str> = self
+                    .pools
+                    .iter()
+                    .filter(|(_, p)| !p.removing)
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                Err(format!(
+                    "no pool named `{name}`; configured pools: {}",
+                    if known.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ))
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------- status
+
+    fn update_status_line(&mut self) {
+        if self.shutdown.is_some() {
+            let live = self.slots.values().filter(|s| s.pid.is_some()).count();
+            self.status_line = format!("stopping: {live} workers left");
+            return;
+        }
+        let (mut total, mut running, mut backing, mut looping, mut failed) = (0, 0, 0, 0, 0);
+        for pool in self.pools.values().filter(|p| !p.removing) {
+            total += pool.spec.instances;
+            for id in pool.slots.values() {
+                match self.slots.get(id).map(|s| (s.phase, s.crash_looping)) {
+                    Some((Phase::Running, _)) => running += 1,
+                    Some((Phase::BackingOff, true)) => looping += 1,
+                    Some((Phase::BackingOff, false)) => backing += 1,
+                    Some((Phase::Failed, _)) => failed += 1,
+                    _ => {}
+                }
+            }
+        }
+        let pools = self.pools.values().filter(|p| !p.removing).count();
+        let mut line = format!(
+            "{pools} pool{}, {running}/{total} workers running",
+            if pools == 1 { "" } else { "s" }
+        );
+        if backing > 0 {
+            line.push_str(&format!(", {backing} backing off"));
+        }
+        if looping > 0 {
+            line.push_str(&format!(", {looping} crash-looping"));
+        }
+        if failed > 0 {
+            line.push_str(&format!(", {failed} failed"));
+        }
+        if self.last_reload.as_ref().is_some_and(|r| !r.ok) {
+            line = format!("reload failed, running previous config; {line}");
+        }
+        self.status_line = line;
+    }
+
+    fn publish_status(&mut self) {
+        self.update_status_line();
+        if self.ready && self.status_line != self.status_sent {
+            self.notifier.status(&self.status_line);
+            self.status_sent = self.status_line.clone();
+        }
+    }
+
+    fn snapshot(&mut self) -> DaemonStatus {
+        self.update_status_line();
+        let now = Instant::now();
+        let pools = self
+            .pools
+            .iter()
+            .map(|(name, pool)| {
+                let workers: Vec<WorkerStatus> = pool
+                    .slots
+                    .values()
+                    .filter_map(|id| self.slots.get(id))
+                    .map(|s| WorkerStatus {
+                        instance: s.index,
+                        state: s.state_name().to_string(),
+                        pid: s.pid,
+                        uptime_secs: s
+                            .pid
+                            .and(s.run_started)
+                            .map(|t| now.duration_since(t).as_secs_f64()),
+                        restarts: s.restarts,
+                        unstable_exits: s.level,
+                        next_restart_in_secs: (s.phase == Phase::BackingOff)
+                            .then(|| {
+                                s.backoff_until
+                                    .map(|t| t.saturating_duration_since(now).as_secs_f64())
+                            })
+                            .flatten(),
+                        last_exit: s.last_exit.clone(),
+                        reason: s.reason.clone(),
+                        generation: s.generation,
+                    })
+                    .collect();
+                PoolStatus {
+                    name: name.clone(),
+                    command: pool.spec.command.clone(),
+                    instances: if pool.removing {
+                        0
+                    } else {
+                        pool.spec.instances
+                    },
+                    running: workers.iter().filter(|w| w.state == "running").count() as u32,
+                    generation: pool.generation,
+                    rolling: workers.iter().any(|w| w.generation < pool.generation),
+                    workers,
+                }
+            })
+            .collect();
+        DaemonStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            started_at: rfc3339(self.started_wall),
+            uptime_secs: now.duration_since(self.started).as_secs(),
+            config: self.config.path.display().to_string(),
+            socket: self.config.daemon.socket.display().to_string(),
+            state_dir: self.config.daemon.state_dir.display().to_string(),
+            state: if self.shutdown.is_some() {
+                "stopping"
+            } else if self.ready {
+                "running"
+            } else {
+                "starting"
+            }
+            .to_string(),
+            status_line: self.status_line.clone(),
+            last_reload: self.last_reload.clone(),
+            pools,
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The supervisor's decisions as pure functions of state and time.
+//!
+//! Nothing here touches a process, a clock or a socket: callers pass in what happened and
+//! when, and get back what to do. That keeps restart delays, crash-loop detection, giving
+//! up and stop escalation testable with made-up times.
+
+use std::time::{Duration, Instant};
+
+use crate::config::{Backoff, RestartPolicy};
+
+/// Exit code with which a worker says "my configuration is wrong, do not restart me"
+/// (sysexits.h `EX_CONFIG`).
+pub const WORKER_EX_CONFIG: i32 = 78;
+
+/// How one run of a worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    pub fn is_clean(self) -> bool {
+        self == Exit::Code(0)
+    }
+}
+
+/// What the policy needs to know about a pool.
+#[derive(Debug, Clone)]
+pub struct RestartRules {
+    pub restart: RestartPolicy,
+    pub backoff: Backoff,
+    pub crash_loop_after: u32,
+    pub give_up_after: u32,
+    pub stable_after: Duration,
+}
+
+/// Facts about the run that just ended.
+#[derive(Debug, Clone, Copy)]
+pub struct RunFacts {
+    pub exit: Exit,
+    /// How long the process was up.
+    pub ran_for: Duration,
+    /// Whether the worker ever counted as running (for a plain worker: it stayed up
+    /// `stable_after`; for a protocol worker: it said `ready`).
+    pub became_ready: bool,
+}
+
+/// What to do after a worker exited on its own (not because steward stopped it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AfterExit {
+    /// Start it again after `delay` (the base delay; the caller adds jitter).
+    Restart {
+        delay: Duration,
+        /// Consecutive unstable exits, after this one.
+        level: u32,
+        crash_looping: bool,
+    },
+    /// Leave it stopped: the policy does not restart this kind of exit.
+    Stop { level: u32 },
+    /// Park it as failed, with a reason for the operator.
+    Fail { level: u32, reason: String },
+}
+
+/// The backoff delay before restart number `level` (1-based) of a run of unstable exits:
+/// `min(max, initial × multiplier^(level-1))`.
+pub fn base_delay(b: &Backoff, level: u32) -> Duration {
+    let level = level.max(1);
+    let factor = b.multiplier.powi((level - 1).min(1024) as i32);
+    let secs = b.initial.as_secs_f64() * factor;
+    if !secs.is_finite() || secs >= b.max.as_secs_f64() {
+        b.max
+    } else {
+        Duration::from_secs_f64(secs).min(b.max)
+    }
+}
+
+/// Adds up to `jitter × base` to `base`; `random` is uniform in [0, 1). Never less than base.
+pub fn with_jitter(base: Duration, jitter: f64, random: f64) -> Duration {
+    let r = random.clamp(0.0, 1.0);
+    let extra = base.as_secs_f64() * jitter.max(0.0) * r;
+    base + Duration::from_secs_f64(if extra.is_finite() { extra } else { 0.0 })
+}
+
+/// Decide what happens after a worker exits on its own.
+///
+/// `level` is the number of consecutive unstable exits before this one. A run that stayed
+/// up `reset_after` starts from level 0. An unstable run (shorter than `stable_after`, or
+/// never ready) raises the level; any other exit keeps it. A clean exit (code 0) under
+/// `restart = "always"` is restarted without raising the level.
+pub fn after_exit(rules: &RestartRules, level: u32, run: RunFacts) -> AfterExit {
+    let level = if run.ran_for >= rules.backoff.reset_after {
+        0
+    } else {
+        level
+    };
+    if run.exit == Exit::Code(WORKER_EX_CONFIG) {
+        return AfterExit::Fail {
+            level,
+            reason: "worker reported a configuration error (exit code 78)".to_string(),
+        };
+    }
+    let unstable = run.ran_for < rules.stable_after || !run.became_ready;
+    // A clean exit is deliberate: it does not raise the level, even when quick.
+    let level = if unstable && !run.exit.is_clean() {
+        level.saturating_add(1)
+    } else {
+        level
+    };
+    let restart = match rules.restart {
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => !run.exit.is_clean(),
+        RestartPolicy::Never => false,
+    };
+    if !restart {
+        return if run.exit.is_clean() {
+            AfterExit::Stop { level }
+        } else {
+            AfterExit::Fail {
+                level,
+                reason: format!(
+                    "exited ({}) and restart = \"{}\"",
+                    describe_exit(run.exit),
+                    rules.restart.as_str()
+                ),
+            }
+        };
+    }
+    if rules.give_up_after > 0 && level >= rules.give_up_after {
+        return AfterExit::Fail {
+            level,
+            reason: format!(
+                "gave up after {level} consecutive unstable exits (give_up_after = {}); last: {}",
+                rules.give_up_after,
+                describe_exit(run.exit)
+            ),
+        };
+    }
+    AfterExit::Restart {
+        delay: base_delay(&rules.backoff, level),
+        level,
+        crash_looping: level >= rules.crash_loop_after,
+    }
+}
+
+/// "exit code 3" / "killed by SIGKILL".
+pub fn describe_exit(exit: Exit) -> String {
+    match exit {
+        Exit::Code(c) => format!("exit code {c}"),
+        Exit::Signal(s) => format!("killed by {}", signal_name(s)),
+    }
+}
+
+pub fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {sig}"))
+}
+
+/// When a worker asked to stop at `asked_at` gets SIGKILL: after its own `stop_timeout`,
+/// but never later than the deadline of the whole shutdown, if there is one.
+pub fn kill_deadline(
+    asked_at: Instant,
+    stop_timeout: Duration,
+    shutdown_deadline: Option<Instant>,
+) -> Instant {
+    let own = asked_at + stop_timeout;
+    match shutdown_deadline {
+        Some(d) => own.min(d),
+        None => own,
+    }
+}
+
+/// Whether a worker that is stopping should now be killed.
+pub fn should_kill(now: Instant, kill_at: Instant, already_killed: bool) -> bool {
+    !already_killed && now >= kill_at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(restart: RestartPolicy) -> RestartRules {
+        RestartRules {
+            restart,
+            backoff: Backoff {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(60),
+                multiplier: 2.0,
+                jitter: 0.25,
+                reset_after: Duration::from_secs(120),
+            },
+            crash_loop_after: 5,
+            give_up_after: 0,
+            stable_after: Duration::from_secs(3),
+        }
+    }
+
+    fn crash(ran: u64) -> RunFacts {
+        RunFacts {
+            exit: Exit::Code(1),
+            ran_for: Duration::from_secs(ran),
+            became_ready: ran >= 3,
+        }
+    }
+
+    #[test]
+    fn base_delay_grows_and_caps() {
+        let b = rules(RestartPolicy::Always).backoff;
+        let d: Vec<u64> = (1..=8).map(|n| base_delay(&b, n).as_secs()).collect();
+        assert_eq!(d, vec![1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(base_delay(&b, 10_000), Duration::from_secs(60));
+        assert_eq!(base_delay(&b, 0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn jitter_is_bounded_and_never_below_base() {
+        let base = Duration::from_secs(4);
+        assert_eq!(with_jitter(base, 0.25, 0.0), base);
+        assert_eq!(with_jitter(base, 0.25, 0.5), Duration::from_millis(4500));
+        assert!(with_jitter(base, 0.25, 0.999_999) < Duration::from_secs(5));
+        assert_eq!(with_jitter(base, 0.0, 0.9), base);
+    }
+
+    #[test]
+    fn unstable_exits_raise_the_level_and_mark_crash_loops() {
+        let r = rules(RestartPolicy::Always);
+        let mut level = 0;
+        for n in 1..=6 {
+            match after_exit(&r, level, crash(0)) {
+                AfterExit::Restart {
+                    delay,
+                    level: l,
+                    crash_looping,
+                } => {
+                    assert_eq!(l, n);
+                    assert_eq!(delay, base_delay(&r.backoff, n));
+                    assert_eq!(crash_looping, n >= 5);
+                    level = l;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_long_run_resets_the_level() {
+        let r = rules(RestartPolicy::Always);
+        match after_exit(&r, 6, crash(200)) {
+            AfterExit::Restart {
+                level,
+                delay,
+                crash_looping,
+            } => {
+                assert_eq!(level, 0);
+                assert_eq!(delay, Duration::from_secs(1));
+                assert!(!crash_looping);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_stable_failure_keeps_the_level() {
+        let r = rules(RestartPolicy::Always);
+        assert_eq!(
+            after_exit(&r, 3, crash(10)),
+            AfterExit::Restart {
+                delay: Duration::from_secs(4),
+                level: 3,
+                crash_looping: false
+            }
+        );
+    }
+
+    #[test]
+    fn clean_exit_under_always_does_not_raise_the_level() {
+        let r = rules(RestartPolicy::Always);
+        let run = RunFacts {
+            exit: Exit::Code(0),
+            ran_for: Duration::from_millis(10),
+            became_ready: false,
+        };
+        assert_eq!(
+            after_exit(&r, 2, run),
+            AfterExit::Restart {
+                delay: Duration::from_secs(2),
+                level: 2,
+                crash_looping: false
+            }
+        );
+    }
+
+    #[test]
+    fn policies() {
+        let clean = RunFacts {
+            exit: Exit::Code(0),
+            ran_for: Duration::from_secs(10),
+            became_ready: true,
+        };
+        let killed = RunFacts {
+            exit: Exit::Signal(9),
+            ran_for: Duration::from_secs(10),
+            became_ready: true,
+        };
+        assert!(matches!(
+            after_exit(&rules(RestartPolicy::OnFailure), 0, clean),
+            AfterExit::Stop { .. }
+        ));
+        assert!(matches!(
+            after_exit(&rules(RestartPolicy::OnFailure), 0, killed),
+            AfterExit::Restart { .. }
+        ));
+        assert!(matches!(
+            after_exit(&rules(RestartPolicy::Never), 0, clean),
+            AfterExit::Stop { .. }
+        ));
+        assert!(matches!(
+            after_exit(&rules(RestartPolicy::Never), 0, killed),
+            AfterExit::Fail { .. }
+        ));
+        assert!(matches!(
+            after_exit(&rules(RestartPolicy::Always), 0, clean),
+            AfterExit::Restart { .. }
+        ));
+    }
+
+    #[test]
+    fn exit_78_parks_the_worker() {
+        let run = RunFacts {
+            exit: Exit::Code(78),
+            ran_for: Duration::from_secs(1),
+            became_ready: false,
+        };
+        match after_exit(&rules(RestartPolicy::Always), 0, run) {
+            AfterExit::Fail { reason, .. } => assert!(reason.contains("configuration error")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn give_up_after_n_unstable_exits() {
+        let mut r = rules(RestartPolicy::Always);
+        r.give_up_after = 3;
+        assert!(matches!(
+            after_exit(&r, 1, crash(0)),
+            AfterExit::Restart { level: 2, .. }
+        ));
+        assert!(matches!(
+            after_exit(&r, 2, crash(0)),
+            AfterExit::Fail { level: 3, .. }
+        ));
+    }
+
+    #[test]
+    fn stop_escalation() {
+        let t0 = Instant::now();
+        let k = kill_deadline(t0, Duration::from_secs(30), None);
+        assert_eq!(k, t0 + Duration::from_secs(30));
+        let k2 = kill_deadline(
+            t0,
+            Duration::from_secs(30),
+            Some(t0 + Duration::from_secs(5)),
+        );
+        assert_eq!(k2, t0 + Duration::from_secs(5));
+        assert!(!should_kill(t0 + Duration::from_secs(4), k2, false));
+        assert!(should_kill(t0 + Duration::from_secs(5), k2, false));
+        assert!(!should_kill(t0 + Duration::from_secs(6), k2, true));
+    }
+}
