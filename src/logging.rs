@@ -188,7 +188,9 @@ impl WorkerLog {
             let mut start = 0;
             while let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') {
                 let end = start + pos;
-                self.send(&buf[start..end], &origin, stream, &mut dropped);
+                for piece in buf[start..end].chunks(MAX_LINE) {
+                    self.send(piece, &origin, stream, &mut dropped);
+                }
                 start = end + 1;
             }
             buf.drain(..start);

@@ -111,12 +111,10 @@ pub fn socket_path(cli: &Cli) -> PathBuf {
         return s.clone();
     }
     let env = Environment::from_process();
-    match config::load(&cli.config, &env) {
-        Ok(c) => c.daemon.socket,
-        Err(_) => config::parse("", Path::new(DEFAULT_CONFIG_PATH), &env)
-            .map(|c| c.daemon.socket)
-            .unwrap_or_else(|_| PathBuf::from("/run/steward/steward.sock")),
-    }
+    config::daemon_settings(&cli.config, &env)
+        .or_else(|| config::daemon_settings(Path::new("/dev/null"), &env))
+        .map(|d| d.socket)
+        .unwrap_or_else(|| PathBuf::from("/run/steward/steward.sock"))
 }
 
 async fn client_command(cli: &Cli) -> Result<(), Failure> {

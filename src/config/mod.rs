@@ -257,6 +257,17 @@ pub fn parse(text: &str, path: &Path, env: &Environment) -> Result<Config, Confi
     }
 }
 
+/// Only the `[daemon]` settings of a file, even if other parts of it are invalid: client
+/// commands use this to find the socket of a daemon still running on an older, valid file.
+pub fn daemon_settings(path: &Path, env: &Environment) -> Option<DaemonConfig> {
+    let path = absolute(path);
+    let text = std::fs::read_to_string(&path).ok()?;
+    let base = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let mut ctx = Ctx::new(&text, &path);
+    let root = ctx.parse_document()?;
+    Some(parse_daemon(&mut ctx, &Section::root(&root), &base, env))
+}
+
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }

@@ -1,0 +1,264 @@
+//! Fixtures for integration tests: a real `steward daemon` in a temporary directory,
+//! bounded waits, and process inspection.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use steward::control::api::{DaemonStatus, PoolStatus};
+
+/// The one bound for "this should happen soon": generous, because CI machines are noisy.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_steward")
+}
+
+/// Poll `f` every 20 ms until it returns `Some`, or panic with `what` after `limit`.
+pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > end {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `pid` is a live process (a zombie counts as gone).
+pub fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X") | None)
+        }
+        Err(_) => false,
+    }
+}
+
+pub fn read_pid(path: &Path) -> Option<i32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// A temporary directory with a config file in it.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env {
+            dir: tempfile::Builder::new().prefix("st").tempdir_in("/tmp").expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path("steward.toml")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path("s.sock")
+    }
+
+    /// Write the config: a [daemon] section pointing into the temp dir, then `pools`.
+    pub fn write_config(&self, pools: &str) {
+        self.write_config_with_daemon("shutdown_timeout = \"20s\"\n", pools);
+    }
+
+    pub fn write_config_with_daemon(&self, daemon_extra: &str, pools: &str) {
+        let text = format!("[daemon]\nstate_dir = \"state\"\nsocket = \"s.sock\"\n{daemon_extra}\n{pools}");
+        fs::write(self.config_path(), text).expect("write config");
+    }
+
+    /// `steward <args> --config <file>`, run to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .env_remove("STEWARD_SOCKET")
+            .output()
+            .expect("run steward")
+    }
+}
+
+/// Datagrams received on a fake `NOTIFY_SOCKET`.
+pub struct NotifySocket {
+    pub path: PathBuf,
+    pub messages: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl NotifySocket {
+    pub fn bind(path: PathBuf) -> NotifySocket {
+        let sock = UnixDatagram::bind(&path).expect("bind notify socket");
+        sock.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let m = messages.clone();
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                match sock.recv(&mut buf) {
+                    Ok(n) => m
+                        .lock()
+                        .expect("lock")
+                        .push((Instant::now(), String::from_utf8_lossy(&buf[..n]).into_owned())),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                        if Arc::strong_count(&m) == 1 {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        NotifySocket { path, messages }
+    }
+
+    pub fn all(&self) -> Vec<(Instant, String)> {
+        self.messages.lock().expect("lock").clone()
+    }
+
+    /// Messages that contain `needle` as one of their `KEY=VALUE` lines.
+    pub fn with_line(&self, needle: &str) -> Vec<Instant> {
+        self.all()
+            .into_iter()
+            .filter(|(_, m)| m.lines().any(|l| l == needle))
+            .map(|(t, _)| t)
+            .collect()
+    }
+}
+
+/// A running `steward daemon`.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Daemon {
+    /// Start the daemon on `env`'s config and wait until it answers on its socket.
+    pub fn start(env: &Env) -> Daemon {
+        Self::start_with(env, &[])
+    }
+
+    pub fn start_with(env: &Env, vars: &[(&str, &str)]) -> Daemon {
+        let d = Self::spawn(env, vars, &["--log-format", "text"]);
+        d.wait_running();
+        d
+    }
+
+    /// Start without waiting.
+    pub fn spawn(env: &Env, vars: &[(&str, &str)], extra: &[&str]) -> Daemon {
+        let log = env.path("daemon.log");
+        let file = fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(bin());
+        cmd.arg("daemon")
+            .arg("--config")
+            .arg(env.config_path())
+            .args(extra)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("JOURNAL_STREAM")
+            .env("STEWARD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file));
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn steward daemon");
+        Daemon {
+            child,
+            log,
+            socket: env.socket(),
+            config: env.config_path(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wait_log(&self, needle: &str) {
+        wait_for(TIMEOUT, &format!("daemon log line containing {needle:?}"), || {
+            self.log().contains(needle).then_some(())
+        });
+    }
+
+    pub fn try_status(&self) -> Option<DaemonStatus> {
+        let out = Command::new(bin())
+            .args(["status", "--json", "--socket"])
+            .arg(&self.socket)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn status(&self) -> DaemonStatus {
+        wait_for(TIMEOUT, "steward status --json", || self.try_status())
+    }
+
+    pub fn pool(&self, name: &str) -> PoolStatus {
+        self.status()
+            .pools
+            .into_iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pool {name} in status"))
+    }
+
+    pub fn wait_running(&self) {
+        wait_for(TIMEOUT, "daemon state running", || {
+            self.try_status().filter(|s| s.state == "running").map(|_| ())
+        });
+    }
+
+    /// Wait until every worker of `pool` is running; return their pids by instance.
+    pub fn running_pids(&self, pool: &str) -> Vec<i32> {
+        wait_for(TIMEOUT, &format!("all workers of {pool} running"), || {
+            let p = self.try_status()?.pools.into_iter().find(|p| p.name == pool)?;
+            let ok = p.workers.len() as u32 == p.instances && p.workers.iter().all(|w| w.state == "running");
+            ok.then(|| p.workers.iter().filter_map(|w| w.pid).collect())
+        })
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill").args(["-s", sig]).arg(self.pid().to_string()).status().expect("kill");
+        assert!(st.success(), "kill -s {sig} failed");
+    }
+
+    /// Wait for the daemon to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        wait_for(limit, "daemon exit", || self.child.try_wait().ok().flatten())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real `steward` binary, real child processes, real sockets.
+
+mod helper;
+
+mod config;
+mod logs;
+mod notify;
+mod restart;
+mod stop;
+mod reload;
