@@ -1,17 +1,21 @@
-//! `steward daemon`: load the configuration, bind the control socket, run the supervisor.
+//! `steward daemon`: load the configuration, open the journal, bind the control socket,
+//! run the supervisor; on the way out, let the journal commit its last writes.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{self, Environment};
 use crate::control;
 use crate::error::Failure;
+use crate::journal::Journal;
 use crate::notify::Notifier;
 use crate::process;
 use crate::supervisor::Supervisor;
 
-/// Run the daemon until it is stopped. Returns only once every worker is gone.
+/// Run the daemon until it is stopped. Returns only once every worker is gone and every
+/// job state change is committed.
 pub fn run(config_path: &Path) -> Result<(), Failure> {
     let env = Environment::from_process();
     let config = config::load(config_path, &env).map_err(Failure::Config)?;
@@ -20,28 +24,57 @@ pub fn run(config_path: &Path) -> Result<(), Failure> {
             "cannot become a child subreaper ({e}); orphans of workers will not be reaped by steward"
         );
     }
-    std::fs::create_dir_all(&config.daemon.state_dir).map_err(|e| {
-        Failure::Failed(format!(
-            "cannot create the state directory {}: {e} (set [daemon] state_dir to a writable directory)",
-            config.daemon.state_dir.display()
-        ))
-    })?;
+    let run_id = format!("{:016x}", rand::random::<u64>());
+    let (journal, owner, reclaimed) = Journal::open(
+        &config.daemon.state_dir,
+        config.journal.synchronous,
+        &run_id,
+    )
+    .map_err(Failure::Failed)?;
+    for r in &reclaimed {
+        tracing::warn!(JOB_ID = r.id, QUEUE = %r.queue, ATTEMPT = r.attempt,
+            "job {} was running on {} when steward last stopped; it is {} again",
+            r.id, r.worker.as_deref().unwrap_or("a worker"), r.now.as_str());
+    }
+    if !reclaimed.is_empty() {
+        tracing::info!(
+            "reclaimed {} jobs interrupted by the previous stop of steward",
+            reclaimed.len()
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .thread_name("steward")
         .build()
         .map_err(|e| Failure::Failed(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let socket = config.daemon.socket.clone();
         let listener = control::bind(&socket).map_err(Failure::Failed)?;
-        let (req_tx, req_rx) = mpsc::channel(64);
-        let server = tokio::spawn(control::serve(listener, req_tx));
-        let supervisor = Supervisor::new(config, env, Notifier::from_env())
-            .map_err(|e| Failure::Failed(format!("cannot start the supervisor: {e}")))?;
+        let (req_tx, req_rx) = mpsc::channel(256);
+        let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
+        let supervisor = Supervisor::new(
+            config,
+            env,
+            Notifier::from_env(),
+            journal.clone(),
+            config_tx,
+        )
+        .map_err(|e| Failure::Failed(format!("cannot start the supervisor: {e}")))?;
+        let state = control::State {
+            requests: req_tx,
+            journal,
+            config: config_rx,
+            supervisor: supervisor.handle(),
+        };
+        let server = tokio::spawn(control::serve(listener, state));
         let result = supervisor.run(req_rx).await;
         server.abort();
+        let _ = server.await;
         let _ = std::fs::remove_file(&socket);
         result.map_err(|e| Failure::Failed(format!("supervisor error: {e}")))
-    })
+    });
+    drop(runtime);
+    owner.close();
+    result
 }

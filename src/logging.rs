@@ -11,6 +11,7 @@ use std::io::IsTerminal;
 use std::os::fd::{AsFd, OwnedFd};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 
 use tokio::io::AsyncReadExt;
@@ -126,10 +127,13 @@ pub struct Origin {
     pub pool: Arc<str>,
     pub instance: u32,
     pub pid: i32,
+    /// The job the worker is running, when it holds exactly one (0 otherwise).
+    pub job: Arc<AtomicI64>,
 }
 
 struct Line {
     origin: Origin,
+    job: i64,
     stream: Stream,
     level: Level,
     text: String,
@@ -215,6 +219,7 @@ impl WorkerLog {
         if *dropped > 0 {
             let note = Line {
                 origin: origin.clone(),
+                job: 0,
                 stream,
                 level: Level::WARN,
                 text: format!(
@@ -227,6 +232,7 @@ impl WorkerLog {
         }
         let line = Line {
             origin: origin.clone(),
+            job: origin.job.load(Ordering::Relaxed),
             stream,
             level,
             text: String::from_utf8_lossy(raw).into_owned(),
@@ -255,16 +261,21 @@ pub fn split_priority(raw: &[u8]) -> (Level, &[u8]) {
 }
 
 fn emit(l: &Line) {
-    let (pool, inst, pid, stream, text) = (
+    let (pool, inst, pid, stream, text, job) = (
         &*l.origin.pool,
         l.origin.instance,
         l.origin.pid,
         l.stream.as_str(),
         l.text.as_str(),
+        l.job,
     );
     macro_rules! ev {
         ($lvl:expr) => {
-            tracing::event!(target: "worker", $lvl, POOL = %pool, INSTANCE = inst, WORKER_PID = pid, STREAM = %stream, "{}", text)
+            if job > 0 {
+                tracing::event!(target: "worker", $lvl, POOL = %pool, INSTANCE = inst, WORKER_PID = pid, STREAM = %stream, JOB_ID = job, "{}", text)
+            } else {
+                tracing::event!(target: "worker", $lvl, POOL = %pool, INSTANCE = inst, WORKER_PID = pid, STREAM = %stream, "{}", text)
+            }
         };
     }
     match l.level {

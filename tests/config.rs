@@ -8,34 +8,76 @@ fn invalid_config_exits_78_with_all_errors_positioned() {
     let text = "[daemon]\nsocket = \"s.sock\"\nshutdown_timeout = \"soon\"\n\n[pool.a]\ncommand = []\ninstances = 0\ncolour = \"blue\"\n\n[pool.b]\ncommand = [\"sh\"]\ninstances = \"four\"\n";
     std::fs::write(env.config_path(), text).unwrap();
     let out = env.run(&["daemon", "--log-format", "text"]);
-    assert_eq!(out.status.code(), Some(78), "daemon must exit with EX_CONFIG");
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "daemon must exit with EX_CONFIG"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     let file = env.config_path().display().to_string();
     for pos in ["3:20", "6:11", "7:13", "8:1", "12:13"] {
-        assert!(err.contains(&format!("{file}:{pos}: ")), "missing {pos} in:\n{err}");
+        assert!(
+            err.contains(&format!("{file}:{pos}: ")),
+            "missing {pos} in:\n{err}"
+        );
     }
     assert!(err.contains("has 5 errors"), "{err}");
     assert!(err.contains("unknown key `colour`"), "{err}");
-    assert!(!env.socket().exists(), "nothing may start on an invalid config");
+    assert!(
+        !env.socket().exists(),
+        "nothing may start on an invalid config"
+    );
 
     let out = env.run(&["check-config"]);
     assert_eq!(out.status.code(), Some(78));
     let err2 = String::from_utf8_lossy(&out.stderr);
-    assert!(err2.contains(&format!("{file}:7:13: `pool.a.instances` must be between 1 and")), "{err2}");
+    assert!(
+        err2.contains(&format!(
+            "{file}:7:13: `pool.a.instances` must be between 1 and"
+        )),
+        "{err2}"
+    );
 }
 
 #[test]
 fn each_kind_of_mistake_is_named() {
     let cases: &[(&str, &str)] = &[
-        ("[pool.a]\ncommand = [\"sh\"]\nbogus = 1\n", "3:1: unknown key `bogus`"),
-        ("[pool.a]\ncommand = [\"sh\"]\ninstances = \"2\"\n", "3:13: `pool.a.instances` must be an integer, found a string"),
-        ("[pool.a]\ncommand = [\"sh\"]\ninstances = 0\n", "3:13: `pool.a.instances` must be between 1"),
-        ("[pool.a]\ncommand = []\n", "2:11: `pool.a.command` is empty"),
-        ("[pool.a]\ncommand = [\"sh\"]\nstop_timeout = \"10 parsecs\"\n", "3:16: `pool.a.stop_timeout = \"10 parsecs\"` is not a duration"),
-        ("[pool.a]\ncommand = [\"sh\"]\nstop_timeout = 10\n", "3:16: `pool.a.stop_timeout` must be a duration string"),
-        ("[pool.a]\ncommand = [\"/nonexistent/worker\"]\n", "2:11: program /nonexistent/worker does not exist"),
-        ("[pool.a]\ncommand = [\"sh\"]\nrestart = \"sometimes\"\n", "3:11: restart = \"sometimes\" is not a policy"),
-        ("[pool.a]\ncommand = [\"sh\"]\nstop_signal = \"SIGFOO\"\n", "3:15: stop_signal = \"SIGFOO\" is not a signal name"),
+        (
+            "[pool.a]\ncommand = [\"sh\"]\nbogus = 1\n",
+            "3:1: unknown key `bogus`",
+        ),
+        (
+            "[pool.a]\ncommand = [\"sh\"]\ninstances = \"2\"\n",
+            "3:13: `pool.a.instances` must be an integer, found a string",
+        ),
+        (
+            "[pool.a]\ncommand = [\"sh\"]\ninstances = 0\n",
+            "3:13: `pool.a.instances` must be between 1",
+        ),
+        (
+            "[pool.a]\ncommand = []\n",
+            "2:11: `pool.a.command` is empty",
+        ),
+        (
+            "[pool.a]\ncommand = [\"sh\"]\nstop_timeout = \"10 parsecs\"\n",
+            "3:16: `pool.a.stop_timeout = \"10 parsecs\"` is not a duration",
+        ),
+        (
+            "[pool.a]\ncommand = [\"sh\"]\nstop_timeout = 10\n",
+            "3:16: `pool.a.stop_timeout` must be a duration string",
+        ),
+        (
+            "[pool.a]\ncommand = [\"/nonexistent/worker\"]\n",
+            "2:11: program /nonexistent/worker does not exist",
+        ),
+        (
+            "[pool.a]\ncommand = [\"sh\"]\nrestart = \"sometimes\"\n",
+            "3:11: restart = \"sometimes\" is not a policy",
+        ),
+        (
+            "[pool.a]\ncommand = [\"sh\"]\nstop_signal = \"SIGFOO\"\n",
+            "3:15: stop_signal = \"SIGFOO\" is not a signal name",
+        ),
         ("[pool.a\ncommand = [\"sh\"]\n", "1:8: TOML syntax error"),
     ];
     for (text, expected) in cases {
@@ -44,7 +86,10 @@ fn each_kind_of_mistake_is_named() {
         let out = env.run(&["check-config"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(78), "{text}\n{err}");
-        assert!(err.contains(expected), "expected {expected:?} for:\n{text}\ngot:\n{err}");
+        assert!(
+            err.contains(expected),
+            "expected {expected:?} for:\n{text}\ngot:\n{err}"
+        );
     }
 }
 
@@ -53,9 +98,16 @@ fn valid_config_checks_ok() {
     let env = Env::new();
     env.write_config("[pool.web]\ncommand = [\"sleep\", \"100\"]\ninstances = 3\n");
     let out = env.run(&["check-config"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("configuration is valid (1 pool: web ×3)"), "{text}");
+    assert!(
+        text.contains("configuration is valid (1 pool: web ×3)"),
+        "{text}"
+    );
 }
 
 #[test]

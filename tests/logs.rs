@@ -13,7 +13,10 @@ fn worker_lines_are_logged_with_fields() {
     let pid = d.running_pids("talker")[0];
     wait_for(TIMEOUT, "worker lines in the log", || {
         let log = d.log();
-        (log.contains("hello-out") && log.contains("bad thing") && log.matches("xxxxxxxxxx").count() > 0).then_some(())
+        (log.contains("hello-out")
+            && log.contains("bad thing")
+            && log.matches("xxxxxxxxxx").count() > 0)
+            .then_some(())
     });
     // The long line arrives in pieces; give the pump a moment to emit the last one.
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -23,12 +26,18 @@ fn worker_lines_are_logged_with_fields() {
         .filter_map(|l| serde_json::from_str(l).ok())
         .filter(|v: &serde_json::Value| v["POOL"] == "talker" && v["STREAM"].is_string())
         .collect();
-    let out = records.iter().find(|r| r["message"] == "hello-out").expect("stdout line");
+    let out = records
+        .iter()
+        .find(|r| r["message"] == "hello-out")
+        .expect("stdout line");
     assert_eq!(out["STREAM"], "stdout");
     assert_eq!(out["INSTANCE"], 0);
     assert_eq!(out["WORKER_PID"], pid);
     assert_eq!(out["level"], "INFO");
-    let err = records.iter().find(|r| r["message"] == "bad thing").expect("stderr line, prefix stripped");
+    let err = records
+        .iter()
+        .find(|r| r["message"] == "bad thing")
+        .expect("stderr line, prefix stripped");
     assert_eq!(err["STREAM"], "stderr");
     assert_eq!(err["level"], "ERROR");
     let pieces: Vec<usize> = records

@@ -8,18 +8,28 @@ use crate::helper::*;
 #[test]
 fn ready_status_and_watchdog() {
     let env = Env::new();
-    env.write_config("[pool.w]\ncommand = [\"sleep\", \"1000\"]\ninstances = 2\nstable_after = \"200ms\"\n");
+    env.write_config(
+        "[pool.w]\ncommand = [\"sleep\", \"1000\"]\ninstances = 2\nstable_after = \"200ms\"\n",
+    );
     let notify = NotifySocket::bind(env.path("notify.sock"));
     let path = notify.path.display().to_string();
-    let d = Daemon::spawn(&env, &[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "400000")], &["--log-format", "text"]);
+    let d = Daemon::spawn(
+        &env,
+        &[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "400000")],
+        &["--log-format", "text"],
+    );
 
-    let ready_at = wait_for(TIMEOUT, "READY=1", || notify.with_line("READY=1").first().copied());
+    let ready_at = wait_for(TIMEOUT, "READY=1", || {
+        notify.with_line("READY=1").first().copied()
+    });
     // When READY=1 was sent, the socket answered and both workers had been spawned.
     let s = d.status();
     assert_eq!(s.pools[0].workers.len(), 2);
     assert!(s.pools[0].workers.iter().all(|w| w.pid.is_some()), "{s:?}");
     assert!(
-        notify.all().iter().any(|(_, m)| m.lines().any(|l| l.starts_with("STATUS=") && l.contains("workers running"))),
+        notify.all().iter().any(|(_, m)| m
+            .lines()
+            .any(|l| l.starts_with("STATUS=") && l.contains("workers running"))),
         "{:?}",
         notify.all()
     );
@@ -28,8 +38,16 @@ fn ready_status_and_watchdog() {
     // Pings about every 200 ms.
     std::thread::sleep(Duration::from_secs(2));
     let pings = notify.with_line("WATCHDOG=1");
-    let recent: Vec<Instant> = pings.iter().copied().filter(|t| t.elapsed() < Duration::from_millis(2000)).collect();
-    assert!((6..=14).contains(&recent.len()), "expected ~10 pings in 2 s, got {}", recent.len());
+    let recent: Vec<Instant> = pings
+        .iter()
+        .copied()
+        .filter(|t| t.elapsed() < Duration::from_millis(2000))
+        .collect();
+    assert!(
+        (6..=14).contains(&recent.len()),
+        "expected ~10 pings in 2 s, got {}",
+        recent.len()
+    );
 
     // A stopped loop stops pinging.
     d.signal("STOP");
@@ -39,14 +57,22 @@ fn ready_status_and_watchdog() {
     let after = notify.with_line("WATCHDOG=1").len();
     assert_eq!(before, after, "pings arrived while the daemon was stopped");
     d.signal("CONT");
-    wait_for(TIMEOUT, "pings resume", || (notify.with_line("WATCHDOG=1").len() > after).then_some(()));
+    wait_for(TIMEOUT, "pings resume", || {
+        (notify.with_line("WATCHDOG=1").len() > after).then_some(())
+    });
 
     // The worker environment does not carry the daemon's systemd variables.
     let pid = d.running_pids("w")[0];
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     let environ = String::from_utf8_lossy(&environ);
-    assert!(!environ.contains("NOTIFY_SOCKET="), "worker inherited NOTIFY_SOCKET");
-    assert!(!environ.contains("WATCHDOG_USEC="), "worker inherited WATCHDOG_USEC");
+    assert!(
+        !environ.contains("NOTIFY_SOCKET="),
+        "worker inherited NOTIFY_SOCKET"
+    );
+    assert!(
+        !environ.contains("WATCHDOG_USEC="),
+        "worker inherited WATCHDOG_USEC"
+    );
     assert!(environ.contains("STEWARD_POOL=w\0"), "{environ}");
     assert!(environ.contains("STEWARD_INSTANCE=0\0") || environ.contains("STEWARD_INSTANCE=1\0"));
 }
@@ -58,12 +84,23 @@ fn stopping_and_reloading_are_announced() {
     let notify = NotifySocket::bind(env.path("notify.sock"));
     let path = notify.path.display().to_string();
     let mut d = Daemon::spawn(&env, &[("NOTIFY_SOCKET", &path)], &["--log-format", "text"]);
-    wait_for(TIMEOUT, "READY=1", || notify.with_line("READY=1").first().copied());
+    wait_for(TIMEOUT, "READY=1", || {
+        notify.with_line("READY=1").first().copied()
+    });
     d.signal("HUP");
-    wait_for(TIMEOUT, "RELOADING=1", || notify.with_line("RELOADING=1").first().copied());
-    let reloading = notify.all().into_iter().find(|(_, m)| m.contains("RELOADING=1")).unwrap().1;
+    wait_for(TIMEOUT, "RELOADING=1", || {
+        notify.with_line("RELOADING=1").first().copied()
+    });
+    let reloading = notify
+        .all()
+        .into_iter()
+        .find(|(_, m)| m.contains("RELOADING=1"))
+        .unwrap()
+        .1;
     assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
-    wait_for(TIMEOUT, "READY=1 after reload", || (notify.with_line("READY=1").len() >= 2).then_some(()));
+    wait_for(TIMEOUT, "READY=1 after reload", || {
+        (notify.with_line("READY=1").len() >= 2).then_some(())
+    });
     d.signal("TERM");
     assert!(d.wait_exit(TIMEOUT).success());
     assert!(!notify.with_line("STOPPING=1").is_empty());

@@ -14,7 +14,9 @@ fn broken_config_keeps_everything_and_changed_pool_restarts_alone() {
     let b0 = d.running_pids("b");
 
     // A broken file: errors logged with positions, nothing touched.
-    env.write_config(&format!("{POOLS}\n[pool.c]\ncommand = [\"sleep\"]\ninstances = -1\n"));
+    env.write_config(&format!(
+        "{POOLS}\n[pool.c]\ncommand = [\"sleep\"]\ninstances = -1\n"
+    ));
     let text = std::fs::read_to_string(env.config_path()).unwrap();
     let line = text.lines().position(|l| l == "instances = -1").unwrap() + 1;
     let pos = format!("{}:{line}:13: ", env.config_path().display());
@@ -24,7 +26,11 @@ fn broken_config_keeps_everything_and_changed_pool_restarts_alone() {
     assert!(log.contains(&pos), "{pos} not in:\n{log}");
     let s = d.status();
     assert!(!s.last_reload.as_ref().unwrap().ok);
-    assert!(s.status_line.starts_with("reload failed"), "{}", s.status_line);
+    assert!(
+        s.status_line.starts_with("reload failed"),
+        "{}",
+        s.status_line
+    );
     assert_eq!(d.running_pids("a"), a0);
     assert_eq!(d.running_pids("b"), b0);
     assert!(s.pools.iter().all(|p| p.name != "c"));
@@ -40,11 +46,18 @@ fn broken_config_keeps_everything_and_changed_pool_restarts_alone() {
         "[pool.b]\ncommand = [\"sleep\", \"1001\"]",
     ));
     let out = env.run(&["reload"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("changed b (rolling restart)"));
     let b1 = wait_for(TIMEOUT, "b restarted", || {
         let p = d.try_status()?.pools.into_iter().find(|p| p.name == "b")?;
-        let done = !p.rolling && p.workers.iter().all(|w| w.state == "running" && w.generation == 2);
+        let done = !p.rolling
+            && p.workers
+                .iter()
+                .all(|w| w.state == "running" && w.generation == 2);
         done.then(|| p.workers.iter().filter_map(|w| w.pid).collect::<Vec<_>>())
     });
     assert!(b1.iter().all(|p| !b0.contains(p)), "{b0:?} -> {b1:?}");
@@ -53,7 +66,10 @@ fn broken_config_keeps_everything_and_changed_pool_restarts_alone() {
     let log = d.log();
     let b0_running = log.rfind("worker b/0 is running").unwrap();
     let b1_stop = log.find("stopping worker b/1").unwrap();
-    assert!(b0_running < b1_stop, "b/1 stopped before b/0 was running again\n{log}");
+    assert!(
+        b0_running < b1_stop,
+        "b/1 stopped before b/0 was running again\n{log}"
+    );
 
     // Scale a up, remove b, add c.
     env.write_config(
@@ -62,10 +78,18 @@ fn broken_config_keeps_everything_and_changed_pool_restarts_alone() {
     );
     d.signal("HUP");
     let a2 = d.running_pids("a");
-    assert_eq!(&a2[..2], &a0[..], "scaling must not restart existing workers");
+    assert_eq!(
+        &a2[..2],
+        &a0[..],
+        "scaling must not restart existing workers"
+    );
     d.running_pids("c");
     wait_for(TIMEOUT, "pool b removed", || {
-        d.try_status()?.pools.iter().all(|p| p.name != "b").then_some(())
+        d.try_status()?
+            .pools
+            .iter()
+            .all(|p| p.name != "b")
+            .then_some(())
     });
     for p in b1 {
         assert!(!alive(p), "worker {p} of removed pool b is still alive");
@@ -75,13 +99,25 @@ fn broken_config_keeps_everything_and_changed_pool_restarts_alone() {
 #[test]
 fn restart_command_waits_for_a_rolling_restart() {
     let env = Env::new();
-    env.write_config("[pool.a]\ncommand = [\"sleep\", \"1000\"]\ninstances = 3\nstable_after = \"200ms\"\n");
+    env.write_config(
+        "[pool.a]\ncommand = [\"sleep\", \"1000\"]\ninstances = 3\nstable_after = \"200ms\"\n",
+    );
     let d = Daemon::start(&env);
     let before = d.running_pids("a");
     let out = env.run(&["restart", "a"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("pool a restarted: 3/3 workers running"), "{text}");
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("pool a restarted: 3/3 workers running"),
+        "{text}"
+    );
     let after = d.running_pids("a");
-    assert!(after.iter().all(|p| !before.contains(p)), "{before:?} -> {after:?}");
+    assert!(
+        after.iter().all(|p| !before.contains(p)),
+        "{before:?} -> {after:?}"
+    );
 }

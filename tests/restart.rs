@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 use crate::helper::*;
 
 fn kill9(pid: i32) {
-    let st = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    let st = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(st.success());
 }
 
@@ -14,7 +17,14 @@ fn time_restart(d: &Daemon, old: i32) -> (Duration, i32) {
     kill9(old);
     let t0 = Instant::now();
     let new = wait_for(TIMEOUT, "a new worker pid", || {
-        let w = d.try_status()?.pools.into_iter().next()?.workers.into_iter().next()?;
+        let w = d
+            .try_status()?
+            .pools
+            .into_iter()
+            .next()?
+            .workers
+            .into_iter()
+            .next()?;
         w.pid.filter(|p| *p != old)
     });
     (t0.elapsed(), new)
@@ -28,7 +38,9 @@ fn backoff_grows_per_formula_marks_crash_loop_and_resets_after_stable_run() {
          backoff = { initial = \"400ms\", max = \"10s\", multiplier = 2.0, jitter = 0.0, reset_after = \"3s\" }\n",
     );
     let d = Daemon::start(&env);
-    let mut pid = wait_for(TIMEOUT, "first pid", || d.try_status()?.pools[0].workers[0].pid);
+    let mut pid = wait_for(TIMEOUT, "first pid", || {
+        d.try_status()?.pools[0].workers[0].pid
+    });
     let mut delays = Vec::new();
     for _ in 0..3 {
         let (dt, new) = time_restart(&d, pid);
@@ -38,8 +50,14 @@ fn backoff_grows_per_formula_marks_crash_loop_and_resets_after_stable_run() {
     // Expected 0.4 s, 0.8 s, 1.6 s (jitter 0). Generous upper bounds: CI is noisy.
     for (dt, expected) in delays.iter().zip([400u64, 800, 1600]) {
         let e = Duration::from_millis(expected);
-        assert!(*dt >= e.mul_f64(0.9), "restart after {dt:?}, expected about {e:?} ({delays:?})");
-        assert!(*dt < e + Duration::from_millis(1500), "restart after {dt:?}, expected about {e:?} ({delays:?})");
+        assert!(
+            *dt >= e.mul_f64(0.9),
+            "restart after {dt:?}, expected about {e:?} ({delays:?})"
+        );
+        assert!(
+            *dt < e + Duration::from_millis(1500),
+            "restart after {dt:?}, expected about {e:?} ({delays:?})"
+        );
     }
     assert!(delays[2] > delays[0] * 2, "{delays:?}");
 
@@ -51,7 +69,14 @@ fn backoff_grows_per_formula_marks_crash_loop_and_resets_after_stable_run() {
     });
     assert_eq!(w.unstable_exits, 4);
     assert!(w.next_restart_in_secs.is_some());
-    assert!(w.last_exit.as_ref().unwrap().description.contains("SIGKILL"), "{w:?}");
+    assert!(
+        w.last_exit
+            .as_ref()
+            .unwrap()
+            .description
+            .contains("SIGKILL"),
+        "{w:?}"
+    );
 
     // A run longer than reset_after resets the level: the next delay is `initial` again.
     let pid = wait_for(TIMEOUT, "restart after crash loop", || {
@@ -60,7 +85,10 @@ fn backoff_grows_per_formula_marks_crash_loop_and_resets_after_stable_run() {
     });
     std::thread::sleep(Duration::from_millis(3200));
     let (dt, _) = time_restart(&d, pid);
-    assert!(dt < Duration::from_millis(400 + 1500), "level not reset: restart took {dt:?}");
+    assert!(
+        dt < Duration::from_millis(400 + 1500),
+        "level not reset: restart took {dt:?}"
+    );
     let w = d.status().pools[0].workers[0].clone();
     assert!(w.unstable_exits <= 1, "{w:?}");
     assert!(w.restarts >= 5, "{w:?}");
@@ -107,11 +135,18 @@ fn restart_policies_and_exit_78() {
     assert_eq!(worker("config_error").restarts, 0);
     assert_eq!(worker("never_fail").restarts, 0);
     let text = d.log();
-    assert!(text.contains("worker config_error/0") && text.contains("configuration error"), "{text}");
+    assert!(
+        text.contains("worker config_error/0") && text.contains("configuration error"),
+        "{text}"
+    );
 
     // `steward restart` brings a failed worker back.
     let out = env.run(&["restart", "config_error", "--no-wait"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_for(TIMEOUT, "restarted after steward restart", || {
         let w = worker("config_error");
         (w.generation == 2 && w.last_exit.is_some() && w.state == "failed").then_some(())
@@ -128,7 +163,9 @@ fn a_worker_that_cannot_start_backs_off() {
     std::fs::write(&script, "#!/bin/sh\nsleep 1000\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    env.write_config("[pool.w]\ncommand = [\"./w.sh\"]\nbackoff = { initial = \"100ms\", max = \"200ms\" }\n");
+    env.write_config(
+        "[pool.w]\ncommand = [\"./w.sh\"]\nbackoff = { initial = \"100ms\", max = \"200ms\" }\n",
+    );
     let d = Daemon::start(&env);
     d.running_pids("w");
     // Delete the program: the next start fails at exec, which must count as an unstable exit.
@@ -139,6 +176,10 @@ fn a_worker_that_cannot_start_backs_off() {
         let w = d.try_status()?.pools[0].workers[0].clone();
         (w.unstable_exits >= 2).then_some(w)
     });
-    assert!(w.last_exit.unwrap().description.contains("could not start"), "{}", d.log());
+    assert!(
+        w.last_exit.unwrap().description.contains("could not start"),
+        "{}",
+        d.log()
+    );
     assert!(d.log().contains("cannot start worker w/0"));
 }

@@ -21,7 +21,11 @@ fn sigterm_stops_every_worker_and_escalates() {
     let mut pids = d.running_pids("polite");
     pids.extend(d.running_pids("stubborn"));
     let grandchildren: Vec<i32> = (0..2)
-        .map(|i| wait_for(TIMEOUT, "grandchild pid file", || read_pid(&env.path(&format!("grandchild.{i}")))))
+        .map(|i| {
+            wait_for(TIMEOUT, "grandchild pid file", || {
+                read_pid(&env.path(&format!("grandchild.{i}")))
+            })
+        })
         .collect();
     assert!(grandchildren.iter().all(|p| alive(*p)));
 
@@ -29,15 +33,28 @@ fn sigterm_stops_every_worker_and_escalates() {
     d.signal("TERM");
     let status = d.wait_exit(TIMEOUT);
     let took = t0.elapsed();
-    assert!(status.success(), "daemon exit status {status:?}\n{}", d.log());
+    assert!(
+        status.success(),
+        "daemon exit status {status:?}\n{}",
+        d.log()
+    );
     // The stubborn worker ignores SIGTERM: it holds the stop for its stop_timeout (1 s).
-    assert!(took >= Duration::from_millis(900), "stopped too early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "stopped too early: {took:?}"
+    );
     assert!(took < Duration::from_secs(10), "stop took {took:?}");
     for i in 0..2 {
-        assert!(env.path(&format!("term.{i}")).exists(), "polite worker {i} did not get SIGTERM");
+        assert!(
+            env.path(&format!("term.{i}")).exists(),
+            "polite worker {i} did not get SIGTERM"
+        );
     }
     let log = d.log();
-    assert!(log.contains("worker stubborn/0") && log.contains("sending SIGKILL to its process group"), "{log}");
+    assert!(
+        log.contains("worker stubborn/0") && log.contains("sending SIGKILL to its process group"),
+        "{log}"
+    );
     for p in pids.iter().chain(&grandchildren) {
         assert!(!alive(*p), "process {p} survived the stop\n{log}");
     }
@@ -55,7 +72,11 @@ fn second_sigterm_kills_at_once() {
     let t0 = Instant::now();
     d.signal("TERM");
     assert!(d.wait_exit(TIMEOUT).success());
-    assert!(t0.elapsed() < Duration::from_secs(5), "second SIGTERM took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "second SIGTERM took {:?}",
+        t0.elapsed()
+    );
     assert!(!alive(pid));
 }
 
@@ -65,14 +86,24 @@ fn workers_die_with_a_killed_daemon() {
     env.write_config("[pool.w]\ncommand = [\"sleep\", \"1000\"]\ninstances = 3\n");
     let mut d = Daemon::start(&env);
     let pids: Vec<i32> = wait_for(TIMEOUT, "3 pids", || {
-        let p: Vec<i32> = d.try_status()?.pools[0].workers.iter().filter_map(|w| w.pid).collect();
+        let p: Vec<i32> = d.try_status()?.pools[0]
+            .workers
+            .iter()
+            .filter_map(|w| w.pid)
+            .collect();
         (p.len() == 3).then_some(p)
     });
     d.child.kill().unwrap();
     d.child.wait().unwrap();
     let t0 = Instant::now();
-    wait_for(Duration::from_secs(5), "workers gone", || pids.iter().all(|p| !alive(*p)).then_some(()));
-    assert!(t0.elapsed() < Duration::from_secs(1), "workers outlived the daemon by {:?}", t0.elapsed());
+    wait_for(Duration::from_secs(5), "workers gone", || {
+        pids.iter().all(|p| !alive(*p)).then_some(())
+    });
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "workers outlived the daemon by {:?}",
+        t0.elapsed()
+    );
 }
 
 #[test]
@@ -89,14 +120,21 @@ fn no_zombies_after_many_exits() {
     });
     std::thread::sleep(Duration::from_millis(300));
     let zombies = zombies_of(d.pid());
-    assert!(zombies.is_empty(), "zombie children of steward: {zombies:?}");
+    assert!(
+        zombies.is_empty(),
+        "zombie children of steward: {zombies:?}"
+    );
 }
 
 fn zombies_of(parent: i32) -> Vec<i32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         let Some(i) = stat.rfind(')') else { continue };
         let f: Vec<&str> = stat[i + 1..].split_whitespace().collect();
         if f.first() == Some(&"Z") && f.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(parent) {

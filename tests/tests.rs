@@ -5,6 +5,6 @@ mod helper;
 mod config;
 mod logs;
 mod notify;
+mod reload;
 mod restart;
 mod stop;
-mod reload;

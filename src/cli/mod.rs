@@ -1,6 +1,7 @@
 //! The `steward` command line: the daemon entry point and the client commands that talk
 //! to a running daemon over its control socket.
 
+mod jobs;
 mod status;
 
 use std::path::{Path, PathBuf};
@@ -59,6 +60,58 @@ pub enum Command {
     },
     /// Re-read the configuration file and apply it; reports whether it was valid.
     Reload,
+    /// Submit a job; prints its id.
+    Submit {
+        queue: String,
+        /// The payload as JSON, or `-` to read it from stdin (default: {}).
+        payload: Option<String>,
+        /// Higher runs first.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i64,
+        /// Run no earlier than this long from now, e.g. 10m.
+        #[arg(long, value_parser = parse_duration_arg, conflicts_with = "at")]
+        delay: Option<Duration>,
+        /// Run no earlier than this time (RFC 3339, e.g. 2026-11-23T18:00:00Z).
+        #[arg(long)]
+        at: Option<String>,
+        /// Attempts in all before the job fails (default: the queue's).
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// Time limit of one attempt, e.g. 5m; 0 = none (default: the queue's).
+        #[arg(long, value_parser = parse_duration_arg)]
+        timeout: Option<Duration>,
+        /// While a job with this key is queued or running in the queue, return it instead.
+        #[arg(long)]
+        key: Option<String>,
+        /// Wait until the job is finished; exit 0 only if it succeeded.
+        #[arg(long)]
+        wait: bool,
+        /// Print {"id":…, "existing":…} instead of the bare id.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List jobs, newest first.
+    Jobs {
+        #[arg(long)]
+        queue: Option<String>,
+        /// queued, running, succeeded, failed or cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job: payload, result, and every attempt.
+    Job {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job: a queued one at once, a running one on its worker.
+    Cancel { id: i64 },
+    /// Queue a failed or cancelled job again, with a fresh attempt budget.
+    Retry { id: i64 },
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
@@ -137,6 +190,41 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
             no_wait,
             timeout,
         } => restart(&client, pool, *no_wait, *timeout).await,
+        Command::Submit {
+            queue,
+            payload,
+            priority,
+            delay,
+            at,
+            max_attempts,
+            timeout,
+            key,
+            wait,
+            json,
+        } => {
+            let args = jobs::SubmitArgs {
+                queue: queue.clone(),
+                payload: payload.clone(),
+                priority: *priority,
+                delay: *delay,
+                at: at.clone(),
+                max_attempts: *max_attempts,
+                timeout: *timeout,
+                key: key.clone(),
+                wait: *wait,
+                json: *json,
+            };
+            jobs::submit(&client, args).await
+        }
+        Command::Jobs {
+            queue,
+            state,
+            limit,
+            json,
+        } => jobs::list(&client, queue.as_deref(), state.as_deref(), *limit, *json).await,
+        Command::Job { id, json } => jobs::show(&client, *id, *json).await,
+        Command::Cancel { id } => jobs::cancel(&client, *id).await,
+        Command::Retry { id } => jobs::retry(&client, *id).await,
         Command::Daemon | Command::CheckConfig => Ok(()),
     }
 }

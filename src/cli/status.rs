@@ -50,6 +50,17 @@ pub fn render(s: &DaemonStatus) -> String {
             let _ = writeln!(out, "           {e}");
         }
     }
+    if let Some(j) = &s.journal {
+        let _ = writeln!(
+            out,
+            "  journal: {} ({:.1} MiB)",
+            j.path,
+            j.size_bytes as f64 / (1024.0 * 1024.0)
+        );
+        if let Some(e) = &j.error {
+            let _ = writeln!(out, "  JOURNAL: {e}");
+        }
+    }
     if s.pools.is_empty() {
         let _ = writeln!(
             out,
@@ -58,36 +69,69 @@ pub fn render(s: &DaemonStatus) -> String {
         );
     }
     for p in &s.pools {
+        let rolling = if p.rolling {
+            ", restarting one by one"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
-            "\npool {}: {}/{} running{} — {}",
+            "\npool {}: {}/{} running{rolling} — {}",
             p.name,
             p.running,
             p.instances,
-            if p.rolling {
-                ", restarting one by one"
-            } else {
-                ""
-            },
             p.command.join(" ")
         );
         let _ = writeln!(
             out,
-            "  {:<4} {:<14} {:<8} {:<9} {:<9} LAST EXIT",
-            "#", "STATE", "PID", "UPTIME", "RESTARTS"
+            "  {:<4} {:<14} {:<8} {:<9} {:<9} {:<10} LAST EXIT",
+            "#", "STATE", "PID", "UPTIME", "RESTARTS", "JOBS"
         );
         for w in &p.workers {
+            let jobs = if w.jobs.is_empty() {
+                "-".to_string()
+            } else {
+                w.jobs
+                    .iter()
+                    .map(|j| j.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
             let _ = writeln!(
                 out,
-                "  {:<4} {:<14} {:<8} {:<9} {:<9} {}",
+                "  {:<4} {:<14} {:<8} {:<9} {:<9} {:<10} {}",
                 w.instance,
                 w.state,
                 w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 w.uptime_secs.map(format_secs).unwrap_or_else(|| "-".into()),
                 w.restarts,
+                jobs,
                 last_exit(w)
             );
         }
+    }
+    if !s.queues.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n  {:<16} {:>9} {:>9} {:>10} {:>8} {:>10}  POOLS",
+            "QUEUE", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
+        );
+        for q in &s.queues {
+            let pools = if q.pools.is_empty() {
+                "(no pool takes these jobs)".to_string()
+            } else {
+                q.pools.join(", ")
+            };
+            let _ = writeln!(
+                out,
+                "  {:<16} {:>9} {:>9} {:>10} {:>8} {:>10}  {}",
+                q.name, q.queued, q.running, q.succeeded, q.failed, q.cancelled, pools
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  (succeeded, failed and cancelled: since steward started)"
+        );
     }
     out
 }

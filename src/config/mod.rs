@@ -32,8 +32,82 @@ pub struct Config {
     /// The file this configuration was read from (absolute).
     pub path: PathBuf,
     pub daemon: DaemonConfig,
+    pub journal: JournalConfig,
     /// Pools by name, in name order.
     pub pools: BTreeMap<String, PoolSpec>,
+    /// Job queues by name.
+    pub queues: BTreeMap<String, QueueSpec>,
+}
+
+impl Config {
+    /// Names of the configured queues, for messages.
+    pub fn queue_names(&self) -> String {
+        if self.queues.is_empty() {
+            "(none configured)".to_string()
+        } else {
+            self.queues.keys().cloned().collect::<Vec<_>>().join(", ")
+        }
+    }
+}
+
+/// How durable a commit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    /// fsync on every commit: a submitted job survives power loss.
+    Full,
+    /// fsync at checkpoints only: survives a crash of steward, not of the machine.
+    Normal,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalConfig {
+    pub synchronous: Synchronous,
+}
+
+/// Retry backoff of a queue: the delay before attempt n+1 after n counted failures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryBackoff {
+    pub initial: Duration,
+    pub max: Duration,
+    pub multiplier: f64,
+    pub jitter: f64,
+}
+
+/// A named queue of jobs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSpec {
+    pub name: String,
+    /// Attempts in all (the first run included) before a job is `failed`.
+    pub max_attempts: u32,
+    pub retry_backoff: RetryBackoff,
+    /// Time limit of one attempt; `None` = no limit.
+    pub timeout: Option<Duration>,
+    /// A worker holding a job must send some line at least this often.
+    pub lease: Duration,
+    /// Largest accepted payload, in bytes of JSON.
+    pub max_payload: u64,
+    pub retention_succeeded: Duration,
+    pub retention_failed: Duration,
+}
+
+impl QueueSpec {
+    pub fn new(name: &str) -> QueueSpec {
+        QueueSpec {
+            name: name.to_string(),
+            max_attempts: 5,
+            retry_backoff: RetryBackoff {
+                initial: Duration::from_secs(10),
+                max: Duration::from_secs(3600),
+                multiplier: 2.0,
+                jitter: 0.2,
+            },
+            timeout: Some(Duration::from_secs(30 * 60)),
+            lease: Duration::from_secs(60),
+            max_payload: 1024 * 1024,
+            retention_succeeded: Duration::from_secs(7 * 86_400),
+            retention_failed: Duration::from_secs(30 * 86_400),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -106,9 +180,20 @@ pub struct PoolSpec {
     pub stable_after: Duration,
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
+    /// Queues this pool takes jobs from; a pool with queues speaks the worker protocol.
+    pub queues: Vec<String>,
+    /// Jobs one worker holds at once.
+    pub concurrency: u32,
+    /// A protocol worker must say `ready` within this long.
+    pub start_timeout: Duration,
 }
 
 impl PoolSpec {
+    /// Whether the workers speak the worker protocol (they take jobs).
+    pub fn is_protocol(&self) -> bool {
+        !self.queues.is_empty()
+    }
+
     /// True when `other` differs from `self` only in the number of instances, so the
     /// pool can be scaled without restarting the workers it already has.
     pub fn same_except_instances(&self, other: &PoolSpec) -> bool {
@@ -242,12 +327,16 @@ pub fn parse(text: &str, path: &Path, env: &Environment) -> Result<Config, Confi
     let config = ctx.parse_document().map(|root| {
         let root = Section::root(&root);
         let daemon = parse_daemon(&mut ctx, &root, &base, env);
-        let pools = parse_pools(&mut ctx, &root, &base, env);
-        root.finish(&mut ctx, &["daemon", "pool"]);
+        let journal = parse_journal(&mut ctx, &root);
+        let queues = parse_queues(&mut ctx, &root);
+        let pools = parse_pools(&mut ctx, &root, &base, env, &queues);
+        root.finish(&mut ctx, &["daemon", "journal", "queue", "pool"]);
         Config {
             path: path.clone(),
             daemon,
+            journal,
             pools,
+            queues,
         }
     });
     let errors = ctx.into_errors();
@@ -321,13 +410,132 @@ const POOL_KEYS: &[&str] = &[
     "stable_after",
     "stop_signal",
     "stop_timeout",
+    "queues",
+    "concurrency",
+    "start_timeout",
 ];
+
+fn parse_journal(ctx: &mut Ctx, root: &Section) -> JournalConfig {
+    let mut j = JournalConfig {
+        synchronous: Synchronous::Full,
+    };
+    let Some(s) = root.table(ctx, "journal") else {
+        return j;
+    };
+    if let Some((v, span)) = s.string(ctx, "synchronous") {
+        match v.as_str() {
+            "full" => j.synchronous = Synchronous::Full,
+            "normal" => j.synchronous = Synchronous::Normal,
+            other => ctx.error(
+                span,
+                format!("journal.synchronous = \"{other}\" is not a mode: use \"full\" (survives power loss) or \"normal\" (faster; survives a crash of steward)"),
+            ),
+        }
+    }
+    s.finish(ctx, &["synchronous"]);
+    j
+}
+
+const QUEUE_KEYS: &[&str] = &[
+    "max_attempts",
+    "retry_backoff",
+    "timeout",
+    "lease",
+    "max_payload",
+    "retention_succeeded",
+    "retention_failed",
+];
+
+fn parse_queues(ctx: &mut Ctx, root: &Section) -> BTreeMap<String, QueueSpec> {
+    let mut queues = BTreeMap::new();
+    let Some(all) = root.table(ctx, "queue") else {
+        return queues;
+    };
+    for (name, name_span) in all.keys() {
+        let Some(s) = all.table(ctx, &name) else {
+            continue;
+        };
+        if !valid_name(&name) {
+            ctx.error(
+                name_span,
+                format!("queue name `{name}` is not allowed: use letters, digits, `-` and `_` (at most 64)"),
+            );
+        }
+        let mut q = QueueSpec::new(&name);
+        if let Some(n) = s.integer(ctx, "max_attempts", 1, 1_000_000) {
+            q.max_attempts = n as u32;
+        }
+        if let Some(b) = s.table(ctx, "retry_backoff") {
+            let r = &mut q.retry_backoff;
+            if let Some(d) = b.duration(ctx, "initial") {
+                r.initial = d;
+            }
+            if let Some(d) = b.duration(ctx, "max") {
+                r.max = d;
+            }
+            if let Some(m) = b.float(ctx, "multiplier", 1.0, 100.0) {
+                r.multiplier = m;
+            }
+            if let Some(j) = b.float(ctx, "jitter", 0.0, 1.0) {
+                r.jitter = j;
+            }
+            b.finish(ctx, &["initial", "max", "multiplier", "jitter"]);
+        }
+        if let Some(d) = s.duration(ctx, "timeout") {
+            q.timeout = (!d.is_zero()).then_some(d);
+        }
+        if let Some(d) = s.duration(ctx, "lease") {
+            if d < Duration::from_secs(1) {
+                ctx.error(s.span(), format!("queue.{name}.lease must be at least 1s"));
+            }
+            q.lease = d;
+        }
+        if let Some((v, span)) = s.string(ctx, "max_payload") {
+            match parse_size(&v) {
+                Some(n) if n > 0 && n <= 64 * 1024 * 1024 => q.max_payload = n,
+                _ => ctx.error(
+                    span,
+                    format!("max_payload = \"{v}\" is not a size between 1B and 64MiB: write e.g. \"256KiB\" or \"1MiB\""),
+                ),
+            }
+        }
+        if let Some(d) = s.duration(ctx, "retention_succeeded") {
+            q.retention_succeeded = d;
+        }
+        if let Some(d) = s.duration(ctx, "retention_failed") {
+            q.retention_failed = d;
+        }
+        s.finish(ctx, QUEUE_KEYS);
+        queues.insert(name, q);
+    }
+    queues
+}
+
+/// "1MiB", "512KiB", "2MB", "1000" (bytes).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "kib" | "k" => 1024,
+        "mb" => 1000 * 1000,
+        "mib" | "m" => 1024 * 1024,
+        "gb" => 1000 * 1000 * 1000,
+        "gib" | "g" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
 
 fn parse_pools(
     ctx: &mut Ctx,
     root: &Section,
     base: &Path,
     env: &Environment,
+    queues: &BTreeMap<String, QueueSpec>,
 ) -> BTreeMap<String, PoolSpec> {
     let mut pools = BTreeMap::new();
     let Some(all) = root.table(ctx, "pool") else {
@@ -343,7 +551,7 @@ fn parse_pools(
                 format!("pool name `{name}` is not allowed: use letters, digits, `-` and `_` (at most 64)"),
             );
         }
-        let spec = parse_pool(ctx, &s, &name, base, env);
+        let spec = parse_pool(ctx, &s, &name, base, env, queues);
         s.finish(ctx, POOL_KEYS);
         if let Some(spec) = spec {
             pools.insert(name, spec);
@@ -358,6 +566,7 @@ fn parse_pool(
     name: &str,
     base: &Path,
     env: &Environment,
+    queues: &BTreeMap<String, QueueSpec>,
 ) -> Option<PoolSpec> {
     let before = ctx.error_count();
     let mut command = Vec::new();
@@ -404,6 +613,9 @@ fn parse_pool(
         stable_after: Duration::from_secs(3),
         stop_signal: Signal::SIGTERM,
         stop_timeout: Duration::from_secs(30),
+        queues: Vec::new(),
+        concurrency: 1,
+        start_timeout: Duration::from_secs(30),
     };
     if let Some(n) = s.integer(ctx, "instances", 1, 10_000) {
         spec.instances = n as u32;
@@ -482,6 +694,31 @@ fn parse_pool(
     }
     if let Some(d) = s.duration(ctx, "stop_timeout") {
         spec.stop_timeout = d;
+    }
+    if let Some((list, span)) = s.string_list(ctx, "queues") {
+        for q in &list {
+            if !queues.contains_key(q) {
+                let known = if queues.is_empty() {
+                    "none are configured; add a [queue.NAME] section".to_string()
+                } else {
+                    format!(
+                        "configured queues: {}",
+                        queues.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                };
+                ctx.error(
+                    span.clone(),
+                    format!("pool `{name}` takes jobs from unknown queue `{q}` ({known})"),
+                );
+            }
+        }
+        spec.queues = list;
+    }
+    if let Some(n) = s.integer(ctx, "concurrency", 1, 10_000) {
+        spec.concurrency = n as u32;
+    }
+    if let Some(d) = s.duration(ctx, "start_timeout") {
+        spec.start_timeout = d;
     }
     (ctx.error_count() == before).then_some(spec)
 }

@@ -22,6 +22,19 @@ pub struct DaemonStatus {
     pub status_line: String,
     pub last_reload: Option<ReloadReport>,
     pub pools: Vec<PoolStatus>,
+    #[serde(default)]
+    pub queues: Vec<QueueStatus>,
+    /// Path of the job journal and its size in bytes (database and WAL).
+    #[serde(default)]
+    pub journal: Option<JournalStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JournalStatus {
+    pub path: String,
+    pub size_bytes: u64,
+    /// The last write error, while writes are failing.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,6 +66,9 @@ pub struct WorkerStatus {
     /// Why the worker is failed or stopped.
     pub reason: Option<String>,
     pub generation: u64,
+    /// Jobs the worker holds now.
+    #[serde(default)]
+    pub jobs: Vec<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,13 +105,119 @@ pub enum Request {
     Status,
     Reload,
     RestartPool(String),
+    Cancel(i64),
 }
 
 pub enum Reply {
     Status(Box<DaemonStatus>),
     Reload(ReloadReport),
     Restart(Result<String, String>),
+    Cancel(Result<String, String>),
 }
 
 pub type RequestTx = mpsc::Sender<(Request, oneshot::Sender<Reply>)>;
 pub type RequestRx = mpsc::Receiver<(Request, oneshot::Sender<Reply>)>;
+
+/// One job as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: i64,
+    pub queue: String,
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub state: String,
+    pub priority: i64,
+    pub payload: serde_json::Value,
+    pub result: Option<serde_json::Value>,
+    /// Why the job failed or was cancelled, or the last attempt's error.
+    pub error: Option<String>,
+    /// Attempts started so far, interruptions included (the history's last number).
+    pub attempts: u32,
+    /// Attempts that count against `max_attempts`.
+    pub tries: u32,
+    pub max_attempts: u32,
+    pub crashes: u32,
+    pub interruptions: u32,
+    pub key: Option<String>,
+    /// RFC 3339 times.
+    pub created_at: String,
+    pub run_at: String,
+    pub finished_at: Option<String>,
+    /// `pool/instance` holding the job while it runs.
+    pub worker: Option<String>,
+    pub progress: Option<f64>,
+    pub progress_message: Option<String>,
+    /// Every attempt, oldest first (only in the single-job view).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<AttemptView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub worker: Option<String>,
+    pub pid: Option<i32>,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    /// `succeeded`, `failed`, `crashed`, `hung`, `timeout`, `interrupted`, `released`,
+    /// `cancelled`, or null while it runs.
+    pub outcome: Option<String>,
+    pub error: Option<String>,
+}
+
+/// `POST /v1/jobs`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    pub queue: String,
+    #[serde(default)]
+    pub payload: serde_json::Value,
+    #[serde(default)]
+    pub priority: i64,
+    /// Run no earlier than this many milliseconds from now.
+    pub delay_ms: Option<u64>,
+    /// Run no earlier than this time (RFC 3339).
+    pub run_at: Option<String>,
+    pub max_attempts: Option<u32>,
+    /// Per-attempt time limit in milliseconds (0 = none); default: the queue's.
+    pub timeout_ms: Option<u64>,
+    /// While a job with this queue and key is queued or running, submitting again
+    /// returns that job instead of adding one.
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitResponse {
+    pub id: i64,
+    /// True when `key` matched a job that was already queued or running.
+    pub existing: bool,
+}
+
+/// `POST /v1/jobs/batch`: many jobs, one commit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    pub jobs: Vec<SubmitRequest>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchResponse {
+    pub jobs: Vec<SubmitResponse>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct QueueStatus {
+    pub name: String,
+    pub queued: u64,
+    pub running: u64,
+    /// Finished since the daemon started.
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    /// Pools taking jobs from this queue.
+    pub pools: Vec<String>,
+}

@@ -12,15 +12,38 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use axum::extract::{Path as UrlPath, State};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, Query, State as AxState};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Deserialize;
 use tokio::net::UnixListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
-use api::{ApiError, Message, Reply, Request, RequestTx};
+use crate::config::Config;
+use crate::jobs::JobState;
+use crate::journal::{JobFilter, Journal, JournalError, NewJob, now_ms};
+use crate::supervisor;
+use api::{
+    ApiError, BatchRequest, BatchResponse, JobList, Message, Reply, Request, RequestTx,
+    SubmitRequest, SubmitResponse,
+};
+
+/// What every handler may use.
+#[derive(Clone)]
+pub struct State {
+    /// Requests that need the supervisor loop (status, reload, restart, cancel).
+    pub requests: RequestTx,
+    /// Submits and reads go to the journal directly.
+    pub journal: Journal,
+    /// The current configuration (queues, limits), updated on reload.
+    pub config: watch::Receiver<Arc<Config>>,
+    pub supervisor: supervisor::Handle,
+}
 
 /// Bind the control socket at `path` with mode 0660 (owner and group may connect).
 ///
@@ -49,13 +72,18 @@ pub fn bind(path: &Path) -> Result<UnixListener, String> {
 }
 
 /// Serve the API until the task is dropped.
-pub async fn serve(listener: UnixListener, tx: RequestTx) -> io::Result<()> {
+pub async fn serve(listener: UnixListener, state: State) -> io::Result<()> {
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/reload", post(reload))
         .route("/v1/pools/{pool}/restart", post(restart))
+        .route("/v1/jobs", post(submit).get(list_jobs))
+        .route("/v1/jobs/batch", post(submit_batch))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/v1/jobs/{id}/retry", post(retry))
         .fallback(not_found)
-        .with_state(tx);
+        .with_state(state);
     axum::serve(listener, app).await
 }
 
@@ -82,16 +110,16 @@ fn unexpected() -> Response {
     )
 }
 
-async fn status(State(tx): State<RequestTx>) -> Response {
-    match ask(&tx, Request::Status).await {
+async fn status(AxState(st): AxState<State>) -> Response {
+    match ask(&st.requests, Request::Status).await {
         Ok(Reply::Status(s)) => Json(*s).into_response(),
         Ok(_) => unexpected(),
         Err(r) => r,
     }
 }
 
-async fn reload(State(tx): State<RequestTx>) -> Response {
-    match ask(&tx, Request::Reload).await {
+async fn reload(AxState(st): AxState<State>) -> Response {
+    match ask(&st.requests, Request::Reload).await {
         Ok(Reply::Reload(r)) if r.ok => Json(r).into_response(),
         Ok(Reply::Reload(r)) => (StatusCode::UNPROCESSABLE_ENTITY, Json(r)).into_response(),
         Ok(_) => unexpected(),
@@ -99,8 +127,8 @@ async fn reload(State(tx): State<RequestTx>) -> Response {
     }
 }
 
-async fn restart(State(tx): State<RequestTx>, UrlPath(pool): UrlPath<String>) -> Response {
-    match ask(&tx, Request::RestartPool(pool)).await {
+async fn restart(AxState(st): AxState<State>, UrlPath(pool): UrlPath<String>) -> Response {
+    match ask(&st.requests, Request::RestartPool(pool)).await {
         Ok(Reply::Restart(Ok(message))) => {
             (StatusCode::ACCEPTED, Json(Message { message })).into_response()
         }
@@ -115,4 +143,246 @@ async fn not_found() -> Response {
         StatusCode::NOT_FOUND,
         "no such route; see `steward --help` for what the API offers".into(),
     )
+}
+
+fn journal_error(e: JournalError) -> Response {
+    let code = match e {
+        JournalError::Full { .. } => StatusCode::INSUFFICIENT_STORAGE,
+        JournalError::Io { .. } | JournalError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        JournalError::NotFound(_) => StatusCode::NOT_FOUND,
+        JournalError::Invalid(_) => StatusCode::CONFLICT,
+    };
+    error(code, e.to_string())
+}
+
+/// Check a submit request against the configuration and turn it into a journal row.
+pub fn new_job(
+    r: SubmitRequest,
+    config: &Config,
+    now: i64,
+) -> Result<NewJob, (StatusCode, String)> {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
+    let Some(q) = config.queues.get(&r.queue) else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!(
+                "unknown queue `{}`; configured queues: {}",
+                r.queue,
+                config.queue_names()
+            ),
+        ));
+    };
+    let payload = serde_json::to_string(&r.payload)
+        .map_err(|e| bad(format!("payload cannot be encoded: {e}")))?;
+    if payload.len() as u64 > q.max_payload {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "payload is {} bytes; queue `{}` accepts at most {} bytes (max_payload)",
+                payload.len(),
+                q.name,
+                q.max_payload
+            ),
+        ));
+    }
+    let run_at_ms = match (&r.run_at, r.delay_ms) {
+        (Some(_), Some(_)) => {
+            return Err(bad("give either a delay or a run_at time, not both".into()));
+        }
+        (Some(t), None) => {
+            let at = humantime::parse_rfc3339_weak(t).map_err(|e| {
+                bad(format!(
+                    "run_at `{t}` is not a time ({e}); write e.g. 2026-11-23T18:00:00Z"
+                ))
+            })?;
+            at.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)
+        }
+        (None, Some(d)) => now + d.min(i64::MAX as u64 / 2) as i64,
+        (None, None) => now,
+    };
+    if let Some(0) = r.max_attempts {
+        return Err(bad("max_attempts must be at least 1".into()));
+    }
+    if let Some(k) = &r.key
+        && (k.is_empty() || k.len() > 256)
+    {
+        return Err(bad("key must be 1 to 256 bytes".into()));
+    }
+    Ok(NewJob {
+        queue: r.queue,
+        payload,
+        priority: r.priority,
+        run_at_ms,
+        max_attempts: r.max_attempts.unwrap_or(q.max_attempts),
+        timeout_ms: r.timeout_ms.map(|t| t.min(i64::MAX as u64) as i64),
+        key: r.key,
+    })
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid request body: {e}"),
+        )
+    })
+}
+
+async fn submit(AxState(st): AxState<State>, body: Bytes) -> Response {
+    let req: SubmitRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let config = st.config.borrow().clone();
+    let job = match new_job(req, &config, now_ms()) {
+        Ok(j) => j,
+        Err((code, msg)) => return error(code, msg),
+    };
+    let queue = job.queue.clone();
+    match st.journal.submit_wait(vec![job]).await {
+        Ok(v) => match v.first() {
+            Some(s) => {
+                if !s.existing {
+                    st.supervisor.jobs_added(&queue, s.run_at_ms);
+                    tracing::info!(JOB_ID = s.id, QUEUE = %queue, "job {} submitted to queue {queue}", s.id);
+                }
+                let code = if s.existing {
+                    StatusCode::OK
+                } else {
+                    StatusCode::CREATED
+                };
+                (
+                    code,
+                    Json(SubmitResponse {
+                        id: s.id,
+                        existing: s.existing,
+                    }),
+                )
+                    .into_response()
+            }
+            None => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the journal returned no id".into(),
+            ),
+        },
+        Err(e) => journal_error(e),
+    }
+}
+
+async fn submit_batch(AxState(st): AxState<State>, body: Bytes) -> Response {
+    let req: BatchRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let config = st.config.borrow().clone();
+    let now = now_ms();
+    let mut jobs = Vec::with_capacity(req.jobs.len());
+    for (i, r) in req.jobs.into_iter().enumerate() {
+        match new_job(r, &config, now) {
+            Ok(j) => jobs.push(j),
+            Err((code, msg)) => {
+                return error(
+                    code,
+                    format!("job {i} of the batch: {msg}; nothing was stored"),
+                );
+            }
+        }
+    }
+    let queues: Vec<String> = jobs.iter().map(|j| j.queue.clone()).collect();
+    match st.journal.submit_wait(jobs).await {
+        Ok(v) => {
+            let mut earliest: std::collections::HashMap<&str, i64> =
+                std::collections::HashMap::new();
+            for (s, q) in v.iter().zip(&queues) {
+                if !s.existing {
+                    let e = earliest.entry(q.as_str()).or_insert(s.run_at_ms);
+                    *e = (*e).min(s.run_at_ms);
+                }
+            }
+            for (q, t) in earliest {
+                st.supervisor.jobs_added(q, t);
+            }
+            let jobs = v
+                .iter()
+                .map(|s| SubmitResponse {
+                    id: s.id,
+                    existing: s.existing,
+                })
+                .collect();
+            (StatusCode::CREATED, Json(BatchResponse { jobs })).into_response()
+        }
+        Err(e) => journal_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListParams {
+    queue: Option<String>,
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_jobs(AxState(st): AxState<State>, Query(p): Query<ListParams>) -> Response {
+    let state = match p.state.as_deref() {
+        None => None,
+        Some(s) => match JobState::parse(s) {
+            Some(s) => Some(s),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "unknown state `{s}`; states are queued, running, succeeded, failed, cancelled"
+                    ),
+                );
+            }
+        },
+    };
+    let filter = JobFilter {
+        queue: p.queue,
+        state,
+        limit: p.limit.unwrap_or(50).clamp(1, 10_000),
+    };
+    match st.journal.list(filter).await {
+        Ok(jobs) => Json(JobList { jobs }).into_response(),
+        Err(e) => journal_error(e),
+    }
+}
+
+async fn get_job(AxState(st): AxState<State>, UrlPath(id): UrlPath<i64>) -> Response {
+    match st.journal.get(id).await {
+        Ok(job) => Json(job).into_response(),
+        Err(e) => journal_error(e),
+    }
+}
+
+async fn cancel(AxState(st): AxState<State>, UrlPath(id): UrlPath<i64>) -> Response {
+    match ask(&st.requests, Request::Cancel(id)).await {
+        Ok(Reply::Cancel(Ok(message))) => Json(Message { message }).into_response(),
+        Ok(Reply::Cancel(Err(e))) if e.starts_with("no job") => error(StatusCode::NOT_FOUND, e),
+        Ok(Reply::Cancel(Err(e))) => error(StatusCode::CONFLICT, e),
+        Ok(_) => unexpected(),
+        Err(r) => r,
+    }
+}
+
+async fn retry(AxState(st): AxState<State>, UrlPath(id): UrlPath<i64>) -> Response {
+    match st.journal.retry_wait(id).await {
+        Ok(s) => {
+            let queue = st
+                .journal
+                .get(id)
+                .await
+                .map(|j| j.queue)
+                .unwrap_or_default();
+            st.supervisor.jobs_added(&queue, s.run_at_ms);
+            tracing::info!(JOB_ID = id, QUEUE = %queue, "job {id} queued again by steward retry");
+            Json(Message {
+                message: format!("job {id} is queued again"),
+            })
+            .into_response()
+        }
+        Err(e) => journal_error(e),
+    }
 }

@@ -8,25 +8,32 @@
 //! A worker *slot* is one instance of a pool (`web/0`, `web/1`, ...). A slot outlives the
 //! processes it runs: it is started, exits, backs off and is started again.
 
+mod dispatch;
 pub mod policy;
+mod worker_io;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 
 use crate::config::{self, Config, Environment, PoolSpec};
 use crate::control::api::{
-    DaemonStatus, LastExit, PoolStatus, ReloadReport, Reply, Request, RequestRx, WorkerStatus,
+    DaemonStatus, JournalStatus, LastExit, PoolStatus, QueueStatus, ReloadReport, Reply, Request,
+    RequestRx, WorkerStatus,
 };
+use crate::journal::{Claimed, Finished, Journal, JournalError};
 use crate::logging::{Origin, Stream, WorkerLog};
 use crate::notify::Notifier;
 use crate::process::{self, Child, Spawner};
+use crate::protocol::FromWorker;
 use policy::{AfterExit, Exit, RestartRules, RunFacts};
 
 /// How long an exit of an unknown pid is kept, in case its spawn result is still on the
@@ -37,8 +44,39 @@ const EARLY_EXIT_TTL: Duration = Duration::from_secs(10);
 const FORCED_GRACE: Duration = Duration::from_secs(3);
 /// How often `EXTEND_TIMEOUT_USEC` is sent while stopping.
 const EXTEND_EVERY: Duration = Duration::from_secs(5);
+/// How often finished jobs past their retention are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 type SlotId = u64;
+
+/// Why steward killed a protocol worker outright.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KillReason {
+    StartTimeout,
+    Hung,
+    JobTimeout(i64),
+    Cancelled(i64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CancelWhy {
+    Timeout,
+    Cancelled,
+}
+
+/// A job held by a worker, under a lease.
+#[derive(Debug)]
+struct Held {
+    queue: String,
+    attempt: u32,
+    /// The fencing token of this lease.
+    token: i64,
+    started: Instant,
+    deadline: Option<Instant>,
+    /// `cancel` was sent; the worker is killed at the instant given.
+    cancel: Option<(CancelWhy, Instant)>,
+    last_progress_write: Option<Instant>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -89,6 +127,21 @@ struct Slot {
     retire: Retire,
     last_exit: Option<LastExit>,
     reason: Option<String>,
+    /// Protocol workers: lines to send on the worker's socket.
+    conn: Option<mpsc::UnboundedSender<String>>,
+    /// Our end of the socket between fork and the spawn result.
+    pending_conn: Option<std::os::unix::net::UnixStream>,
+    /// Jobs held, by id.
+    held: BTreeMap<i64, Held>,
+    /// Jobs asked of the journal and not answered yet.
+    claiming: usize,
+    last_heard: Instant,
+    /// `drain` was sent; stop once the held jobs are done or at `drain_until`.
+    draining: bool,
+    drain_until: Option<Instant>,
+    kill_reason: Option<KillReason>,
+    /// The job whose output this worker's log lines belong to (0: none or several).
+    current_job: Arc<AtomicI64>,
 }
 
 impl Slot {
@@ -123,11 +176,48 @@ struct Shutdown {
     next_extend: Instant,
 }
 
-enum Event {
+/// Something that happened, delivered to the loop.
+pub enum Event {
     Spawned {
         slot: SlotId,
         result: io::Result<Child>,
     },
+    FromWorker {
+        slot: SlotId,
+        pid: i32,
+        msg: Result<FromWorker, String>,
+    },
+    Claimed {
+        slot: SlotId,
+        pid: i32,
+        asked: usize,
+        epochs: HashMap<String, u64>,
+        result: Result<Claimed, JournalError>,
+    },
+    Finished {
+        job: i64,
+        queue: String,
+        attempt: u32,
+        kind: &'static str,
+        result: Result<Finished, JournalError>,
+    },
+    /// Jobs were committed to `queue` (by a submit or a retry), due at `run_at_ms`.
+    JobsAdded { queue: String, run_at_ms: i64 },
+}
+
+/// What the control server may tell the loop directly.
+#[derive(Clone)]
+pub struct Handle {
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl Handle {
+    pub fn jobs_added(&self, queue: &str, run_at_ms: i64) {
+        let _ = self.events.send(Event::JobsAdded {
+            queue: queue.to_string(),
+            run_at_ms,
+        });
+    }
 }
 
 pub struct Supervisor {
@@ -152,6 +242,19 @@ pub struct Supervisor {
     initial_pending: HashSet<SlotId>,
     status_line: String,
     status_sent: String,
+    journal: Journal,
+    /// The configuration as the control server sees it (for submit validation).
+    config_tx: watch::Sender<Arc<Config>>,
+    hints: HashMap<String, dispatch::QueueHint>,
+    next_sweep: Instant,
+    next_prune: Instant,
+}
+
+/// When a drain during shutdown must end: early enough to leave the stop signal its
+/// `stop_timeout`, but never using more than half of what is left of the budget for that.
+fn drain_end(now: Instant, deadline: Instant, stop_timeout: Duration) -> Instant {
+    let left = deadline.saturating_duration_since(now);
+    now + left - stop_timeout.min(left / 2)
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -170,8 +273,15 @@ fn human(d: Duration) -> String {
 }
 
 impl Supervisor {
-    pub fn new(config: Config, env: Environment, notifier: Notifier) -> io::Result<Supervisor> {
+    pub fn new(
+        config: Config,
+        env: Environment,
+        notifier: Notifier,
+        journal: Journal,
+        config_tx: watch::Sender<Arc<Config>>,
+    ) -> io::Result<Supervisor> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let now = Instant::now();
         let mut s = Supervisor {
             pools: BTreeMap::new(),
             slots: HashMap::new(),
@@ -191,6 +301,11 @@ impl Supervisor {
             initial_pending: HashSet::new(),
             status_line: String::new(),
             status_sent: String::new(),
+            journal,
+            config_tx,
+            hints: HashMap::new(),
+            next_sweep: now,
+            next_prune: now + PRUNE_EVERY,
             env,
             config,
         };
@@ -206,6 +321,12 @@ impl Supervisor {
             );
         }
         Ok(s)
+    }
+
+    pub fn handle(&self) -> Handle {
+        Handle {
+            events: self.events_tx.clone(),
+        }
     }
 
     /// Run until stopped by SIGTERM/SIGINT. Sends `READY=1` once every pool's instances
@@ -241,10 +362,7 @@ impl Supervisor {
                 _ = sigint.recv() => self.begin_shutdown("SIGINT"),
                 _ = sighup.recv() => { self.reload(); }
                 Some(ev) = self.events_rx.recv() => self.on_event(ev),
-                Some((req, reply)) = requests.recv() => {
-                    let answer = self.on_request(req);
-                    let _ = reply.send(answer);
-                }
+                Some((req, reply)) = requests.recv() => self.on_request(req, reply),
                 _ = watchdog.tick(), if wd_every.is_some() => self.notifier.watchdog(),
                 _ = housekeeping.tick() => {
                     // A safety net for coalesced SIGCHLDs.
@@ -256,6 +374,11 @@ impl Supervisor {
             let now = Instant::now();
             self.on_timers(now);
             self.reconcile(now);
+            self.dispatch(now);
+            if now >= self.next_prune {
+                self.next_prune = now + PRUNE_EVERY;
+                self.prune();
+            }
             if !self.ready && self.initial_pending.is_empty() {
                 self.ready = true;
                 self.update_status_line();
@@ -311,7 +434,19 @@ impl Supervisor {
             if let Some(t) = t {
                 next = next.min(t);
             }
+            if let Some(t) = self.protocol_deadline(s) {
+                next = next.min(t);
+            }
         }
+        for h in self.hints.values() {
+            if let Some(t) = h.due_at {
+                next = next.min(t);
+            }
+        }
+        if self.shutdown.is_none() && self.slots.values().any(|s| s.spec.is_protocol()) {
+            next = next.min(self.next_sweep);
+        }
+        next = next.min(self.next_prune);
         if let Some(sd) = &self.shutdown {
             next = next.min(sd.next_extend).min(sd.deadline + FORCED_GRACE);
             if let Some(f) = sd.forced_at {
@@ -326,15 +461,33 @@ impl Supervisor {
     fn on_event(&mut self, ev: Event) {
         match ev {
             Event::Spawned { slot, result } => self.on_spawned(slot, result),
+            Event::FromWorker { slot, pid, msg } => self.on_worker_line(slot, pid, msg),
+            Event::Claimed {
+                slot,
+                pid,
+                asked,
+                epochs,
+                result,
+            } => self.on_claimed(slot, pid, asked, epochs, result),
+            Event::Finished {
+                job,
+                queue,
+                attempt,
+                kind,
+                result,
+            } => self.on_finished(job, queue, attempt, kind, result),
+            Event::JobsAdded { queue, run_at_ms } => self.jobs_added(&queue, run_at_ms),
         }
     }
 
-    fn on_request(&mut self, req: Request) -> Reply {
-        match req {
+    fn on_request(&mut self, req: Request, reply: oneshot::Sender<Reply>) {
+        let answer = match req {
             Request::Status => Reply::Status(Box::new(self.snapshot())),
             Request::Reload => Reply::Reload(self.reload()),
             Request::RestartPool(name) => Reply::Restart(self.restart_pool(&name)),
-        }
+            Request::Cancel(job) => return self.cancel_job(job, reply),
+        };
+        let _ = reply.send(answer);
     }
 
     fn reap(&mut self) {
@@ -369,11 +522,27 @@ impl Supervisor {
                 slot.run_started_wall = Some(SystemTime::now());
                 slot.phase = Phase::Starting;
                 slot.became_ready = false;
+                slot.last_heard = child.started;
+                if let Some(ours) = slot.pending_conn.take() {
+                    match ours
+                        .set_nonblocking(true)
+                        .and_then(|()| tokio::net::UnixStream::from_std(ours))
+                    {
+                        Ok(stream) => {
+                            slot.conn =
+                                Some(worker_io::start(stream, id, pid, self.events_tx.clone()))
+                        }
+                        Err(e) => {
+                            tracing::error!("cannot use the socket of worker {}: {e}", slot.name())
+                        }
+                    }
+                }
                 self.pids.insert(pid, id);
                 let origin = Origin {
                     pool: Arc::from(slot.pool.as_str()),
                     instance: slot.index,
                     pid,
+                    job: slot.current_job.clone(),
                 };
                 tracing::info!(POOL = %slot.pool, INSTANCE = slot.index, WORKER_PID = pid,
                     "started worker {} (pid {pid}): {}", slot.name(), slot.spec.command.join(" "));
@@ -391,6 +560,7 @@ impl Supervisor {
                 }
             }
             Err(e) => {
+                slot.pending_conn = None;
                 tracing::error!(POOL = %slot.pool, INSTANCE = slot.index,
                     "cannot start worker {}: {e} (command: {}); check the pool's command and working_dir",
                     slot.name(), slot.spec.command.join(" "));
@@ -434,12 +604,21 @@ impl Supervisor {
         let name = slot.name();
         let (pool, index) = (slot.pool.clone(), slot.index);
         let pid_s = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-
-        if slot.phase == Phase::Stopping
+        let deliberate = slot.phase == Phase::Stopping
             || slot.stop_pending
             || slot.retire != Retire::Keep
-            || shutting_down
-        {
+            || shutting_down;
+        slot.draining = false;
+        slot.drain_until = None;
+        if slot.kill_reason == Some(KillReason::StartTimeout) {
+            slot.kill_reason = None;
+        }
+        self.reclaim_held(id, &format!("exited ({description})"), deliberate);
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+
+        if deliberate {
             tracing::info!(POOL = %pool, INSTANCE = index, "worker {name}{pid_s} stopped: {description} after {}", human(ran_for));
             self.finish_stop(id);
             return;
@@ -511,9 +690,10 @@ impl Supervisor {
             };
             match slot.phase {
                 Phase::Starting
-                    if slot
-                        .run_started
-                        .is_some_and(|t| now >= t + slot.spec.stable_after) =>
+                    if !slot.spec.is_protocol()
+                        && slot
+                            .run_started
+                            .is_some_and(|t| now >= t + slot.spec.stable_after) =>
                 {
                     slot.phase = Phase::Running;
                     slot.became_ready = true;
@@ -542,6 +722,7 @@ impl Supervisor {
                 }
                 _ => {}
             }
+            self.protocol_timers(id, now);
         }
         if let Some(sd) = &mut self.shutdown
             && now >= sd.next_extend
@@ -583,6 +764,15 @@ impl Supervisor {
                 retire: Retire::Keep,
                 last_exit: None,
                 reason: None,
+                conn: None,
+                pending_conn: None,
+                held: BTreeMap::new(),
+                claiming: 0,
+                last_heard: Instant::now(),
+                draining: false,
+                drain_until: None,
+                kill_reason: None,
+                current_job: Arc::new(AtomicI64::new(0)),
             },
         );
         Some(id)
@@ -613,12 +803,30 @@ impl Supervisor {
         env.push(("STEWARD_POOL".into(), slot.pool.clone()));
         env.push(("STEWARD_INSTANCE".into(), slot.index.to_string()));
         env.push(("STEWARD_SOCKET".into(), socket));
+        let mut inherit_fd: Option<OwnedFd> = None;
+        let protocol = spec.is_protocol();
+        let command = spec.command.clone();
+        let cwd = spec.working_dir.clone();
+        slot.pending_conn = None;
+        slot.kill_reason = None;
+        slot.draining = false;
+        slot.drain_until = None;
+        if protocol {
+            match std::os::unix::net::UnixStream::pair() {
+                Ok((ours, theirs)) => {
+                    env.push(("STEWARD_FD".into(), theirs.as_raw_fd().to_string()));
+                    inherit_fd = Some(OwnedFd::from(theirs));
+                    slot.pending_conn = Some(ours);
+                }
+                Err(e) => tracing::error!("cannot create a socket for worker {}: {e}", slot.name()),
+            }
+        }
         let cmd = process::Command {
-            program: spec.command.first().cloned().unwrap_or_default().into(),
-            args: spec.command.iter().skip(1).cloned().collect(),
+            program: command.first().cloned().unwrap_or_default().into(),
+            args: command.iter().skip(1).cloned().collect(),
             env,
-            cwd: spec.working_dir.clone(),
-            inherit_fd: None,
+            cwd,
+            inherit_fd,
             stdin_pipe: false,
         };
         let tx = self.events_tx.clone();
@@ -627,12 +835,52 @@ impl Supervisor {
         });
     }
 
-    /// Ask slot `id` to stop; `retire` says what happens once it is gone.
+    /// Ask slot `id` to stop; `retire` says what happens once it is gone. A protocol
+    /// worker holding jobs is sent `drain` first and stopped once they are done (or at
+    /// the end of its drain time: `stop_timeout`, cut short by the shutdown budget).
     fn request_stop(&mut self, id: SlotId, retire: Retire, now: Instant) {
         let shutdown_deadline = self.shutdown.as_ref().map(|s| s.deadline);
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
+        if slot.draining {
+            if slot.retire != Retire::Remove {
+                slot.retire = retire;
+            }
+            if let Some(d) = shutdown_deadline {
+                let end = drain_end(now, d, slot.spec.stop_timeout);
+                slot.drain_until = Some(slot.drain_until.map_or(end, |u| u.min(end)));
+            }
+            return;
+        }
+        if slot.phase == Phase::Running && !slot.held.is_empty() && slot.conn.is_some() {
+            if slot.retire != Retire::Remove {
+                slot.retire = retire;
+            }
+            let mut until = now + slot.spec.stop_timeout;
+            if let Some(d) = shutdown_deadline {
+                until = until.min(drain_end(now, d, slot.spec.stop_timeout));
+            }
+            slot.draining = true;
+            slot.drain_until = Some(until);
+            tracing::info!(POOL = %slot.pool, INSTANCE = slot.index,
+                "draining worker {}: waiting up to {} for its {} jobs before stopping it",
+                slot.name(), human(until.saturating_duration_since(now)), slot.held.len());
+            if let Some(c) = &slot.conn {
+                let _ = c.send(crate::protocol::drain_line());
+            }
+            return;
+        }
+        self.stop_now(id, retire, now);
+    }
+
+    /// Send the stop signal now (no drain).
+    fn stop_now(&mut self, id: SlotId, retire: Retire, now: Instant) {
+        let shutdown_deadline = self.shutdown.as_ref().map(|s| s.deadline);
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        slot.draining = false;
         if slot.retire != Retire::Remove {
             slot.retire = retire;
         }
@@ -908,6 +1156,7 @@ impl Supervisor {
             }
         }
         self.config = new;
+        self.config_tx.send_replace(Arc::new(self.config.clone()));
         let mut parts = Vec::new();
         if !added.is_empty() {
             parts.push(format!("added {}", added.join(", ")));
@@ -990,6 +1239,15 @@ impl Supervisor {
         if failed > 0 {
             line.push_str(&format!(", {failed} failed"));
         }
+        if !self.config.queues.is_empty() {
+            let stats = self.journal.stats();
+            let queued: u64 = stats.queues.values().map(|q| q.queued).sum();
+            let running: u64 = stats.queues.values().map(|q| q.running).sum();
+            line.push_str(&format!("; {queued} queued, {running} running"));
+            if stats.error.is_some() {
+                line.push_str("; JOURNAL WRITE FAILING");
+            }
+        }
         if self.last_reload.as_ref().is_some_and(|r| !r.ok) {
             line = format!("reload failed, running previous config; {line}");
         }
@@ -1034,6 +1292,7 @@ impl Supervisor {
                         last_exit: s.last_exit.clone(),
                         reason: s.reason.clone(),
                         generation: s.generation,
+                        jobs: s.held.keys().copied().collect(),
                     })
                     .collect();
                 PoolStatus {
@@ -1070,6 +1329,36 @@ impl Supervisor {
             status_line: self.status_line.clone(),
             last_reload: self.last_reload.clone(),
             pools,
+            queues: self.queue_statuses(),
+            journal: Some(JournalStatus {
+                path: self.journal.path().display().to_string(),
+                size_bytes: self.journal.size_bytes(),
+                error: self.journal.stats().error,
+            }),
         }
+    }
+
+    fn queue_statuses(&self) -> Vec<QueueStatus> {
+        let stats = self.journal.stats();
+        let mut names: Vec<String> = self.config.queues.keys().cloned().collect();
+        for q in stats.queues.keys() {
+            if !names.contains(q) {
+                names.push(q.clone());
+            }
+        }
+        names
+            .into_iter()
+            .map(|name| {
+                let mut q = stats.queues.get(&name).cloned().unwrap_or_default();
+                q.name = name.clone();
+                q.pools = self
+                    .pools
+                    .iter()
+                    .filter(|(_, p)| !p.removing && p.spec.queues.contains(&name))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                q
+            })
+            .collect()
     }
 }

@@ -65,13 +65,18 @@ pub enum AfterExit {
 /// The backoff delay before restart number `level` (1-based) of a run of unstable exits:
 /// `min(max, initial × multiplier^(level-1))`.
 pub fn base_delay(b: &Backoff, level: u32) -> Duration {
-    let level = level.max(1);
-    let factor = b.multiplier.powi((level - 1).min(1024) as i32);
-    let secs = b.initial.as_secs_f64() * factor;
-    if !secs.is_finite() || secs >= b.max.as_secs_f64() {
-        b.max
+    exponential(b.initial, b.max, b.multiplier, level)
+}
+
+/// `min(max, initial × multiplier^(n-1))` for n ≥ 1 (n = 0 counts as 1).
+pub fn exponential(initial: Duration, max: Duration, multiplier: f64, n: u32) -> Duration {
+    let n = n.max(1);
+    let factor = multiplier.powi((n - 1).min(1024) as i32);
+    let secs = initial.as_secs_f64() * factor;
+    if !secs.is_finite() || secs >= max.as_secs_f64() {
+        max
     } else {
-        Duration::from_secs_f64(secs).min(b.max)
+        Duration::from_secs_f64(secs).min(max)
     }
 }
 

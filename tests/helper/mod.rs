@@ -38,7 +38,9 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>
 pub fn alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
-            let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next());
             !matches!(state, Some("Z") | Some("X") | None)
         }
         Err(_) => false,
@@ -57,7 +59,10 @@ pub struct Env {
 impl Env {
     pub fn new() -> Env {
         Env {
-            dir: tempfile::Builder::new().prefix("st").tempdir_in("/tmp").expect("tempdir"),
+            dir: tempfile::Builder::new()
+                .prefix("st")
+                .tempdir_in("/tmp")
+                .expect("tempdir"),
         }
     }
 
@@ -79,7 +84,9 @@ impl Env {
     }
 
     pub fn write_config_with_daemon(&self, daemon_extra: &str, pools: &str) {
-        let text = format!("[daemon]\nstate_dir = \"state\"\nsocket = \"s.sock\"\n{daemon_extra}\n{pools}");
+        let text = format!(
+            "[daemon]\nstate_dir = \"state\"\nsocket = \"s.sock\"\n{daemon_extra}\n{pools}"
+        );
         fs::write(self.config_path(), text).expect("write config");
     }
 
@@ -104,18 +111,22 @@ pub struct NotifySocket {
 impl NotifySocket {
     pub fn bind(path: PathBuf) -> NotifySocket {
         let sock = UnixDatagram::bind(&path).expect("bind notify socket");
-        sock.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
         let messages = Arc::new(Mutex::new(Vec::new()));
         let m = messages.clone();
         thread::spawn(move || {
             let mut buf = vec![0u8; 4096];
             loop {
                 match sock.recv(&mut buf) {
-                    Ok(n) => m
-                        .lock()
-                        .expect("lock")
-                        .push((Instant::now(), String::from_utf8_lossy(&buf[..n]).into_owned())),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                    Ok(n) => m.lock().expect("lock").push((
+                        Instant::now(),
+                        String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    )),
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut =>
+                    {
                         if Arc::strong_count(&m) == 1 {
                             return;
                         }
@@ -199,9 +210,11 @@ impl Daemon {
     }
 
     pub fn wait_log(&self, needle: &str) {
-        wait_for(TIMEOUT, &format!("daemon log line containing {needle:?}"), || {
-            self.log().contains(needle).then_some(())
-        });
+        wait_for(
+            TIMEOUT,
+            &format!("daemon log line containing {needle:?}"),
+            || self.log().contains(needle).then_some(()),
+        );
     }
 
     pub fn try_status(&self) -> Option<DaemonStatus> {
@@ -230,27 +243,40 @@ impl Daemon {
 
     pub fn wait_running(&self) {
         wait_for(TIMEOUT, "daemon state running", || {
-            self.try_status().filter(|s| s.state == "running").map(|_| ())
+            self.try_status()
+                .filter(|s| s.state == "running")
+                .map(|_| ())
         });
     }
 
     /// Wait until every worker of `pool` is running; return their pids by instance.
     pub fn running_pids(&self, pool: &str) -> Vec<i32> {
         wait_for(TIMEOUT, &format!("all workers of {pool} running"), || {
-            let p = self.try_status()?.pools.into_iter().find(|p| p.name == pool)?;
-            let ok = p.workers.len() as u32 == p.instances && p.workers.iter().all(|w| w.state == "running");
+            let p = self
+                .try_status()?
+                .pools
+                .into_iter()
+                .find(|p| p.name == pool)?;
+            let ok = p.workers.len() as u32 == p.instances
+                && p.workers.iter().all(|w| w.state == "running");
             ok.then(|| p.workers.iter().filter_map(|w| w.pid).collect())
         })
     }
 
     pub fn signal(&self, sig: &str) {
-        let st = Command::new("kill").args(["-s", sig]).arg(self.pid().to_string()).status().expect("kill");
+        let st = Command::new("kill")
+            .args(["-s", sig])
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
         assert!(st.success(), "kill -s {sig} failed");
     }
 
     /// Wait for the daemon to exit.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        wait_for(limit, "daemon exit", || self.child.try_wait().ok().flatten())
+        wait_for(limit, "daemon exit", || {
+            self.child.try_wait().ok().flatten()
+        })
     }
 }
 

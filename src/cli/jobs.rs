@@ -1,0 +1,241 @@
+//! Client commands for jobs: submit, jobs, job, cancel, retry.
+
+use std::fmt::Write as _;
+use std::io::Read;
+use std::time::Duration;
+
+use hyper::Method;
+
+use crate::control::api::{JobList, JobView, Message, SubmitRequest, SubmitResponse};
+use crate::control::client::Client;
+use crate::error::Failure;
+
+pub struct SubmitArgs {
+    pub queue: String,
+    pub payload: Option<String>,
+    pub priority: i64,
+    pub delay: Option<Duration>,
+    pub at: Option<String>,
+    pub max_attempts: Option<u32>,
+    pub timeout: Option<Duration>,
+    pub key: Option<String>,
+    pub wait: bool,
+    pub json: bool,
+}
+
+/// Parse the payload argument: JSON text, `-` for stdin, or nothing (`{}`).
+pub fn read_payload(arg: Option<&str>) -> Result<serde_json::Value, Failure> {
+    let text = match arg {
+        None => return Ok(serde_json::json!({})),
+        Some("-") => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .map_err(|e| Failure::Failed(format!("cannot read the payload from stdin: {e}")))?;
+            s
+        }
+        Some(t) => t.to_string(),
+    };
+    serde_json::from_str(&text).map_err(|e| {
+        Failure::Failed(format!(
+            "the payload is not valid JSON: {e}. Pass a JSON value, e.g. '{{\"file\": \"a.png\"}}' or '\"text\"'; nothing was submitted"
+        ))
+    })
+}
+
+pub async fn submit(client: &Client, a: SubmitArgs) -> Result<(), Failure> {
+    let payload = read_payload(a.payload.as_deref())?;
+    let req = SubmitRequest {
+        queue: a.queue,
+        payload,
+        priority: a.priority,
+        delay_ms: a.delay.map(|d| d.as_millis() as u64),
+        run_at: a.at,
+        max_attempts: a.max_attempts,
+        timeout_ms: a.timeout.map(|d| d.as_millis() as u64),
+        key: a.key.clone(),
+    };
+    let r: SubmitResponse = client.call(Method::POST, "/v1/jobs", Some(&req)).await?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"id": r.id, "existing": r.existing})
+        );
+    } else {
+        println!("{}", r.id);
+    }
+    if r.existing {
+        eprintln!(
+            "steward: job {} with key {} is already queued or running; not submitted again",
+            r.id,
+            a.key.unwrap_or_default()
+        );
+    }
+    if a.wait {
+        return wait(client, r.id).await;
+    }
+    Ok(())
+}
+
+/// Wait until job `id` is final; Ok only if it succeeded.
+pub async fn wait(client: &Client, id: i64) -> Result<(), Failure> {
+    loop {
+        let j: JobView = client.get(&format!("/v1/jobs/{id}")).await?;
+        match j.state.as_str() {
+            "succeeded" => {
+                if let Some(r) = &j.result {
+                    println!("{r}");
+                }
+                return Ok(());
+            }
+            "failed" | "cancelled" => {
+                return Err(Failure::Failed(format!(
+                    "job {id} {}: {}",
+                    j.state,
+                    j.error.as_deref().unwrap_or("no error recorded")
+                )));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+pub async fn list(
+    client: &Client,
+    queue: Option<&str>,
+    state: Option<&str>,
+    limit: usize,
+    json: bool,
+) -> Result<(), Failure> {
+    let mut path = format!("/v1/jobs?limit={limit}");
+    if let Some(q) = queue {
+        let _ = write!(path, "&queue={}", encode(q));
+    }
+    if let Some(s) = state {
+        let _ = write!(path, "&state={}", encode(s));
+    }
+    let l: JobList = client.get(&path).await?;
+    if json {
+        let text =
+            serde_json::to_string_pretty(&l.jobs).map_err(|e| Failure::Failed(e.to_string()))?;
+        println!("{text}");
+        return Ok(());
+    }
+    println!(
+        "{:<10} {:<16} {:<10} {:<8} {:<24} DETAIL",
+        "ID", "QUEUE", "STATE", "ATTEMPT", "CREATED"
+    );
+    for j in &l.jobs {
+        let detail = match j.state.as_str() {
+            "succeeded" => j.result.as_ref().map(|r| r.to_string()).unwrap_or_default(),
+            "running" => j.worker.clone().unwrap_or_default(),
+            _ => j.error.clone().unwrap_or_default(),
+        };
+        println!(
+            "{:<10} {:<16} {:<10} {:<8} {:<24} {}",
+            j.id,
+            j.queue,
+            j.state,
+            format!("{}/{}", j.tries, j.max_attempts),
+            j.created_at,
+            truncate(&detail, 60)
+        );
+    }
+    Ok(())
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+pub async fn show(client: &Client, id: i64, json: bool) -> Result<(), Failure> {
+    let j: JobView = client.get(&format!("/v1/jobs/{id}")).await?;
+    if json {
+        let text = serde_json::to_string_pretty(&j).map_err(|e| Failure::Failed(e.to_string()))?;
+        println!("{text}");
+        return Ok(());
+    }
+    println!("job {} — {} in queue {}", j.id, j.state, j.queue);
+    println!("  priority:  {}", j.priority);
+    println!(
+        "  attempts:  {} counted of {} (crashes {}, interruptions {})",
+        j.tries, j.max_attempts, j.crashes, j.interruptions
+    );
+    println!("  created:   {}", j.created_at);
+    println!("  run at:    {}", j.run_at);
+    if let Some(f) = &j.finished_at {
+        println!("  finished:  {f}");
+    }
+    if let Some(k) = &j.key {
+        println!("  key:       {k}");
+    }
+    if let Some(w) = &j.worker {
+        println!("  worker:    {w}");
+    }
+    if let Some(p) = j.progress {
+        println!(
+            "  progress:  {:.0}% {}",
+            p * 100.0,
+            j.progress_message.as_deref().unwrap_or("")
+        );
+    }
+    println!("  payload:   {}", j.payload);
+    if let Some(r) = &j.result {
+        println!("  result:    {r}");
+    }
+    if let Some(e) = &j.error {
+        println!("  error:     {e}");
+    }
+    if !j.history.is_empty() {
+        println!(
+            "\n  {:<4} {:<14} {:<8} {:<26} {:<12} ERROR",
+            "#", "WORKER", "PID", "STARTED", "OUTCOME"
+        );
+        for a in &j.history {
+            println!(
+                "  {:<4} {:<14} {:<8} {:<26} {:<12} {}",
+                a.attempt,
+                a.worker.as_deref().unwrap_or("-"),
+                a.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                a.started_at.as_deref().unwrap_or("-"),
+                a.outcome.as_deref().unwrap_or("running"),
+                a.error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn cancel(client: &Client, id: i64) -> Result<(), Failure> {
+    let m: Message = client
+        .call(Method::POST, &format!("/v1/jobs/{id}/cancel"), None::<&()>)
+        .await?;
+    println!("{}", m.message);
+    Ok(())
+}
+
+pub async fn retry(client: &Client, id: i64) -> Result<(), Failure> {
+    let m: Message = client
+        .call(Method::POST, &format!("/v1/jobs/{id}/retry"), None::<&()>)
+        .await?;
+    println!("{}", m.message);
+    Ok(())
+}

@@ -1,0 +1,434 @@
+//! The durable job journal: SQLite (bundled) in WAL mode, behind this module's boundary.
+//!
+//! One writer thread owns the read-write connection. Requests queue up in front of it
+//! while a commit is in flight and go into the next transaction together (group commit);
+//! every caller is answered only after the commit that holds its change. A separate
+//! read-only connection on its own thread serves listings and job details, so reads never
+//! wait behind writes. Nothing here blocks the supervisor loop: answers come back through
+//! callbacks.
+//!
+//! Leases are fenced: each dispatch bumps a job's `lease_token`, and a completion is
+//! applied only if its token is still the current one and the job is still running, so a
+//! stale attempt can never overwrite a newer one.
+
+mod reader;
+mod schema;
+mod writer;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{Flock, FlockArg};
+use rusqlite::Connection;
+
+use crate::config::{RetryBackoff, Synchronous};
+use crate::control::api::{JobView, QueueStatus};
+use crate::jobs::{JobState, Outcome};
+
+pub use reader::JobFilter;
+
+/// Milliseconds since the Unix epoch: the journal's clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub fn ms_to_rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JournalError {
+    #[error(
+        "the disk holding the job journal {path} is full: free some space, then submit again (jobs already accepted are safe)"
+    )]
+    Full { path: PathBuf },
+    #[error(
+        "cannot write the job journal {path}: {detail} (jobs already accepted are safe; see journalctl -u steward)"
+    )]
+    Io { path: PathBuf, detail: String },
+    #[error("no job with id {0}")]
+    NotFound(i64),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the job journal is closed because steward is stopping")]
+    Closed,
+}
+
+pub type Reply<T> = Box<dyn FnOnce(Result<T, JournalError>) + Send>;
+
+/// A job to add.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub queue: String,
+    /// JSON text.
+    pub payload: String,
+    pub priority: i64,
+    pub run_at_ms: i64,
+    pub max_attempts: u32,
+    /// Per-attempt limit; `None` = the queue's.
+    pub timeout_ms: Option<i64>,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Submitted {
+    pub id: i64,
+    pub existing: bool,
+    pub run_at_ms: i64,
+}
+
+/// A job handed to a worker.
+#[derive(Debug, Clone)]
+pub struct Leased {
+    pub id: i64,
+    pub queue: String,
+    /// The attempt number (1 for the first run; unique in the job's history).
+    pub attempt: u32,
+    /// The fencing token of this lease.
+    pub token: i64,
+    pub payload: String,
+    pub timeout_ms: Option<i64>,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Claimed {
+    pub jobs: Vec<Leased>,
+    /// When fewer jobs than asked were ready: the earliest `run_at` of a queued job in
+    /// these queues that is not due yet.
+    pub next_run_at_ms: Option<i64>,
+}
+
+/// What a completion did.
+#[derive(Debug, Clone)]
+pub enum Finished {
+    /// Applied; the job is now in `state` (for `queued`, due at `run_at_ms`).
+    Applied {
+        state: JobState,
+        run_at_ms: i64,
+        reason: Option<String>,
+    },
+    /// The lease was no longer current: nothing was changed.
+    Stale,
+}
+
+#[derive(Debug, Clone)]
+pub enum CancelResult {
+    Cancelled,
+    /// It is running; the holder must be told.
+    Running {
+        worker: Option<String>,
+    },
+    AlreadyFinal(JobState),
+}
+
+/// Counts kept up to date by the writer after each commit.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub queues: HashMap<String, QueueStatus>,
+    /// The last write error, cleared by the next successful commit.
+    pub error: Option<String>,
+    pub commits: u64,
+}
+
+impl Stats {
+    fn moved(&mut self, queue: &str, from: Option<JobState>, to: Option<JobState>) {
+        let q = self
+            .queues
+            .entry(queue.to_string())
+            .or_insert_with(|| QueueStatus {
+                name: queue.to_string(),
+                ..QueueStatus::default()
+            });
+        match from {
+            Some(JobState::Queued) => q.queued = q.queued.saturating_sub(1),
+            Some(JobState::Running) => q.running = q.running.saturating_sub(1),
+            _ => {}
+        }
+        match to {
+            Some(JobState::Queued) => q.queued += 1,
+            Some(JobState::Running) => q.running += 1,
+            Some(JobState::Succeeded) => q.succeeded += 1,
+            Some(JobState::Failed) => q.failed += 1,
+            Some(JobState::Cancelled) => q.cancelled += 1,
+            None => {}
+        }
+    }
+}
+
+/// A job found `running` when the daemon started: its worker died with an earlier run.
+#[derive(Debug, Clone)]
+pub struct Reclaimed {
+    pub id: i64,
+    pub queue: String,
+    pub attempt: u32,
+    pub worker: Option<String>,
+    pub now: JobState,
+}
+
+pub(crate) enum Op {
+    Submit {
+        jobs: Vec<NewJob>,
+        reply: Reply<Vec<Submitted>>,
+    },
+    Claim {
+        queues: Vec<String>,
+        n: usize,
+        worker: String,
+        pid: i32,
+        reply: Reply<Claimed>,
+    },
+    Finish {
+        id: i64,
+        token: i64,
+        outcome: Outcome,
+        backoff: RetryBackoff,
+        reply: Reply<Finished>,
+    },
+    Progress {
+        id: i64,
+        token: i64,
+        progress: Option<f64>,
+        message: Option<String>,
+    },
+    Cancel {
+        id: i64,
+        reply: Reply<CancelResult>,
+    },
+    Retry {
+        id: i64,
+        reply: Reply<Submitted>,
+    },
+    Prune {
+        /// (queue, delete succeeded finished before, delete failed/cancelled finished before)
+        rules: Vec<(String, i64, i64)>,
+        reply: Reply<u64>,
+    },
+}
+
+/// The handle everyone uses. Cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    tx: mpsc::Sender<Op>,
+    reader: reader::Reader,
+    stats: Arc<Mutex<Stats>>,
+    path: PathBuf,
+}
+
+/// Owns the writer thread and the lock file; dropping it after the last [`Journal`] lets
+/// the writer finish every queued write.
+pub struct JournalOwner {
+    thread: Option<JoinHandle<()>>,
+    _lock: Flock<File>,
+}
+
+impl JournalOwner {
+    /// Wait for every write sent so far to be committed (call after dropping all handles).
+    pub fn close(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Journal {
+    /// Open (or create) `<state_dir>/journal.db`, migrate it, and reclaim every job left
+    /// `running` by an earlier run of the daemon.
+    pub fn open(
+        state_dir: &Path,
+        sync: Synchronous,
+        run_id: &str,
+    ) -> Result<(Journal, JournalOwner, Vec<Reclaimed>), String> {
+        std::fs::create_dir_all(state_dir).map_err(|e| {
+            format!(
+                "cannot create the state directory {}: {e}",
+                state_dir.display()
+            )
+        })?;
+        let lock_path = state_dir.join("journal.lock");
+        let lock_file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+            format!(
+                "another steward is using the journal in {} (only one daemon may run per state_dir)",
+                state_dir.display()
+            )
+        })?;
+        let path = state_dir.join("journal.db");
+        let mut conn = Connection::open(&path)
+            .map_err(|e| format!("cannot open the job journal {}: {e}", path.display()))?;
+        let sync_mode = match sync {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync_mode}; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = OFF;"
+        ))
+        .map_err(|e| format!("cannot configure the job journal {}: {e}", path.display()))?;
+        schema::migrate(&mut conn)?;
+        let reclaimed = writer::reclaim_interrupted(&mut conn, run_id)
+            .map_err(|e| format!("cannot reclaim interrupted jobs in {}: {e}", path.display()))?;
+        let stats = writer::initial_stats(&conn)
+            .map_err(|e| format!("cannot count jobs in {}: {e}", path.display()))?;
+        let stats = Arc::new(Mutex::new(stats));
+        let reader = reader::Reader::start(&path)?;
+        let (tx, rx) = mpsc::channel();
+        let w = writer::Writer::new(conn, path.clone(), run_id.to_string(), stats.clone());
+        let thread = std::thread::Builder::new()
+            .name("steward-journal".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| format!("cannot start the journal writer: {e}"))?;
+        Ok((
+            Journal {
+                tx,
+                reader,
+                stats,
+                path,
+            },
+            JournalOwner {
+                thread: Some(thread),
+                _lock: lock,
+            },
+            reclaimed,
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes on disk: the database and its WAL.
+    pub fn size_bytes(&self) -> u64 {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        size(&self.path) + size(Path::new(&wal))
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn send(&self, op: Op) {
+        if let Err(mpsc::SendError(op)) = self.tx.send(op) {
+            writer::fail_op(op, JournalError::Closed);
+        }
+    }
+
+    pub fn submit(
+        &self,
+        jobs: Vec<NewJob>,
+        reply: impl FnOnce(Result<Vec<Submitted>, JournalError>) + Send + 'static,
+    ) {
+        self.send(Op::Submit {
+            jobs,
+            reply: Box::new(reply),
+        });
+    }
+
+    pub fn claim(
+        &self,
+        queues: Vec<String>,
+        n: usize,
+        worker: String,
+        pid: i32,
+        reply: impl FnOnce(Result<Claimed, JournalError>) + Send + 'static,
+    ) {
+        self.send(Op::Claim {
+            queues,
+            n,
+            worker,
+            pid,
+            reply: Box::new(reply),
+        });
+    }
+
+    pub fn finish(
+        &self,
+        id: i64,
+        token: i64,
+        outcome: Outcome,
+        backoff: RetryBackoff,
+        reply: impl FnOnce(Result<Finished, JournalError>) + Send + 'static,
+    ) {
+        self.send(Op::Finish {
+            id,
+            token,
+            outcome,
+            backoff,
+            reply: Box::new(reply),
+        });
+    }
+
+    pub fn progress(&self, id: i64, token: i64, progress: Option<f64>, message: Option<String>) {
+        self.send(Op::Progress {
+            id,
+            token,
+            progress,
+            message,
+        });
+    }
+
+    pub fn cancel(
+        &self,
+        id: i64,
+        reply: impl FnOnce(Result<CancelResult, JournalError>) + Send + 'static,
+    ) {
+        self.send(Op::Cancel {
+            id,
+            reply: Box::new(reply),
+        });
+    }
+
+    pub fn prune(
+        &self,
+        rules: Vec<(String, i64, i64)>,
+        reply: impl FnOnce(Result<u64, JournalError>) + Send + 'static,
+    ) {
+        self.send(Op::Prune {
+            rules,
+            reply: Box::new(reply),
+        });
+    }
+
+    /// Submit and wait for the commit.
+    pub async fn submit_wait(&self, jobs: Vec<NewJob>) -> Result<Vec<Submitted>, JournalError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(jobs, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.await.unwrap_or(Err(JournalError::Closed))
+    }
+
+    /// `failed` or `cancelled` → `queued`, with a fresh attempt budget.
+    pub async fn retry_wait(&self, id: i64) -> Result<Submitted, JournalError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Op::Retry {
+            id,
+            reply: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        });
+        rx.await.unwrap_or(Err(JournalError::Closed))
+    }
+
+    pub async fn list(&self, filter: JobFilter) -> Result<Vec<JobView>, JournalError> {
+        self.reader.list(filter).await
+    }
+
+    pub async fn get(&self, id: i64) -> Result<JobView, JournalError> {
+        self.reader.get(id).await
+    }
+}

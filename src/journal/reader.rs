@@ -1,0 +1,170 @@
+//! Reads for the CLI and API, on a read-only connection of their own (WAL lets them run
+//! beside the writer without waiting for it).
+
+use std::path::Path;
+use std::sync::mpsc;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params_from_iter};
+use tokio::sync::oneshot;
+
+use super::writer::map_err as map_reader_err;
+use super::{JournalError, ms_to_rfc3339};
+use crate::control::api::{AttemptView, JobView};
+use crate::jobs::JobState;
+
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub queue: Option<String>,
+    pub state: Option<JobState>,
+    pub limit: usize,
+}
+
+enum Req {
+    List(
+        JobFilter,
+        oneshot::Sender<Result<Vec<JobView>, JournalError>>,
+    ),
+    Get(i64, oneshot::Sender<Result<JobView, JournalError>>),
+}
+
+#[derive(Clone)]
+pub struct Reader {
+    tx: mpsc::Sender<Req>,
+}
+
+const COLUMNS: &str = "j.id, j.queue, j.state, j.priority, d.payload, d.result, j.error, j.attempts, j.tries, j.max_attempts,
+     j.crashes, j.interruptions, j.unique_key, j.created_at, j.run_at, j.finished_at, j.worker, j.progress, j.progress_message";
+
+fn json(text: Option<String>) -> Option<serde_json::Value> {
+    text.map(|t| serde_json::from_str(&t).unwrap_or(serde_json::Value::String(t)))
+}
+
+fn job_from_row(r: &Row) -> rusqlite::Result<JobView> {
+    Ok(JobView {
+        id: r.get(0)?,
+        queue: r.get(1)?,
+        state: r.get(2)?,
+        priority: r.get(3)?,
+        payload: json(r.get(4)?).unwrap_or(serde_json::Value::Null),
+        result: json(r.get(5)?),
+        error: r.get(6)?,
+        attempts: r.get(7)?,
+        tries: r.get(8)?,
+        max_attempts: r.get(9)?,
+        crashes: r.get(10)?,
+        interruptions: r.get(11)?,
+        key: r.get(12)?,
+        created_at: ms_to_rfc3339(r.get(13)?),
+        run_at: ms_to_rfc3339(r.get(14)?),
+        finished_at: r.get::<_, Option<i64>>(15)?.map(ms_to_rfc3339),
+        worker: r.get(16)?,
+        progress: r.get(17)?,
+        progress_message: r.get(18)?,
+        history: Vec::new(),
+    })
+}
+
+impl Reader {
+    pub fn start(path: &Path) -> Result<Reader, String> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| {
+            format!(
+                "cannot open the job journal {} for reading: {e}",
+                path.display()
+            )
+        })?;
+        let _ = conn.execute_batch("PRAGMA busy_timeout = 5000;");
+        let path = path.to_path_buf();
+        let (tx, rx) = mpsc::channel::<Req>();
+        std::thread::Builder::new()
+            .name("steward-reader".into())
+            .spawn(move || {
+                while let Ok(req) = rx.recv() {
+                    match req {
+                        Req::List(f, reply) => {
+                            let _ =
+                                reply.send(list(&conn, &f).map_err(|e| map_reader_err(e, &path)));
+                        }
+                        Req::Get(id, reply) => {
+                            let _ = reply.send(match get(&conn, id) {
+                                Ok(Some(j)) => Ok(j),
+                                Ok(None) => Err(JournalError::NotFound(id)),
+                                Err(e) => Err(map_reader_err(e, &path)),
+                            });
+                        }
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the journal reader: {e}"))?;
+        Ok(Reader { tx })
+    }
+
+    pub async fn list(&self, filter: JobFilter) -> Result<Vec<JobView>, JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Req::List(filter, tx))
+            .map_err(|_| JournalError::Closed)?;
+        rx.await.unwrap_or(Err(JournalError::Closed))
+    }
+
+    pub async fn get(&self, id: i64) -> Result<JobView, JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Req::Get(id, tx))
+            .map_err(|_| JournalError::Closed)?;
+        rx.await.unwrap_or(Err(JournalError::Closed))
+    }
+}
+
+fn list(conn: &Connection, f: &JobFilter) -> rusqlite::Result<Vec<JobView>> {
+    let mut sql = format!("SELECT {COLUMNS} FROM jobs j JOIN job_data d ON d.job_id = j.id");
+    let mut args: Vec<String> = Vec::new();
+    let mut conds = Vec::new();
+    if let Some(q) = &f.queue {
+        args.push(q.clone());
+        conds.push(format!("j.queue = ?{}", args.len()));
+    }
+    if let Some(s) = f.state {
+        args.push(s.as_str().to_string());
+        conds.push(format!("j.state = ?{}", args.len()));
+    }
+    if !conds.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conds.join(" AND "));
+    }
+    sql.push_str(&format!(" ORDER BY j.id DESC LIMIT {}", f.limit.max(1)));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(args.iter()), job_from_row)?;
+    rows.collect()
+}
+
+fn get(conn: &Connection, id: i64) -> rusqlite::Result<Option<JobView>> {
+    let sql =
+        format!("SELECT {COLUMNS} FROM jobs j JOIN job_data d ON d.job_id = j.id WHERE j.id = ?1");
+    let Some(mut job) = conn
+        .prepare_cached(&sql)?
+        .query_row([id], job_from_row)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT attempt, worker, pid, started_at, ended_at, outcome, error FROM attempts WHERE job_id = ?1 ORDER BY attempt",
+    )?;
+    let rows = stmt.query_map([id], |r| {
+        Ok(AttemptView {
+            attempt: r.get(0)?,
+            worker: r.get(1)?,
+            pid: r.get(2)?,
+            started_at: r.get::<_, Option<i64>>(3)?.map(ms_to_rfc3339),
+            ended_at: r.get::<_, Option<i64>>(4)?.map(ms_to_rfc3339),
+            outcome: r.get(5)?,
+            error: r.get(6)?,
+        })
+    })?;
+    job.history = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Some(job))
+}

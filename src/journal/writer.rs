@@ -1,0 +1,708 @@
+//! The writer thread: group commit of every state change.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+
+use super::{
+    CancelResult, Claimed, Finished, JournalError, Leased, NewJob, Op, Reclaimed, Stats, Submitted,
+    now_ms,
+};
+use crate::control::api::QueueStatus;
+use crate::jobs::{self, Counters, JobState, Next, Outcome};
+
+/// Most operations in one transaction.
+const MAX_BATCH: usize = 8192;
+/// How often failed completions are retried while the disk refuses writes.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+pub(super) fn map_err(e: rusqlite::Error, path: &Path) -> JournalError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => JournalError::Full {
+            path: path.to_path_buf(),
+        },
+        _ => JournalError::Io {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        },
+    }
+}
+
+/// Answer an operation that could not be carried out.
+pub(crate) fn fail_op(op: Op, e: JournalError) {
+    match op {
+        Op::Submit { reply, .. } => reply(Err(e)),
+        Op::Claim { reply, .. } => reply(Err(e)),
+        Op::Finish { reply, .. } => reply(Err(e)),
+        Op::Progress { .. } => {}
+        Op::Cancel { reply, .. } => reply(Err(e)),
+        Op::Retry { reply, .. } => reply(Err(e)),
+        Op::Prune { reply, .. } => reply(Err(e)),
+    }
+}
+
+enum Res {
+    Submit(Result<Vec<Submitted>, JournalError>),
+    Claim(Result<Claimed, JournalError>),
+    Finish(Result<Finished, JournalError>),
+    Progress,
+    Cancel(Result<CancelResult, JournalError>),
+    Retry(Result<Submitted, JournalError>),
+    Prune(Result<u64, JournalError>),
+}
+
+fn deliver(op: Op, res: Res) {
+    match (op, res) {
+        (Op::Submit { reply, .. }, Res::Submit(r)) => reply(r),
+        (Op::Claim { reply, .. }, Res::Claim(r)) => reply(r),
+        (Op::Finish { reply, .. }, Res::Finish(r)) => reply(r),
+        (Op::Cancel { reply, .. }, Res::Cancel(r)) => reply(r),
+        (Op::Retry { reply, .. }, Res::Retry(r)) => reply(r),
+        (Op::Prune { reply, .. }, Res::Prune(r)) => reply(r),
+        (Op::Progress { .. }, Res::Progress) => {}
+        (op, _) => fail_op(
+            op,
+            JournalError::Invalid("internal error: mismatched journal reply".into()),
+        ),
+    }
+}
+
+type Moves = Vec<(String, Option<JobState>, Option<JobState>)>;
+
+pub(super) struct Writer {
+    conn: Connection,
+    path: PathBuf,
+    run_id: String,
+    stats: Arc<Mutex<Stats>>,
+    /// Completions whose commit failed; retried until they land.
+    pending: Vec<Op>,
+}
+
+impl Writer {
+    pub fn new(
+        conn: Connection,
+        path: PathBuf,
+        run_id: String,
+        stats: Arc<Mutex<Stats>>,
+    ) -> Writer {
+        Writer {
+            conn,
+            path,
+            run_id,
+            stats,
+            pending: Vec::new(),
+        }
+    }
+
+    pub fn run(mut self, rx: Receiver<Op>) {
+        loop {
+            let mut batch = std::mem::take(&mut self.pending);
+            let first = if batch.is_empty() {
+                match rx.recv() {
+                    Ok(op) => Some(op),
+                    Err(_) => break,
+                }
+            } else {
+                match rx.recv_timeout(RETRY_EVERY) {
+                    Ok(op) => Some(op),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        // Last chance for the retried completions, then leave.
+                        self.apply_batch(batch);
+                        break;
+                    }
+                }
+            };
+            batch.extend(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.apply_batch(batch);
+        }
+        if !self.pending.is_empty() {
+            tracing::error!(
+                "{} job state changes could not be written to the journal before exit; those jobs will be reclaimed at the next start",
+                self.pending.len()
+            );
+        }
+        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);");
+    }
+
+    fn apply_batch(&mut self, batch: Vec<Op>) {
+        if batch.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let t0 = Instant::now();
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            let err = map_err(e, &self.path);
+            self.failed(batch, err);
+            return;
+        }
+        let mut moves: Moves = Vec::new();
+        let mut results = Vec::with_capacity(batch.len());
+        for op in &batch {
+            results.push(self.apply_one(op, now, &mut moves));
+        }
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                if let Ok(mut s) = self.stats.lock() {
+                    for (q, from, to) in &moves {
+                        s.moved(q, *from, *to);
+                    }
+                    s.commits += 1;
+                    s.error = None;
+                }
+                let took = t0.elapsed();
+                if took > Duration::from_secs(1) {
+                    tracing::warn!(
+                        "a journal commit of {} changes took {:.1}s; is the disk slow?",
+                        batch.len(),
+                        took.as_secs_f64()
+                    );
+                }
+                for (op, res) in batch.into_iter().zip(results) {
+                    deliver(op, res);
+                }
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                let err = map_err(e, &self.path);
+                self.failed(batch, err);
+            }
+        }
+    }
+
+    /// A transaction failed: refuse new submissions, keep completions for a retry.
+    fn failed(&mut self, batch: Vec<Op>, err: JournalError) {
+        let first_failure = self
+            .stats
+            .lock()
+            .map(|mut s| s.error.replace(err.to_string()).is_none())
+            .unwrap_or(false);
+        if first_failure {
+            tracing::error!("{err}");
+        }
+        for op in batch {
+            match op {
+                Op::Finish { .. } | Op::Progress { .. } => self.pending.push(op),
+                other => fail_op(other, err.clone()),
+            }
+        }
+    }
+
+    /// Apply one operation inside its own savepoint, so that one failing operation does
+    /// not undo the others in the batch.
+    fn apply_one(&mut self, op: &Op, now: i64, moves: &mut Moves) -> Res {
+        if self.conn.execute_batch("SAVEPOINT op").is_err() {
+            return self.error_res(
+                op,
+                JournalError::Io {
+                    path: self.path.clone(),
+                    detail: "cannot open a savepoint".into(),
+                },
+            );
+        }
+        let mark = moves.len();
+        let res = self.apply_inner(op, now, moves);
+        let ok = match &res {
+            Res::Submit(r) => r.is_ok(),
+            Res::Claim(r) => r.is_ok(),
+            Res::Finish(r) => r.is_ok(),
+            Res::Cancel(r) => r.is_ok(),
+            Res::Retry(r) => r.is_ok(),
+            Res::Prune(r) => r.is_ok(),
+            Res::Progress => true,
+        };
+        if ok {
+            let _ = self.conn.execute_batch("RELEASE op");
+        } else {
+            moves.truncate(mark);
+            let _ = self.conn.execute_batch("ROLLBACK TO op; RELEASE op");
+        }
+        res
+    }
+
+    fn error_res(&self, op: &Op, e: JournalError) -> Res {
+        match op {
+            Op::Submit { .. } => Res::Submit(Err(e)),
+            Op::Claim { .. } => Res::Claim(Err(e)),
+            Op::Finish { .. } => Res::Finish(Err(e)),
+            Op::Progress { .. } => Res::Progress,
+            Op::Cancel { .. } => Res::Cancel(Err(e)),
+            Op::Retry { .. } => Res::Retry(Err(e)),
+            Op::Prune { .. } => Res::Prune(Err(e)),
+        }
+    }
+
+    fn apply_inner(&mut self, op: &Op, now: i64, moves: &mut Moves) -> Res {
+        let path = self.path.clone();
+        let e = |err: rusqlite::Error| map_err(err, &path);
+        match op {
+            Op::Submit { jobs, .. } => Res::Submit(self.submit(jobs, now, moves).map_err(e)),
+            Op::Claim {
+                queues,
+                n,
+                worker,
+                pid,
+                ..
+            } => Res::Claim(self.claim(queues, *n, worker, *pid, now, moves).map_err(e)),
+            Op::Finish {
+                id,
+                token,
+                outcome,
+                backoff,
+                ..
+            } => Res::Finish(
+                self.finish(*id, *token, outcome, backoff, now, moves)
+                    .map_err(e),
+            ),
+            Op::Progress {
+                id,
+                token,
+                progress,
+                message,
+            } => {
+                let _ = self.conn.execute(
+                    "UPDATE jobs SET progress = ?1, progress_message = ?2 WHERE id = ?3 AND lease_token = ?4 AND state = 'running'",
+                    params![progress, message, id, token],
+                );
+                Res::Progress
+            }
+            Op::Cancel { id, .. } => Res::Cancel(match self.cancel(*id, now, moves) {
+                Ok(Some(r)) => Ok(r),
+                Ok(None) => Err(JournalError::NotFound(*id)),
+                Err(err) => Err(e(err)),
+            }),
+            Op::Retry { id, .. } => Res::Retry(match self.retry(*id, now, moves) {
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(msg)) => Err(msg),
+                Err(err) => Err(e(err)),
+            }),
+            Op::Prune { rules, .. } => Res::Prune(self.prune(rules).map_err(e)),
+        }
+    }
+
+    fn submit(
+        &mut self,
+        jobs: &[NewJob],
+        now: i64,
+        moves: &mut Moves,
+    ) -> rusqlite::Result<Vec<Submitted>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            if let Some(key) = &j.key {
+                let existing: Option<(i64, i64)> = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT id, run_at FROM jobs WHERE queue = ?1 AND unique_key = ?2 AND state IN ('queued', 'running')",
+                    )?
+                    .query_row(params![j.queue, key], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                if let Some((id, run_at_ms)) = existing {
+                    out.push(Submitted {
+                        id,
+                        existing: true,
+                        run_at_ms,
+                    });
+                    continue;
+                }
+            }
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO jobs (queue, state, priority, run_at, created_at, updated_at, max_attempts, timeout_ms, unique_key)
+                     VALUES (?1, 'queued', ?2, ?3, ?4, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![j.queue, j.priority, j.run_at_ms, now, j.max_attempts, j.timeout_ms, j.key])?;
+            let id = self.conn.last_insert_rowid();
+            self.conn
+                .prepare_cached("INSERT INTO job_data (job_id, payload) VALUES (?1, ?2)")?
+                .execute(params![id, j.payload])?;
+            moves.push((j.queue.clone(), None, Some(JobState::Queued)));
+            out.push(Submitted {
+                id,
+                existing: false,
+                run_at_ms: j.run_at_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    fn claim(
+        &mut self,
+        queues: &[String],
+        n: usize,
+        worker: &str,
+        pid: i32,
+        now: i64,
+        moves: &mut Moves,
+    ) -> rusqlite::Result<Claimed> {
+        // Candidates from each queue in dispatch order, then merged.
+        let mut candidates: Vec<(i64, i64, i64)> = Vec::new();
+        for q in queues {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT id, priority, run_at FROM jobs WHERE state = 'queued' AND queue = ?1 AND run_at <= ?2
+                 ORDER BY priority DESC, run_at, id LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![q, now, n as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+            for row in rows {
+                candidates.push(row?);
+            }
+        }
+        candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0)));
+        candidates.truncate(n);
+        let mut jobs = Vec::with_capacity(candidates.len());
+        for (id, _, _) in candidates {
+            let (queue, attempt, token, timeout_ms, created_ms): (
+                String,
+                u32,
+                i64,
+                Option<i64>,
+                i64,
+            ) = self
+                .conn
+                .prepare_cached(
+                    "UPDATE jobs SET state = 'running', attempts = attempts + 1, tries = tries + 1,
+                         lease_token = lease_token + 1, worker = ?2, run_id = ?3, updated_at = ?4,
+                         progress = NULL, progress_message = NULL
+                     WHERE id = ?1 RETURNING queue, attempts, lease_token, timeout_ms, created_at",
+                )?
+                .query_row(params![id, worker, self.run_id, now], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?;
+            self.conn
+                .prepare_cached("INSERT INTO attempts (job_id, attempt, worker, pid, started_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                .execute(params![id, attempt, worker, pid, now])?;
+            let payload: String = self
+                .conn
+                .prepare_cached("SELECT payload FROM job_data WHERE job_id = ?1")?
+                .query_row(params![id], |r| r.get(0))?;
+            moves.push((
+                queue.clone(),
+                Some(JobState::Queued),
+                Some(JobState::Running),
+            ));
+            jobs.push(Leased {
+                id,
+                queue,
+                attempt,
+                token,
+                payload,
+                timeout_ms,
+                created_ms,
+            });
+        }
+        let mut next_run_at_ms = None;
+        if jobs.len() < n {
+            for q in queues {
+                let t: Option<i64> = self
+                    .conn
+                    .prepare_cached("SELECT min(run_at) FROM jobs WHERE state = 'queued' AND queue = ?1 AND run_at > ?2")?
+                    .query_row(params![q, now], |r| r.get(0))?;
+                if let Some(t) = t {
+                    next_run_at_ms = Some(next_run_at_ms.map_or(t, |c: i64| c.min(t)));
+                }
+            }
+        }
+        Ok(Claimed {
+            jobs,
+            next_run_at_ms,
+        })
+    }
+
+    fn finish(
+        &mut self,
+        id: i64,
+        token: i64,
+        outcome: &Outcome,
+        backoff: &crate::config::RetryBackoff,
+        now: i64,
+        moves: &mut Moves,
+    ) -> rusqlite::Result<Finished> {
+        let row: Option<(String, String, i64, u32, Counters)> = self
+            .conn
+            .prepare_cached(
+                "SELECT queue, state, lease_token, attempts, tries, crashes, interruptions, max_attempts FROM jobs WHERE id = ?1",
+            )?
+            .query_row(params![id], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    Counters {
+                        tries: r.get(4)?,
+                        crashes: r.get(5)?,
+                        interruptions: r.get(6)?,
+                        max_attempts: r.get(7)?,
+                    },
+                ))
+            })
+            .optional()?;
+        let Some((queue, state, current, attempt, counters)) = row else {
+            return Ok(Finished::Stale);
+        };
+        if state != "running" || current != token {
+            return Ok(Finished::Stale);
+        }
+        let (c, next) = jobs::after_attempt(counters, outcome, backoff, rand::random::<f64>());
+        let (new_state, run_at, finished_at, reason) = match &next {
+            Next::Succeeded => (JobState::Succeeded, None, Some(now), None),
+            Next::Cancelled => (
+                JobState::Cancelled,
+                None,
+                Some(now),
+                outcome.error().map(str::to_string),
+            ),
+            Next::Failed { reason } => (JobState::Failed, None, Some(now), Some(reason.clone())),
+            Next::Queued { delay } => (
+                JobState::Queued,
+                Some(now + delay.as_millis() as i64),
+                None,
+                outcome.error().map(str::to_string),
+            ),
+        };
+        self.conn
+            .prepare_cached(
+                "UPDATE jobs SET state = ?2, tries = ?3, crashes = ?4, interruptions = ?5,
+                     run_at = COALESCE(?6, run_at), finished_at = ?7, error = ?8, updated_at = ?9, worker = NULL
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                id,
+                new_state.as_str(),
+                c.tries,
+                c.crashes,
+                c.interruptions,
+                run_at,
+                finished_at,
+                reason,
+                now
+            ])?;
+        if let Outcome::Succeeded { result: Some(r) } = outcome {
+            self.conn
+                .prepare_cached("UPDATE job_data SET result = ?2 WHERE job_id = ?1")?
+                .execute(params![id, r])?;
+        }
+        self.conn
+            .prepare_cached("UPDATE attempts SET ended_at = ?3, outcome = ?4, error = ?5 WHERE job_id = ?1 AND attempt = ?2")?
+            .execute(params![id, attempt, now, outcome.as_str(), outcome.error()])?;
+        moves.push((queue, Some(JobState::Running), Some(new_state)));
+        Ok(Finished::Applied {
+            state: new_state,
+            run_at_ms: run_at.unwrap_or(now),
+            reason,
+        })
+    }
+
+    fn cancel(
+        &mut self,
+        id: i64,
+        now: i64,
+        moves: &mut Moves,
+    ) -> rusqlite::Result<Option<CancelResult>> {
+        let row: Option<(String, String, Option<String>)> = self
+            .conn
+            .prepare_cached("SELECT queue, state, worker FROM jobs WHERE id = ?1")?
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let Some((queue, state, worker)) = row else {
+            return Ok(None);
+        };
+        match JobState::parse(&state) {
+            Some(JobState::Queued) => {
+                self.conn.execute(
+                    "UPDATE jobs SET state = 'cancelled', finished_at = ?2, updated_at = ?2, error = 'cancelled by steward cancel' WHERE id = ?1",
+                    params![id, now],
+                )?;
+                moves.push((queue, Some(JobState::Queued), Some(JobState::Cancelled)));
+                Ok(Some(CancelResult::Cancelled))
+            }
+            Some(JobState::Running) => Ok(Some(CancelResult::Running { worker })),
+            Some(other) => Ok(Some(CancelResult::AlreadyFinal(other))),
+            None => Ok(None),
+        }
+    }
+
+    fn retry(
+        &mut self,
+        id: i64,
+        now: i64,
+        moves: &mut Moves,
+    ) -> rusqlite::Result<Result<Submitted, JournalError>> {
+        let row: Option<(String, String)> = self
+            .conn
+            .prepare_cached("SELECT queue, state FROM jobs WHERE id = ?1")?
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((queue, state)) = row else {
+            return Ok(Err(JournalError::NotFound(id)));
+        };
+        let from = JobState::parse(&state);
+        if !matches!(from, Some(JobState::Failed | JobState::Cancelled)) {
+            return Ok(Err(JournalError::Invalid(format!(
+                "job {id} is {state}; only failed or cancelled jobs can be retried"
+            ))));
+        }
+        self.conn.execute(
+            "UPDATE jobs SET state = 'queued', tries = 0, crashes = 0, interruptions = 0, run_at = ?2,
+                 finished_at = NULL, error = NULL, updated_at = ?2 WHERE id = ?1",
+            params![id, now],
+        )?;
+        moves.push((queue, from, Some(JobState::Queued)));
+        Ok(Ok(Submitted {
+            id,
+            existing: false,
+            run_at_ms: now,
+        }))
+    }
+
+    /// Delete finished jobs past their retention, a bounded number per call.
+    fn prune(&mut self, rules: &[(String, i64, i64)]) -> rusqlite::Result<u64> {
+        let mut deleted = 0u64;
+        for (queue, succeeded_before, failed_before) in rules {
+            let mut ids: Vec<i64> = Vec::new();
+            {
+                let mut stmt = self.conn.prepare_cached(
+                    "SELECT id FROM jobs WHERE queue = ?1 AND state = 'succeeded' AND finished_at < ?2 LIMIT 500",
+                )?;
+                for id in stmt.query_map(params![queue, succeeded_before], |r| r.get(0))? {
+                    ids.push(id?);
+                }
+                let mut stmt = self.conn.prepare_cached(
+                    "SELECT id FROM jobs WHERE queue = ?1 AND state IN ('failed', 'cancelled') AND finished_at < ?2 LIMIT 500",
+                )?;
+                for id in stmt.query_map(params![queue, failed_before], |r| r.get(0))? {
+                    ids.push(id?);
+                }
+            }
+            for id in ids {
+                self.conn
+                    .prepare_cached("DELETE FROM attempts WHERE job_id = ?1")?
+                    .execute(params![id])?;
+                self.conn
+                    .prepare_cached("DELETE FROM job_data WHERE job_id = ?1")?
+                    .execute(params![id])?;
+                self.conn
+                    .prepare_cached("DELETE FROM jobs WHERE id = ?1")?
+                    .execute(params![id])?;
+                deleted += 1;
+            }
+        }
+        if deleted > 0 {
+            self.conn.execute_batch("PRAGMA incremental_vacuum(256);")?;
+        }
+        Ok(deleted)
+    }
+}
+
+/// Every job still `running` belongs to a daemon run that is gone: its worker died with
+/// it. Put each back in its queue at once (interruptions do not use up attempts) and
+/// record the interruption in its history.
+pub(super) fn reclaim_interrupted(
+    conn: &mut Connection,
+    run_id: &str,
+) -> rusqlite::Result<Vec<Reclaimed>> {
+    let now = now_ms();
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut rows = Vec::new();
+    {
+        let mut stmt = tx.prepare(
+            "SELECT id, queue, attempts, tries, crashes, interruptions, max_attempts, worker, run_id FROM jobs WHERE state = 'running'",
+        )?;
+        let it = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, u32>(2)?,
+                Counters {
+                    tries: r.get(3)?,
+                    crashes: r.get(4)?,
+                    interruptions: r.get(5)?,
+                    max_attempts: r.get(6)?,
+                },
+                r.get::<_, Option<String>>(7)?,
+                r.get::<_, Option<String>>(8)?,
+            ))
+        })?;
+        for row in it {
+            rows.push(row?);
+        }
+    }
+    let mut out = Vec::new();
+    for (id, queue, attempt, counters, worker, old_run) in rows {
+        let reason = format!(
+            "steward stopped while this attempt ran (daemon run {}); reclaimed by run {run_id}",
+            old_run.as_deref().unwrap_or("?")
+        );
+        let outcome = Outcome::Interrupted {
+            reason: reason.clone(),
+        };
+        let backoff = crate::config::QueueSpec::new("").retry_backoff;
+        let (c, next) = jobs::after_attempt(counters, &outcome, &backoff, 0.0);
+        let (state, err) = match next {
+            Next::Failed { reason } => (JobState::Failed, Some(reason)),
+            _ => (JobState::Queued, Some(reason.clone())),
+        };
+        tx.execute(
+            "UPDATE jobs SET state = ?2, tries = ?3, interruptions = ?4, run_at = ?5, updated_at = ?5, worker = NULL,
+                 error = ?6, finished_at = CASE WHEN ?2 = 'failed' THEN ?5 ELSE NULL END
+             WHERE id = ?1",
+            params![id, state.as_str(), c.tries, c.interruptions, now, err],
+        )?;
+        tx.execute(
+            "UPDATE attempts SET ended_at = ?3, outcome = 'interrupted', error = ?4 WHERE job_id = ?1 AND attempt = ?2 AND ended_at IS NULL",
+            params![id, attempt, now, reason],
+        )?;
+        out.push(Reclaimed {
+            id,
+            queue,
+            attempt,
+            worker,
+            now: state,
+        });
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+/// Queued and running counts per queue (finished counts start at zero for this run).
+pub(super) fn initial_stats(conn: &Connection) -> rusqlite::Result<Stats> {
+    let mut stats = Stats::default();
+    let mut stmt = conn.prepare(
+        "SELECT queue, 'queued', count(*) FROM jobs WHERE state = 'queued' GROUP BY queue
+         UNION ALL SELECT queue, 'running', count(*) FROM jobs WHERE state = 'running' GROUP BY queue",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (queue, state, n) = row?;
+        let n = n.max(0) as u64;
+        let q = stats
+            .queues
+            .entry(queue.clone())
+            .or_insert_with(|| QueueStatus {
+                name: queue,
+                ..QueueStatus::default()
+            });
+        if state == "queued" {
+            q.queued = n;
+        } else {
+            q.running = n;
+        }
+    }
+    Ok(stats)
+}

@@ -1,0 +1,677 @@
+//! Jobs on the supervisor loop: handing jobs to protocol workers, reading what they say,
+//! leases, timeouts, cancellation and reclaim.
+//!
+//! The journal is the source of truth for jobs; this side keeps only what the loop needs
+//! to act fast: which worker holds which job under which lease token, and whether a
+//! queue may have due jobs (so idle workers do not poll an empty queue).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::oneshot;
+
+use super::{Event, Held, KillReason, Phase, SlotId, Supervisor, human};
+use crate::config::Config;
+use crate::config::QueueSpec;
+use crate::control::api::Reply;
+use crate::jobs::{JobState, Outcome};
+use crate::journal::{CancelResult, Claimed, Finished, JournalError, now_ms};
+use crate::process;
+use crate::protocol::{self, FromWorker};
+
+/// Grace given to a worker to give up a job after `cancel`, before it is killed.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(10);
+/// Progress is written to the journal at most this often per job.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// Idle workers look for due jobs at least this often, whatever the hints say.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Whether a queue may have due jobs, as far as the loop knows.
+#[derive(Debug, Default, Clone)]
+pub struct QueueHint {
+    pub ready: bool,
+    /// Bumped whenever jobs are added, so that an older "nothing there" answer does not
+    /// hide them.
+    pub epoch: u64,
+    /// A delayed job becomes due then.
+    pub due_at: Option<Instant>,
+}
+
+/// Converts a journal time to a loop deadline.
+fn instant_at(ms: i64) -> Instant {
+    let delta = ms - now_ms();
+    let now = Instant::now();
+    if delta <= 0 {
+        now
+    } else {
+        now + Duration::from_millis(delta as u64)
+    }
+}
+
+impl Supervisor {
+    pub(super) fn queue_spec(&self, name: &str) -> QueueSpec {
+        self.config
+            .queues
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| QueueSpec::new(name))
+    }
+
+    /// Jobs were added to `queue`, due at `run_at_ms`.
+    pub(super) fn jobs_added(&mut self, queue: &str, run_at_ms: i64) {
+        let hint = self.hints.entry(queue.to_string()).or_default();
+        hint.epoch += 1;
+        if run_at_ms <= now_ms() {
+            hint.ready = true;
+        } else {
+            let at = instant_at(run_at_ms);
+            hint.due_at = Some(hint.due_at.map_or(at, |d| d.min(at)));
+        }
+    }
+
+    /// Hand jobs to every ready protocol worker with free capacity.
+    pub(super) fn dispatch(&mut self, now: Instant) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        for hint in self.hints.values_mut() {
+            if hint.due_at.is_some_and(|t| t <= now) {
+                hint.due_at = None;
+                hint.ready = true;
+            }
+        }
+        if now >= self.next_sweep {
+            self.next_sweep = now + SWEEP_EVERY;
+            for q in self.config.queues.keys() {
+                self.hints.entry(q.clone()).or_default().ready = true;
+            }
+        }
+        let ids: Vec<SlotId> = self.slots.keys().copied().collect();
+        for id in ids {
+            let Some(slot) = self.slots.get(&id) else {
+                continue;
+            };
+            if !slot.spec.is_protocol()
+                || slot.phase != Phase::Running
+                || slot.draining
+                || slot.conn.is_none()
+                || slot.kill_reason.is_some()
+            {
+                continue;
+            }
+            let Some(pid) = slot.pid else { continue };
+            let used = slot.held.len() + slot.claiming;
+            let free = (slot.spec.concurrency as usize).saturating_sub(used);
+            if free == 0 {
+                continue;
+            }
+            let queues: Vec<String> = slot
+                .spec
+                .queues
+                .iter()
+                .filter(|q| self.hints.get(*q).is_some_and(|h| h.ready))
+                .cloned()
+                .collect();
+            if queues.is_empty() {
+                continue;
+            }
+            let epochs: HashMap<String, u64> = queues
+                .iter()
+                .map(|q| (q.clone(), self.hints.get(q).map(|h| h.epoch).unwrap_or(0)))
+                .collect();
+            let worker = slot.name();
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.claiming += free;
+            }
+            let tx = self.events_tx.clone();
+            self.journal
+                .claim(queues, free, worker, pid, move |result| {
+                    let _ = tx.send(Event::Claimed {
+                        slot: id,
+                        pid,
+                        asked: free,
+                        epochs,
+                        result,
+                    });
+                });
+        }
+    }
+
+    pub(super) fn on_claimed(
+        &mut self,
+        id: SlotId,
+        pid: i32,
+        asked: usize,
+        epochs: HashMap<String, u64>,
+        result: Result<Claimed, JournalError>,
+    ) {
+        let now = Instant::now();
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.claiming = slot.claiming.saturating_sub(asked);
+        }
+        let claimed = match result {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("cannot take jobs from the journal: {e}; trying again shortly");
+                for q in epochs.keys() {
+                    let h = self.hints.entry(q.clone()).or_default();
+                    h.ready = false;
+                    h.due_at = Some(now + Duration::from_secs(1));
+                }
+                return;
+            }
+        };
+        if claimed.jobs.len() < asked {
+            for (q, epoch) in &epochs {
+                let h = self.hints.entry(q.clone()).or_default();
+                if h.epoch == *epoch {
+                    h.ready = false;
+                }
+                if let Some(t) = claimed.next_run_at_ms {
+                    let at = instant_at(t);
+                    h.due_at = Some(h.due_at.map_or(at, |d| d.min(at)));
+                }
+            }
+        }
+        let usable = self.slots.get(&id).is_some_and(|s| {
+            s.pid == Some(pid)
+                && s.phase == Phase::Running
+                && !s.draining
+                && s.conn.is_some()
+                && s.kill_reason.is_none()
+        }) && self.shutdown.is_none();
+        for job in claimed.jobs {
+            let spec = self.queue_spec(&job.queue);
+            if !usable {
+                self.finish_job(
+                    job.id,
+                    job.token,
+                    &job.queue,
+                    job.attempt,
+                    Outcome::Released,
+                );
+                continue;
+            }
+            let timeout = match job.timeout_ms {
+                Some(0) => None,
+                Some(ms) => Some(Duration::from_millis(ms as u64)),
+                None => spec.timeout,
+            };
+            let deadline_wall = timeout
+                .map(|t| humantime::format_rfc3339_millis(SystemTime::now() + t).to_string());
+            let line = protocol::job_line(
+                job.id,
+                &job.queue,
+                job.attempt,
+                &job.payload,
+                deadline_wall.as_deref(),
+            );
+            let Some(slot) = self.slots.get_mut(&id) else {
+                continue;
+            };
+            let wait_ms = (now_ms() - job.created_ms).max(0);
+            tracing::info!(JOB_ID = job.id, QUEUE = %job.queue, ATTEMPT = job.attempt, POOL = %slot.pool, INSTANCE = slot.index,
+                "job {} attempt {} started on worker {} (pid {pid}) after {} in the queue",
+                job.id, job.attempt, slot.name(), human(Duration::from_millis(wait_ms as u64)));
+            if let Some(conn) = &slot.conn {
+                let _ = conn.send(line);
+            }
+            slot.held.insert(
+                job.id,
+                Held {
+                    queue: job.queue,
+                    attempt: job.attempt,
+                    token: job.token,
+                    started: now,
+                    deadline: timeout.map(|t| now + t),
+                    cancel: None,
+                    last_progress_write: None,
+                },
+            );
+            slot.update_current_job();
+        }
+    }
+
+    /// A line from a worker (already parsed, or the reason it could not be).
+    pub(super) fn on_worker_line(&mut self, id: SlotId, pid: i32, msg: Result<FromWorker, String>) {
+        let now = Instant::now();
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        if slot.pid != Some(pid) {
+            return;
+        }
+        // Any line renews the leases the worker holds.
+        slot.last_heard = now;
+        let name = slot.name();
+        let (pool, index) = (slot.pool.clone(), slot.index);
+        let reject = |slot: &super::Slot, why: String| {
+            tracing::warn!(POOL = %pool, INSTANCE = index, WORKER_PID = pid, "worker {name}: {why}");
+            if let Some(c) = &slot.conn {
+                let _ = c.send(protocol::error_line(&why));
+            }
+        };
+        match msg {
+            Err(e) => reject(slot, format!("invalid line ignored: {e}")),
+            Ok(FromWorker::Ready) => {
+                if slot.phase == Phase::Starting {
+                    slot.phase = Phase::Running;
+                    slot.became_ready = true;
+                    slot.crash_looping = false;
+                    tracing::info!(POOL = %pool, INSTANCE = index, WORKER_PID = pid, "worker {name} is ready for jobs");
+                }
+            }
+            Ok(FromWorker::Heartbeat) => {}
+            Ok(FromWorker::Progress {
+                id: job,
+                progress,
+                message,
+            }) => {
+                let Some(held) = slot.held.get_mut(&job) else {
+                    return reject(
+                        slot,
+                        format!("progress for job {job}, which this worker does not hold; ignored"),
+                    );
+                };
+                let due = held
+                    .last_progress_write
+                    .is_none_or(|t| now.duration_since(t) >= PROGRESS_EVERY);
+                if due {
+                    held.last_progress_write = Some(now);
+                    let token = held.token;
+                    tracing::debug!(
+                        JOB_ID = job,
+                        "job {job} progress {:?} {}",
+                        progress,
+                        message.as_deref().unwrap_or("")
+                    );
+                    self.journal
+                        .progress(job, token, progress.filter(|p| p.is_finite()), message);
+                }
+            }
+            Ok(FromWorker::Done { id: job, result }) => {
+                let Some(held) = slot.held.remove(&job) else {
+                    return reject(
+                        slot,
+                        format!(
+                            "`done` for job {job}, which this worker does not hold; ignored (the job is untouched)"
+                        ),
+                    );
+                };
+                slot.update_current_job();
+                let took = now.duration_since(held.started);
+                tracing::debug!(JOB_ID = job, "job {job} done after {}", human(took));
+                let result = result.map(|r| r.get().to_string());
+                self.finish_job(
+                    job,
+                    held.token,
+                    &held.queue,
+                    held.attempt,
+                    Outcome::Succeeded { result },
+                );
+            }
+            Ok(FromWorker::Fail {
+                id: job,
+                error,
+                retry,
+            }) => {
+                let Some(held) = slot.held.remove(&job) else {
+                    return reject(
+                        slot,
+                        format!(
+                            "`fail` for job {job}, which this worker does not hold; ignored (the job is untouched)"
+                        ),
+                    );
+                };
+                slot.update_current_job();
+                let error = error
+                    .unwrap_or_else(|| "the worker reported a failure without a message".into());
+                let outcome = match held.cancel {
+                    Some((super::CancelWhy::Cancelled, _)) => Outcome::Cancelled {
+                        reason: format!("cancelled by steward cancel; worker said: {error}"),
+                    },
+                    Some((super::CancelWhy::Timeout, _)) => Outcome::TimedOut {
+                        reason: format!("timed out; worker said: {error}"),
+                    },
+                    None => Outcome::Failed { error, retry },
+                };
+                self.finish_job(job, held.token, &held.queue, held.attempt, outcome);
+            }
+        }
+    }
+
+    /// Record how an attempt ended.
+    pub(super) fn finish_job(
+        &self,
+        job: i64,
+        token: i64,
+        queue: &str,
+        attempt: u32,
+        outcome: Outcome,
+    ) {
+        let backoff = self.queue_spec(queue).retry_backoff;
+        let tx = self.events_tx.clone();
+        let queue_s = queue.to_string();
+        let kind = outcome.as_str();
+        self.journal
+            .finish(job, token, outcome, backoff, move |result| {
+                let _ = tx.send(Event::Finished {
+                    job,
+                    queue: queue_s,
+                    attempt,
+                    kind,
+                    result,
+                });
+            });
+    }
+
+    pub(super) fn on_finished(
+        &mut self,
+        job: i64,
+        queue: String,
+        attempt: u32,
+        kind: &'static str,
+        result: Result<Finished, JournalError>,
+    ) {
+        match result {
+            Err(e) => {
+                tracing::error!(JOB_ID = job, QUEUE = %queue, ATTEMPT = attempt, "cannot record the end of job {job}: {e}")
+            }
+            Ok(Finished::Stale) => {
+                tracing::warn!(JOB_ID = job, QUEUE = %queue, ATTEMPT = attempt,
+                    "job {job} attempt {attempt} ended ({kind}) but its lease was no longer current; the newer attempt is kept")
+            }
+            Ok(Finished::Applied {
+                state,
+                run_at_ms,
+                reason,
+            }) => {
+                let why = reason.as_deref().unwrap_or("");
+                match state {
+                    JobState::Succeeded => {
+                        tracing::info!(JOB_ID = job, QUEUE = %queue, ATTEMPT = attempt, "job {job} succeeded (attempt {attempt})")
+                    }
+                    JobState::Queued if kind == "released" => {
+                        self.jobs_added(&queue, run_at_ms);
+                    }
+                    JobState::Queued => {
+                        let wait = Duration::from_millis((run_at_ms - now_ms()).max(0) as u64);
+                        tracing::warn!(JOB_ID = job, QUEUE = %queue, ATTEMPT = attempt,
+                            "job {job} attempt {attempt} {kind}: {why}; it will run again in {}", human(wait));
+                        self.jobs_added(&queue, run_at_ms);
+                    }
+                    JobState::Failed => {
+                        tracing::error!(JOB_ID = job, QUEUE = %queue, ATTEMPT = attempt, "job {job} failed: {why}. Retry it with: steward retry {job}")
+                    }
+                    JobState::Cancelled => {
+                        tracing::info!(JOB_ID = job, QUEUE = %queue, ATTEMPT = attempt, "job {job} cancelled")
+                    }
+                    JobState::Running => {}
+                }
+            }
+        }
+    }
+
+    /// The worker of slot `id` is gone: every job it held is reclaimed at once.
+    pub(super) fn reclaim_held(&mut self, id: SlotId, description: &str, deliberate: bool) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let held = std::mem::take(&mut slot.held);
+        slot.update_current_job();
+        slot.conn = None;
+        let reason = slot.kill_reason.take();
+        let name = slot.name();
+        for (job, h) in held {
+            let outcome = match reason {
+                Some(KillReason::Hung) => Outcome::Hung {
+                    reason: format!(
+                        "worker {name} sent nothing for longer than its lease and was killed"
+                    ),
+                },
+                Some(KillReason::JobTimeout(j)) if j == job => Outcome::TimedOut {
+                    reason: format!(
+                        "ran past its timeout and did not give up within {}s of `cancel`",
+                        CANCEL_GRACE.as_secs()
+                    ),
+                },
+                Some(KillReason::Cancelled(j)) if j == job => Outcome::Cancelled {
+                    reason: "cancelled; the worker was killed because it did not give the job up"
+                        .into(),
+                },
+                Some(KillReason::JobTimeout(_)) | Some(KillReason::Cancelled(_)) => {
+                    Outcome::Interrupted {
+                        reason: format!("worker {name} was killed because of another job it held"),
+                    }
+                }
+                _ if deliberate => Outcome::Interrupted {
+                    reason: format!("steward stopped worker {name} while it ran"),
+                },
+                _ => Outcome::Crashed {
+                    reason: format!("worker {name} {description} while running it"),
+                },
+            };
+            tracing::warn!(JOB_ID = job, QUEUE = %h.queue, ATTEMPT = h.attempt,
+                "job {job} attempt {} reclaimed from worker {name}: {}", h.attempt, outcome.error().unwrap_or(""));
+            self.finish_job(job, h.token, &h.queue, h.attempt, outcome);
+        }
+    }
+
+    /// Kill a protocol worker's process group at once, remembering why.
+    fn kill_worker(&mut self, id: SlotId, why: KillReason, message: String) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        if slot.kill_reason.is_some() {
+            return;
+        }
+        let Some(pid) = slot.pid else { return };
+        tracing::error!(POOL = %slot.pool, INSTANCE = slot.index, WORKER_PID = pid, "worker {} (pid {pid}) {message}; killing it", slot.name());
+        slot.kill_reason = Some(why);
+        let _ = process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+
+    /// Protocol deadlines of one slot: start timeout, lease, job timeouts, cancel grace,
+    /// and the end of a drain.
+    pub(super) fn protocol_timers(&mut self, id: SlotId, now: Instant) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        if !slot.spec.is_protocol() || slot.pid.is_none() || slot.kill_reason.is_some() {
+            return;
+        }
+        if slot.phase == Phase::Starting
+            && slot
+                .run_started
+                .is_some_and(|t| now >= t + slot.spec.start_timeout)
+        {
+            let limit = slot.spec.start_timeout;
+            return self.kill_worker(
+                id,
+                KillReason::StartTimeout,
+                format!(
+                    "did not send {{\"type\":\"ready\"}} within {}",
+                    human(limit)
+                ),
+            );
+        }
+        if !slot.held.is_empty() {
+            let lease = held_lease(&self.config, slot);
+            if now >= slot.last_heard + lease {
+                return self.kill_worker(
+                    id,
+                    KillReason::Hung,
+                    format!("held jobs but sent nothing for {} (lease)", human(lease)),
+                );
+            }
+        }
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let mut kill = None;
+        for (job, h) in slot.held.iter_mut() {
+            match h.cancel {
+                None if h.deadline.is_some_and(|d| now >= d) => {
+                    h.cancel = Some((super::CancelWhy::Timeout, now + CANCEL_GRACE));
+                    tracing::warn!(JOB_ID = *job, QUEUE = %h.queue, ATTEMPT = h.attempt,
+                        "job {job} ran past its timeout ({}); sent cancel to worker {}", human(now.duration_since(h.started)), format_args!("{}/{}", slot.pool, slot.index));
+                    if let Some(c) = &slot.conn {
+                        let _ = c.send(protocol::cancel_line(*job));
+                    }
+                }
+                Some((why, kill_at)) if now >= kill_at => {
+                    kill = Some(match why {
+                        super::CancelWhy::Timeout => KillReason::JobTimeout(*job),
+                        super::CancelWhy::Cancelled => KillReason::Cancelled(*job),
+                    });
+                }
+                _ => {}
+            }
+        }
+        if let Some(k) = kill {
+            let job = match k {
+                KillReason::JobTimeout(j) | KillReason::Cancelled(j) => j,
+                _ => 0,
+            };
+            return self.kill_worker(
+                id,
+                k,
+                format!(
+                    "did not give up job {job} within {}s of `cancel`",
+                    CANCEL_GRACE.as_secs()
+                ),
+            );
+        }
+        let Some(slot) = self.slots.get(&id) else {
+            return;
+        };
+        if slot.draining && (slot.held.is_empty() || slot.drain_until.is_some_and(|t| now >= t)) {
+            let retire = slot.retire;
+            self.stop_now(id, retire, now);
+        }
+    }
+
+    /// The earliest protocol deadline of a slot, for the loop's timer.
+    pub(super) fn protocol_deadline(&self, slot: &super::Slot) -> Option<Instant> {
+        if !slot.spec.is_protocol() || slot.pid.is_none() || slot.kill_reason.is_some() {
+            return None;
+        }
+        let mut next: Option<Instant> = None;
+        let mut at = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        if slot.phase == Phase::Starting
+            && let Some(t) = slot.run_started
+        {
+            at(t + slot.spec.start_timeout);
+        }
+        if !slot.held.is_empty() {
+            at(slot.last_heard + held_lease(&self.config, slot));
+        }
+        for h in slot.held.values() {
+            match h.cancel {
+                Some((_, kill_at)) => at(kill_at),
+                None => {
+                    if let Some(d) = h.deadline {
+                        at(d)
+                    }
+                }
+            }
+        }
+        if slot.draining
+            && let Some(t) = slot.drain_until
+        {
+            at(t);
+        }
+        next
+    }
+
+    /// `steward cancel ID`: a queued job is cancelled in the journal; a running one is
+    /// asked to stop on its worker, which is killed if it does not give it up.
+    pub(super) fn cancel_job(&mut self, job: i64, reply: oneshot::Sender<Reply>) {
+        let now = Instant::now();
+        for slot in self.slots.values_mut() {
+            let name = slot.name();
+            if let Some(h) = slot.held.get_mut(&job) {
+                if h.cancel.is_none() {
+                    h.cancel = Some((super::CancelWhy::Cancelled, now + CANCEL_GRACE));
+                    if let Some(c) = &slot.conn {
+                        let _ = c.send(protocol::cancel_line(job));
+                    }
+                }
+                tracing::info!(JOB_ID = job, QUEUE = %h.queue, ATTEMPT = h.attempt, "cancelling job {job} on worker {name}");
+                let _ = reply.send(Reply::Cancel(Ok(format!(
+                    "job {job} is running on worker {name}: asked it to stop; it will be killed in {}s if it does not",
+                    CANCEL_GRACE.as_secs()
+                ))));
+                return;
+            }
+        }
+        self.journal.cancel(job, move |r| {
+            let msg = match r {
+                Ok(CancelResult::Cancelled) => {
+                    tracing::info!(JOB_ID = job, "job {job} cancelled");
+                    Ok(format!("job {job} cancelled"))
+                }
+                Ok(CancelResult::Running { worker }) => Err(format!(
+                    "job {job} is being handed to worker {} right now; run steward cancel again in a moment",
+                    worker.unwrap_or_default()
+                )),
+                Ok(CancelResult::AlreadyFinal(s)) => Err(format!("job {job} is already {}; nothing to cancel", s.as_str())),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = reply.send(Reply::Cancel(msg));
+        });
+    }
+
+    /// Ask the journal to delete finished jobs past their queue's retention.
+    pub(super) fn prune(&mut self) {
+        let now = now_ms();
+        let rules: Vec<(String, i64, i64)> = self
+            .config
+            .queues
+            .values()
+            .map(|q| {
+                (
+                    q.name.clone(),
+                    now - q.retention_succeeded.as_millis() as i64,
+                    now - q.retention_failed.as_millis() as i64,
+                )
+            })
+            .collect();
+        if rules.is_empty() {
+            return;
+        }
+        self.journal.prune(rules, |r| match r {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("deleted {n} finished jobs past their retention"),
+            Err(e) => tracing::warn!("cannot delete old jobs: {e}"),
+        });
+    }
+}
+
+/// The shortest lease among the queues of the jobs a worker holds.
+fn held_lease(config: &Config, slot: &super::Slot) -> Duration {
+    slot.held
+        .values()
+        .map(|h| {
+            config
+                .queues
+                .get(&h.queue)
+                .map(|q| q.lease)
+                .unwrap_or(Duration::from_secs(60))
+        })
+        .min()
+        .unwrap_or(Duration::from_secs(60))
+}
+
+impl super::Slot {
+    /// Worker output is attributed to a job when the worker holds exactly one.
+    pub(super) fn update_current_job(&self) {
+        let v = if self.held.len() == 1 {
+            self.held.keys().next().copied().unwrap_or(0)
+        } else {
+            0
+        };
+        self.current_job.store(v, Ordering::Relaxed);
+    }
+}
