@@ -3,6 +3,7 @@
 mod helper;
 
 mod config;
+mod jobs;
 mod logs;
 mod notify;
 mod reload;

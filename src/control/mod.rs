@@ -221,19 +221,14 @@ pub fn new_job(
     })
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("invalid request body: {e}"),
-        )
-    })
+fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("invalid request body: {e}"))
 }
 
 async fn submit(AxState(st): AxState<State>, body: Bytes) -> Response {
     let req: SubmitRequest = match parse_body(&body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
     let config = st.config.borrow().clone();
     let job = match new_job(req, &config, now_ms()) {
@@ -274,7 +269,7 @@ async fn submit(AxState(st): AxState<State>, body: Bytes) -> Response {
 async fn submit_batch(AxState(st): AxState<State>, body: Bytes) -> Response {
     let req: BatchRequest = match parse_body(&body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
     let config = st.config.borrow().clone();
     let now = now_ms();

@@ -288,3 +288,113 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// The test worker speaking the protocol (tests/workers/test_worker.py).
+pub fn test_worker() -> String {
+    format!(
+        "{}/tests/workers/test_worker.py",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+pub fn example(path: &str) -> String {
+    format!("{}/examples/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A queue `q` and a pool `w` of `instances` test workers taking its jobs.
+pub fn jobs_config(instances: u32, queue_extra: &str, pool_extra: &str) -> String {
+    let backoff = if queue_extra.contains("retry_backoff") {
+        ""
+    } else {
+        "retry_backoff = { initial = \"100ms\", max = \"1s\", jitter = 0.0 }\n"
+    };
+    format!(
+        "[queue.q]\n{backoff}{queue_extra}\n\n\
+         [pool.w]\ncommand = [\"python3\", \"{}\"]\ninstances = {instances}\nqueues = [\"q\"]\n\
+         backoff = {{ initial = \"100ms\", max = \"500ms\" }}\nstable_after = \"500ms\"\n{pool_extra}\n",
+        test_worker()
+    )
+}
+
+impl Daemon {
+    /// `steward <args> --socket <socket>`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("run steward")
+    }
+
+    /// Submit through the CLI; returns the job id.
+    pub fn submit(&self, queue: &str, payload: &str, extra: &[&str]) -> i64 {
+        let mut args = vec!["submit", queue, payload];
+        args.extend_from_slice(extra);
+        let out = self.cli(&args);
+        assert!(
+            out.status.success(),
+            "submit failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("job id on stdout")
+    }
+
+    pub fn try_job(&self, id: i64) -> Option<steward::control::api::JobView> {
+        let out = self.cli(&["job", &id.to_string(), "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn job(&self, id: i64) -> steward::control::api::JobView {
+        wait_for(TIMEOUT, &format!("job {id}"), || self.try_job(id))
+    }
+
+    /// Wait until job `id` is in `state`.
+    pub fn wait_job(
+        &self,
+        id: i64,
+        state: &str,
+        limit: Duration,
+    ) -> steward::control::api::JobView {
+        wait_for(limit, &format!("job {id} {state}"), || {
+            self.try_job(id).filter(|j| j.state == state)
+        })
+    }
+
+    /// Call the control API directly.
+    pub fn api<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = steward::control::client::Client::new(&self.socket);
+        let method = hyper::Method::from_bytes(method.as_bytes()).expect("method");
+        rt.block_on(client.call::<T>(method, path, body.as_ref()))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Who holds job `id` right now: (pool/instance, pid).
+    pub fn holder(&self, id: i64) -> Option<(String, i32)> {
+        let s = self.try_status()?;
+        for p in s.pools {
+            for w in p.workers {
+                if w.jobs.contains(&id) {
+                    return Some((format!("{}/{}", p.name, w.instance), w.pid?));
+                }
+            }
+        }
+        None
+    }
+}

@@ -11,6 +11,7 @@
   garbage: true     first send a malformed line
   result: VALUE     the result to report
   exit_once: PATH   exit (crash) unless PATH exists; create it first
+  sleep_first: S    on attempt 1 only, take S seconds (heartbeating unless "silent")
 """
 import json
 import os
@@ -54,7 +55,10 @@ def work(job):
         os._exit(3)
     if "exit" in p:
         os._exit(int(p["exit"]))
-    end = time.monotonic() + float(p.get("sleep", 0))
+    seconds = float(p.get("sleep", 0))
+    if job["attempt"] == 1 and "sleep_first" in p:
+        seconds = float(p["sleep_first"])
+    end = time.monotonic() + seconds
     while time.monotonic() < end:
         time.sleep(0.05)
         poll()
