@@ -4,6 +4,7 @@ mod helper;
 
 mod config;
 mod jobs;
+mod journal;
 mod logs;
 mod notify;
 mod reload;

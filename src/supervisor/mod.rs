@@ -44,8 +44,20 @@ const EARLY_EXIT_TTL: Duration = Duration::from_secs(10);
 const FORCED_GRACE: Duration = Duration::from_secs(3);
 /// How often `EXTEND_TIMEOUT_USEC` is sent while stopping.
 const EXTEND_EVERY: Duration = Duration::from_secs(5);
-/// How often finished jobs past their retention are pruned.
+/// How often finished jobs past their retention are pruned, at most (shorter retentions
+/// are pruned more often: every half retention, but not more than once a second).
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+fn prune_every(config: &Config) -> Duration {
+    config
+        .queues
+        .values()
+        .flat_map(|q| [q.retention_succeeded, q.retention_failed])
+        .map(|r| r / 2)
+        .min()
+        .unwrap_or(PRUNE_EVERY)
+        .clamp(Duration::from_secs(1), PRUNE_EVERY)
+}
 
 type SlotId = u64;
 
@@ -305,7 +317,7 @@ impl Supervisor {
             config_tx,
             hints: HashMap::new(),
             next_sweep: now,
-            next_prune: now + PRUNE_EVERY,
+            next_prune: now + prune_every(&config),
             env,
             config,
         };
@@ -376,7 +388,7 @@ impl Supervisor {
             self.reconcile(now);
             self.dispatch(now);
             if now >= self.next_prune {
-                self.next_prune = now + PRUNE_EVERY;
+                self.next_prune = now + prune_every(&self.config);
                 self.prune();
             }
             if !self.ready && self.initial_pending.is_empty() {
@@ -857,10 +869,12 @@ impl Supervisor {
             if slot.retire != Retire::Remove {
                 slot.retire = retire;
             }
-            let mut until = now + slot.spec.stop_timeout;
-            if let Some(d) = shutdown_deadline {
-                until = until.min(drain_end(now, d, slot.spec.stop_timeout));
-            }
+            // Stopping steward: drain within the shutdown budget. Restarting or removing
+            // one worker: drain for up to its stop_timeout.
+            let until = match shutdown_deadline {
+                Some(d) => drain_end(now, d, slot.spec.stop_timeout),
+                None => now + slot.spec.stop_timeout,
+            };
             slot.draining = true;
             slot.drain_until = Some(until);
             tracing::info!(POOL = %slot.pool, INSTANCE = slot.index,

@@ -174,7 +174,14 @@ impl Daemon {
 
     /// Start without waiting.
     pub fn spawn(env: &Env, vars: &[(&str, &str)], extra: &[&str]) -> Daemon {
-        let log = env.path("daemon.log");
+        let mut n = 0;
+        let log = loop {
+            let p = env.path(&format!("daemon.{n}.log"));
+            if !p.exists() {
+                break p;
+            }
+            n += 1;
+        };
         let file = fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(bin());
         cmd.arg("daemon")

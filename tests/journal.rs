@@ -1,0 +1,166 @@
+//! The journal under pressure: retention, a full disk, and a graceful stop that drains.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::helper::*;
+
+#[test]
+fn finished_jobs_are_pruned_after_their_retention() {
+    let env = Env::new();
+    env.write_config(&jobs_config(
+        1,
+        "retention_succeeded = \"1s\"\nretention_failed = \"1h\"",
+        "",
+    ));
+    let d = Daemon::start(&env);
+    let ok = d.submit("q", "{}", &[]);
+    let bad = d.submit("q", r#"{"fail": "x", "retry": false}"#, &[]);
+    d.wait_job(ok, "succeeded", TIMEOUT);
+    d.wait_job(bad, "failed", TIMEOUT);
+    wait_for(Duration::from_secs(10), "succeeded job pruned", || {
+        let out = d.cli(&["job", &ok.to_string()]);
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no job with id")
+            .then_some(())
+    });
+    // The failed job has a longer retention and stays.
+    assert_eq!(d.job(bad).state, "failed");
+    d.wait_log("deleted 1 finished jobs past their retention");
+}
+
+/// A small tmpfs as the state directory, unmounted when dropped.
+struct SmallDisk {
+    dir: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(dir: std::path::PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("run mount");
+        assert!(
+            st.success(),
+            "mounting a tmpfs needs root: this test must run as root (CI does)"
+        );
+        SmallDisk { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_submits_and_keeps_everything_else() {
+    let env = Env::new();
+    let state = env.path("state");
+    let _disk = SmallDisk::mount(state.clone(), "2m");
+    // Room to give back once the disk is full.
+    std::fs::write(state.join("ballast"), vec![0u8; 512 * 1024]).unwrap();
+    env.write_config(&format!(
+        "[queue.q]\nmax_payload = \"256KiB\"\n\n[queue.idle]\n\n[pool.sleeper]\ncommand = [\"sleep\", \"1000\"]\n\n\
+         [pool.w]\ncommand = [\"python3\", \"{}\"]\nqueues = [\"idle\"]\n",
+        test_worker()
+    ));
+    let d = Daemon::start(&env);
+    let sleeper = d.running_pids("sleeper");
+    let blob = json!({"blob": "x".repeat(100 * 1024)}).to_string();
+    let mut accepted = Vec::new();
+    let mut refusal = None;
+    for _ in 0..100 {
+        let out = d.cli(&["submit", "q", &blob]);
+        if out.status.success() {
+            accepted.push(
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse::<i64>()
+                    .unwrap(),
+            );
+        } else {
+            refusal = Some(String::from_utf8_lossy(&out.stderr).into_owned());
+            break;
+        }
+    }
+    let refusal = refusal.expect("the disk never filled up");
+    assert!(refusal.contains("is full: free some space"), "{refusal}");
+    assert!(!accepted.is_empty());
+    // The daemon lives, supervises, and says what is wrong.
+    let s = d.status();
+    assert_eq!(s.state, "running");
+    assert!(
+        s.journal
+            .as_ref()
+            .unwrap()
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("full"),
+        "{:?}",
+        s.journal
+    );
+    assert!(
+        s.status_line.contains("JOURNAL WRITE FAILING"),
+        "{}",
+        s.status_line
+    );
+    assert_eq!(d.running_pids("sleeper"), sleeper);
+    // Everything accepted before is intact.
+    for id in &accepted {
+        let j = d.job(*id);
+        assert_eq!(j.state, "queued");
+        assert_eq!(j.payload["blob"].as_str().unwrap().len(), 100 * 1024);
+    }
+    // Free space: submits work again.
+    std::fs::remove_file(state.join("ballast")).unwrap();
+    let id = d.submit("q", "{}", &[]);
+    assert_eq!(d.job(id).state, "queued");
+    let s = d.status();
+    assert!(s.journal.unwrap().error.is_none());
+}
+
+#[test]
+fn a_graceful_stop_drains_then_requeues_what_is_left() {
+    let env = Env::new();
+    env.write_config_with_daemon(
+        "shutdown_timeout = \"4s\"\n",
+        &jobs_config(2, "", "stop_timeout = \"1s\""),
+    );
+    let mut d = Daemon::start(&env);
+    d.running_pids("w");
+    let short = d.submit("q", r#"{"sleep": 1.5}"#, &[]);
+    let long = d.submit("q", r#"{"sleep": 60}"#, &[]);
+    wait_for(TIMEOUT, "both held", || {
+        (d.holder(short).is_some() && d.holder(long).is_some()).then_some(())
+    });
+    let t0 = Instant::now();
+    d.signal("TERM");
+    assert!(d.wait_exit(TIMEOUT).success(), "{}", d.log());
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(8), "stop took {took:?}");
+    let log = d.log();
+    assert!(log.contains("draining worker"), "{log}");
+
+    // Start again without workers taking jobs, and look at the journal.
+    env.write_config("[queue.q]\n");
+    let d = Daemon::start(&env);
+    let s = d.job(short);
+    assert_eq!(
+        s.state, "succeeded",
+        "the short job should finish during the drain: {s:?}"
+    );
+    let l = d.job(long);
+    assert_eq!(
+        l.state, "queued",
+        "the long job goes back to its queue: {l:?}"
+    );
+    assert_eq!(l.history[0].outcome.as_deref(), Some("interrupted"));
+    assert_eq!(l.tries, 0);
+}
