@@ -49,3 +49,51 @@ fn worker_lines_are_logged_with_fields() {
     assert_eq!(pieces.iter().sum::<usize>(), 40000, "{pieces:?}");
     assert_eq!(pieces, vec![16384, 16384, 7232]);
 }
+
+#[test]
+fn job_events_carry_job_queue_and_attempt_fields() {
+    let env = Env::new();
+    env.write_config(&jobs_config(1, "", ""));
+    let d = Daemon::spawn(&env, &[], &["--log-format", "json"]);
+    d.wait_running();
+    let id = d.submit("q", r#"{"sleep": 0.2}"#, &[]);
+    d.wait_job(id, "succeeded", TIMEOUT);
+    let records: Vec<serde_json::Value> = wait_for(TIMEOUT, "job records", || {
+        let r: Vec<serde_json::Value> = d
+            .log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["JOB_ID"] == id)
+            .collect();
+        r.iter()
+            .any(|v| v["message"].as_str().unwrap_or("").contains("succeeded"))
+            .then_some(r)
+    });
+    let msgs: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["message"].as_str())
+        .collect();
+    assert!(msgs.iter().any(|m| m.contains("submitted")), "{msgs:?}");
+    assert!(
+        msgs.iter().any(|m| m.contains("started on worker w/0")),
+        "{msgs:?}"
+    );
+    let started = records
+        .iter()
+        .find(|r| r["message"].as_str().unwrap().contains("started"))
+        .unwrap();
+    assert_eq!(started["QUEUE"], "q");
+    assert_eq!(started["ATTEMPT"], 1);
+    let done = records
+        .iter()
+        .find(|r| r["message"].as_str().unwrap().contains("succeeded"))
+        .unwrap();
+    assert_eq!(done["ATTEMPT"], 1);
+    // The worker's own output while it held the job is attributed to the job.
+    let out = records
+        .iter()
+        .find(|r| r["message"] == format!("working on job {id}"))
+        .expect("worker output with JOB_ID");
+    assert_eq!(out["STREAM"], "stdout");
+    assert_eq!(out["POOL"], "w");
+}

@@ -214,9 +214,6 @@ impl Supervisor {
             tracing::info!(JOB_ID = job.id, QUEUE = %job.queue, ATTEMPT = job.attempt, POOL = %slot.pool, INSTANCE = slot.index,
                 "job {} attempt {} started on worker {} (pid {pid}) after {} in the queue",
                 job.id, job.attempt, slot.name(), human(Duration::from_millis(wait_ms as u64)));
-            if let Some(conn) = &slot.conn {
-                let _ = conn.send(line);
-            }
             slot.held.insert(
                 job.id,
                 Held {
@@ -229,7 +226,11 @@ impl Supervisor {
                     last_progress_write: None,
                 },
             );
+            // Attribute the worker's output to the job before it can print anything.
             slot.update_current_job();
+            if let Some(conn) = &slot.conn {
+                let _ = conn.send(line);
+            }
         }
     }
 

@@ -46,6 +46,7 @@ def poll():
 def work(job):
     p = job["payload"] if isinstance(job["payload"], dict) else {}
     jid = job["id"]
+    print(f"working on job {jid}", flush=True)
     if p.get("garbage"):
         sock.sendall(b"this is not json\n")
     if "bogus_done" in p:
