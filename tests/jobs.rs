@@ -472,13 +472,39 @@ fn cancel_and_retry() {
 }
 
 #[test]
-fn a_malformed_line_is_answered_and_the_daemon_lives() {
+fn malformed_and_oversized_lines_are_answered_and_the_daemon_lives() {
     let env = Env::new();
     env.write_config(&jobs_config(1, "", ""));
     let d = Daemon::start(&env);
-    let id = d.submit("q", r#"{"garbage": true}"#, &[]);
+    let id = d.submit("q", r#"{"garbage": true, "huge": true}"#, &[]);
     d.wait_job(id, "succeeded", TIMEOUT);
     d.wait_log("invalid line ignored: not a valid protocol message");
+    d.wait_log("invalid line ignored: line longer than 16 MiB ignored");
     d.wait_log("steward error: invalid line ignored");
     assert_eq!(d.status().state, "running");
+}
+
+#[test]
+fn a_protocol_worker_that_never_says_ready_is_restarted() {
+    let env = Env::new();
+    env.write_config(
+        "[queue.q]\n\n[pool.mute]\ncommand = [\"sleep\", \"1000\"]\nqueues = [\"q\"]\nstart_timeout = \"1s\"\n\
+         backoff = { initial = \"100ms\", max = \"100ms\" }\n",
+    );
+    let d = Daemon::start(&env);
+    let first = wait_for(TIMEOUT, "pid", || d.try_status()?.pools[0].workers[0].pid);
+    assert_eq!(d.pool("mute").workers[0].state, "starting");
+    let id = d.submit("q", "{}", &[]);
+    d.wait_log("did not send {\"type\":\"ready\"} within 1.0s; killing it");
+    let w = wait_for(TIMEOUT, "restarted", || {
+        let w = d.try_status()?.pools[0].workers[0].clone();
+        (w.restarts >= 1 && w.pid.is_some() && w.pid != Some(first)).then_some(w)
+    });
+    assert!(!alive(first));
+    assert!(
+        w.unstable_exits >= 1,
+        "never ready is an unstable run: {w:?}"
+    );
+    // No job is ever sent to a worker that is not ready.
+    assert_eq!(d.job(id).state, "queued");
 }

@@ -104,4 +104,29 @@ fn stopping_and_reloading_are_announced() {
     d.signal("TERM");
     assert!(d.wait_exit(TIMEOUT).success());
     assert!(!notify.with_line("STOPPING=1").is_empty());
+    // The stop budget (20 s in the test config) is announced when stopping begins.
+    let extend = notify
+        .all()
+        .into_iter()
+        .find_map(|(_, m)| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("EXTEND_TIMEOUT_USEC=").map(str::to_string))
+        })
+        .expect("EXTEND_TIMEOUT_USEC");
+    let usec: u64 = extend.parse().unwrap();
+    assert!(usec >= 20_000_000, "{usec}");
+}
+
+#[test]
+fn the_control_socket_is_for_owner_and_group() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.write_config("");
+    let _d = Daemon::start(&env);
+    let mode = std::fs::metadata(env.socket())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o660, "socket mode {mode:o}");
 }

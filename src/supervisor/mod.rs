@@ -1054,10 +1054,12 @@ impl Supervisor {
             human(budget)
         );
         self.notifier.stopping(&format!("stopping {live} workers"));
+        // Tell systemd the budget at once (it may be longer than TimeoutStopSec), then
+        // keep extending while workers are still going.
         self.shutdown = Some(Shutdown {
             deadline: now + budget,
             forced_at: None,
-            next_extend: now + EXTEND_EVERY,
+            next_extend: now,
         });
         let ids: Vec<SlotId> = self.slots.keys().copied().collect();
         for id in ids {

@@ -9,6 +9,7 @@
   ignore_cancel     keep working after "cancel"
   bogus_done: ID    first send "done" for job ID (which it does not hold)
   garbage: true     first send a malformed line
+  huge: true        first send a line longer than 16 MiB
   result: VALUE     the result to report
   exit_once: PATH   exit (crash) unless PATH exists; create it first
   sleep_first: S    on attempt 1 only, take S seconds (heartbeating unless "silent")
@@ -49,6 +50,8 @@ def work(job):
     print(f"working on job {jid}", flush=True)
     if p.get("garbage"):
         sock.sendall(b"this is not json\n")
+    if p.get("huge"):
+        sock.sendall(b'{"type":"heartbeat","pad":"' + b"x" * (17 * 1024 * 1024) + b'"}\n')
     if "bogus_done" in p:
         send({"type": "done", "id": p["bogus_done"], "result": "forged"})
     if "exit_once" in p and not os.path.exists(p["exit_once"]):
