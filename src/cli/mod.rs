@@ -112,6 +112,9 @@ pub enum Command {
     Cancel { id: i64 },
     /// Queue a failed or cancelled job again, with a fresh attempt budget.
     Retry { id: i64 },
+    /// Print a shell completion script (bash, zsh, fish).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
@@ -129,6 +132,11 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Daemon => crate::daemon::run(&cli.config),
         Command::CheckConfig => check_config(&cli.config),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "steward", &mut std::io::stdout());
+            Ok(())
+        }
         _ => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -225,7 +233,7 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
         Command::Job { id, json } => jobs::show(&client, *id, *json).await,
         Command::Cancel { id } => jobs::cancel(&client, *id).await,
         Command::Retry { id } => jobs::retry(&client, *id).await,
-        Command::Daemon | Command::CheckConfig => Ok(()),
+        Command::Daemon | Command::CheckConfig | Command::Completions { .. } => Ok(()),
     }
 }
 
