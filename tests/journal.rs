@@ -164,3 +164,53 @@ fn a_graceful_stop_drains_then_requeues_what_is_left() {
     assert_eq!(l.history[0].outcome.as_deref(), Some("interrupted"));
     assert_eq!(l.tries, 0);
 }
+
+#[test]
+fn backup_while_running_is_a_consistent_copy() {
+    let env = Env::new();
+    env.write_config(&jobs_config(2, "", ""));
+    let d = Daemon::start(&env);
+    let ids: Vec<i64> = (0..30)
+        .map(|i| d.submit("q", &json!({"sleep": 0.02, "i": i}).to_string(), &[]))
+        .collect();
+    // Back up while jobs are being written.
+    let dest = env.path("copy.db");
+    let out = env.run(&["backup", dest.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("30 jobs") && text.contains("integrity checked"),
+        "{text}"
+    );
+    // The copy opens and holds every job submitted before it.
+    let copy = rusqlite::Connection::open(&dest).unwrap();
+    let n: i64 = copy
+        .query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 30);
+    // An existing file is not overwritten without --force.
+    let out = env.run(&["backup", dest.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("exists; choose another name or pass --force")
+    );
+    for id in ids {
+        d.wait_job(id, "succeeded", TIMEOUT);
+    }
+    let out = env.run(&["backup", dest.to_str().unwrap(), "--force"]);
+    assert!(out.status.success());
+    let copy = rusqlite::Connection::open(&dest).unwrap();
+    let ok: i64 = copy
+        .query_row(
+            "SELECT count(*) FROM jobs WHERE state = 'succeeded'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(ok, 30);
+}

@@ -112,6 +112,13 @@ pub enum Command {
     Cancel { id: i64 },
     /// Queue a failed or cancelled job again, with a fresh attempt budget.
     Retry { id: i64 },
+    /// Copy the job journal to DEST: a consistent snapshot, safe while steward runs.
+    Backup {
+        dest: PathBuf,
+        /// Replace DEST if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish).
     #[command(hide = true)]
     Completions { shell: clap_complete::Shell },
@@ -132,6 +139,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Daemon => crate::daemon::run(&cli.config),
         Command::CheckConfig => check_config(&cli.config),
+        Command::Backup { dest, force } => backup(&cli.config, dest, *force),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "steward", &mut std::io::stdout());
@@ -161,6 +169,22 @@ fn check_config(path: &Path) -> Result<(), Failure> {
         if pools.len() == 1 { "" } else { "s" },
         if pools.is_empty() { "" } else { ": " },
         pools.join(", ")
+    );
+    Ok(())
+}
+
+fn backup(config: &Path, dest: &Path, force: bool) -> Result<(), Failure> {
+    let env = Environment::from_process();
+    let state_dir = config::daemon_settings(config, &env)
+        .or_else(|| config::daemon_settings(Path::new("/dev/null"), &env))
+        .map(|d| d.state_dir)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/steward"));
+    let r = crate::journal::backup(&state_dir, dest, force).map_err(Failure::Failed)?;
+    println!(
+        "{}: {} jobs, {:.1} MiB, integrity checked",
+        dest.display(),
+        r.jobs,
+        r.bytes as f64 / (1024.0 * 1024.0)
     );
     Ok(())
 }
@@ -233,7 +257,10 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
         Command::Job { id, json } => jobs::show(&client, *id, *json).await,
         Command::Cancel { id } => jobs::cancel(&client, *id).await,
         Command::Retry { id } => jobs::retry(&client, *id).await,
-        Command::Daemon | Command::CheckConfig | Command::Completions { .. } => Ok(()),
+        Command::Daemon
+        | Command::CheckConfig
+        | Command::Backup { .. }
+        | Command::Completions { .. } => Ok(()),
     }
 }
 

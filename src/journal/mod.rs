@@ -432,3 +432,65 @@ impl Journal {
         self.reader.get(id).await
     }
 }
+
+/// What a backup wrote.
+#[derive(Debug, Clone)]
+pub struct BackupReport {
+    pub bytes: u64,
+    pub jobs: i64,
+}
+
+/// Copy the journal in `state_dir` to `dest` with SQLite's online backup: a consistent
+/// snapshot, safe while the daemon runs and writes. The copy is checked before it is
+/// reported good. `dest` must not exist unless `force`.
+pub fn backup(state_dir: &Path, dest: &Path, force: bool) -> Result<BackupReport, String> {
+    let src = state_dir.join("journal.db");
+    if !src.exists() {
+        return Err(format!(
+            "there is no journal at {} (is [daemon] state_dir right?)",
+            src.display()
+        ));
+    }
+    if dest.exists() && !force {
+        return Err(format!(
+            "{} exists; choose another name or pass --force",
+            dest.display()
+        ));
+    }
+    if force && dest.exists() {
+        std::fs::remove_file(dest)
+            .map_err(|e| format!("cannot replace {}: {e}", dest.display()))?;
+    }
+    let conn = Connection::open_with_flags(&src, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| format!("cannot open {}: {e}", src.display()))?;
+    conn.execute_batch("PRAGMA busy_timeout = 10000;")
+        .map_err(|e| format!("cannot configure {}: {e}", src.display()))?;
+    conn.backup(
+        rusqlite::MAIN_DB,
+        dest,
+        None::<fn(rusqlite::backup::Progress)>,
+    )
+    .map_err(|e| {
+        format!(
+            "backup of {} to {} failed: {e}",
+            src.display(),
+            dest.display()
+        )
+    })?;
+    let copy = Connection::open(dest)
+        .map_err(|e| format!("cannot open the copy {}: {e}", dest.display()))?;
+    let check: String = copy
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(|e| format!("cannot check the copy: {e}"))?;
+    if check != "ok" {
+        return Err(format!(
+            "the copy {} failed its integrity check: {check}",
+            dest.display()
+        ));
+    }
+    let jobs: i64 = copy
+        .query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
+        .map_err(|e| format!("cannot count jobs in the copy: {e}"))?;
+    let bytes = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
+    Ok(BackupReport { bytes, jobs })
+}
