@@ -9,7 +9,9 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{self, Environment};
 use crate::control;
 use crate::error::Failure;
+use crate::http::Observed;
 use crate::journal::Journal;
+use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::process;
 use crate::supervisor::Supervisor;
@@ -25,12 +27,15 @@ pub fn run(config_path: &Path) -> Result<(), Failure> {
         );
     }
     let run_id = format!("{:016x}", rand::random::<u64>());
+    let metrics = Arc::new(Metrics::default());
     let (journal, owner, reclaimed) = Journal::open(
         &config.daemon.state_dir,
         config.journal.synchronous,
         &run_id,
+        metrics.clone(),
     )
     .map_err(Failure::Failed)?;
+    metrics.jobs_reclaimed("daemon_restart", reclaimed.len() as u64);
     for r in &reclaimed {
         tracing::warn!(JOB_ID = r.id, QUEUE = %r.queue, ATTEMPT = r.attempt,
             "job {} was running on {} when steward last stopped; it is {} again",
@@ -53,12 +58,19 @@ pub fn run(config_path: &Path) -> Result<(), Failure> {
         let listener = control::bind(&socket).map_err(Failure::Failed)?;
         let (req_tx, req_rx) = mpsc::channel(256);
         let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
+        let observed = Observed::new(metrics);
+        let http = tokio::spawn(crate::http::run(
+            config_rx.clone(),
+            observed.clone(),
+            journal.clone(),
+        ));
         let supervisor = Supervisor::new(
             config,
             env,
             Notifier::from_env(),
             journal.clone(),
             config_tx,
+            observed,
         )
         .map_err(|e| Failure::Failed(format!("cannot start the supervisor: {e}")))?;
         let state = control::State {
@@ -71,6 +83,8 @@ pub fn run(config_path: &Path) -> Result<(), Failure> {
         let result = supervisor.run(req_rx).await;
         server.abort();
         let _ = server.await;
+        http.abort();
+        let _ = http.await;
         let _ = std::fs::remove_file(&socket);
         result.map_err(|e| Failure::Failed(format!("supervisor error: {e}")))
     });

@@ -29,7 +29,7 @@ fn ready_status_and_watchdog() {
     assert!(
         notify.all().iter().any(|(_, m)| m
             .lines()
-            .any(|l| l.starts_with("STATUS=") && l.contains("workers running"))),
+            .any(|l| l.starts_with("STATUS=") && l.contains("workers up"))),
         "{:?}",
         notify.all()
     );

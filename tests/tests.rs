@@ -7,6 +7,7 @@ mod jobs;
 mod journal;
 mod logs;
 mod notify;
+mod observe;
 mod reload;
 mod restart;
 mod stop;

@@ -77,25 +77,78 @@ pub async fn submit(client: &Client, a: SubmitArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Wait until job `id` is final; Ok only if it succeeded.
+/// Wait until job `id` is final, showing its progress; Ok only if it succeeded.
+///
+/// On a terminal, progress is a bar with the worker's message (on stderr); otherwise one
+/// plain line per change. The result, if any, goes to stdout.
 pub async fn wait(client: &Client, id: i64) -> Result<(), Failure> {
+    use std::io::IsTerminal;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(1000);
+        let style = indicatif::ProgressStyle::with_template(
+            "{spinner} job {prefix} {wide_bar} {percent:>3}% {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        b.set_style(style);
+        b.set_prefix(id.to_string());
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    });
+    let mut last: Option<(String, Option<i64>, Option<String>)> = None;
     loop {
         let j: JobView = client.get(&format!("/v1/jobs/{id}")).await?;
+        let pct = j
+            .progress
+            .map(|p| (p.clamp(0.0, 1.0) * 100.0).round() as i64);
+        let now = (j.state.clone(), pct, j.progress_message.clone());
+        if last.as_ref() != Some(&now) {
+            let msg = match (&j.progress_message, j.state.as_str()) {
+                (Some(m), "running") => m.clone(),
+                (_, state) => state.to_string(),
+            };
+            match &bar {
+                Some(b) => {
+                    b.set_position(
+                        j.progress
+                            .map(|p| (p.clamp(0.0, 1.0) * 1000.0) as u64)
+                            .unwrap_or(0),
+                    );
+                    b.set_message(msg);
+                }
+                None => eprintln!(
+                    "job {id}: {}{}{}",
+                    j.state,
+                    pct.map(|p| format!(" {p}%")).unwrap_or_default(),
+                    j.progress_message
+                        .as_ref()
+                        .map(|m| format!(" {m}"))
+                        .unwrap_or_default()
+                ),
+            }
+            last = Some(now);
+        }
         match j.state.as_str() {
             "succeeded" => {
+                if let Some(b) = &bar {
+                    b.set_position(1000);
+                    b.finish_with_message("succeeded");
+                }
                 if let Some(r) = &j.result {
                     println!("{r}");
                 }
                 return Ok(());
             }
             "failed" | "cancelled" => {
+                if let Some(b) = &bar {
+                    b.abandon_with_message(j.state.clone());
+                }
                 return Err(Failure::Failed(format!(
                     "job {id} {}: {}",
                     j.state,
                     j.error.as_deref().unwrap_or("no error recorded")
                 )));
             }
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
 }

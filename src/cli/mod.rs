@@ -107,6 +107,9 @@ pub enum Command {
         id: i64,
         #[arg(long)]
         json: bool,
+        /// Follow the job's progress until it ends; exit 0 only if it succeeded.
+        #[arg(long, conflicts_with = "json")]
+        follow: bool,
     },
     /// Cancel a job: a queued one at once, a running one on its worker.
     Cancel { id: i64 },
@@ -212,7 +215,7 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
                     serde_json::to_string_pretty(&s).map_err(|e| Failure::Failed(e.to_string()))?;
                 println!("{text}");
             } else {
-                print!("{}", status::render(&s));
+                print!("{}", status::render(&s, status::colour_stdout()));
             }
             Ok(())
         }
@@ -254,7 +257,10 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
             limit,
             json,
         } => jobs::list(&client, queue.as_deref(), state.as_deref(), *limit, *json).await,
-        Command::Job { id, json } => jobs::show(&client, *id, *json).await,
+        Command::Job {
+            id, follow: true, ..
+        } => jobs::wait(&client, *id).await,
+        Command::Job { id, json, .. } => jobs::show(&client, *id, *json).await,
         Command::Cancel { id } => jobs::cancel(&client, *id).await,
         Command::Retry { id } => jobs::retry(&client, *id).await,
         Command::Daemon

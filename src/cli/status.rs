@@ -30,35 +30,98 @@ fn last_exit(w: &WorkerStatus) -> String {
     s
 }
 
-pub fn render(s: &DaemonStatus) -> String {
+/// ANSI colours, or nothing.
+struct Paint(bool);
+
+impl Paint {
+    fn wrap(&self, code: &str, text: &str) -> String {
+        if self.0 {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+    fn bold(&self, t: &str) -> String {
+        self.wrap("1", t)
+    }
+    fn dim(&self, t: &str) -> String {
+        self.wrap("2", t)
+    }
+    /// A worker state, padded to `width`, coloured by how good it is.
+    fn state(&self, state: &str, width: usize) -> String {
+        let padded = format!("{state:<width$}");
+        match state {
+            "running" => self.wrap("32", &padded),
+            "starting" | "stopping" | "backing-off" => self.wrap("33", &padded),
+            "crash-looping" | "failed" => self.wrap("1;31", &padded),
+            _ => padded,
+        }
+    }
+}
+
+/// Whether to colour output on stdout: a terminal, and `NO_COLOR` unset.
+pub fn colour_stdout() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+fn size(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b < 1024.0 * 1024.0 {
+        format!("{:.0} KiB", b / 1024.0)
+    } else if b < 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    } else {
+        format!("{:.2} GiB", b / (1024.0 * 1024.0 * 1024.0))
+    }
+}
+
+pub fn render(s: &DaemonStatus, colour: bool) -> String {
+    let p = Paint(colour);
     let mut out = String::new();
+    let dot = match s.state.as_str() {
+        "running"
+            if s.status_line.contains("crash-looping") || s.status_line.contains("failed,") =>
+        {
+            p.wrap("33", "●")
+        }
+        "running" => p.wrap("32", "●"),
+        _ => p.wrap("33", "●"),
+    };
     let _ = writeln!(
         out,
-        "steward {} — {}, pid {}, up {}",
+        "{dot} {} {} — {}, pid {}, up {}",
+        p.bold("steward"),
         s.version,
         s.state,
         s.pid,
         format_secs(s.uptime_secs as f64)
     );
-    let _ = writeln!(out, "  status:  {}", s.status_line);
-    let _ = writeln!(out, "  config:  {}", s.config);
-    let _ = writeln!(out, "  socket:  {}", s.socket);
-    let _ = writeln!(out, "  state:   {}", s.state_dir);
-    if let Some(r) = &s.last_reload {
-        let _ = writeln!(out, "  reload:  {} at {}", r.summary, r.at);
-        for e in &r.errors {
-            let _ = writeln!(out, "           {e}");
-        }
-    }
+    let _ = writeln!(out, "  {}  {}", p.dim("status "), s.status_line);
+    let _ = writeln!(out, "  {}  {}", p.dim("config "), s.config);
     if let Some(j) = &s.journal {
         let _ = writeln!(
             out,
-            "  journal: {} ({:.1} MiB)",
+            "  {}  {} ({})",
+            p.dim("journal"),
             j.path,
-            j.size_bytes as f64 / (1024.0 * 1024.0)
+            size(j.size_bytes)
         );
         if let Some(e) = &j.error {
-            let _ = writeln!(out, "  JOURNAL: {e}");
+            let _ = writeln!(out, "  {}  {}", p.wrap("1;31", "JOURNAL"), e);
+        }
+    }
+    let _ = writeln!(out, "  {}  {}", p.dim("socket "), s.socket);
+    if let Some(r) = s.last_reload.as_ref().filter(|r| !r.ok) {
+        let _ = writeln!(
+            out,
+            "  {}  {} at {}",
+            p.wrap("1;31", "reload "),
+            r.summary,
+            r.at
+        );
+        for e in &r.errors {
+            let _ = writeln!(out, "           {e}");
         }
     }
     if s.pools.is_empty() {
@@ -68,26 +131,29 @@ pub fn render(s: &DaemonStatus) -> String {
             s.config
         );
     }
-    for p in &s.pools {
-        let rolling = if p.rolling {
+    for pool in &s.pools {
+        let rolling = if pool.rolling {
             ", restarting one by one"
         } else {
             ""
         };
         let _ = writeln!(
             out,
-            "\npool {}: {}/{} running{rolling} — {}",
-            p.name,
-            p.running,
-            p.instances,
-            p.command.join(" ")
+            "\n{} {}/{} running{rolling}  {}",
+            p.bold(&format!("pool {}", pool.name)),
+            pool.running,
+            pool.instances,
+            p.dim(&pool.command.join(" "))
         );
         let _ = writeln!(
             out,
-            "  {:<4} {:<14} {:<8} {:<9} {:<9} {:<10} LAST EXIT",
-            "#", "STATE", "PID", "UPTIME", "RESTARTS", "JOBS"
+            "  {}",
+            p.dim(&format!(
+                "{:<4} {:<14} {:<8} {:<9} {:<9} {:<10} LAST EXIT",
+                "#", "STATE", "PID", "UPTIME", "RESTARTS", "JOB"
+            ))
         );
-        for w in &p.workers {
+        for w in &pool.workers {
             let jobs = if w.jobs.is_empty() {
                 "-".to_string()
             } else {
@@ -99,9 +165,9 @@ pub fn render(s: &DaemonStatus) -> String {
             };
             let _ = writeln!(
                 out,
-                "  {:<4} {:<14} {:<8} {:<9} {:<9} {:<10} {}",
+                "  {:<4} {} {:<8} {:<9} {:<9} {:<10} {}",
                 w.instance,
-                w.state,
+                p.state(&w.state, 14),
                 w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 w.uptime_secs.map(format_secs).unwrap_or_else(|| "-".into()),
                 w.restarts,
@@ -111,10 +177,14 @@ pub fn render(s: &DaemonStatus) -> String {
         }
     }
     if !s.queues.is_empty() {
+        let _ = writeln!(out, "\n{}", p.bold("queues"));
         let _ = writeln!(
             out,
-            "\n  {:<16} {:>9} {:>9} {:>10} {:>8} {:>10}  POOLS",
-            "QUEUE", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
+            "  {}",
+            p.dim(&format!(
+                "{:<16} {:>8} {:>8} {:>10} {:>10} {:>8}  POOLS",
+                "QUEUE", "QUEUED", "RUNNING", "OK/HOUR", "FAILED/H", "OLDEST"
+            ))
         );
         for q in &s.queues {
             let pools = if q.pools.is_empty() {
@@ -122,16 +192,38 @@ pub fn render(s: &DaemonStatus) -> String {
             } else {
                 q.pools.join(", ")
             };
+            let failed = format!("{:>10}", q.failed_last_hour);
+            let failed = if q.failed_last_hour > 0 {
+                p.wrap("31", &failed)
+            } else {
+                failed
+            };
             let _ = writeln!(
                 out,
-                "  {:<16} {:>9} {:>9} {:>10} {:>8} {:>10}  {}",
-                q.name, q.queued, q.running, q.succeeded, q.failed, q.cancelled, pools
+                "  {:<16} {:>8} {:>8} {:>10} {failed} {:>8}  {}",
+                q.name,
+                q.queued,
+                q.running,
+                q.succeeded_last_hour,
+                q.oldest_queued_secs
+                    .map(format_secs)
+                    .unwrap_or_else(|| "-".into()),
+                pools
             );
         }
-        let _ = writeln!(
-            out,
-            "  (succeeded, failed and cancelled: since steward started)"
-        );
+    }
+    if !s.recent_failures.is_empty() {
+        let _ = writeln!(out, "\n{}", p.bold("recent failures"));
+        for f in &s.recent_failures {
+            let _ = writeln!(
+                out,
+                "  {} {:<10} {} {}",
+                p.wrap("31", &format!("job {:<8}", f.id)),
+                f.queue,
+                p.dim(f.finished_at.as_deref().unwrap_or("")),
+                f.error.as_deref().unwrap_or("")
+            );
+        }
     }
     out
 }

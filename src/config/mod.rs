@@ -33,6 +33,7 @@ pub struct Config {
     pub path: PathBuf,
     pub daemon: DaemonConfig,
     pub journal: JournalConfig,
+    pub http: HttpConfig,
     /// Pools by name, in name order.
     pub pools: BTreeMap<String, PoolSpec>,
     /// Job queues by name.
@@ -57,6 +58,12 @@ pub enum Synchronous {
     Full,
     /// fsync at checkpoints only: survives a crash of steward, not of the machine.
     Normal,
+}
+
+/// The optional TCP listener for `/health` and `/metrics`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HttpConfig {
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -328,13 +335,15 @@ pub fn parse(text: &str, path: &Path, env: &Environment) -> Result<Config, Confi
         let root = Section::root(&root);
         let daemon = parse_daemon(&mut ctx, &root, &base, env);
         let journal = parse_journal(&mut ctx, &root);
+        let http = parse_http(&mut ctx, &root);
         let queues = parse_queues(&mut ctx, &root);
         let pools = parse_pools(&mut ctx, &root, &base, env, &queues);
-        root.finish(&mut ctx, &["daemon", "journal", "queue", "pool"]);
+        root.finish(&mut ctx, &["daemon", "journal", "http", "queue", "pool"]);
         Config {
             path: path.clone(),
             daemon,
             journal,
+            http,
             pools,
             queues,
         }
@@ -434,6 +443,24 @@ fn parse_journal(ctx: &mut Ctx, root: &Section) -> JournalConfig {
     }
     s.finish(ctx, &["synchronous"]);
     j
+}
+
+fn parse_http(ctx: &mut Ctx, root: &Section) -> HttpConfig {
+    let mut h = HttpConfig::default();
+    let Some(s) = root.table(ctx, "http") else {
+        return h;
+    };
+    if let Some((v, span)) = s.string(ctx, "listen") {
+        match v.parse::<std::net::SocketAddr>() {
+            Ok(a) => h.listen = Some(a),
+            Err(_) => ctx.error(
+                span,
+                format!("http.listen = \"{v}\" is not an address and port: write e.g. \"127.0.0.1:9187\" or \"[::1]:9187\""),
+            ),
+        }
+    }
+    s.finish(ctx, &["listen"]);
+    h
 }
 
 const QUEUE_KEYS: &[&str] = &[

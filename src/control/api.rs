@@ -27,6 +27,18 @@ pub struct DaemonStatus {
     /// Path of the job journal and its size in bytes (database and WAL).
     #[serde(default)]
     pub journal: Option<JournalStatus>,
+    /// The latest jobs that failed for good, newest first.
+    #[serde(default)]
+    pub recent_failures: Vec<FailureView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailureView {
+    pub id: i64,
+    pub queue: String,
+    pub error: Option<String>,
+    /// RFC 3339.
+    pub finished_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -214,10 +226,17 @@ pub struct QueueStatus {
     pub name: String,
     pub queued: u64,
     pub running: u64,
-    /// Finished since the daemon started.
+    /// Jobs in the journal in each final state (until pruned by retention).
     pub succeeded: u64,
     pub failed: u64,
     pub cancelled: u64,
+    #[serde(default)]
+    pub succeeded_last_hour: u64,
+    #[serde(default)]
+    pub failed_last_hour: u64,
+    /// Age of the oldest queued job, in seconds.
+    #[serde(default)]
+    pub oldest_queued_secs: Option<f64>,
     /// Pools taking jobs from this queue.
     pub pools: Vec<String>,
 }

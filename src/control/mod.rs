@@ -112,7 +112,34 @@ fn unexpected() -> Response {
 
 async fn status(AxState(st): AxState<State>) -> Response {
     match ask(&st.requests, Request::Status).await {
-        Ok(Reply::Status(s)) => Json(*s).into_response(),
+        Ok(Reply::Status(mut s)) => {
+            // Figures the loop does not keep come from the journal's reader.
+            let now = now_ms();
+            let queues: Vec<String> = s.queues.iter().map(|q| q.name.clone()).collect();
+            if let Ok(o) = st.journal.overview(queues, now).await {
+                for q in &mut s.queues {
+                    if let Some((ok, failed)) = o.last_hour.get(&q.name) {
+                        q.succeeded_last_hour = *ok;
+                        q.failed_last_hour = *failed;
+                    }
+                    q.oldest_queued_secs = o
+                        .oldest_queued
+                        .get(&q.name)
+                        .map(|t| ((now - t).max(0) as f64) / 1000.0);
+                }
+                s.recent_failures = o
+                    .recent_failures
+                    .into_iter()
+                    .map(|(id, queue, error, at)| api::FailureView {
+                        id,
+                        queue,
+                        error,
+                        finished_at: at.map(crate::journal::ms_to_rfc3339),
+                    })
+                    .collect();
+            }
+            Json(*s).into_response()
+        }
         Ok(_) => unexpected(),
         Err(r) => r,
     }

@@ -29,7 +29,7 @@ use crate::config::{RetryBackoff, Synchronous};
 use crate::control::api::{JobView, QueueStatus};
 use crate::jobs::{JobState, Outcome};
 
-pub use reader::JobFilter;
+pub use reader::{JobFilter, Overview};
 
 /// Milliseconds since the Unix epoch: the journal's clock.
 pub fn now_ms() -> i64 {
@@ -151,7 +151,10 @@ impl Stats {
         match from {
             Some(JobState::Queued) => q.queued = q.queued.saturating_sub(1),
             Some(JobState::Running) => q.running = q.running.saturating_sub(1),
-            _ => {}
+            Some(JobState::Succeeded) => q.succeeded = q.succeeded.saturating_sub(1),
+            Some(JobState::Failed) => q.failed = q.failed.saturating_sub(1),
+            Some(JobState::Cancelled) => q.cancelled = q.cancelled.saturating_sub(1),
+            None => {}
         }
         match to {
             Some(JobState::Queued) => q.queued += 1,
@@ -246,6 +249,7 @@ impl Journal {
         state_dir: &Path,
         sync: Synchronous,
         run_id: &str,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<(Journal, JournalOwner, Vec<Reclaimed>), String> {
         std::fs::create_dir_all(state_dir).map_err(|e| {
             format!(
@@ -285,7 +289,13 @@ impl Journal {
         let stats = Arc::new(Mutex::new(stats));
         let reader = reader::Reader::start(&path)?;
         let (tx, rx) = mpsc::channel();
-        let w = writer::Writer::new(conn, path.clone(), run_id.to_string(), stats.clone());
+        let w = writer::Writer::new(
+            conn,
+            path.clone(),
+            run_id.to_string(),
+            stats.clone(),
+            metrics,
+        );
         let thread = std::thread::Builder::new()
             .name("steward-journal".into())
             .spawn(move || w.run(rx))
@@ -422,6 +432,14 @@ impl Journal {
             }),
         });
         rx.await.unwrap_or(Err(JournalError::Closed))
+    }
+
+    pub async fn overview(
+        &self,
+        queues: Vec<String>,
+        now_ms: i64,
+    ) -> Result<Overview, JournalError> {
+        self.reader.overview(queues, now_ms).await
     }
 
     pub async fn list(&self, filter: JobFilter) -> Result<Vec<JobView>, JournalError> {

@@ -19,7 +19,23 @@ pub struct JobFilter {
     pub limit: usize,
 }
 
+/// What `steward status` shows beyond live counts.
+#[derive(Debug, Clone, Default)]
+pub struct Overview {
+    /// queue → (succeeded, failed) finished in the last hour
+    pub last_hour: std::collections::HashMap<String, (u64, u64)>,
+    /// queue → created_at (ms) of its oldest queued job
+    pub oldest_queued: std::collections::HashMap<String, i64>,
+    /// The latest failed jobs: (id, queue, error, finished_at ms)
+    pub recent_failures: Vec<(i64, String, Option<String>, Option<i64>)>,
+}
+
 enum Req {
+    Overview(
+        Vec<String>,
+        i64,
+        oneshot::Sender<Result<Overview, JournalError>>,
+    ),
     List(
         JobFilter,
         oneshot::Sender<Result<Vec<JobView>, JournalError>>,
@@ -84,6 +100,11 @@ impl Reader {
             .spawn(move || {
                 while let Ok(req) = rx.recv() {
                     match req {
+                        Req::Overview(queues, now, reply) => {
+                            let _ = reply.send(
+                                overview(&conn, &queues, now).map_err(|e| map_reader_err(e, &path)),
+                            );
+                        }
                         Req::List(f, reply) => {
                             let _ =
                                 reply.send(list(&conn, &f).map_err(|e| map_reader_err(e, &path)));
@@ -102,6 +123,18 @@ impl Reader {
         Ok(Reader { tx })
     }
 
+    pub async fn overview(
+        &self,
+        queues: Vec<String>,
+        now_ms: i64,
+    ) -> Result<Overview, JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Req::Overview(queues, now_ms, tx))
+            .map_err(|_| JournalError::Closed)?;
+        rx.await.unwrap_or(Err(JournalError::Closed))
+    }
+
     pub async fn list(&self, filter: JobFilter) -> Result<Vec<JobView>, JournalError> {
         let (tx, rx) = oneshot::channel();
         self.tx
@@ -117,6 +150,36 @@ impl Reader {
             .map_err(|_| JournalError::Closed)?;
         rx.await.unwrap_or(Err(JournalError::Closed))
     }
+}
+
+/// Each query rides an index: `jobs_finished` for the last hour, `jobs_state` (state, id)
+/// for the oldest queued job and the latest failures.
+fn overview(conn: &Connection, queues: &[String], now: i64) -> rusqlite::Result<Overview> {
+    let mut o = Overview::default();
+    let hour_ago = now - 3_600_000;
+    for q in queues {
+        let mut counts = (0u64, 0u64);
+        for (state, slot) in [("succeeded", &mut counts.0), ("failed", &mut counts.1)] {
+            let n: i64 = conn
+                .prepare_cached("SELECT count(*) FROM jobs WHERE queue = ?1 AND state = ?2 AND finished_at >= ?3")?
+                .query_row(rusqlite::params![q, state, hour_ago], |r| r.get(0))?;
+            *slot = n.max(0) as u64;
+        }
+        o.last_hour.insert(q.clone(), counts);
+        let oldest: Option<i64> = conn
+            .prepare_cached("SELECT created_at FROM jobs WHERE state = 'queued' AND queue = ?1 ORDER BY id LIMIT 1")?
+            .query_row([q], |r| r.get(0))
+            .optional()?;
+        if let Some(t) = oldest {
+            o.oldest_queued.insert(q.clone(), t);
+        }
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, queue, error, finished_at FROM jobs WHERE state = 'failed' ORDER BY id DESC LIMIT 5",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    o.recent_failures = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(o)
 }
 
 fn list(conn: &Connection, f: &JobFilter) -> rusqlite::Result<Vec<JobView>> {

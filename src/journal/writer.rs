@@ -77,6 +77,7 @@ pub(super) struct Writer {
     path: PathBuf,
     run_id: String,
     stats: Arc<Mutex<Stats>>,
+    metrics: Arc<crate::metrics::Metrics>,
     /// Completions whose commit failed; retried until they land.
     pending: Vec<Op>,
 }
@@ -87,12 +88,14 @@ impl Writer {
         path: PathBuf,
         run_id: String,
         stats: Arc<Mutex<Stats>>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Writer {
         Writer {
             conn,
             path,
             run_id,
             stats,
+            metrics,
             pending: Vec::new(),
         }
     }
@@ -160,6 +163,7 @@ impl Writer {
                     s.error = None;
                 }
                 let took = t0.elapsed();
+                self.metrics.commit(took);
                 if took > Duration::from_secs(1) {
                     tracing::warn!(
                         "a journal commit of {} changes took {:.1}s; is the disk slow?",
@@ -285,7 +289,7 @@ impl Writer {
                 Ok(Err(msg)) => Err(msg),
                 Err(err) => Err(e(err)),
             }),
-            Op::Prune { rules, .. } => Res::Prune(self.prune(rules).map_err(e)),
+            Op::Prune { rules, .. } => Res::Prune(self.prune(rules, moves).map_err(e)),
         }
     }
 
@@ -566,25 +570,30 @@ impl Writer {
     }
 
     /// Delete finished jobs past their retention, a bounded number per call.
-    fn prune(&mut self, rules: &[(String, i64, i64)]) -> rusqlite::Result<u64> {
+    fn prune(&mut self, rules: &[(String, i64, i64)], moves: &mut Moves) -> rusqlite::Result<u64> {
         let mut deleted = 0u64;
         for (queue, succeeded_before, failed_before) in rules {
-            let mut ids: Vec<i64> = Vec::new();
+            let mut ids: Vec<(i64, String)> = Vec::new();
             {
                 let mut stmt = self.conn.prepare_cached(
-                    "SELECT id FROM jobs WHERE queue = ?1 AND state = 'succeeded' AND finished_at < ?2 LIMIT 500",
+                    "SELECT id, state FROM jobs WHERE queue = ?1 AND state = 'succeeded' AND finished_at < ?2 LIMIT 500",
                 )?;
-                for id in stmt.query_map(params![queue, succeeded_before], |r| r.get(0))? {
-                    ids.push(id?);
+                for row in stmt.query_map(params![queue, succeeded_before], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })? {
+                    ids.push(row?);
                 }
                 let mut stmt = self.conn.prepare_cached(
-                    "SELECT id FROM jobs WHERE queue = ?1 AND state IN ('failed', 'cancelled') AND finished_at < ?2 LIMIT 500",
+                    "SELECT id, state FROM jobs WHERE queue = ?1 AND state IN ('failed', 'cancelled') AND finished_at < ?2 LIMIT 500",
                 )?;
-                for id in stmt.query_map(params![queue, failed_before], |r| r.get(0))? {
-                    ids.push(id?);
+                for row in stmt.query_map(params![queue, failed_before], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })? {
+                    ids.push(row?);
                 }
             }
-            for id in ids {
+            for (id, state) in ids {
+                moves.push((queue.clone(), JobState::parse(&state), None));
                 self.conn
                     .prepare_cached("DELETE FROM attempts WHERE job_id = ?1")?
                     .execute(params![id])?;
@@ -674,13 +683,10 @@ pub(super) fn reclaim_interrupted(
     Ok(out)
 }
 
-/// Queued and running counts per queue (finished counts start at zero for this run).
+/// Jobs per queue and state, counted once at start and kept current by every commit.
 pub(super) fn initial_stats(conn: &Connection) -> rusqlite::Result<Stats> {
     let mut stats = Stats::default();
-    let mut stmt = conn.prepare(
-        "SELECT queue, 'queued', count(*) FROM jobs WHERE state = 'queued' GROUP BY queue
-         UNION ALL SELECT queue, 'running', count(*) FROM jobs WHERE state = 'running' GROUP BY queue",
-    )?;
+    let mut stmt = conn.prepare("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state")?;
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
@@ -698,10 +704,13 @@ pub(super) fn initial_stats(conn: &Connection) -> rusqlite::Result<Stats> {
                 name: queue,
                 ..QueueStatus::default()
             });
-        if state == "queued" {
-            q.queued = n;
-        } else {
-            q.running = n;
+        match JobState::parse(&state) {
+            Some(JobState::Queued) => q.queued = n,
+            Some(JobState::Running) => q.running = n,
+            Some(JobState::Succeeded) => q.succeeded = n,
+            Some(JobState::Failed) => q.failed = n,
+            Some(JobState::Cancelled) => q.cancelled = n,
+            None => {}
         }
     }
     Ok(stats)

@@ -211,6 +211,11 @@ impl Supervisor {
                 continue;
             };
             let wait_ms = (now_ms() - job.created_ms).max(0);
+            if job.attempt == 1 {
+                self.observed
+                    .metrics
+                    .job_waited(&job.queue, Duration::from_millis(wait_ms as u64));
+            }
             tracing::info!(JOB_ID = job.id, QUEUE = %job.queue, ATTEMPT = job.attempt, POOL = %slot.pool, INSTANCE = slot.index,
                 "job {} attempt {} started on worker {} (pid {pid}) after {} in the queue",
                 job.id, job.attempt, slot.name(), human(Duration::from_millis(wait_ms as u64)));
@@ -302,6 +307,7 @@ impl Supervisor {
                 };
                 slot.update_current_job();
                 let took = now.duration_since(held.started);
+                self.observed.metrics.job_ran(&held.queue, took);
                 tracing::debug!(JOB_ID = job, "job {job} done after {}", human(took));
                 let result = result.map(|r| r.get().to_string());
                 self.finish_job(
@@ -326,6 +332,9 @@ impl Supervisor {
                     );
                 };
                 slot.update_current_job();
+                self.observed
+                    .metrics
+                    .job_ran(&held.queue, now.duration_since(held.started));
                 let error = error
                     .unwrap_or_else(|| "the worker reported a failure without a message".into());
                 let outcome = match held.cancel {
@@ -389,6 +398,12 @@ impl Supervisor {
                 reason,
             }) => {
                 let why = reason.as_deref().unwrap_or("");
+                if state.is_final() {
+                    self.observed.metrics.job_finished(&queue, state.as_str());
+                }
+                if state == JobState::Failed {
+                    self.failures.push_back(Instant::now());
+                }
                 match state {
                     JobState::Succeeded => {
                         tracing::info!(JOB_ID = job, QUEUE = %queue, ATTEMPT = attempt, "job {job} succeeded (attempt {attempt})")
@@ -453,6 +468,11 @@ impl Supervisor {
                     reason: format!("worker {name} {description} while running it"),
                 },
             };
+            match outcome {
+                Outcome::Crashed { .. } => self.observed.metrics.jobs_reclaimed("worker_exit", 1),
+                Outcome::Hung { .. } => self.observed.metrics.jobs_reclaimed("hang", 1),
+                _ => {}
+            }
             tracing::warn!(JOB_ID = job, QUEUE = %h.queue, ATTEMPT = h.attempt,
                 "job {job} attempt {} reclaimed from worker {name}: {}", h.attempt, outcome.error().unwrap_or(""));
             self.finish_job(job, h.token, &h.queue, h.attempt, outcome);

@@ -260,6 +260,9 @@ pub struct Supervisor {
     hints: HashMap<String, dispatch::QueueHint>,
     next_sweep: Instant,
     next_prune: Instant,
+    observed: crate::http::Observed,
+    /// When jobs failed for good in the last hour (for the status line).
+    failures: std::collections::VecDeque<Instant>,
 }
 
 /// When a drain during shutdown must end: early enough to leave the stop signal its
@@ -291,6 +294,7 @@ impl Supervisor {
         notifier: Notifier,
         journal: Journal,
         config_tx: watch::Sender<Arc<Config>>,
+        observed: crate::http::Observed,
     ) -> io::Result<Supervisor> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let now = Instant::now();
@@ -318,6 +322,8 @@ impl Supervisor {
             hints: HashMap::new(),
             next_sweep: now,
             next_prune: now + prune_every(&config),
+            observed,
+            failures: std::collections::VecDeque::new(),
             env,
             config,
         };
@@ -375,15 +381,20 @@ impl Supervisor {
                 _ = sighup.recv() => { self.reload(); }
                 Some(ev) = self.events_rx.recv() => self.on_event(ev),
                 Some((req, reply)) = requests.recv() => self.on_request(req, reply),
-                _ = watchdog.tick(), if wd_every.is_some() => self.notifier.watchdog(),
+                _ = watchdog.tick(), if wd_every.is_some() => {
+                    self.notifier.watchdog();
+                    self.observed.metrics.watchdog_pings.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 _ = housekeeping.tick() => {
                     // A safety net for coalesced SIGCHLDs.
                     self.reap();
                     self.publish_status();
+                    self.publish_snapshot();
                 }
                 _ = tokio::time::sleep_until(deadline) => {}
             }
             let now = Instant::now();
+            self.observed.turned();
             self.on_timers(now);
             self.reconcile(now);
             self.dispatch(now);
@@ -396,6 +407,7 @@ impl Supervisor {
                 self.update_status_line();
                 self.notifier.ready(&self.status_line);
                 self.status_sent = self.status_line.clone();
+                self.publish_snapshot();
                 tracing::info!("steward is ready: {}", self.status_line);
             }
             if self.finished(now) {
@@ -797,6 +809,7 @@ impl Supervisor {
         };
         if slot.ever_started {
             slot.restarts += 1;
+            self.observed.metrics.worker_restarted(&slot.pool);
         }
         slot.ever_started = true;
         slot.phase = Phase::Spawning;
@@ -1241,11 +1254,7 @@ impl Supervisor {
                 }
             }
         }
-        let pools = self.pools.values().filter(|p| !p.removing).count();
-        let mut line = format!(
-            "{pools} pool{}, {running}/{total} workers running",
-            if pools == 1 { "" } else { "s" }
-        );
+        let mut line = format!("{running}/{total} workers up");
         if backing > 0 {
             line.push_str(&format!(", {backing} backing off"));
         }
@@ -1259,7 +1268,12 @@ impl Supervisor {
             let stats = self.journal.stats();
             let queued: u64 = stats.queues.values().map(|q| q.queued).sum();
             let running: u64 = stats.queues.values().map(|q| q.running).sum();
-            line.push_str(&format!("; {queued} queued, {running} running"));
+            let hour_ago = Instant::now().checked_sub(Duration::from_secs(3600));
+            self.failures.retain(|t| hour_ago.is_none_or(|h| *t >= h));
+            line.push_str(&format!(
+                "; {queued} queued, {running} running; {} failed/h",
+                self.failures.len()
+            ));
             if stats.error.is_some() {
                 line.push_str("; JOURNAL WRITE FAILING");
             }
@@ -1346,11 +1360,41 @@ impl Supervisor {
             last_reload: self.last_reload.clone(),
             pools,
             queues: self.queue_statuses(),
+            recent_failures: Vec::new(),
             journal: Some(JournalStatus {
                 path: self.journal.path().display().to_string(),
                 size_bytes: self.journal.size_bytes(),
                 error: self.journal.stats().error,
             }),
+        }
+    }
+
+    /// Publish what `/health` and `/metrics` read (they never wait on the loop).
+    fn publish_snapshot(&self) {
+        let pools = self
+            .pools
+            .iter()
+            .filter(|(_, p)| !p.removing)
+            .map(|(name, pool)| {
+                let mut h = crate::http::PoolHealth {
+                    name: name.clone(),
+                    instances: pool.spec.instances,
+                    ..Default::default()
+                };
+                for s in pool.slots.values().filter_map(|id| self.slots.get(id)) {
+                    match (s.phase, s.crash_looping) {
+                        (Phase::Running, _) => h.running += 1,
+                        (Phase::BackingOff, true) => h.crash_looping += 1,
+                        (Phase::Failed, _) => h.failed += 1,
+                        _ => {}
+                    }
+                    *h.states.entry(s.state_name().to_string()).or_default() += 1;
+                }
+                h
+            })
+            .collect();
+        if let Ok(mut snap) = self.observed.snapshot.lock() {
+            snap.pools = pools;
         }
     }
 

@@ -184,7 +184,7 @@ step1() {
     [[ -n "$ready" && -n "$started" && "$ready" -lt "$started" ]] || { say "ready=$ready started=$started"; return 1; }
     local st; st=$(prop StatusText)
     say "StatusText=$st"
-    [[ "$st" == *"workers running"* ]]
+    [[ "$st" == *"workers up"* ]]
 }
 check "1. apt-get install: enabled, active (running), start waits for READY=1, StatusText set" step1
 
@@ -196,7 +196,7 @@ step2() {
     wait_in 30 "steward status --json | grep -c '\"state\": \"running\"' | grep -qx 3" || return 1
     [[ "$(prop MainPID)" == "$pid0" ]] || { say "MainPID changed on reload"; return 1; }
     # STATUS= is refreshed at most once a second.
-    wait_in 5 "systemctl show -P StatusText steward | grep -q '2/2 workers running'" ||
+    wait_in 5 "systemctl show -P StatusText steward | grep -q '2/2 workers up'" ||
         { say "StatusText=$(prop StatusText)"; return 1; }
 }
 check "2. reload with a pool: workers running, same daemon PID" step2

@@ -1,0 +1,343 @@
+//! Counters and histograms, and their Prometheus text exposition (format 0.0.4).
+//!
+//! Counters and histograms are recorded where things happen (the loop, the journal
+//! writer); gauges (workers by state, jobs by state) are read at scrape time from the
+//! loop's published snapshot and the journal's counts, so a scrape never waits on the
+//! supervisor loop.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+const RUN_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
+];
+const WAIT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0,
+];
+const COMMIT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+#[derive(Debug, Clone)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Per bucket, not cumulative.
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    pub fn observe(&mut self, v: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+            self.counts[i] += 1;
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn write(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            cumulative += c;
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
+}
+
+/// Everything counted since the daemon started.
+pub struct Metrics {
+    pub watchdog_pings: AtomicU64,
+    pub journal_commits: AtomicU64,
+    worker_restarts: Mutex<BTreeMap<String, u64>>,
+    jobs_finished: Mutex<BTreeMap<(String, String), u64>>,
+    reclaimed: Mutex<BTreeMap<String, u64>>,
+    run_duration: Mutex<BTreeMap<String, Histogram>>,
+    queue_wait: Mutex<BTreeMap<String, Histogram>>,
+    commit_latency: Mutex<Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            watchdog_pings: AtomicU64::new(0),
+            journal_commits: AtomicU64::new(0),
+            worker_restarts: Mutex::default(),
+            jobs_finished: Mutex::default(),
+            reclaimed: Mutex::default(),
+            run_duration: Mutex::default(),
+            queue_wait: Mutex::default(),
+            commit_latency: Mutex::new(Histogram::new(COMMIT_BUCKETS)),
+        }
+    }
+}
+
+fn bump<K: Ord>(m: &Mutex<BTreeMap<K, u64>>, k: K, by: u64) {
+    if let Ok(mut m) = m.lock() {
+        *m.entry(k).or_default() += by;
+    }
+}
+
+fn observe(m: &Mutex<BTreeMap<String, Histogram>>, k: &str, bounds: &'static [f64], v: f64) {
+    if let Ok(mut m) = m.lock() {
+        m.entry(k.to_string())
+            .or_insert_with(|| Histogram::new(bounds))
+            .observe(v);
+    }
+}
+
+/// Escape a label value.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    pub fn worker_restarted(&self, pool: &str) {
+        bump(&self.worker_restarts, pool.to_string(), 1);
+    }
+
+    pub fn job_finished(&self, queue: &str, outcome: &str) {
+        bump(
+            &self.jobs_finished,
+            (queue.to_string(), outcome.to_string()),
+            1,
+        );
+    }
+
+    /// `reason`: `worker_exit`, `hang` or `daemon_restart`.
+    pub fn jobs_reclaimed(&self, reason: &str, n: u64) {
+        bump(&self.reclaimed, reason.to_string(), n);
+    }
+
+    pub fn job_ran(&self, queue: &str, d: Duration) {
+        observe(&self.run_duration, queue, RUN_BUCKETS, d.as_secs_f64());
+    }
+
+    pub fn job_waited(&self, queue: &str, d: Duration) {
+        observe(&self.queue_wait, queue, WAIT_BUCKETS, d.as_secs_f64());
+    }
+
+    pub fn commit(&self, d: Duration) {
+        self.journal_commits.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut h) = self.commit_latency.lock() {
+            h.observe(d.as_secs_f64());
+        }
+    }
+
+    /// The exposition: counters and histograms from here, gauges from `gauges`.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut o = String::with_capacity(8192);
+        let head = |o: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(o, "# HELP {name} {help}");
+            let _ = writeln!(o, "# TYPE {name} {kind}");
+        };
+        head(&mut o, "steward_up", "gauge", "1 while the daemon runs.");
+        let _ = writeln!(o, "steward_up 1");
+        head(
+            &mut o,
+            "steward_build_info",
+            "gauge",
+            "The steward version, as a label.",
+        );
+        let _ = writeln!(
+            o,
+            "steward_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+
+        head(
+            &mut o,
+            "steward_workers",
+            "gauge",
+            "Workers by pool and state.",
+        );
+        for (pool, state, n) in &gauges.workers {
+            let _ = writeln!(
+                o,
+                "steward_workers{{pool=\"{}\",state=\"{state}\"}} {n}",
+                esc(pool)
+            );
+        }
+        head(
+            &mut o,
+            "steward_worker_restarts_total",
+            "counter",
+            "Workers started again after an exit, by pool.",
+        );
+        if let Ok(m) = self.worker_restarts.lock() {
+            for (pool, n) in m.iter() {
+                let _ = writeln!(
+                    o,
+                    "steward_worker_restarts_total{{pool=\"{}\"}} {n}",
+                    esc(pool)
+                );
+            }
+        }
+        head(
+            &mut o,
+            "steward_jobs",
+            "gauge",
+            "Jobs in the journal by queue and state.",
+        );
+        for (queue, state, n) in &gauges.jobs {
+            let _ = writeln!(
+                o,
+                "steward_jobs{{queue=\"{}\",state=\"{state}\"}} {n}",
+                esc(queue)
+            );
+        }
+        head(
+            &mut o,
+            "steward_jobs_finished_total",
+            "counter",
+            "Jobs that reached a final state, by queue and outcome.",
+        );
+        if let Ok(m) = self.jobs_finished.lock() {
+            for ((queue, outcome), n) in m.iter() {
+                let _ = writeln!(
+                    o,
+                    "steward_jobs_finished_total{{queue=\"{}\",outcome=\"{outcome}\"}} {n}",
+                    esc(queue)
+                );
+            }
+        }
+        head(
+            &mut o,
+            "steward_jobs_reclaimed_total",
+            "counter",
+            "Jobs taken back from workers, by reason.",
+        );
+        if let Ok(m) = self.reclaimed.lock() {
+            for reason in ["worker_exit", "hang", "daemon_restart"] {
+                let _ = writeln!(
+                    o,
+                    "steward_jobs_reclaimed_total{{reason=\"{reason}\"}} {}",
+                    m.get(reason).copied().unwrap_or(0)
+                );
+            }
+        }
+        head(
+            &mut o,
+            "steward_job_run_duration_seconds",
+            "histogram",
+            "How long attempts ran until done or fail, by queue.",
+        );
+        if let Ok(m) = self.run_duration.lock() {
+            for (queue, h) in m.iter() {
+                h.write(
+                    &mut o,
+                    "steward_job_run_duration_seconds",
+                    &format!("queue=\"{}\"", esc(queue)),
+                );
+            }
+        }
+        head(
+            &mut o,
+            "steward_job_queue_wait_seconds",
+            "histogram",
+            "From submit to the first start, by queue.",
+        );
+        if let Ok(m) = self.queue_wait.lock() {
+            for (queue, h) in m.iter() {
+                h.write(
+                    &mut o,
+                    "steward_job_queue_wait_seconds",
+                    &format!("queue=\"{}\"", esc(queue)),
+                );
+            }
+        }
+        head(
+            &mut o,
+            "steward_journal_commit_seconds",
+            "histogram",
+            "Latency of journal transactions.",
+        );
+        if let Ok(h) = self.commit_latency.lock() {
+            h.write(&mut o, "steward_journal_commit_seconds", "");
+        }
+        head(
+            &mut o,
+            "steward_journal_commits_total",
+            "counter",
+            "Journal transactions committed.",
+        );
+        let _ = writeln!(
+            o,
+            "steward_journal_commits_total {}",
+            self.journal_commits.load(Ordering::Relaxed)
+        );
+        head(
+            &mut o,
+            "steward_watchdog_pings_total",
+            "counter",
+            "WATCHDOG=1 notifications sent to systemd.",
+        );
+        let _ = writeln!(
+            o,
+            "steward_watchdog_pings_total {}",
+            self.watchdog_pings.load(Ordering::Relaxed)
+        );
+        o
+    }
+}
+
+/// Gauge values read at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct Gauges {
+    /// (pool, state, count)
+    pub workers: Vec<(String, String, u64)>,
+    /// (queue, state, count)
+    pub jobs: Vec<(String, String, u64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let mut h = Histogram::new(&[1.0, 2.0]);
+        h.observe(0.5);
+        h.observe(1.5);
+        h.observe(9.0);
+        let mut o = String::new();
+        h.write(&mut o, "x", "q=\"a\"");
+        assert!(o.contains("x_bucket{q=\"a\",le=\"1\"} 1\n"), "{o}");
+        assert!(o.contains("x_bucket{q=\"a\",le=\"2\"} 2\n"), "{o}");
+        assert!(o.contains("x_bucket{q=\"a\",le=\"+Inf\"} 3\n"), "{o}");
+        assert!(o.contains("x_count{q=\"a\"} 3\n"), "{o}");
+        assert!(o.contains("x_sum{q=\"a\"} 11\n"), "{o}");
+    }
+
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(esc("a\"b\\c\n"), "a\\\"b\\\\c\\n");
+    }
+}

@@ -1,0 +1,255 @@
+//! Observability: /health, /metrics, the status view, following a job.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::helper::*;
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET over plain HTTP/1.0: (status code, body).
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+#[test]
+fn health_follows_a_crash_looping_pool_and_recovers() {
+    let env = Env::new();
+    let port = free_port();
+    let flag = env.path("healthy");
+    env.write_config(&format!(
+        "[http]\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [pool.flaky]\ncommand = [\"sh\", \"-c\", \"test -f {} && exec sleep 1000; exit 1\"]\n\
+         crash_loop_after = 2\nstable_after = \"300ms\"\nbackoff = {{ initial = \"100ms\", max = \"200ms\" }}\n",
+        flag.display()
+    ));
+    let d = Daemon::start(&env);
+    let (code, body) = wait_for(TIMEOUT, "/health 503", || {
+        get(port, "/health").filter(|(c, _)| *c == 503)
+    });
+    assert_eq!(code, 503);
+    assert!(
+        body.contains("pool flaky has 1 crash-looping workers"),
+        "{body}"
+    );
+    let (code, _) = get(port, "/health/live").unwrap();
+    assert_eq!(code, 200, "liveness only looks at the loop");
+    let (code, body) = get(port, "/health/ready").unwrap();
+    assert_eq!(code, 503);
+    assert!(body.contains("pool flaky has no running worker"), "{body}");
+
+    std::fs::write(&flag, "").unwrap();
+    let (_, body) = wait_for(TIMEOUT, "/health 200", || {
+        get(port, "/health").filter(|(c, _)| *c == 200)
+    });
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(get(port, "/health/ready").unwrap().0, 200);
+    let (code, _) = get(port, "/nope").unwrap();
+    assert_eq!(code, 404);
+    drop(d);
+}
+
+#[test]
+fn metrics_validate_and_move_as_jobs_run() {
+    let env = Env::new();
+    let port = free_port();
+    env.write_config(&format!(
+        "[http]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
+        jobs_config(2, "", "")
+    ));
+    let d = Daemon::start(&env);
+    d.running_pids("w");
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let (_, before) = wait_for(TIMEOUT, "/metrics", || get(port, "/metrics"));
+    let ok = "steward_jobs_finished_total{queue=\"q\",outcome=\"succeeded\"}";
+    assert_eq!(metric(&before, ok), 0.0);
+    for _ in 0..5 {
+        d.submit("q", r#"{"sleep": 0.05}"#, &[]);
+    }
+    let fail = d.submit("q", r#"{"fail": "no", "retry": false}"#, &[]);
+    d.wait_job(fail, "failed", TIMEOUT);
+    // Gauges come from a snapshot the loop publishes once a second.
+    let after = wait_for(
+        TIMEOUT,
+        "5 succeeded and 2 running workers in metrics",
+        || {
+            get(port, "/metrics").map(|(_, b)| b).filter(|b| {
+                metric(b, ok) >= 5.0
+                    && metric(b, "steward_workers{pool=\"w\",state=\"running\"}") == 2.0
+            })
+        },
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "steward_jobs_finished_total{queue=\"q\",outcome=\"failed\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&after, "steward_jobs{queue=\"q\",state=\"succeeded\"}"),
+        5.0
+    );
+    assert_eq!(
+        metric(&after, "steward_workers{pool=\"w\",state=\"running\"}"),
+        2.0
+    );
+    assert!(
+        metric(&after, "steward_journal_commits_total")
+            > metric(&before, "steward_journal_commits_total")
+    );
+    assert!(
+        metric(
+            &after,
+            "steward_job_run_duration_seconds_count{queue=\"q\"}"
+        ) >= 6.0
+    );
+    assert!(metric(&after, "steward_job_queue_wait_seconds_count{queue=\"q\"}") >= 6.0);
+    assert!(after.contains("steward_jobs_reclaimed_total{reason=\"worker_exit\"} 0"));
+
+    // promtool (Debian package prometheus) checks the exposition format.
+    let file = env.path("metrics.txt");
+    std::fs::write(&file, &after).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("promtool check metrics < {}", file.display()))
+        .output()
+        .expect("promtool (apt-get install prometheus)");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn status_for_scripts_and_pipes() {
+    let env = Env::new();
+    env.write_config(&jobs_config(1, "", ""));
+    let d = Daemon::start(&env);
+    d.running_pids("w");
+    let id = d.submit("q", r#"{"fail": "broken thing", "retry": false}"#, &[]);
+    d.wait_job(id, "failed", TIMEOUT);
+    let out = d.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(!text.contains('\x1b'), "escape codes on a pipe:\n{text}");
+    assert!(text.contains("pool w 1/1 running"), "{text}");
+    assert!(text.contains("recent failures"), "{text}");
+    assert!(text.contains("broken thing"), "{text}");
+    let out = d.cli(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "version",
+        "pid",
+        "uptime_secs",
+        "config",
+        "state",
+        "status_line",
+        "pools",
+        "queues",
+        "journal",
+        "recent_failures",
+    ] {
+        assert!(!v[key].is_null(), "status --json lacks {key}: {v}");
+    }
+    let q = &v["queues"][0];
+    assert_eq!(q["failed_last_hour"], 1);
+    assert!(q["oldest_queued_secs"].is_null());
+    let w = &v["pools"][0]["workers"][0];
+    for key in [
+        "instance",
+        "state",
+        "pid",
+        "uptime_secs",
+        "restarts",
+        "jobs",
+    ] {
+        assert!(!w[key].is_null(), "worker lacks {key}: {w}");
+    }
+    assert!(
+        v["status_line"]
+            .as_str()
+            .unwrap()
+            .contains("1/1 workers up; 0 queued, 0 running; 1 failed/h"),
+        "{v}"
+    );
+}
+
+#[test]
+fn following_a_job_shows_its_progress() {
+    let env = Env::new();
+    env.write_config(&format!(
+        "[queue.q]\n\n[pool.py]\ncommand = [\"python3\", \"{}\"]\nqueues = [\"q\"]\n",
+        example("workers/worker.py")
+    ));
+    let d = Daemon::start(&env);
+    let id = d.submit("q", r#"{"seconds": 2.5}"#, &[]);
+    let out = d.cli(&["job", &id.to_string(), "--follow"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("job {id}: running")), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains('%') && l.contains("running")),
+        "no progress lines:\n{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"echo\""));
+    let out = d.cli(&[
+        "submit",
+        "q",
+        r#"{"fail": "nope", "retry": false}"#,
+        "--wait",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn a_taken_port_is_reported_and_supervision_goes_on() {
+    let env = Env::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    env.write_config(&format!(
+        "[http]\nlisten = \"127.0.0.1:{port}\"\n\n[pool.s]\ncommand = [\"sleep\", \"1000\"]\n"
+    ));
+    let d = Daemon::start(&env);
+    d.wait_log(&format!(
+        "cannot listen on 127.0.0.1:{port} for /health and /metrics"
+    ));
+    d.running_pids("s");
+    // A bad address is caught by check-config.
+    std::fs::write(env.config_path(), "[http]\nlisten = \"localhost\"\n").unwrap();
+    let out = env.run(&["check-config"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("2:10: http.listen = \"localhost\" is not an address and port")
+    );
+}
