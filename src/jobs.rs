@@ -336,3 +336,90 @@ mod tests {
         ));
     }
 }
+
+/// How an exec-pool job process ended, as the journal records it.
+///
+/// Exit 0 succeeds, with the last stdout line as the result if it is a JSON value. Exit 78
+/// (`EX_CONFIG`) or a code in `no_retry` fails at once. Any other code (75, `EX_TEMPFAIL`,
+/// included) is a failed attempt, retried per the queue. A signal is a crash.
+pub fn exec_outcome(
+    exit: crate::supervisor::policy::Exit,
+    no_retry: &[i32],
+    last_stdout: Option<&str>,
+    last_stderr: Option<&str>,
+) -> Outcome {
+    use crate::supervisor::policy::{Exit, describe_exit};
+    let why = |code: i32| match last_stderr.map(str::trim).filter(|l| !l.is_empty()) {
+        Some(line) => format!("exited with code {code}: {line}"),
+        None => format!("exited with code {code}"),
+    };
+    match exit {
+        Exit::Code(0) => Outcome::Succeeded {
+            result: last_stdout
+                .map(str::trim)
+                .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+                .map(str::to_string),
+        },
+        Exit::Code(c) if c == 78 || no_retry.contains(&c) => Outcome::Failed {
+            error: why(c),
+            retry: false,
+        },
+        Exit::Code(c) => Outcome::Failed {
+            error: why(c),
+            retry: true,
+        },
+        Exit::Signal(_) => Outcome::Crashed {
+            reason: format!("the job process was {}", describe_exit(exit)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod exec_tests {
+    use super::*;
+    use crate::supervisor::policy::Exit;
+
+    #[test]
+    fn exit_codes_map_to_outcomes() {
+        assert_eq!(
+            exec_outcome(Exit::Code(0), &[], Some("{\"n\": 1}"), None),
+            Outcome::Succeeded {
+                result: Some("{\"n\": 1}".into())
+            }
+        );
+        assert_eq!(
+            exec_outcome(Exit::Code(0), &[], Some("plain text"), None),
+            Outcome::Succeeded { result: None }
+        );
+        assert_eq!(
+            exec_outcome(Exit::Code(0), &[], Some("42"), None),
+            Outcome::Succeeded {
+                result: Some("42".into())
+            }
+        );
+        assert!(matches!(
+            exec_outcome(Exit::Code(1), &[], None, None),
+            Outcome::Failed { retry: true, .. }
+        ));
+        assert!(matches!(
+            exec_outcome(Exit::Code(75), &[], None, None),
+            Outcome::Failed { retry: true, .. }
+        ));
+        assert!(matches!(
+            exec_outcome(Exit::Code(78), &[], None, None),
+            Outcome::Failed { retry: false, .. }
+        ));
+        assert!(matches!(
+            exec_outcome(Exit::Code(3), &[3, 4], None, None),
+            Outcome::Failed { retry: false, .. }
+        ));
+        assert!(matches!(
+            exec_outcome(Exit::Signal(9), &[], None, None),
+            Outcome::Crashed { .. }
+        ));
+        match exec_outcome(Exit::Code(2), &[], None, Some("disk on fire\n")) {
+            Outcome::Failed { error, .. } => assert_eq!(error, "exited with code 2: disk on fire"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -10,9 +10,9 @@
 use std::io::IsTerminal;
 use std::os::fd::{AsFd, OwnedFd};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 
 use tokio::io::AsyncReadExt;
 use tracing::Level;
@@ -161,6 +161,19 @@ impl WorkerLog {
     /// Read `fd` (one end of a worker's stdout or stderr pipe) until it closes, logging
     /// each line. Runs as a task on the current runtime.
     pub fn forward(&self, fd: OwnedFd, origin: Origin, stream: Stream) {
+        self.forward_with(fd, origin, stream, None, None);
+    }
+
+    /// As [`forward`](Self::forward), also keeping the stream's tail in `capture` and
+    /// calling `on_close` once the stream has closed and every line was handled.
+    pub fn forward_with(
+        &self,
+        fd: OwnedFd,
+        origin: Origin,
+        stream: Stream,
+        capture: Option<Arc<Mutex<Capture>>>,
+        on_close: Option<Box<dyn FnOnce() + Send>>,
+    ) {
         let log = self.clone();
         tokio::spawn(async move {
             let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
@@ -170,7 +183,10 @@ impl WorkerLog {
                     return;
                 }
             };
-            log.pump(pipe, origin, stream).await;
+            log.pump(pipe, origin, stream, capture.as_deref()).await;
+            if let Some(f) = on_close {
+                f();
+            }
         });
     }
 
@@ -179,6 +195,7 @@ impl WorkerLog {
         mut pipe: tokio::net::unix::pipe::Receiver,
         origin: Origin,
         stream: Stream,
+        capture: Option<&Mutex<Capture>>,
     ) {
         let mut buf: Vec<u8> = Vec::with_capacity(4096);
         let mut chunk = vec![0u8; 16 * 1024];
@@ -189,6 +206,11 @@ impl WorkerLog {
                 Ok(n) => n,
             };
             buf.extend_from_slice(&chunk[..n]);
+            if let Some(c) = capture
+                && let Ok(mut c) = c.lock()
+            {
+                c.push(&chunk[..n]);
+            }
             let mut start = 0;
             while let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') {
                 let end = start + pos;
@@ -242,6 +264,49 @@ impl WorkerLog {
             Err(TrySendError::Full(_)) => *dropped += 1,
             Err(TrySendError::Disconnected(_)) => {}
         }
+    }
+}
+
+/// The end of a stream, kept for the job's history (exec pools).
+#[derive(Debug, Default)]
+pub struct Capture {
+    tail: std::collections::VecDeque<u8>,
+}
+
+/// How much of each stream is kept.
+pub const CAPTURE: usize = 64 * 1024;
+
+impl Capture {
+    fn push(&mut self, bytes: &[u8]) {
+        let bytes = if bytes.len() > CAPTURE {
+            &bytes[bytes.len() - CAPTURE..]
+        } else {
+            bytes
+        };
+        let overflow = (self.tail.len() + bytes.len()).saturating_sub(CAPTURE);
+        self.tail.drain(..overflow);
+        self.tail.extend(bytes);
+    }
+
+    /// The kept text (lossy UTF-8), if anything was written.
+    pub fn text(&self) -> Option<String> {
+        if self.tail.is_empty() {
+            return None;
+        }
+        let (a, b) = self.tail.as_slices();
+        let mut v = Vec::with_capacity(self.tail.len());
+        v.extend_from_slice(a);
+        v.extend_from_slice(b);
+        Some(String::from_utf8_lossy(&v).into_owned())
+    }
+
+    /// The last non-empty line.
+    pub fn last_line(&self) -> Option<String> {
+        self.text()?
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(str::to_string)
     }
 }
 

@@ -3,6 +3,7 @@
 mod helper;
 
 mod config;
+mod exec;
 mod jobs;
 mod journal;
 mod logs;

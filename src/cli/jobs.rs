@@ -273,6 +273,28 @@ pub async fn show(client: &Client, id: i64, json: bool) -> Result<(), Failure> {
                 a.error.as_deref().unwrap_or("")
             );
         }
+        // Exec pools keep the end of each attempt's output: show the latest attempt's.
+        if let Some(a) = j
+            .history
+            .iter()
+            .rev()
+            .find(|a| a.stdout.is_some() || a.stderr.is_some())
+        {
+            for (name, text) in [("stdout", &a.stdout), ("stderr", &a.stderr)] {
+                if let Some(t) = text {
+                    let lines: Vec<&str> = t.lines().collect();
+                    let from = lines.len().saturating_sub(20);
+                    println!(
+                        "\n  attempt {} {name} (last {} lines):",
+                        a.attempt,
+                        lines.len() - from
+                    );
+                    for l in &lines[from..] {
+                        println!("    {l}");
+                    }
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -137,6 +137,28 @@ pub fn render(s: &DaemonStatus, colour: bool) -> String {
         } else {
             ""
         };
+        if pool.mode == "exec" {
+            let _ = writeln!(
+                out,
+                "\n{} {}/{} job processes  {}",
+                p.bold(&format!("pool {} (exec)", pool.name)),
+                pool.workers.len(),
+                pool.instances,
+                p.dim(&pool.command.join(" "))
+            );
+            for w in &pool.workers {
+                let _ = writeln!(
+                    out,
+                    "  {:<4} {} {:<8} {:<9} job {}",
+                    w.instance,
+                    p.state(&w.state, 14),
+                    w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                    w.uptime_secs.map(format_secs).unwrap_or_else(|| "-".into()),
+                    w.jobs.first().map(|j| j.to_string()).unwrap_or_default()
+                );
+            }
+            continue;
+        }
         let _ = writeln!(
             out,
             "\n{} {}/{} running{rolling}  {}",

@@ -170,10 +170,21 @@ impl Default for Backoff {
     }
 }
 
-/// One pool: `instances` copies of the same long-lived worker command.
+/// How a pool runs its command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    /// Long-lived workers (plain, or speaking the protocol when the pool has queues).
+    Worker,
+    /// One process per job: payload on stdin, exit code is the outcome.
+    Exec,
+}
+
+/// One pool: `instances` copies of the same long-lived worker command, or (exec mode)
+/// up to `instances` job processes at once.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolSpec {
     pub name: String,
+    pub mode: PoolMode,
     /// Program and arguments. The program is an absolute path, or a bare name looked up in
     /// `PATH` when the worker starts.
     pub command: Vec<String>,
@@ -193,12 +204,18 @@ pub struct PoolSpec {
     pub concurrency: u32,
     /// A protocol worker must say `ready` within this long.
     pub start_timeout: Duration,
+    /// Exec pools: exit codes that fail a job at once, without retry (78 always does).
+    pub no_retry_exit_codes: Vec<i32>,
 }
 
 impl PoolSpec {
-    /// Whether the workers speak the worker protocol (they take jobs).
+    /// Whether the workers speak the worker protocol (long-lived workers taking jobs).
     pub fn is_protocol(&self) -> bool {
-        !self.queues.is_empty()
+        self.mode == PoolMode::Worker && !self.queues.is_empty()
+    }
+
+    pub fn is_exec(&self) -> bool {
+        self.mode == PoolMode::Exec
     }
 
     /// True when `other` differs from `self` only in the number of instances, so the
@@ -422,6 +439,8 @@ const POOL_KEYS: &[&str] = &[
     "queues",
     "concurrency",
     "start_timeout",
+    "mode",
+    "no_retry_exit_codes",
 ];
 
 fn parse_journal(ctx: &mut Ctx, root: &Section) -> JournalConfig {
@@ -629,6 +648,7 @@ fn parse_pool(
     }
     let mut spec = PoolSpec {
         name: name.to_string(),
+        mode: PoolMode::Worker,
         command,
         instances: 1,
         env: BTreeMap::new(),
@@ -643,7 +663,18 @@ fn parse_pool(
         queues: Vec::new(),
         concurrency: 1,
         start_timeout: Duration::from_secs(30),
+        no_retry_exit_codes: Vec::new(),
     };
+    if let Some((v, span)) = s.string(ctx, "mode") {
+        match v.as_str() {
+            "worker" => spec.mode = PoolMode::Worker,
+            "exec" => spec.mode = PoolMode::Exec,
+            other => ctx.error(
+                span,
+                format!("mode = \"{other}\" is not a pool mode: use \"worker\" (long-lived workers) or \"exec\" (one process per job)"),
+            ),
+        }
+    }
     if let Some(n) = s.integer(ctx, "instances", 1, 10_000) {
         spec.instances = n as u32;
     }
@@ -746,6 +777,25 @@ fn parse_pool(
     }
     if let Some(d) = s.duration(ctx, "start_timeout") {
         spec.start_timeout = d;
+    }
+    if let Some(list) = s.int_list(ctx, "no_retry_exit_codes", 1, 255) {
+        spec.no_retry_exit_codes = list.into_iter().map(|n| n as i32).collect();
+    }
+    if spec.is_exec() {
+        if spec.queues.is_empty() {
+            ctx.error(
+                s.span(),
+                format!("exec pool `{name}` takes jobs, so it needs queues = [\"...\"] (one process is started per job)"),
+            );
+        }
+        if s.has("concurrency") {
+            ctx.error(
+                s.span(),
+                format!("`concurrency` does not apply to exec pool `{name}`: each job is its own process; `instances` is how many run at once"),
+            );
+        }
+    } else if s.has("no_retry_exit_codes") {
+        ctx.error(s.span(), format!("`no_retry_exit_codes` applies only to exec pools (pool `{name}` has mode \"worker\")"));
     }
     (ctx.error_count() == before).then_some(spec)
 }

@@ -259,6 +259,38 @@ impl<'t, 'i> Section<'t, 'i> {
         ok.then_some(out)
     }
 
+    pub fn int_list(&self, ctx: &mut Ctx, key: &str, min: i64, max: i64) -> Option<Vec<i64>> {
+        let v = self.get(key)?;
+        let DeValue::Array(items) = v.get_ref() else {
+            self.wrong_type(ctx, key, v, "an array of integers, e.g. [2, 3]");
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for item in items.iter() {
+            let n = match item.get_ref() {
+                DeValue::Integer(i) => {
+                    i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok()
+                }
+                _ => None,
+            };
+            match n {
+                Some(n) if (min..=max).contains(&n) => out.push(n),
+                _ => {
+                    ok = false;
+                    ctx.error(
+                        item.span(),
+                        format!(
+                            "`{}` must hold integers between {min} and {max}",
+                            self.full(key)
+                        ),
+                    );
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
     pub fn integer(&self, ctx: &mut Ctx, key: &str, min: i64, max: i64) -> Option<i64> {
         let v = self.get(key)?;
         let DeValue::Integer(i) = v.get_ref() else {

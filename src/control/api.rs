@@ -52,6 +52,10 @@ pub struct JournalStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PoolStatus {
     pub name: String,
+    /// `worker` (long-lived workers) or `exec` (one process per job; `workers` lists the
+    /// running job processes, by lane).
+    #[serde(default)]
+    pub mode: String,
     pub command: Vec<String>,
     pub instances: u32,
     pub running: u32,
@@ -174,6 +178,11 @@ pub struct AttemptView {
     /// `cancelled`, or null while it runs.
     pub outcome: Option<String>,
     pub error: Option<String>,
+    /// Exec pools: the last 64 KiB the job process wrote to stdout and stderr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
 }
 
 /// `POST /v1/jobs`.

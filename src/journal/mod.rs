@@ -120,6 +120,15 @@ pub enum Finished {
     Stale,
 }
 
+/// Who ran an attempt and what it printed (exec pools).
+#[derive(Debug, Clone, Default)]
+pub struct AttemptOutput {
+    pub worker: Option<String>,
+    pub pid: Option<i32>,
+    pub stdout_tail: Option<String>,
+    pub stderr_tail: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub enum CancelResult {
     Cancelled,
@@ -194,6 +203,7 @@ pub(crate) enum Op {
         token: i64,
         outcome: Outcome,
         backoff: RetryBackoff,
+        output: Option<Box<AttemptOutput>>,
         reply: Reply<Finished>,
     },
     Progress {
@@ -371,6 +381,7 @@ impl Journal {
         token: i64,
         outcome: Outcome,
         backoff: RetryBackoff,
+        output: Option<AttemptOutput>,
         reply: impl FnOnce(Result<Finished, JournalError>) + Send + 'static,
     ) {
         self.send(Op::Finish {
@@ -378,6 +389,7 @@ impl Journal {
             token,
             outcome,
             backoff,
+            output: output.map(Box::new),
             reply: Box::new(reply),
         });
     }

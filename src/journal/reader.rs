@@ -215,7 +215,8 @@ fn get(conn: &Connection, id: i64) -> rusqlite::Result<Option<JobView>> {
         return Ok(None);
     };
     let mut stmt = conn.prepare_cached(
-        "SELECT attempt, worker, pid, started_at, ended_at, outcome, error FROM attempts WHERE job_id = ?1 ORDER BY attempt",
+                "SELECT attempt, worker, pid, started_at, ended_at, outcome, error, stdout_tail, stderr_tail
+         FROM attempts WHERE job_id = ?1 ORDER BY attempt",
     )?;
     let rows = stmt.query_map([id], |r| {
         Ok(AttemptView {
@@ -226,6 +227,8 @@ fn get(conn: &Connection, id: i64) -> rusqlite::Result<Option<JobView>> {
             ended_at: r.get::<_, Option<i64>>(4)?.map(ms_to_rfc3339),
             outcome: r.get(5)?,
             error: r.get(6)?,
+            stdout: r.get(7)?,
+            stderr: r.get(8)?,
         })
     })?;
     job.history = rows.collect::<rusqlite::Result<Vec<_>>>()?;

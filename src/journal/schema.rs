@@ -56,8 +56,13 @@ const MIGRATIONS: &[&str] = &[
         ended_at   INTEGER,
         outcome    TEXT,
         error      TEXT,
-        PRIMARY KEY (job_id, attempt)
+                PRIMARY KEY (job_id, attempt)
     ) WITHOUT ROWID;
+    "#,
+    // 2: the last output of exec-pool job processes, kept with each attempt
+    r#"
+    ALTER TABLE attempts ADD COLUMN stdout_tail TEXT;
+    ALTER TABLE attempts ADD COLUMN stderr_tail TEXT;
     "#,
 ];
 

@@ -262,9 +262,10 @@ impl Writer {
                 token,
                 outcome,
                 backoff,
+                output,
                 ..
             } => Res::Finish(
-                self.finish(*id, *token, outcome, backoff, now, moves)
+                self.finish(*id, *token, outcome, backoff, output.as_deref(), now, moves)
                     .map_err(e),
             ),
             Op::Progress {
@@ -422,12 +423,14 @@ impl Writer {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn finish(
         &mut self,
         id: i64,
         token: i64,
         outcome: &Outcome,
         backoff: &crate::config::RetryBackoff,
+        output: Option<&super::AttemptOutput>,
         now: i64,
         moves: &mut Moves,
     ) -> rusqlite::Result<Finished> {
@@ -498,7 +501,15 @@ impl Writer {
         }
         self.conn
             .prepare_cached("UPDATE attempts SET ended_at = ?3, outcome = ?4, error = ?5 WHERE job_id = ?1 AND attempt = ?2")?
-            .execute(params![id, attempt, now, outcome.as_str(), outcome.error()])?;
+                        .execute(params![id, attempt, now, outcome.as_str(), outcome.error()])?;
+        if let Some(o) = output {
+            self.conn
+                .prepare_cached(
+                    "UPDATE attempts SET worker = COALESCE(?3, worker), pid = COALESCE(?4, pid), stdout_tail = ?5, stderr_tail = ?6
+                     WHERE job_id = ?1 AND attempt = ?2",
+                )?
+                .execute(params![id, attempt, o.worker, o.pid, o.stdout_tail, o.stderr_tail])?;
+        }
         moves.push((queue, Some(JobState::Running), Some(new_state)));
         Ok(Finished::Applied {
             state: new_state,

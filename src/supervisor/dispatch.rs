@@ -138,6 +138,29 @@ impl Supervisor {
         }
     }
 
+    /// A claim returned fewer jobs than asked: its queues are empty (unless jobs were
+    /// added since it was asked), and delayed jobs become due at `next_run_at`.
+    pub(super) fn note_claim(
+        &mut self,
+        asked: usize,
+        epochs: &HashMap<String, u64>,
+        claimed: &Claimed,
+    ) {
+        if claimed.jobs.len() >= asked {
+            return;
+        }
+        for (q, epoch) in epochs {
+            let h = self.hints.entry(q.clone()).or_default();
+            if h.epoch == *epoch {
+                h.ready = false;
+            }
+            if let Some(t) = claimed.next_run_at_ms {
+                let at = instant_at(t);
+                h.due_at = Some(h.due_at.map_or(at, |d| d.min(at)));
+            }
+        }
+    }
+
     pub(super) fn on_claimed(
         &mut self,
         id: SlotId,
@@ -162,18 +185,7 @@ impl Supervisor {
                 return;
             }
         };
-        if claimed.jobs.len() < asked {
-            for (q, epoch) in &epochs {
-                let h = self.hints.entry(q.clone()).or_default();
-                if h.epoch == *epoch {
-                    h.ready = false;
-                }
-                if let Some(t) = claimed.next_run_at_ms {
-                    let at = instant_at(t);
-                    h.due_at = Some(h.due_at.map_or(at, |d| d.min(at)));
-                }
-            }
-        }
+        self.note_claim(asked, &epochs, &claimed);
         let usable = self.slots.get(&id).is_some_and(|s| {
             s.pid == Some(pid)
                 && s.phase == Phase::Running
@@ -360,12 +372,24 @@ impl Supervisor {
         attempt: u32,
         outcome: Outcome,
     ) {
+        self.finish_job_with(job, token, queue, attempt, outcome, None);
+    }
+
+    pub(super) fn finish_job_with(
+        &self,
+        job: i64,
+        token: i64,
+        queue: &str,
+        attempt: u32,
+        outcome: Outcome,
+        output: Option<crate::journal::AttemptOutput>,
+    ) {
         let backoff = self.queue_spec(queue).retry_backoff;
         let tx = self.events_tx.clone();
         let queue_s = queue.to_string();
         let kind = outcome.as_str();
         self.journal
-            .finish(job, token, outcome, backoff, move |result| {
+            .finish(job, token, outcome, backoff, output, move |result| {
                 let _ = tx.send(Event::Finished {
                     job,
                     queue: queue_s,
@@ -610,6 +634,11 @@ impl Supervisor {
     /// asked to stop on its worker, which is killed if it does not give it up.
     pub(super) fn cancel_job(&mut self, job: i64, reply: oneshot::Sender<Reply>) {
         let now = Instant::now();
+        if let Some(msg) = self.cancel_exec(job) {
+            tracing::info!(JOB_ID = job, "{msg}");
+            let _ = reply.send(Reply::Cancel(Ok(msg)));
+            return;
+        }
         for slot in self.slots.values_mut() {
             let name = slot.name();
             if let Some(h) = slot.held.get_mut(&job) {

@@ -9,6 +9,7 @@
 //! processes it runs: it is started, exits, backs off and is started again.
 
 mod dispatch;
+mod exec;
 pub mod policy;
 mod worker_io;
 
@@ -177,12 +178,15 @@ impl Slot {
 struct Pool {
     spec: Arc<PoolSpec>,
     generation: u64,
-    /// Slots by instance index.
+    /// Slots by instance index (worker pools).
     slots: BTreeMap<u32, SlotId>,
     removing: bool,
+    /// Running job processes (exec pools).
+    exec: exec::ExecLanes,
 }
 
 struct Shutdown {
+    started: Instant,
     deadline: Instant,
     forced_at: Option<Instant>,
     next_extend: Instant,
@@ -214,7 +218,28 @@ pub enum Event {
         result: Result<Finished, JournalError>,
     },
     /// Jobs were committed to `queue` (by a submit or a retry), due at `run_at_ms`.
-    JobsAdded { queue: String, run_at_ms: i64 },
+    JobsAdded {
+        queue: String,
+        run_at_ms: i64,
+    },
+    ExecClaimed {
+        pool: String,
+        asked: usize,
+        epochs: HashMap<String, u64>,
+        result: Result<Claimed, JournalError>,
+    },
+    ExecSpawned {
+        pool: String,
+        lane: u32,
+        job: i64,
+        payload: String,
+        result: io::Result<Child>,
+    },
+    ExecStreamClosed {
+        pool: String,
+        lane: u32,
+        job: i64,
+    },
 }
 
 /// What the control server may tell the loop directly.
@@ -238,6 +263,8 @@ pub struct Supervisor {
     pools: BTreeMap<String, Pool>,
     slots: HashMap<SlotId, Slot>,
     pids: HashMap<i32, SlotId>,
+    /// Exec-pool job processes: pid → (pool, lane).
+    exec_pids: HashMap<i32, (String, u32)>,
     early_exits: HashMap<i32, (Exit, Instant)>,
     next_id: SlotId,
     events_tx: mpsc::UnboundedSender<Event>,
@@ -302,6 +329,7 @@ impl Supervisor {
             pools: BTreeMap::new(),
             slots: HashMap::new(),
             pids: HashMap::new(),
+            exec_pids: HashMap::new(),
             early_exits: HashMap::new(),
             next_id: 1,
             events_tx,
@@ -335,6 +363,7 @@ impl Supervisor {
                     generation: 1,
                     slots: BTreeMap::new(),
                     removing: false,
+                    exec: exec::ExecLanes::default(),
                 },
             );
         }
@@ -398,6 +427,7 @@ impl Supervisor {
             self.on_timers(now);
             self.reconcile(now);
             self.dispatch(now);
+            self.dispatch_exec();
             if now >= self.next_prune {
                 self.next_prune = now + prune_every(&self.config);
                 self.prune();
@@ -426,7 +456,7 @@ impl Supervisor {
         let Some(sd) = &self.shutdown else {
             return false;
         };
-        if self.slots.is_empty() {
+        if self.slots.is_empty() && self.exec_running() == 0 {
             return true;
         }
         if sd.forced_at.is_some_and(|f| now >= f + FORCED_GRACE) {
@@ -461,6 +491,9 @@ impl Supervisor {
             if let Some(t) = self.protocol_deadline(s) {
                 next = next.min(t);
             }
+        }
+        if let Some(t) = self.exec_deadline() {
+            next = next.min(t);
         }
         for h in self.hints.values() {
             if let Some(t) = h.due_at {
@@ -501,6 +534,22 @@ impl Supervisor {
                 result,
             } => self.on_finished(job, queue, attempt, kind, result),
             Event::JobsAdded { queue, run_at_ms } => self.jobs_added(&queue, run_at_ms),
+            Event::ExecClaimed {
+                pool,
+                asked,
+                epochs,
+                result,
+            } => self.on_exec_claimed(pool, asked, epochs, result),
+            Event::ExecSpawned {
+                pool,
+                lane,
+                job,
+                payload,
+                result,
+            } => self.on_exec_spawned(pool, lane, job, payload, result),
+            Event::ExecStreamClosed { pool, lane, job } => {
+                self.on_exec_stream_closed(pool, lane, job)
+            }
         }
     }
 
@@ -515,13 +564,16 @@ impl Supervisor {
     }
 
     fn reap(&mut self) {
-        let pids = &self.pids;
-        let exits = process::reap(|pid| pids.contains_key(&pid));
+        let (pids, exec_pids) = (&self.pids, &self.exec_pids);
+        let exits = process::reap(|pid| pids.contains_key(&pid) || exec_pids.contains_key(&pid));
         let now = Instant::now();
         for (pid, exit) in exits {
             if let Some(id) = self.pids.remove(&pid) {
                 self.on_exit(id, exit, now);
-            } else if self.slots.values().any(|s| s.phase == Phase::Spawning) {
+            } else if let Some((pool, lane)) = self.exec_pids.remove(&pid) {
+                self.on_exec_exit(&pool, lane, exit, now);
+            } else {
+                // Perhaps a child whose spawn result has not arrived yet.
                 self.early_exits.insert(pid, (exit, now));
             }
         }
@@ -748,6 +800,7 @@ impl Supervisor {
             }
             self.protocol_timers(id, now);
         }
+        self.exec_timers(now);
         if let Some(sd) = &mut self.shutdown
             && now >= sd.next_extend
         {
@@ -990,7 +1043,7 @@ impl Supervisor {
             };
             if pool.removing {
                 let ids: Vec<SlotId> = pool.slots.values().copied().collect();
-                if ids.is_empty() {
+                if ids.is_empty() && pool.exec.runs.is_empty() {
                     self.pools.remove(&name);
                     tracing::info!(POOL = %name, "pool {name} removed: all its workers have stopped");
                     continue;
@@ -998,6 +1051,10 @@ impl Supervisor {
                 for id in ids {
                     self.request_stop(id, Retire::Remove, now);
                 }
+                continue;
+            }
+            if pool.spec.is_exec() {
+                // Exec pools have lanes, not long-lived workers.
                 continue;
             }
             let instances = pool.spec.instances;
@@ -1070,6 +1127,7 @@ impl Supervisor {
         // Tell systemd the budget at once (it may be longer than TimeoutStopSec), then
         // keep extending while workers are still going.
         self.shutdown = Some(Shutdown {
+            started: now,
             deadline: now + budget,
             forced_at: None,
             next_extend: now,
@@ -1162,6 +1220,7 @@ impl Supervisor {
                             generation: 1,
                             slots: BTreeMap::new(),
                             removing: false,
+                            exec: exec::ExecLanes::default(),
                         },
                     );
                     added.push(name.clone());
@@ -1242,7 +1301,11 @@ impl Supervisor {
             return;
         }
         let (mut total, mut running, mut backing, mut looping, mut failed) = (0, 0, 0, 0, 0);
-        for pool in self.pools.values().filter(|p| !p.removing) {
+        for pool in self
+            .pools
+            .values()
+            .filter(|p| !p.removing && !p.spec.is_exec())
+        {
             total += pool.spec.instances;
             for id in pool.slots.values() {
                 match self.slots.get(id).map(|s| (s.phase, s.crash_looping)) {
@@ -1325,8 +1388,35 @@ impl Supervisor {
                         jobs: s.held.keys().copied().collect(),
                     })
                     .collect();
+                let mut workers = workers;
+                for (&lane, r) in &pool.exec.runs {
+                    workers.push(WorkerStatus {
+                        instance: lane,
+                        state: if r.stop.is_some() {
+                            "stopping"
+                        } else {
+                            "running"
+                        }
+                        .to_string(),
+                        pid: r.pid,
+                        uptime_secs: Some(now.duration_since(r.started).as_secs_f64()),
+                        restarts: 0,
+                        unstable_exits: 0,
+                        next_restart_in_secs: None,
+                        last_exit: None,
+                        reason: None,
+                        generation: pool.generation,
+                        jobs: vec![r.job],
+                    });
+                }
                 PoolStatus {
                     name: name.clone(),
+                    mode: if pool.spec.is_exec() {
+                        "exec"
+                    } else {
+                        "worker"
+                    }
+                    .to_string(),
                     command: pool.spec.command.clone(),
                     instances: if pool.removing {
                         0
@@ -1376,11 +1466,22 @@ impl Supervisor {
             .iter()
             .filter(|(_, p)| !p.removing)
             .map(|(name, pool)| {
+                // Exec pools have no long-lived workers to be ready: only their job
+                // processes, counted as running.
                 let mut h = crate::http::PoolHealth {
                     name: name.clone(),
-                    instances: pool.spec.instances,
+                    instances: if pool.spec.is_exec() {
+                        0
+                    } else {
+                        pool.spec.instances
+                    },
+                    running: pool.exec.runs.len() as u32,
                     ..Default::default()
                 };
+                if !pool.exec.runs.is_empty() {
+                    h.states
+                        .insert("running".into(), pool.exec.runs.len() as u64);
+                }
                 for s in pool.slots.values().filter_map(|id| self.slots.get(id)) {
                     match (s.phase, s.crash_looping) {
                         (Phase::Running, _) => h.running += 1,
