@@ -3,6 +3,7 @@
 //! The binary is a thin shell around this library: [`daemon::run`] runs the daemon,
 //! [`cli`] implements the client commands.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod control;

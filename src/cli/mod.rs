@@ -122,6 +122,18 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Measure steward on this machine with a private daemon (nothing of the host's
+    /// steward is touched); prints medians over several runs.
+    Bench {
+        /// A short run (smaller sizes, fewer runs), e.g. as a smoke test.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The minimal protocol worker used by `steward bench`.
+    #[command(hide = true)]
+    BenchWorker,
     /// Print a shell completion script (bash, zsh, fish).
     #[command(hide = true)]
     Completions { shell: clap_complete::Shell },
@@ -143,6 +155,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Daemon => crate::daemon::run(&cli.config),
         Command::CheckConfig => check_config(&cli.config),
         Command::Backup { dest, force } => backup(&cli.config, dest, *force),
+        Command::Bench { quick, json } => crate::bench::run(*quick, *json),
+        Command::BenchWorker => crate::bench::worker::run().map_err(Failure::Failed),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "steward", &mut std::io::stdout());
@@ -266,6 +280,8 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
         Command::Daemon
         | Command::CheckConfig
         | Command::Backup { .. }
+        | Command::Bench { .. }
+        | Command::BenchWorker
         | Command::Completions { .. } => Ok(()),
     }
 }

@@ -1,0 +1,749 @@
+//! `steward bench`: scenarios measured against a private daemon in a temporary directory.
+//!
+//! Each run of each scenario starts its own daemon on a fresh journal (nothing of the
+//! host's steward is touched), uses the built-in `bench-worker` or `/bin/true` as workers,
+//! and keeps the default durability (`synchronous = "full"`). Results are medians over
+//! several runs with min–max, because machines are noisy.
+
+pub mod worker;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper::Method;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::control::api::{BatchResponse, DaemonStatus, SubmitResponse};
+use crate::control::client::Client;
+use crate::error::Failure;
+use worker::now_us;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub scenario: String,
+    pub unit: String,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    /// What the target asks, e.g. ">= 20000".
+    pub target: String,
+    pub met: Option<bool>,
+    pub runs: usize,
+    pub note: String,
+}
+
+struct Sizes {
+    runs: usize,
+    protocol_jobs: usize,
+    exec_jobs: usize,
+    cli_submits: usize,
+    latency_secs: f64,
+    respawns: usize,
+    restart_queued: usize,
+    list_rows: usize,
+}
+
+const FULL: Sizes = Sizes {
+    runs: 3,
+    protocol_jobs: 100_000,
+    exec_jobs: 5_000,
+    cli_submits: 500,
+    latency_secs: 3.0,
+    respawns: 20,
+    restart_queued: 100_000,
+    list_rows: 1_000_000,
+};
+
+const QUICK: Sizes = Sizes {
+    runs: 2,
+    protocol_jobs: 5_000,
+    exec_jobs: 300,
+    cli_submits: 50,
+    latency_secs: 1.0,
+    respawns: 5,
+    restart_queued: 10_000,
+    list_rows: 20_000,
+};
+
+fn fail(e: impl std::fmt::Display) -> Failure {
+    Failure::Failed(format!("bench: {e}"))
+}
+
+/// A private daemon in a temporary directory.
+struct Bed {
+    dir: PathBuf,
+    exe: PathBuf,
+    daemon: Option<Child>,
+    notify: UnixDatagram,
+}
+
+impl Bed {
+    fn new(exe: &Path) -> Result<Bed, Failure> {
+        let dir = std::env::temp_dir().join(format!(
+            "steward-bench-{}-{:x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).map_err(fail)?;
+        let notify = UnixDatagram::bind(dir.join("notify.sock")).map_err(fail)?;
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .map_err(fail)?;
+        Ok(Bed {
+            dir,
+            exe: exe.to_path_buf(),
+            daemon: None,
+            notify,
+        })
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("s.sock")
+    }
+
+    fn write_config(&self, body: &str) -> Result<(), Failure> {
+        let text = format!(
+            "[daemon]\nstate_dir = \"state\"\nsocket = \"s.sock\"\nshutdown_timeout = \"10s\"\n\n{body}"
+        );
+        std::fs::write(self.dir.join("steward.toml"), text).map_err(fail)
+    }
+
+    fn worker_pool(
+        &self,
+        name: &str,
+        queue: &str,
+        instances: u32,
+        concurrency: u32,
+        extra: &str,
+    ) -> String {
+        format!(
+            "[pool.{name}]\ncommand = [\"{}\", \"bench-worker\"]\ninstances = {instances}\nqueues = [\"{queue}\"]\nconcurrency = {concurrency}\n{extra}\n",
+            self.exe.display()
+        )
+    }
+
+    /// Start the daemon; returns how long until READY=1.
+    fn start(&mut self, env: &[(&str, String)]) -> Result<Duration, Failure> {
+        while self.notify.recv(&mut [0u8; 512]).is_ok() {}
+        let log = std::fs::File::create(self.dir.join("daemon.log")).map_err(fail)?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("daemon")
+            .arg("--config")
+            .arg(self.dir.join("steward.toml"))
+            .args(["--log-format", "text"])
+            .env("NOTIFY_SOCKET", self.dir.join("notify.sock"))
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let t0 = Instant::now();
+        self.daemon = Some(cmd.spawn().map_err(fail)?);
+        let mut buf = [0u8; 4096];
+        while t0.elapsed() < Duration::from_secs(60) {
+            if let Ok(n) = self.notify.recv(&mut buf)
+                && String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == "READY=1")
+            {
+                return Ok(t0.elapsed());
+            }
+            if let Some(Ok(Some(status))) = self.daemon.as_mut().map(|d| d.try_wait()) {
+                return Err(fail(format!(
+                    "the daemon exited during start ({status}); see {}",
+                    self.dir.join("daemon.log").display()
+                )));
+            }
+        }
+        Err(fail("the daemon did not send READY=1 within 60s"))
+    }
+
+    fn pid(&self) -> u32 {
+        self.daemon.as_ref().map(|d| d.id()).unwrap_or(0)
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(d.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(15) {
+                if let Ok(Some(_)) = d.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    fn journal_bytes(&self) -> u64 {
+        ["journal.db", "journal.db-wal"]
+            .iter()
+            .map(|f| {
+                std::fs::metadata(self.dir.join("state").join(f))
+                    .map(|m| m.len())
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn status(c: &Client) -> Result<DaemonStatus, Failure> {
+    c.get("/v1/status").await.map_err(fail)
+}
+
+async fn succeeded(c: &Client, queue: &str) -> Result<u64, Failure> {
+    Ok(status(c)
+        .await?
+        .queues
+        .iter()
+        .find(|q| q.name == queue)
+        .map(|q| q.succeeded)
+        .unwrap_or(0))
+}
+
+async fn wait_succeeded(c: &Client, queue: &str, n: u64, limit: Duration) -> Result<(), Failure> {
+    let t0 = Instant::now();
+    while succeeded(c, queue).await? < n {
+        if t0.elapsed() > limit {
+            return Err(fail(format!(
+                "jobs in {queue} did not all succeed within {limit:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+async fn submit_batches(
+    c: &Client,
+    queue: &str,
+    n: usize,
+    payload: serde_json::Value,
+) -> Result<(), Failure> {
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(2000);
+        let jobs: Vec<serde_json::Value> = (0..k)
+            .map(|_| json!({"queue": queue, "payload": payload}))
+            .collect();
+        let _: BatchResponse = c
+            .call(
+                Method::POST,
+                "/v1/jobs/batch",
+                Some(&json!({ "jobs": jobs })),
+            )
+            .await
+            .map_err(fail)?;
+        left -= k;
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn summarize(
+    scenario: &str,
+    unit: &str,
+    mut values: Vec<f64>,
+    target: &str,
+    met: impl Fn(f64) -> bool,
+    note: String,
+) -> Outcome {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    let median = match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    };
+    Outcome {
+        scenario: scenario.to_string(),
+        unit: unit.to_string(),
+        median,
+        min: values.first().copied().unwrap_or(0.0),
+        max: values.last().copied().unwrap_or(0.0),
+        target: target.to_string(),
+        met: (!target.is_empty()).then(|| met(median)),
+        runs: values.len(),
+        note,
+    }
+}
+
+/// 1. Protocol workers: submit trivial jobs in batches, time until all succeeded.
+async fn protocol_throughput(exe: &Path, s: &Sizes) -> Result<(Vec<f64>, Vec<f64>), Failure> {
+    let (mut rates, mut sizes) = (Vec::new(), Vec::new());
+    for _ in 0..s.runs {
+        let mut bed = Bed::new(exe)?;
+        bed.write_config(&format!(
+            "[queue.b]\n\n{}",
+            bed.worker_pool("w", "b", 4, 8, "")
+        ))?;
+        bed.start(&[])?;
+        let c = Client::new(&bed.socket());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t0 = Instant::now();
+        submit_batches(&c, "b", s.protocol_jobs, json!({})).await?;
+        wait_succeeded(&c, "b", s.protocol_jobs as u64, Duration::from_secs(600)).await?;
+        rates.push(s.protocol_jobs as f64 / t0.elapsed().as_secs_f64());
+        sizes.push(bed.journal_bytes() as f64 / s.protocol_jobs as f64);
+        bed.stop();
+    }
+    Ok((rates, sizes))
+}
+
+/// 2. Exec pool: jobs of /bin/true, 8 at once.
+async fn exec_throughput(exe: &Path, s: &Sizes) -> Result<Vec<f64>, Failure> {
+    let mut rates = Vec::new();
+    for _ in 0..s.runs {
+        let mut bed = Bed::new(exe)?;
+        bed.write_config("[queue.e]\n\n[pool.t]\nmode = \"exec\"\ncommand = [\"/bin/true\"]\nqueues = [\"e\"]\ninstances = 8\n")?;
+        bed.start(&[])?;
+        let c = Client::new(&bed.socket());
+        let t0 = Instant::now();
+        submit_batches(&c, "e", s.exec_jobs, json!({})).await?;
+        wait_succeeded(&c, "e", s.exec_jobs as u64, Duration::from_secs(600)).await?;
+        rates.push(s.exec_jobs as f64 / t0.elapsed().as_secs_f64());
+        bed.stop();
+    }
+    Ok(rates)
+}
+
+/// 3. `steward submit`, one process per job, sequential.
+async fn cli_submits(exe: &Path, s: &Sizes) -> Result<Vec<f64>, Failure> {
+    let mut rates = Vec::new();
+    for _ in 0..s.runs {
+        let mut bed = Bed::new(exe)?;
+        bed.write_config("[queue.c]\n")?;
+        bed.start(&[])?;
+        let t0 = Instant::now();
+        for i in 0..s.cli_submits {
+            let st = Command::new(exe)
+                .args(["submit", "c", &format!("{{\"n\":{i}}}"), "--socket"])
+                .arg(bed.socket())
+                .stdout(Stdio::null())
+                .status()
+                .map_err(fail)?;
+            if !st.success() {
+                return Err(fail("steward submit failed"));
+            }
+        }
+        rates.push(s.cli_submits as f64 / t0.elapsed().as_secs_f64());
+        bed.stop();
+    }
+    Ok(rates)
+}
+
+/// 4. Dispatch latency at 200 jobs/s: submit answered → worker has the job.
+async fn dispatch_latency(exe: &Path, s: &Sizes) -> Result<(Vec<f64>, Vec<f64>), Failure> {
+    let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
+    for _ in 0..s.runs {
+        let mut bed = Bed::new(exe)?;
+        let recv = bed.dir.join("recv.log");
+        bed.write_config(&format!(
+            "[queue.l]\n\n{}",
+            bed.worker_pool("w", "l", 4, 8, "")
+        ))?;
+        bed.start(&[("STEWARD_BENCH_RECV", recv.display().to_string())])?;
+        let c = Client::new(&bed.socket());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let n = (200.0 * s.latency_secs) as usize;
+        let mut answered = std::collections::HashMap::new();
+        let t0 = Instant::now();
+        for i in 0..n {
+            let due = t0 + Duration::from_millis(5 * i as u64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                tokio::time::sleep(wait).await;
+            }
+            let r: SubmitResponse = c
+                .call(
+                    Method::POST,
+                    "/v1/jobs",
+                    Some(&json!({"queue": "l", "payload": {}})),
+                )
+                .await
+                .map_err(fail)?;
+            answered.insert(r.id, now_us());
+        }
+        wait_succeeded(&c, "l", n as u64, Duration::from_secs(60)).await?;
+        let text = std::fs::read_to_string(&recv).map_err(fail)?;
+        let mut lat: Vec<f64> = text
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let id: i64 = f.next()?.parse().ok()?;
+                let at: u128 = f.next()?.parse().ok()?;
+                let sent = *answered.get(&id)?;
+                Some(at.saturating_sub(sent) as f64 / 1000.0)
+            })
+            .collect();
+        lat.sort_by(|a, b| a.total_cmp(b));
+        p50s.push(percentile(&lat, 0.5));
+        p99s.push(percentile(&lat, 0.99));
+        bed.stop();
+    }
+    Ok((p50s, p99s))
+}
+
+/// 5. Worker killed → replacement started (backoff initial 0).
+async fn respawn(exe: &Path, s: &Sizes) -> Result<Vec<f64>, Failure> {
+    let mut medians = Vec::new();
+    for _ in 0..s.runs {
+        let mut bed = Bed::new(exe)?;
+        let starts = bed.dir.join("starts.log");
+        bed.write_config(&format!(
+            "[queue.r]\n\n{}",
+            bed.worker_pool(
+                "w",
+                "r",
+                1,
+                1,
+                "backoff = { initial = \"0\", max = \"0\", jitter = 0.0 }\nstable_after = \"100ms\""
+            )
+        ))?;
+        bed.start(&[("STEWARD_BENCH_START", starts.display().to_string())])?;
+        let mut deltas = Vec::new();
+        for _ in 0..s.respawns {
+            let lines = |p: &Path| {
+                std::fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            };
+            let t = Instant::now();
+            let mut before = lines(&starts);
+            while before.is_empty() && t.elapsed() < Duration::from_secs(10) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                before = lines(&starts);
+            }
+            let pid: i32 = before
+                .last()
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| fail("no worker start recorded"))?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let killed = now_us();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .map_err(fail)?;
+            let t = Instant::now();
+            loop {
+                let now = lines(&starts);
+                if now.len() > before.len() {
+                    let started: u128 = now
+                        .last()
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(killed);
+                    deltas.push(started.saturating_sub(killed) as f64 / 1000.0);
+                    break;
+                }
+                if t.elapsed() > Duration::from_secs(10) {
+                    return Err(fail("the killed worker was not replaced within 10s"));
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        deltas.sort_by(|a, b| a.total_cmp(b));
+        medians.push(percentile(&deltas, 0.5));
+        bed.stop();
+    }
+    Ok(medians)
+}
+
+/// 6 and 7. kill -9 with many queued and 8 running → READY=1; RSS idle and loaded.
+async fn restart_and_rss(
+    exe: &Path,
+    s: &Sizes,
+) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>), Failure> {
+    let (mut ready, mut reclaimed, mut rss_idle, mut rss_loaded) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..s.runs {
+        let mut bed = Bed::new(exe)?;
+        bed.write_config(&format!(
+            "[queue.k]\n\n{}\n[queue.x]\n\n[pool.t]\nmode = \"exec\"\ncommand = [\"/bin/true\"]\nqueues = [\"x\"]\ninstances = 8\n",
+            bed.worker_pool("w", "k", 8, 1, "")
+        ))?;
+        bed.start(&[])?;
+        let c = Client::new(&bed.socket());
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        rss_idle.push(bed.rss_kib() as f64 / 1024.0);
+        submit_batches(&c, "k", 8, json!({"sleep_ms": 600_000})).await?;
+        let t = Instant::now();
+        loop {
+            let st = status(&c).await?;
+            if st.queues.iter().find(|q| q.name == "k").map(|q| q.running) == Some(8) {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                return Err(fail("8 jobs did not start"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        submit_batches(&c, "k", s.restart_queued, json!({})).await?;
+        bed.kill9();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        ready.push(bed.start(&[])?.as_secs_f64() * 1000.0);
+        let log = std::fs::read_to_string(bed.dir.join("daemon.log")).unwrap_or_default();
+        let n = log
+            .lines()
+            .find_map(|l| {
+                l.split("reclaimed ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+            .unwrap_or(0.0);
+        reclaimed.push(n);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        rss_loaded.push(bed.rss_kib() as f64 / 1024.0);
+        bed.kill9();
+    }
+    Ok((ready, reclaimed, rss_idle, rss_loaded))
+}
+
+/// 8. `steward jobs --limit 50` against a journal with many rows.
+async fn list_cost(exe: &Path, s: &Sizes) -> Result<Vec<f64>, Failure> {
+    let mut bed = Bed::new(exe)?;
+    bed.write_config("[queue.m]\n")?;
+    bed.start(&[])?;
+    let c = Client::new(&bed.socket());
+    submit_batches(&c, "m", s.list_rows, json!({"n": 1})).await?;
+    let mut times = Vec::new();
+    for _ in 0..s.runs.max(5) {
+        let t0 = Instant::now();
+        let st = Command::new(exe)
+            .args(["jobs", "--limit", "50", "--socket"])
+            .arg(bed.socket())
+            .stdout(Stdio::null())
+            .status()
+            .map_err(fail)?;
+        if !st.success() {
+            return Err(fail("steward jobs failed"));
+        }
+        times.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    bed.stop();
+    Ok(times)
+}
+
+pub fn run(quick: bool, json_out: bool) -> Result<(), Failure> {
+    let exe = std::env::current_exe().map_err(fail)?;
+    let s = if quick { &QUICK } else { &FULL };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(fail)?;
+    let mut out = Vec::new();
+    rt.block_on(async {
+        let progress = |name: &str| {
+            if !json_out {
+                eprintln!("running: {name}");
+            }
+        };
+        progress("1. protocol throughput");
+        let (rates, sizes) = protocol_throughput(&exe, s).await?;
+        out.push(summarize(
+            &format!(
+                "1. protocol workers, {} jobs, 4 workers × concurrency 8",
+                s.protocol_jobs
+            ),
+            "jobs/s",
+            rates,
+            ">= 20000",
+            |m| m >= 20_000.0,
+            String::new(),
+        ));
+        progress("2. exec throughput");
+        out.push(summarize(
+            &format!("2. exec pool, {} jobs of /bin/true, 8 at once", s.exec_jobs),
+            "jobs/s",
+            exec_throughput(&exe, s).await?,
+            ">= 1200",
+            |m| m >= 1200.0,
+            String::new(),
+        ));
+        progress("3. CLI submits");
+        out.push(summarize(
+            &format!(
+                "3. steward submit CLI, {} sequential processes",
+                s.cli_submits
+            ),
+            "submits/s",
+            cli_submits(&exe, s).await?,
+            ">= 500",
+            |m| m >= 500.0,
+            String::new(),
+        ));
+        progress("4. dispatch latency");
+        let (p50, p99) = dispatch_latency(&exe, s).await?;
+        out.push(summarize(
+            "4. dispatch latency at 200 jobs/s, p50",
+            "ms",
+            p50,
+            "<= 1",
+            |m| m <= 1.0,
+            String::new(),
+        ));
+        out.push(summarize(
+            "4. dispatch latency at 200 jobs/s, p99",
+            "ms",
+            p99,
+            "<= 5",
+            |m| m <= 5.0,
+            String::new(),
+        ));
+        progress("5. respawn");
+        out.push(summarize(
+            &format!(
+                "5. worker killed → replacement started (median of {})",
+                s.respawns
+            ),
+            "ms",
+            respawn(&exe, s).await?,
+            "<= 5",
+            |m| m <= 5.0,
+            String::new(),
+        ));
+        progress("6. restart after kill -9");
+        let (ready, reclaimed, idle, loaded) = restart_and_rss(&exe, s).await?;
+        out.push(summarize(
+            &format!(
+                "6. kill -9 with {} queued + 8 running → READY=1",
+                s.restart_queued
+            ),
+            "ms",
+            ready,
+            "<= 300",
+            |m| m <= 300.0,
+            String::new(),
+        ));
+        out.push(summarize(
+            "6. jobs reclaimed at that restart",
+            "jobs",
+            reclaimed,
+            "= 8",
+            |m| m == 8.0,
+            String::new(),
+        ));
+        out.push(summarize(
+            "7. daemon RSS idle, 2 pools",
+            "MiB",
+            idle,
+            "<= 10",
+            |m| m <= 10.0,
+            String::new(),
+        ));
+        out.push(summarize(
+            &format!("7. daemon RSS with {} queued", s.restart_queued),
+            "MiB",
+            loaded,
+            "<= 30",
+            |m| m <= 30.0,
+            String::new(),
+        ));
+        out.push(summarize(
+            "8. journal bytes per finished job (scenario 1)",
+            "bytes",
+            sizes,
+            "",
+            |_| true,
+            "report".into(),
+        ));
+        progress("8. steward jobs --limit 50");
+        out.push(summarize(
+            &format!(
+                "8. steward jobs --limit 50 with {} rows (whole command)",
+                s.list_rows
+            ),
+            "ms",
+            list_cost(&exe, s).await?,
+            "<= 20",
+            |m| m <= 20.0,
+            String::new(),
+        ));
+        Ok::<(), Failure>(())
+    })?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&out).map_err(fail)?);
+        return Ok(());
+    }
+    println!(
+        "{:<66} {:>12} {:>23} {:>10} {:>4}",
+        "scenario", "median", "min–max", "target", ""
+    );
+    for o in &out {
+        let f = |v: f64| {
+            if v >= 100.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.2}")
+            }
+        };
+        println!(
+            "{:<66} {:>12} {:>23} {:>10} {:>4}",
+            o.scenario,
+            format!("{} {}", f(o.median), o.unit),
+            format!("{}–{}", f(o.min), f(o.max)),
+            o.target,
+            match o.met {
+                Some(true) => "ok",
+                Some(false) => "MISS",
+                None => "",
+            }
+        );
+    }
+    println!(
+        "({} runs each; {} cores; synchronous = full)",
+        s.runs,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    Ok(())
+}
