@@ -130,3 +130,36 @@ fn the_control_socket_is_for_owner_and_group() {
         & 0o777;
     assert_eq!(mode, 0o660, "socket mode {mode:o}");
 }
+
+#[test]
+fn an_unread_notify_socket_does_not_stall_the_daemon() {
+    // The kernel queues only a few datagrams for a socket nobody reads; a blocking send
+    // would then freeze the supervisor loop.
+    let env = Env::new();
+    env.write_config("[pool.w]\ncommand = [\"sleep\", \"1000\"]\nstable_after = \"100ms\"\n");
+    let path = env.path("deaf.sock");
+    let _deaf = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    let d = Daemon::spawn(
+        &env,
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "20000"),
+        ],
+        &["--log-format", "text"],
+    );
+    d.wait_running();
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = d.running_pids("w")[0];
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    wait_for(
+        TIMEOUT,
+        "worker replaced while notifications are blocked",
+        || {
+            let w = d.try_status()?.pools[0].workers[0].clone();
+            (w.pid.is_some() && w.pid != Some(pid)).then_some(())
+        },
+    );
+}

@@ -77,7 +77,9 @@ struct Bed {
     dir: PathBuf,
     exe: PathBuf,
     daemon: Option<Child>,
-    notify: UnixDatagram,
+    /// Instants at which READY=1 arrived (the socket is drained by a thread, as a
+    /// service manager would).
+    ready: std::sync::mpsc::Receiver<Instant>,
 }
 
 impl Bed {
@@ -89,14 +91,24 @@ impl Bed {
         ));
         std::fs::create_dir_all(&dir).map_err(fail)?;
         let notify = UnixDatagram::bind(dir.join("notify.sock")).map_err(fail)?;
-        notify
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .map_err(fail)?;
+        let (tx, ready) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = notify.recv(&mut buf) {
+                if String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == "READY=1")
+                    && tx.send(Instant::now()).is_err()
+                {
+                    return;
+                }
+            }
+        });
         Ok(Bed {
             dir,
             exe: exe.to_path_buf(),
             daemon: None,
-            notify,
+            ready,
         })
     }
 
@@ -127,7 +139,7 @@ impl Bed {
 
     /// Start the daemon; returns how long until READY=1.
     fn start(&mut self, env: &[(&str, String)]) -> Result<Duration, Failure> {
-        while self.notify.recv(&mut [0u8; 512]).is_ok() {}
+        while self.ready.try_recv().is_ok() {}
         let log = std::fs::File::create(self.dir.join("daemon.log")).map_err(fail)?;
         let mut cmd = Command::new(&self.exe);
         cmd.arg("daemon")
@@ -145,14 +157,9 @@ impl Bed {
         }
         let t0 = Instant::now();
         self.daemon = Some(cmd.spawn().map_err(fail)?);
-        let mut buf = [0u8; 4096];
         while t0.elapsed() < Duration::from_secs(60) {
-            if let Ok(n) = self.notify.recv(&mut buf)
-                && String::from_utf8_lossy(&buf[..n])
-                    .lines()
-                    .any(|l| l == "READY=1")
-            {
-                return Ok(t0.elapsed());
+            if let Ok(at) = self.ready.recv_timeout(Duration::from_millis(100)) {
+                return Ok(at.duration_since(t0));
             }
             if let Some(Ok(Some(status))) = self.daemon.as_mut().map(|d| d.try_wait()) {
                 return Err(fail(format!(
@@ -229,10 +236,8 @@ async fn status(c: &Client) -> Result<DaemonStatus, Failure> {
 }
 
 async fn succeeded(c: &Client, queue: &str) -> Result<u64, Failure> {
-    Ok(status(c)
-        .await?
-        .queues
-        .iter()
+    let q: Vec<crate::control::api::QueueStatus> = c.get("/v1/queues").await.map_err(fail)?;
+    Ok(q.iter()
         .find(|q| q.name == queue)
         .map(|q| q.succeeded)
         .unwrap_or(0))
@@ -246,7 +251,7 @@ async fn wait_succeeded(c: &Client, queue: &str, n: u64, limit: Duration) -> Res
                 "jobs in {queue} did not all succeed within {limit:?}"
             )));
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(())
 }
@@ -572,7 +577,8 @@ async fn list_cost(exe: &Path, s: &Sizes) -> Result<Vec<f64>, Failure> {
     Ok(times)
 }
 
-pub fn run(quick: bool, json_out: bool) -> Result<(), Failure> {
+pub fn run(quick: bool, json_out: bool, only: &[u8]) -> Result<(), Failure> {
+    let want = |n: u8| only.is_empty() || only.contains(&n);
     let exe = std::env::current_exe().map_err(fail)?;
     let s = if quick { &QUICK } else { &FULL };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -580,133 +586,161 @@ pub fn run(quick: bool, json_out: bool) -> Result<(), Failure> {
         .build()
         .map_err(fail)?;
     let mut out = Vec::new();
+    let progress = |name: &str| {
+        if !json_out {
+            eprintln!("running: {name}");
+        }
+    };
     rt.block_on(async {
-        let progress = |name: &str| {
-            if !json_out {
-                eprintln!("running: {name}");
-            }
-        };
-        progress("1. protocol throughput");
-        let (rates, sizes) = protocol_throughput(&exe, s).await?;
-        out.push(summarize(
-            &format!(
+        let mut sizes = Vec::new();
+        if want(1) || want(8) {
+            progress("1. protocol throughput");
+            let (rates, sz) = protocol_throughput(&exe, s).await?;
+            sizes = sz;
+            let name = format!(
                 "1. protocol workers, {} jobs, 4 workers × concurrency 8",
                 s.protocol_jobs
-            ),
-            "jobs/s",
-            rates,
-            ">= 20000",
-            |m| m >= 20_000.0,
-            String::new(),
-        ));
-        progress("2. exec throughput");
-        out.push(summarize(
-            &format!("2. exec pool, {} jobs of /bin/true, 8 at once", s.exec_jobs),
-            "jobs/s",
-            exec_throughput(&exe, s).await?,
-            ">= 1200",
-            |m| m >= 1200.0,
-            String::new(),
-        ));
-        progress("3. CLI submits");
-        out.push(summarize(
-            &format!(
+            );
+            out.push(summarize(
+                &name,
+                "jobs/s",
+                rates,
+                ">= 20000",
+                |m| m >= 20_000.0,
+                String::new(),
+            ));
+        }
+        if want(2) {
+            progress("2. exec throughput");
+            let name = format!("2. exec pool, {} jobs of /bin/true, 8 at once", s.exec_jobs);
+            let v = exec_throughput(&exe, s).await?;
+            out.push(summarize(
+                &name,
+                "jobs/s",
+                v,
+                ">= 1200",
+                |m| m >= 1200.0,
+                String::new(),
+            ));
+        }
+        if want(3) {
+            progress("3. CLI submits");
+            let name = format!(
                 "3. steward submit CLI, {} sequential processes",
                 s.cli_submits
-            ),
-            "submits/s",
-            cli_submits(&exe, s).await?,
-            ">= 500",
-            |m| m >= 500.0,
-            String::new(),
-        ));
-        progress("4. dispatch latency");
-        let (p50, p99) = dispatch_latency(&exe, s).await?;
-        out.push(summarize(
-            "4. dispatch latency at 200 jobs/s, p50",
-            "ms",
-            p50,
-            "<= 1",
-            |m| m <= 1.0,
-            String::new(),
-        ));
-        out.push(summarize(
-            "4. dispatch latency at 200 jobs/s, p99",
-            "ms",
-            p99,
-            "<= 5",
-            |m| m <= 5.0,
-            String::new(),
-        ));
-        progress("5. respawn");
-        out.push(summarize(
-            &format!(
+            );
+            let v = cli_submits(&exe, s).await?;
+            out.push(summarize(
+                &name,
+                "submits/s",
+                v,
+                ">= 500",
+                |m| m >= 500.0,
+                String::new(),
+            ));
+        }
+        if want(4) {
+            progress("4. dispatch latency");
+            let (p50, p99) = dispatch_latency(&exe, s).await?;
+            out.push(summarize(
+                "4. dispatch latency at 200 jobs/s, p50",
+                "ms",
+                p50,
+                "<= 1",
+                |m| m <= 1.0,
+                String::new(),
+            ));
+            out.push(summarize(
+                "4. dispatch latency at 200 jobs/s, p99",
+                "ms",
+                p99,
+                "<= 5",
+                |m| m <= 5.0,
+                String::new(),
+            ));
+        }
+        if want(5) {
+            progress("5. respawn");
+            let name = format!(
                 "5. worker killed → replacement started (median of {})",
                 s.respawns
-            ),
-            "ms",
-            respawn(&exe, s).await?,
-            "<= 5",
-            |m| m <= 5.0,
-            String::new(),
-        ));
-        progress("6. restart after kill -9");
-        let (ready, reclaimed, idle, loaded) = restart_and_rss(&exe, s).await?;
-        out.push(summarize(
-            &format!(
+            );
+            let v = respawn(&exe, s).await?;
+            out.push(summarize(
+                &name,
+                "ms",
+                v,
+                "<= 5",
+                |m| m <= 5.0,
+                String::new(),
+            ));
+        }
+        if want(6) || want(7) {
+            progress("6. restart after kill -9, 7. RSS");
+            let (ready, reclaimed, idle, loaded) = restart_and_rss(&exe, s).await?;
+            let name = format!(
                 "6. kill -9 with {} queued + 8 running → READY=1",
                 s.restart_queued
-            ),
-            "ms",
-            ready,
-            "<= 300",
-            |m| m <= 300.0,
-            String::new(),
-        ));
-        out.push(summarize(
-            "6. jobs reclaimed at that restart",
-            "jobs",
-            reclaimed,
-            "= 8",
-            |m| m == 8.0,
-            String::new(),
-        ));
-        out.push(summarize(
-            "7. daemon RSS idle, 2 pools",
-            "MiB",
-            idle,
-            "<= 10",
-            |m| m <= 10.0,
-            String::new(),
-        ));
-        out.push(summarize(
-            &format!("7. daemon RSS with {} queued", s.restart_queued),
-            "MiB",
-            loaded,
-            "<= 30",
-            |m| m <= 30.0,
-            String::new(),
-        ));
-        out.push(summarize(
-            "8. journal bytes per finished job (scenario 1)",
-            "bytes",
-            sizes,
-            "",
-            |_| true,
-            "report".into(),
-        ));
-        progress("8. steward jobs --limit 50");
-        out.push(summarize(
-            &format!(
+            );
+            out.push(summarize(
+                &name,
+                "ms",
+                ready,
+                "<= 300",
+                |m| m <= 300.0,
+                String::new(),
+            ));
+            out.push(summarize(
+                "6. jobs reclaimed at that restart",
+                "jobs",
+                reclaimed,
+                "= 8",
+                |m| m == 8.0,
+                String::new(),
+            ));
+            out.push(summarize(
+                "7. daemon RSS idle, 2 pools",
+                "MiB",
+                idle,
+                "<= 10",
+                |m| m <= 10.0,
+                String::new(),
+            ));
+            let name = format!("7. daemon RSS with {} queued", s.restart_queued);
+            out.push(summarize(
+                &name,
+                "MiB",
+                loaded,
+                "<= 30",
+                |m| m <= 30.0,
+                String::new(),
+            ));
+        }
+        if want(8) {
+            let note = "report".to_string();
+            out.push(summarize(
+                "8. journal bytes per finished job (scenario 1)",
+                "bytes",
+                sizes,
+                "",
+                |_| true,
+                note,
+            ));
+            progress("8. steward jobs --limit 50");
+            let name = format!(
                 "8. steward jobs --limit 50 with {} rows (whole command)",
                 s.list_rows
-            ),
-            "ms",
-            list_cost(&exe, s).await?,
-            "<= 20",
-            |m| m <= 20.0,
-            String::new(),
-        ));
+            );
+            let v = list_cost(&exe, s).await?;
+            out.push(summarize(
+                &name,
+                "ms",
+                v,
+                "<= 20",
+                |m| m <= 20.0,
+                String::new(),
+            ));
+        }
         Ok::<(), Failure>(())
     })?;
     if json_out {

@@ -130,6 +130,9 @@ pub enum Command {
         quick: bool,
         #[arg(long)]
         json: bool,
+        /// Run only these scenarios (1–8), e.g. --only 1,4.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<u8>,
     },
     /// The minimal protocol worker used by `steward bench`.
     #[command(hide = true)]
@@ -155,7 +158,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Daemon => crate::daemon::run(&cli.config),
         Command::CheckConfig => check_config(&cli.config),
         Command::Backup { dest, force } => backup(&cli.config, dest, *force),
-        Command::Bench { quick, json } => crate::bench::run(*quick, *json),
+        Command::Bench { quick, json, only } => crate::bench::run(*quick, *json, only),
         Command::BenchWorker => crate::bench::worker::run().map_err(Failure::Failed),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

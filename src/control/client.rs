@@ -12,6 +12,9 @@ use serde::de::DeserializeOwned;
 
 use super::api::ApiError;
 
+/// How long a client waits for one answer.
+pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Why a request failed, in words an operator can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -55,8 +58,27 @@ impl Client {
         &self.socket
     }
 
-    /// Send one request and return the raw answer, whatever its status.
+    /// Send one request and return the raw answer, whatever its status. A daemon that
+    /// does not answer within [`TIMEOUT`] is reported, not waited for forever.
     pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<RawResponse, ClientError> {
+        match tokio::time::timeout(TIMEOUT, self.raw_inner(method, path, body)).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Protocol {
+                path: self.socket.clone(),
+                detail: format!(
+                    "no answer within {}s; steward may be stuck (see journalctl -u steward; systemctl restart steward)",
+                    TIMEOUT.as_secs()
+                ),
+            }),
+        }
+    }
+
+    async fn raw_inner(
         &self,
         method: Method,
         path: &str,

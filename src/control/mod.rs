@@ -79,6 +79,7 @@ pub async fn serve(listener: UnixListener, state: State) -> io::Result<()> {
         .route("/v1/pools/{pool}/restart", post(restart))
         .route("/v1/jobs", post(submit).get(list_jobs))
         .route("/v1/jobs/batch", post(submit_batch))
+        .route("/v1/queues", get(queues))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/jobs/{id}/retry", post(retry))
@@ -370,6 +371,14 @@ async fn list_jobs(AxState(st): AxState<State>, Query(p): Query<ListParams>) -> 
         Ok(jobs) => Json(JobList { jobs }).into_response(),
         Err(e) => journal_error(e),
     }
+}
+
+/// Job counts per queue and state, from the journal's in-memory counts (cheap enough to
+/// poll often).
+async fn queues(AxState(st): AxState<State>) -> Response {
+    let mut q: Vec<api::QueueStatus> = st.journal.stats().queues.into_values().collect();
+    q.sort_by(|a, b| a.name.cmp(&b.name));
+    Json(q).into_response()
 }
 
 async fn get_job(AxState(st): AxState<State>, UrlPath(id): UrlPath<i64>) -> Response {
