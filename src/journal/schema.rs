@@ -64,6 +64,22 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE attempts ADD COLUMN stdout_tail TEXT;
     ALTER TABLE attempts ADD COLUMN stderr_tail TEXT;
     "#,
+    // 3: unique keys in a table of their own. A partial index with `IS NOT NULL` on
+    // `jobs` made SQLite re-prepare every statement that compares a jobs column with a
+    // parameter whenever the parameter changed, which was most of the writer's work.
+    r#"
+    CREATE TABLE job_keys (
+        queue  TEXT    NOT NULL,
+        key    TEXT    NOT NULL,
+        job_id INTEGER NOT NULL,
+        PRIMARY KEY (queue, key)
+    ) WITHOUT ROWID;
+    INSERT INTO job_keys (queue, key, job_id)
+        SELECT queue, unique_key, id FROM jobs
+        WHERE unique_key IS NOT NULL AND state IN ('queued', 'running');
+    DROP INDEX IF EXISTS jobs_unique;
+    DROP INDEX IF EXISTS jobs_running;
+    "#,
 ];
 
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

@@ -19,6 +19,12 @@ const MAX_BATCH: usize = 8192;
 /// How often failed completions are retried while the disk refuses writes.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
+/// A queue name as an SQL string literal. Names are validated to letters, digits, `-` and
+/// `_` by the configuration; quotes are doubled anyway.
+fn literal(name: &str) -> String {
+    format!("'{}'", name.replace('\'', "''"))
+}
+
 pub(super) fn map_err(e: rusqlite::Error, path: &Path) -> JournalError {
     match e.sqlite_error_code() {
         Some(ErrorCode::DiskFull) => JournalError::Full {
@@ -90,6 +96,8 @@ impl Writer {
         stats: Arc<Mutex<Stats>>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Writer {
+        // Every statement the writer uses stays prepared.
+        conn.set_prepared_statement_cache_capacity(64);
         Writer {
             conn,
             path,
@@ -143,42 +151,68 @@ impl Writer {
         }
         let now = now_ms();
         let t0 = Instant::now();
-        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
-            let err = map_err(e, &self.path);
-            self.failed(batch, err);
-            return;
-        }
         let mut moves: Moves = Vec::new();
         let mut results = Vec::with_capacity(batch.len());
-        for op in &batch {
-            results.push(self.apply_one(op, now, &mut moves));
-        }
-        match self.conn.execute_batch("COMMIT") {
-            Ok(()) => {
-                if let Ok(mut s) = self.stats.lock() {
-                    for (q, from, to) in &moves {
-                        s.moved(q, *from, *to);
+        let mut failure = self.conn.execute_batch("BEGIN IMMEDIATE").err();
+        if failure.is_none() {
+            for op in &batch {
+                match self.apply_inner(op, now, &mut moves) {
+                    Ok(r) => results.push(r),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
                     }
-                    s.commits += 1;
-                    s.error = None;
-                }
-                let took = t0.elapsed();
-                self.metrics.commit(took);
-                if took > Duration::from_secs(1) {
-                    tracing::warn!(
-                        "a journal commit of {} changes took {:.1}s; is the disk slow?",
-                        batch.len(),
-                        took.as_secs_f64()
-                    );
-                }
-                for (op, res) in batch.into_iter().zip(results) {
-                    deliver(op, res);
                 }
             }
-            Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                let err = map_err(e, &self.path);
-                self.failed(batch, err);
+        }
+        if failure.is_none() {
+            failure = self.conn.execute_batch("COMMIT").err();
+        }
+        let Some(e) = failure else {
+            if let Ok(mut s) = self.stats.lock() {
+                for (q, from, to) in &moves {
+                    s.moved(q, *from, *to);
+                }
+                s.commits += 1;
+                s.error = None;
+            }
+            let took = t0.elapsed();
+            self.metrics.commit(took);
+            if took > Duration::from_secs(1) {
+                tracing::warn!(
+                    "a journal commit of {} changes took {:.1}s; is the disk slow?",
+                    batch.len(),
+                    took.as_secs_f64()
+                );
+            }
+            for (op, res) in batch.into_iter().zip(results) {
+                deliver(op, res);
+            }
+            return;
+        };
+        let _ = self.conn.execute_batch("ROLLBACK");
+        // The disk or the database is failing: the whole batch fails (submits are refused,
+        // completions kept for a retry). Any other error belongs to one operation: run
+        // each alone, so that one bad operation does not take the others down with it.
+        let storage = matches!(
+            e.sqlite_error_code(),
+            Some(
+                ErrorCode::DiskFull
+                    | ErrorCode::SystemIoFailure
+                    | ErrorCode::CannotOpen
+                    | ErrorCode::ReadOnly
+                    | ErrorCode::DatabaseBusy
+                    | ErrorCode::DatabaseLocked
+                    | ErrorCode::DatabaseCorrupt
+                    | ErrorCode::NotADatabase
+            )
+        );
+        if storage || batch.len() == 1 {
+            let err = map_err(e, &self.path);
+            self.failed(batch, err);
+        } else {
+            for op in batch {
+                self.apply_batch(vec![op]);
             }
         }
     }
@@ -201,62 +235,18 @@ impl Writer {
         }
     }
 
-    /// Apply one operation inside its own savepoint, so that one failing operation does
-    /// not undo the others in the batch.
-    fn apply_one(&mut self, op: &Op, now: i64, moves: &mut Moves) -> Res {
-        if self.conn.execute_batch("SAVEPOINT op").is_err() {
-            return self.error_res(
-                op,
-                JournalError::Io {
-                    path: self.path.clone(),
-                    detail: "cannot open a savepoint".into(),
-                },
-            );
-        }
-        let mark = moves.len();
-        let res = self.apply_inner(op, now, moves);
-        let ok = match &res {
-            Res::Submit(r) => r.is_ok(),
-            Res::Claim(r) => r.is_ok(),
-            Res::Finish(r) => r.is_ok(),
-            Res::Cancel(r) => r.is_ok(),
-            Res::Retry(r) => r.is_ok(),
-            Res::Prune(r) => r.is_ok(),
-            Res::Progress => true,
-        };
-        if ok {
-            let _ = self.conn.execute_batch("RELEASE op");
-        } else {
-            moves.truncate(mark);
-            let _ = self.conn.execute_batch("ROLLBACK TO op; RELEASE op");
-        }
-        res
-    }
-
-    fn error_res(&self, op: &Op, e: JournalError) -> Res {
-        match op {
-            Op::Submit { .. } => Res::Submit(Err(e)),
-            Op::Claim { .. } => Res::Claim(Err(e)),
-            Op::Finish { .. } => Res::Finish(Err(e)),
-            Op::Progress { .. } => Res::Progress,
-            Op::Cancel { .. } => Res::Cancel(Err(e)),
-            Op::Retry { .. } => Res::Retry(Err(e)),
-            Op::Prune { .. } => Res::Prune(Err(e)),
-        }
-    }
-
-    fn apply_inner(&mut self, op: &Op, now: i64, moves: &mut Moves) -> Res {
-        let path = self.path.clone();
-        let e = |err: rusqlite::Error| map_err(err, &path);
-        match op {
-            Op::Submit { jobs, .. } => Res::Submit(self.submit(jobs, now, moves).map_err(e)),
+    /// Apply one operation. `Err` is a database error (the batch is rolled back); a
+    /// logical refusal (unknown job, wrong state) is an `Ok` carrying the refusal.
+    fn apply_inner(&mut self, op: &Op, now: i64, moves: &mut Moves) -> rusqlite::Result<Res> {
+        Ok(match op {
+            Op::Submit { jobs, .. } => Res::Submit(Ok(self.submit(jobs, now, moves)?)),
             Op::Claim {
                 queues,
                 n,
                 worker,
                 pid,
                 ..
-            } => Res::Claim(self.claim(queues, *n, worker, *pid, now, moves).map_err(e)),
+            } => Res::Claim(Ok(self.claim(queues, *n, worker, *pid, now, moves)?)),
             Op::Finish {
                 id,
                 token,
@@ -264,34 +254,35 @@ impl Writer {
                 backoff,
                 output,
                 ..
-            } => Res::Finish(
-                self.finish(*id, *token, outcome, backoff, output.as_deref(), now, moves)
-                    .map_err(e),
-            ),
+            } => Res::Finish(Ok(self.finish(
+                *id,
+                *token,
+                outcome,
+                backoff,
+                output.as_deref(),
+                now,
+                moves,
+            )?)),
             Op::Progress {
                 id,
                 token,
                 progress,
                 message,
             } => {
-                let _ = self.conn.execute(
-                    "UPDATE jobs SET progress = ?1, progress_message = ?2 WHERE id = ?3 AND lease_token = ?4 AND state = 'running'",
-                    params![progress, message, id, token],
-                );
+                self.conn
+                    .prepare_cached(
+                        "UPDATE jobs SET progress = ?1, progress_message = ?2 WHERE id = ?3 AND lease_token = ?4 AND state = 'running'",
+                    )?
+                    .execute(params![progress, message, id, token])?;
                 Res::Progress
             }
-            Op::Cancel { id, .. } => Res::Cancel(match self.cancel(*id, now, moves) {
-                Ok(Some(r)) => Ok(r),
-                Ok(None) => Err(JournalError::NotFound(*id)),
-                Err(err) => Err(e(err)),
-            }),
-            Op::Retry { id, .. } => Res::Retry(match self.retry(*id, now, moves) {
-                Ok(Ok(r)) => Ok(r),
-                Ok(Err(msg)) => Err(msg),
-                Err(err) => Err(e(err)),
-            }),
-            Op::Prune { rules, .. } => Res::Prune(self.prune(rules, moves).map_err(e)),
-        }
+            Op::Cancel { id, .. } => Res::Cancel(
+                self.cancel(*id, now, moves)?
+                    .ok_or(JournalError::NotFound(*id)),
+            ),
+            Op::Retry { id, .. } => Res::Retry(self.retry(*id, now, moves)?),
+            Op::Prune { rules, .. } => Res::Prune(Ok(self.prune(rules, moves)?)),
+        })
     }
 
     fn submit(
@@ -306,7 +297,7 @@ impl Writer {
                 let existing: Option<(i64, i64)> = self
                     .conn
                     .prepare_cached(
-                        "SELECT id, run_at FROM jobs WHERE queue = ?1 AND unique_key = ?2 AND state IN ('queued', 'running')",
+                        "SELECT k.job_id, j.run_at FROM job_keys k JOIN jobs j ON j.id = k.job_id WHERE k.queue = ?1 AND k.key = ?2",
                     )?
                     .query_row(params![j.queue, key], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
@@ -329,6 +320,13 @@ impl Writer {
             self.conn
                 .prepare_cached("INSERT INTO job_data (job_id, payload) VALUES (?1, ?2)")?
                 .execute(params![id, j.payload])?;
+            if let Some(key) = &j.key {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO job_keys (queue, key, job_id) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![j.queue, key, id])?;
+            }
             moves.push((j.queue.clone(), None, Some(JobState::Queued)));
             out.push(Submitted {
                 id,
@@ -351,13 +349,21 @@ impl Writer {
         // Candidates from each queue in dispatch order, then merged.
         let mut candidates: Vec<(i64, i64, i64)> = Vec::new();
         for q in queues {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT id, priority, run_at FROM jobs WHERE state = 'queued' AND queue = ?1 AND run_at <= ?2
-                 ORDER BY priority DESC, run_at, id LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(params![q, now, n as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?;
+            // INDEXED BY: walk the dispatch index in order and stop after n rows (left to
+            // itself the planner may pick jobs_due and sort every queued job). No parameter
+            // for the queue or the limit: with either, SQLite re-prepared this statement on
+            // every run once rows had changed, which cost more than the query itself. The
+            // queue name is a literal (names are validated), and stepping stops after n.
+            let sql = format!(
+                "SELECT id, priority, run_at FROM jobs INDEXED BY jobs_dispatch
+                 WHERE state = 'queued' AND queue = {} AND run_at <= ?1
+                 ORDER BY priority DESC, run_at, id",
+                literal(q)
+            );
+            let mut stmt = self.conn.prepare_cached(&sql)?;
+            let rows = stmt
+                .query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .take(n);
             for row in rows {
                 candidates.push(row?);
             }
@@ -408,10 +414,14 @@ impl Writer {
         let mut next_run_at_ms = None;
         if jobs.len() < n {
             for q in queues {
+                let sql = format!(
+                    "SELECT min(run_at) FROM jobs WHERE state = 'queued' AND queue = {} AND run_at > ?1",
+                    literal(q)
+                );
                 let t: Option<i64> = self
                     .conn
-                    .prepare_cached("SELECT min(run_at) FROM jobs WHERE state = 'queued' AND queue = ?1 AND run_at > ?2")?
-                    .query_row(params![q, now], |r| r.get(0))?;
+                    .prepare_cached(&sql)?
+                    .query_row(params![now], |r| r.get(0))?;
                 if let Some(t) = t {
                     next_run_at_ms = Some(next_run_at_ms.map_or(t, |c: i64| c.min(t)));
                 }
@@ -434,66 +444,96 @@ impl Writer {
         now: i64,
         moves: &mut Moves,
     ) -> rusqlite::Result<Finished> {
-        let row: Option<(String, String, i64, u32, Counters)> = self
-            .conn
-            .prepare_cached(
-                "SELECT queue, state, lease_token, attempts, tries, crashes, interruptions, max_attempts FROM jobs WHERE id = ?1",
-            )?
-            .query_row(params![id], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    Counters {
-                        tries: r.get(4)?,
-                        crashes: r.get(5)?,
-                        interruptions: r.get(6)?,
-                        max_attempts: r.get(7)?,
-                    },
-                ))
-            })
-            .optional()?;
-        let Some((queue, state, current, attempt, counters)) = row else {
-            return Ok(Finished::Stale);
+        // A success needs no counters: one fenced UPDATE does it (the common case).
+        let (queue, attempt, has_key, new_state, run_at, reason) = if let Outcome::Succeeded {
+            ..
+        } = outcome
+        {
+            let row: Option<(String, u32, bool)> = self
+                .conn
+                .prepare_cached(
+                    "UPDATE jobs SET state = 'succeeded', finished_at = ?3, updated_at = ?3, worker = NULL, error = NULL
+                     WHERE id = ?1 AND lease_token = ?2 AND state = 'running'
+                     RETURNING queue, attempts, unique_key IS NOT NULL",
+                )?
+                .query_row(params![id, token, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            let Some((queue, attempt, has_key)) = row else {
+                return Ok(Finished::Stale);
+            };
+            (queue, attempt, has_key, JobState::Succeeded, None, None)
+        } else {
+            let row: Option<(String, String, i64, u32, Counters, bool)> = self
+                .conn
+                .prepare_cached(
+                    "SELECT queue, state, lease_token, attempts, tries, crashes, interruptions, max_attempts,
+                         unique_key IS NOT NULL FROM jobs WHERE id = ?1",
+                )?
+                .query_row(params![id], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        Counters {
+                            tries: r.get(4)?,
+                            crashes: r.get(5)?,
+                            interruptions: r.get(6)?,
+                            max_attempts: r.get(7)?,
+                        },
+                        r.get(8)?,
+                    ))
+                })
+                .optional()?;
+            let Some((queue, state, current, attempt, counters, has_key)) = row else {
+                return Ok(Finished::Stale);
+            };
+            if state != "running" || current != token {
+                return Ok(Finished::Stale);
+            }
+            let (c, next) = jobs::after_attempt(counters, outcome, backoff, rand::random::<f64>());
+            let (new_state, run_at, finished_at, reason) = match &next {
+                Next::Succeeded => (JobState::Succeeded, None, Some(now), None),
+                Next::Cancelled => (
+                    JobState::Cancelled,
+                    None,
+                    Some(now),
+                    outcome.error().map(str::to_string),
+                ),
+                Next::Failed { reason } => {
+                    (JobState::Failed, None, Some(now), Some(reason.clone()))
+                }
+                Next::Queued { delay } => (
+                    JobState::Queued,
+                    Some(now + delay.as_millis() as i64),
+                    None,
+                    outcome.error().map(str::to_string),
+                ),
+            };
+            self.conn
+                .prepare_cached(
+                    "UPDATE jobs SET state = ?2, tries = ?3, crashes = ?4, interruptions = ?5,
+                         run_at = COALESCE(?6, run_at), finished_at = ?7, error = ?8, updated_at = ?9, worker = NULL
+                     WHERE id = ?1",
+                )?
+                .execute(params![
+                    id,
+                    new_state.as_str(),
+                    c.tries,
+                    c.crashes,
+                    c.interruptions,
+                    run_at,
+                    finished_at,
+                    reason,
+                    now
+                ])?;
+            (queue, attempt, has_key, new_state, run_at, reason)
         };
-        if state != "running" || current != token {
-            return Ok(Finished::Stale);
+        if has_key && new_state.is_final() {
+            self.conn
+                .prepare_cached("DELETE FROM job_keys WHERE job_id = ?1")?
+                .execute(params![id])?;
         }
-        let (c, next) = jobs::after_attempt(counters, outcome, backoff, rand::random::<f64>());
-        let (new_state, run_at, finished_at, reason) = match &next {
-            Next::Succeeded => (JobState::Succeeded, None, Some(now), None),
-            Next::Cancelled => (
-                JobState::Cancelled,
-                None,
-                Some(now),
-                outcome.error().map(str::to_string),
-            ),
-            Next::Failed { reason } => (JobState::Failed, None, Some(now), Some(reason.clone())),
-            Next::Queued { delay } => (
-                JobState::Queued,
-                Some(now + delay.as_millis() as i64),
-                None,
-                outcome.error().map(str::to_string),
-            ),
-        };
-        self.conn
-            .prepare_cached(
-                "UPDATE jobs SET state = ?2, tries = ?3, crashes = ?4, interruptions = ?5,
-                     run_at = COALESCE(?6, run_at), finished_at = ?7, error = ?8, updated_at = ?9, worker = NULL
-                 WHERE id = ?1",
-            )?
-            .execute(params![
-                id,
-                new_state.as_str(),
-                c.tries,
-                c.crashes,
-                c.interruptions,
-                run_at,
-                finished_at,
-                reason,
-                now
-            ])?;
         if let Outcome::Succeeded { result: Some(r) } = outcome {
             self.conn
                 .prepare_cached("UPDATE job_data SET result = ?2 WHERE job_id = ?1")?
@@ -535,9 +575,11 @@ impl Writer {
         match JobState::parse(&state) {
             Some(JobState::Queued) => {
                 self.conn.execute(
-                    "UPDATE jobs SET state = 'cancelled', finished_at = ?2, updated_at = ?2, error = 'cancelled by steward cancel' WHERE id = ?1",
+                                        "UPDATE jobs SET state = 'cancelled', finished_at = ?2, updated_at = ?2, error = 'cancelled by steward cancel' WHERE id = ?1",
                     params![id, now],
                 )?;
+                self.conn
+                    .execute("DELETE FROM job_keys WHERE job_id = ?1", params![id])?;
                 moves.push((queue, Some(JobState::Queued), Some(JobState::Cancelled)));
                 Ok(Some(CancelResult::Cancelled))
             }
@@ -553,12 +595,12 @@ impl Writer {
         now: i64,
         moves: &mut Moves,
     ) -> rusqlite::Result<Result<Submitted, JournalError>> {
-        let row: Option<(String, String)> = self
+        let row: Option<(String, String, Option<String>)> = self
             .conn
-            .prepare_cached("SELECT queue, state FROM jobs WHERE id = ?1")?
-            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .prepare_cached("SELECT queue, state, unique_key FROM jobs WHERE id = ?1")?
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
-        let Some((queue, state)) = row else {
+        let Some((queue, state, key)) = row else {
             return Ok(Err(JournalError::NotFound(id)));
         };
         let from = JobState::parse(&state);
@@ -566,6 +608,25 @@ impl Writer {
             return Ok(Err(JournalError::Invalid(format!(
                 "job {id} is {state}; only failed or cancelled jobs can be retried"
             ))));
+        }
+        if let Some(key) = key {
+            let holder: Option<i64> = self
+                .conn
+                .query_row(
+                    "SELECT job_id FROM job_keys WHERE queue = ?1 AND key = ?2",
+                    params![queue, key],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(other) = holder {
+                return Ok(Err(JournalError::Invalid(format!(
+                    "job {other} with the same key ({key}) is queued or running; job {id} is left {state}"
+                ))));
+            }
+            self.conn.execute(
+                "INSERT INTO job_keys (queue, key, job_id) VALUES (?1, ?2, ?3)",
+                params![queue, key, id],
+            )?;
         }
         self.conn.execute(
             "UPDATE jobs SET state = 'queued', tries = 0, crashes = 0, interruptions = 0, run_at = ?2,
@@ -676,8 +737,11 @@ pub(super) fn reclaim_interrupted(
             "UPDATE jobs SET state = ?2, tries = ?3, interruptions = ?4, run_at = ?5, updated_at = ?5, worker = NULL,
                  error = ?6, finished_at = CASE WHEN ?2 = 'failed' THEN ?5 ELSE NULL END
              WHERE id = ?1",
-            params![id, state.as_str(), c.tries, c.interruptions, now, err],
+                        params![id, state.as_str(), c.tries, c.interruptions, now, err],
         )?;
+        if state == JobState::Failed {
+            tx.execute("DELETE FROM job_keys WHERE job_id = ?1", params![id])?;
+        }
         tx.execute(
             "UPDATE attempts SET ended_at = ?3, outcome = 'interrupted', error = ?4 WHERE job_id = ?1 AND attempt = ?2 AND ended_at IS NULL",
             params![id, attempt, now, reason],
