@@ -14,17 +14,28 @@ use steward::protocol;
 
 fn codec(c: &mut Criterion) {
     let done = br#"{"type":"done","id":123456,"result":{"thumbs":[1,2,3],"ok":true}}"#;
-    c.bench_function("protocol: parse a done line", |b| b.iter(|| protocol::parse(std::hint::black_box(done))));
+    c.bench_function("protocol: parse a done line", |b| {
+        b.iter(|| protocol::parse(std::hint::black_box(done)))
+    });
     let payload = r#"{"file":"/srv/in/image-0001.png","sizes":[64,128,256]}"#;
     c.bench_function("protocol: write a job line", |b| {
-        b.iter(|| protocol::job_line(123456, "thumbnails", 1, std::hint::black_box(payload), Some("2026-11-23T18:00:00.000Z")))
+        b.iter(|| {
+            protocol::job_line(
+                123456,
+                "thumbnails",
+                1,
+                std::hint::black_box(payload),
+                Some("2026-11-23T18:00:00.000Z"),
+            )
+        })
     });
 }
 
 fn claim_finish(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     // synchronous = normal: measure the writer's work, not the disk's fsync.
-    let (journal, owner, _) = Journal::open(dir.path(), Synchronous::Normal, "bench", Arc::default()).expect("journal");
+    let (journal, owner, _) =
+        Journal::open(dir.path(), Synchronous::Normal, "bench", Arc::default()).expect("journal");
     let jobs: Vec<NewJob> = (0..50_000)
         .map(|_| NewJob {
             queue: "q".into(),
@@ -42,21 +53,31 @@ fn claim_finish(c: &mut Criterion) {
     });
     assert!(rx.recv().unwrap_or(false));
     let backoff = QueueSpec::new("q").retry_backoff;
-    c.bench_function("journal: claim 1 job, then finish it (one round trip each)", |b| {
-        b.iter(|| {
-            let (tx, rx) = mpsc::channel();
-            journal.claim(vec!["q".into()], 1, "w/0".into(), 1, move |r| {
-                let _ = tx.send(r.ok().and_then(|c| c.jobs.into_iter().next()));
-            });
-            if let Ok(Some(job)) = rx.recv() {
+    c.bench_function(
+        "journal: claim 1 job, then finish it (one round trip each)",
+        |b| {
+            b.iter(|| {
                 let (tx, rx) = mpsc::channel();
-                journal.finish(job.id, job.token, Outcome::Succeeded { result: None }, backoff.clone(), None, move |r| {
-                    let _ = tx.send(r.is_ok());
+                journal.claim(vec!["q".into()], 1, "w/0".into(), 1, move |r| {
+                    let _ = tx.send(r.ok().and_then(|c| c.jobs.into_iter().next()));
                 });
-                let _ = rx.recv();
-            }
-        })
-    });
+                if let Ok(Some(job)) = rx.recv() {
+                    let (tx, rx) = mpsc::channel();
+                    journal.finish(
+                        job.id,
+                        job.token,
+                        Outcome::Succeeded { result: None },
+                        backoff.clone(),
+                        None,
+                        move |r| {
+                            let _ = tx.send(r.is_ok());
+                        },
+                    );
+                    let _ = rx.recv();
+                }
+            })
+        },
+    );
     drop(journal);
     owner.close();
 }
