@@ -492,11 +492,17 @@ const QUEUE_KEYS: &[&str] = &[
     "retention_failed",
 ];
 
-fn parse_queues(ctx: &mut Ctx, root: &Section) -> BTreeMap<String, QueueSpec> {
-    let mut queues = BTreeMap::new();
-    let Some(all) = root.table(ctx, "queue") else {
-        return queues;
+/// The `[KIND.NAME]` tables, with every name checked (pool and queue names appear in
+/// paths, URLs and journal fields).
+fn named_tables<'t, 'i>(
+    ctx: &mut Ctx,
+    root: &Section<'t, 'i>,
+    kind: &str,
+) -> Vec<(String, Section<'t, 'i>)> {
+    let Some(all) = root.table(ctx, kind) else {
+        return Vec::new();
     };
+    let mut out = Vec::new();
     for (name, name_span) in all.keys() {
         let Some(s) = all.table(ctx, &name) else {
             continue;
@@ -504,9 +510,17 @@ fn parse_queues(ctx: &mut Ctx, root: &Section) -> BTreeMap<String, QueueSpec> {
         if !valid_name(&name) {
             ctx.error(
                 name_span,
-                format!("queue name `{name}` is not allowed: use letters, digits, `-` and `_` (at most 64)"),
+                format!("{kind} name `{name}` is not allowed: use letters, digits, `-` and `_` (at most 64)"),
             );
         }
+        out.push((name, s));
+    }
+    out
+}
+
+fn parse_queues(ctx: &mut Ctx, root: &Section) -> BTreeMap<String, QueueSpec> {
+    let mut queues = BTreeMap::new();
+    for (name, s) in named_tables(ctx, root, "queue") {
         let mut q = QueueSpec::new(&name);
         if let Some(n) = s.integer(ctx, "max_attempts", 1, 1_000_000) {
             q.max_attempts = n as u32;
@@ -584,19 +598,7 @@ fn parse_pools(
     queues: &BTreeMap<String, QueueSpec>,
 ) -> BTreeMap<String, PoolSpec> {
     let mut pools = BTreeMap::new();
-    let Some(all) = root.table(ctx, "pool") else {
-        return pools;
-    };
-    for (name, name_span) in all.keys() {
-        let Some(s) = all.table(ctx, &name) else {
-            continue;
-        };
-        if !valid_name(&name) {
-            ctx.error(
-                name_span,
-                format!("pool name `{name}` is not allowed: use letters, digits, `-` and `_` (at most 64)"),
-            );
-        }
+    for (name, s) in named_tables(ctx, root, "pool") {
         let spec = parse_pool(ctx, &s, &name, base, env, queues);
         s.finish(ctx, POOL_KEYS);
         if let Some(spec) = spec {

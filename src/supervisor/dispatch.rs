@@ -70,6 +70,27 @@ impl Supervisor {
         }
     }
 
+    /// Those of `queues` that may have due jobs, with their epochs (see [`QueueHint`]);
+    /// `None` when none may.
+    pub(super) fn ready_queues(
+        &self,
+        queues: &[String],
+    ) -> Option<(Vec<String>, HashMap<String, u64>)> {
+        let ready: Vec<String> = queues
+            .iter()
+            .filter(|q| self.hints.get(*q).is_some_and(|h| h.ready))
+            .cloned()
+            .collect();
+        if ready.is_empty() {
+            return None;
+        }
+        let epochs = ready
+            .iter()
+            .map(|q| (q.clone(), self.hints.get(q).map(|h| h.epoch).unwrap_or(0)))
+            .collect();
+        Some((ready, epochs))
+    }
+
     /// Hand jobs to every ready protocol worker with free capacity.
     pub(super) fn dispatch(&mut self, now: Instant) {
         if self.shutdown.is_some() {
@@ -106,20 +127,9 @@ impl Supervisor {
             if free == 0 {
                 continue;
             }
-            let queues: Vec<String> = slot
-                .spec
-                .queues
-                .iter()
-                .filter(|q| self.hints.get(*q).is_some_and(|h| h.ready))
-                .cloned()
-                .collect();
-            if queues.is_empty() {
+            let Some((queues, epochs)) = self.ready_queues(&slot.spec.queues) else {
                 continue;
-            }
-            let epochs: HashMap<String, u64> = queues
-                .iter()
-                .map(|q| (q.clone(), self.hints.get(q).map(|h| h.epoch).unwrap_or(0)))
-                .collect();
+            };
             let worker = slot.name();
             if let Some(slot) = self.slots.get_mut(&id) {
                 slot.claiming += free;

@@ -79,20 +79,9 @@ impl Supervisor {
             if free == 0 {
                 continue;
             }
-            let queues: Vec<String> = pool
-                .spec
-                .queues
-                .iter()
-                .filter(|q| self.hints.get(*q).is_some_and(|h| h.ready))
-                .cloned()
-                .collect();
-            if queues.is_empty() {
+            let Some((queues, epochs)) = self.ready_queues(&pool.spec.queues) else {
                 continue;
-            }
-            let epochs: HashMap<String, u64> = queues
-                .iter()
-                .map(|q| (q.clone(), self.hints.get(q).map(|h| h.epoch).unwrap_or(0)))
-                .collect();
+            };
             if let Some(pool) = self.pools.get_mut(&name) {
                 pool.exec.claiming += free;
             }
