@@ -254,3 +254,22 @@ fn exec_config_mistakes_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn switching_a_pool_to_exec_mode_stops_its_workers() {
+    let env = Env::new();
+    env.write_config("[queue.q]\n\n[pool.x]\ncommand = [\"sleep\", \"1000\"]\ninstances = 2\nstable_after = \"100ms\"\n");
+    let d = Daemon::start(&env);
+    let old = d.running_pids("x");
+    env.write_config(&exec_config(2, ""));
+    d.signal("HUP");
+    wait_for(TIMEOUT, "old workers gone", || {
+        old.iter().all(|p| !alive(*p)).then_some(())
+    });
+    let id = d.submit("q", r#"{"print": ["{\"ok\": 1}"]}"#, &[]);
+    assert_eq!(
+        d.wait_job(id, "succeeded", TIMEOUT).result,
+        Some(json!({"ok": 1}))
+    );
+    assert_eq!(d.pool("x").mode, "exec");
+}

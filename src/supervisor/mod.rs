@@ -1054,7 +1054,12 @@ impl Supervisor {
                 continue;
             }
             if pool.spec.is_exec() {
-                // Exec pools have lanes, not long-lived workers.
+                // Exec pools have lanes, not long-lived workers; workers left from before
+                // a reload that switched the pool to exec mode are stopped.
+                let ids: Vec<SlotId> = pool.slots.values().copied().collect();
+                for id in ids {
+                    self.request_stop(id, Retire::Remove, now);
+                }
                 continue;
             }
             let instances = pool.spec.instances;
