@@ -99,6 +99,17 @@ pub struct Leased {
     pub created_ms: i64,
 }
 
+impl Leased {
+    /// The time limit of this attempt: the job's own (0 = none), else the queue's.
+    pub fn timeout(&self, queue_default: Option<Duration>) -> Option<Duration> {
+        match self.timeout_ms {
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms.max(0) as u64)),
+            None => queue_default,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Claimed {
     pub jobs: Vec<Leased>,
@@ -523,4 +534,28 @@ pub fn backup(state_dir: &Path, dest: &Path, force: bool) -> Result<BackupReport
         .map_err(|e| format!("cannot count jobs in the copy: {e}"))?;
     let bytes = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
     Ok(BackupReport { bytes, jobs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_timeout_prefers_the_job_and_zero_means_none() {
+        let mut job = Leased {
+            id: 1,
+            queue: "q".into(),
+            attempt: 1,
+            token: 1,
+            payload: "{}".into(),
+            timeout_ms: None,
+            created_ms: 0,
+        };
+        let queue = Some(Duration::from_secs(60));
+        assert_eq!(job.timeout(queue), queue);
+        job.timeout_ms = Some(1500);
+        assert_eq!(job.timeout(queue), Some(Duration::from_millis(1500)));
+        job.timeout_ms = Some(0);
+        assert_eq!(job.timeout(queue), None);
+    }
 }

@@ -215,11 +215,7 @@ impl Supervisor {
                 );
                 continue;
             }
-            let timeout = match job.timeout_ms {
-                Some(0) => None,
-                Some(ms) => Some(Duration::from_millis(ms as u64)),
-                None => spec.timeout,
-            };
+            let timeout = job.timeout(spec.timeout);
             let deadline_wall = timeout
                 .map(|t| humantime::format_rfc3339_millis(SystemTime::now() + t).to_string());
             let line = protocol::job_line(

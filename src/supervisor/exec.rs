@@ -137,11 +137,7 @@ impl Supervisor {
                 );
                 continue;
             };
-            let timeout = match job.timeout_ms {
-                Some(0) => None,
-                Some(ms) => Some(Duration::from_millis(ms as u64)),
-                None => spec.timeout,
-            };
+            let timeout = job.timeout(spec.timeout);
             let wait_ms = (now_ms() - job.created_ms).max(0) as u64;
             if job.attempt == 1 {
                 self.observed
