@@ -74,6 +74,14 @@ impl Observed {
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// The pools as last published by the loop.
+    pub fn pools(&self) -> Vec<PoolHealth> {
+        self.snapshot
+            .lock()
+            .map(|s| s.pools.clone())
+            .unwrap_or_default()
+    }
+
     fn loop_age(&self) -> Duration {
         let last = Duration::from_millis(self.tick.load(Ordering::Relaxed));
         self.started.elapsed().saturating_sub(last)
@@ -154,12 +162,7 @@ struct AppState {
 }
 
 async fn probe(st: &AppState, p: Probe) -> Response {
-    let pools = st
-        .observed
-        .snapshot
-        .lock()
-        .map(|s| s.pools.clone())
-        .unwrap_or_default();
+    let pools = st.observed.pools();
     let report = judge(p, st.observed.loop_age(), st.journal.stats().error, pools);
     let code = if report.reasons.is_empty() {
         StatusCode::OK
@@ -182,12 +185,7 @@ async fn ready(State(st): State<AppState>) -> Response {
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {
-    let pools = st
-        .observed
-        .snapshot
-        .lock()
-        .map(|s| s.pools.clone())
-        .unwrap_or_default();
+    let pools = st.observed.pools();
     let mut g = Gauges::default();
     for p in &pools {
         for (state, n) in &p.states {
