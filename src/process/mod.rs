@@ -1,7 +1,8 @@
 //! The process boundary: the only module that forks, execs, signals process groups and
 //! reaps children. Everything else deals in pids it got from here.
 //!
-//! Workers are forked from one dedicated thread that lives as long as the daemon, because
+//! Workers are started (see `spawn`: clone with a shared address space until exec, not a
+//! full fork) from one dedicated thread that lives as long as the daemon, because
 //! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not the
 //! process. Each worker leads its own process group, so a stop signal reaches everything
 //! it started. The daemon is a child subreaper: orphans of its workers are reparented to
@@ -9,10 +10,8 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -22,6 +21,8 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid;
 
 use crate::supervisor::policy::Exit;
+
+mod spawn;
 
 /// Variables that belong to the daemon's own relation with systemd and must not leak into
 /// workers: a worker that saw them could talk to systemd in steward's name.
@@ -74,8 +75,9 @@ impl Spawner {
         std::thread::Builder::new()
             .name("steward-spawner".into())
             .spawn(move || {
+                let mut stack = spawn::Stack::new();
                 while let Ok((cmd, reply)) = rx.recv() {
-                    reply(spawn_now(cmd));
+                    reply(spawn::spawn(cmd, &mut stack));
                 }
             })?;
         Ok(Spawner { tx })
@@ -87,80 +89,6 @@ impl Spawner {
             reply(Err(io::Error::other("the spawner thread has stopped")));
         }
     }
-}
-
-fn spawn_now(cmd: Command) -> io::Result<Child> {
-    let parent = std::process::id() as libc::pid_t;
-    let mut c = std::process::Command::new(&cmd.program);
-    c.args(&cmd.args).current_dir(&cmd.cwd);
-    for k in PRIVATE_ENV {
-        c.env_remove(k);
-    }
-    for (k, v) in &cmd.env {
-        c.env(k, v);
-    }
-    c.stdin(if cmd.stdin_pipe {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let keep_fd = cmd.inherit_fd.as_ref().map(|fd| fd.as_raw_fd());
-    // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe system calls (setpgid, prctl, getppid, fcntl).
-    unsafe {
-        c.pre_exec(move || {
-            if libc::setpgid(0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            // The daemon died between fork and prctl: do not run orphaned.
-            if libc::getppid() != parent {
-                return Err(io::Error::other(
-                    "steward exited while starting this worker",
-                ));
-            }
-            if let Some(fd) = keep_fd {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let mut child = c.spawn()?;
-    // The parent's copy of the inherited descriptor is no longer needed.
-    drop(cmd.inherit_fd);
-    let stdout = child
-        .stdout
-        .take()
-        .map(OwnedFd::from)
-        .ok_or_else(|| io::Error::other("no stdout pipe"))?;
-    let stderr = child
-        .stderr
-        .take()
-        .map(OwnedFd::from)
-        .ok_or_else(|| io::Error::other("no stderr pipe"))?;
-    let stdin = child.stdin.take().map(OwnedFd::from);
-    Ok(Child {
-        pid: child.id() as i32,
-        started: Instant::now(),
-        stdin,
-        stdout,
-        stderr,
-    })
-    // `child` is dropped without waiting: [`reap`] collects every exit.
 }
 
 /// Send `sig` to the process group led by `pgid`. `Ok(false)` if the group is gone.
