@@ -372,6 +372,16 @@ impl Writer {
         candidates.truncate(n);
         let mut jobs = Vec::with_capacity(candidates.len());
         for (id, _, _) in candidates {
+            // No RETURNING on the hot UPDATEs: SQLite runs it through a temporary table,
+            // which cost more than the update itself; the row is read back by rowid.
+            self.conn
+                .prepare_cached(
+                    "UPDATE jobs SET state = 'running', attempts = attempts + 1, tries = tries + 1,
+                         lease_token = lease_token + 1, worker = ?2, run_id = ?3, updated_at = ?4,
+                         progress = NULL, progress_message = NULL
+                     WHERE id = ?1",
+                )?
+                .execute(params![id, worker, self.run_id, now])?;
             let (queue, attempt, token, timeout_ms, created_ms): (
                 String,
                 u32,
@@ -381,12 +391,9 @@ impl Writer {
             ) = self
                 .conn
                 .prepare_cached(
-                    "UPDATE jobs SET state = 'running', attempts = attempts + 1, tries = tries + 1,
-                         lease_token = lease_token + 1, worker = ?2, run_id = ?3, updated_at = ?4,
-                         progress = NULL, progress_message = NULL
-                     WHERE id = ?1 RETURNING queue, attempts, lease_token, timeout_ms, created_at",
+                    "SELECT queue, attempts, lease_token, timeout_ms, created_at FROM jobs WHERE id = ?1",
                 )?
-                .query_row(params![id, worker, self.run_id, now], |r| {
+                .query_row(params![id], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                 })?;
             self.conn
@@ -449,18 +456,22 @@ impl Writer {
             ..
         } = outcome
         {
-            let row: Option<(String, u32, bool)> = self
+            let changed = self
                 .conn
                 .prepare_cached(
                     "UPDATE jobs SET state = 'succeeded', finished_at = ?3, updated_at = ?3, worker = NULL, error = NULL
-                     WHERE id = ?1 AND lease_token = ?2 AND state = 'running'
-                     RETURNING queue, attempts, unique_key IS NOT NULL",
+                     WHERE id = ?1 AND lease_token = ?2 AND state = 'running'",
                 )?
-                .query_row(params![id, token, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()?;
-            let Some((queue, attempt, has_key)) = row else {
+                .execute(params![id, token, now])?;
+            if changed == 0 {
                 return Ok(Finished::Stale);
-            };
+            }
+            let (queue, attempt, has_key): (String, u32, bool) = self
+                .conn
+                .prepare_cached(
+                    "SELECT queue, attempts, unique_key IS NOT NULL FROM jobs WHERE id = ?1",
+                )?
+                .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             (queue, attempt, has_key, JobState::Succeeded, None, None)
         } else {
             let row: Option<(String, String, i64, u32, Counters, bool)> = self
