@@ -121,3 +121,61 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt.query_map([], |r| r.get::<_, String>(3)).unwrap();
+        rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("; ")
+    }
+
+    #[test]
+    fn upgrades_a_version_3_journal_and_keeps_its_jobs_findable() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..3] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        conn.execute_batch(
+            "INSERT INTO jobs (queue, state, run_at, created_at, updated_at, finished_at, max_attempts)
+             VALUES ('q', 'succeeded', 1, 1, 5, 5, 3), ('q', 'queued', 1, 1, 1, NULL, 3);",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, VERSION);
+        let index_sql: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'jobs_finished'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(index_sql.contains("finished_at IS NOT NULL"), "{index_sql}");
+        // Retention and the last-hour counts still ride the index.
+        for sql in [
+            "SELECT id FROM jobs WHERE queue = 'q' AND state = 'succeeded' AND finished_at < 10",
+            "SELECT id FROM jobs WHERE queue = 'q' AND state IN ('failed', 'cancelled') AND finished_at < 10",
+            "SELECT count(*) FROM jobs WHERE queue = 'q' AND state = 'succeeded' AND finished_at >= 0",
+        ] {
+            assert!(
+                plan(&conn, sql).contains("jobs_finished"),
+                "{sql}: {}",
+                plan(&conn, sql)
+            );
+        }
+        let n: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM jobs WHERE queue = 'q' AND state = 'succeeded' AND finished_at >= 0",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+}
