@@ -166,8 +166,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         _ => {
+            // Client commands only need timers (their requests are blocking calls).
             let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
+                .enable_time()
                 .build()
                 .map_err(|e| Failure::Failed(format!("cannot start the async runtime: {e}")))?;
             runtime.block_on(client_command(&cli))

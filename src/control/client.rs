@@ -3,10 +3,11 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use http_body_util::{BodyExt, Full};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+
 use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -66,64 +67,58 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<RawResponse, ClientError> {
-        match tokio::time::timeout(TIMEOUT, self.raw_inner(method, path, body)).await {
-            Ok(r) => r,
-            Err(_) => Err(ClientError::Protocol {
-                path: self.socket.clone(),
-                detail: format!(
-                    "no answer within {}s; steward may be stuck (see journalctl -u steward; systemctl restart steward)",
-                    TIMEOUT.as_secs()
-                ),
-            }),
-        }
+        self.raw_inner(method, path, body)
     }
 
-    async fn raw_inner(
+    fn raw_inner(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<RawResponse, ClientError> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::PermissionDenied => ClientError::PermissionDenied {
-                    path: self.socket.clone(),
-                },
-                _ => ClientError::Unavailable {
-                    path: self.socket.clone(),
-                    source: e,
-                },
-            })?;
+        // One request per connection, blocking: a CLI process makes one call at a time,
+        // and this is measurably cheaper to start than an async HTTP stack.
+        let mut stream = UnixStream::connect(&self.socket).map_err(|e| match e.kind() {
+            io::ErrorKind::PermissionDenied => ClientError::PermissionDenied {
+                path: self.socket.clone(),
+            },
+            _ => ClientError::Unavailable {
+                path: self.socket.clone(),
+                source: e,
+            },
+        })?;
         let proto = |detail: String| ClientError::Protocol {
             path: self.socket.clone(),
             detail,
         };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
+        let timed_out = |e: io::Error| {
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) {
+                proto(format!(
+                    "no answer within {}s; steward may be stuck (see journalctl -u steward; systemctl restart steward)",
+                    TIMEOUT.as_secs()
+                ))
+            } else {
+                proto(e.to_string())
+            }
+        };
+        stream
+            .set_read_timeout(Some(TIMEOUT))
+            .and_then(|()| stream.set_write_timeout(Some(TIMEOUT)))
             .map_err(|e| proto(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "localhost")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| proto(e.to_string()))?;
-        let res = sender
-            .send_request(req)
-            .await
-            .map_err(|e| proto(e.to_string()))?;
-        let status = res.status();
-        let body = res
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| proto(e.to_string()))?
-            .to_bytes();
-        Ok(RawResponse { status, body })
+        let body = body.unwrap_or_default();
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(&body);
+        stream.write_all(&request).map_err(timed_out)?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).map_err(timed_out)?;
+        parse_response(&answer).map_err(proto)
     }
 
     /// Send a request and decode a successful JSON answer; an error status becomes
@@ -160,5 +155,94 @@ impl Client {
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call(Method::GET, path, None::<&()>).await
+    }
+}
+
+/// Split an HTTP/1.1 answer read to the end of the connection into status and body
+/// (plain, with content-length, or chunked).
+fn parse_response(raw: &[u8]) -> Result<RawResponse, String> {
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| "the answer ended before its headers did".to_string())?;
+    let head =
+        std::str::from_utf8(&raw[..head_end]).map_err(|_| "unreadable headers".to_string())?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let code = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or_else(|| format!("unexpected status line `{status_line}`"))?;
+    let mut length = None;
+    let mut chunked = false;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let (name, value) = (name.trim(), value.trim());
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse::<usize>().ok();
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.eq_ignore_ascii_case("chunked");
+        }
+    }
+    let rest = &raw[head_end + 4..];
+    let body = if chunked {
+        dechunk(rest)?
+    } else if let Some(n) = length {
+        rest.get(..n)
+            .ok_or_else(|| "the answer ended before its body did".to_string())?
+            .to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Ok(RawResponse {
+        status: code,
+        body: Bytes::from(body),
+    })
+}
+
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| "a chunk ended early".to_string())?;
+        let size_text = std::str::from_utf8(&rest[..line_end]).unwrap_or("");
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| format!("bad chunk size `{size_text}`"))?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = rest
+            .get(..size)
+            .ok_or_else(|| "a chunk ended early".to_string())?;
+        out.extend_from_slice(chunk);
+        rest = rest.get(size + 2..).unwrap_or(&[]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_length_chunked_and_truncated_answers() {
+        let r =
+            parse_response(b"HTTP/1.1 201 Created\r\ncontent-length: 8\r\n\r\n{\"id\":1}").unwrap();
+        assert_eq!(r.status, StatusCode::CREATED);
+        assert_eq!(&r.body[..], b"{\"id\":1}");
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(&r.body[..], b"{\"a\":1}");
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort").is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
+        assert!(parse_response(b"garbage\r\n\r\n").is_err());
     }
 }
