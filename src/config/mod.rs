@@ -632,7 +632,7 @@ fn parse_pool(
                 let program = &command[0];
                 if program.contains('/') {
                     let p = reader::normalize(&base.join(program));
-                    if !is_executable(&p) {
+                    if !crate::process::is_executable(&p) {
                         ctx.error(
                             span,
                             format!("program {} does not exist or is not executable", p.display()),
@@ -836,19 +836,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(t).map_err(|e| e.to_string())
 }
 
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
 fn find_in_path(program: &str, path: Option<&str>) -> Option<PathBuf> {
     path?
         .split(':')
         .filter(|d| !d.is_empty())
         .map(|d| Path::new(d).join(program))
-        .find(|p| is_executable(p))
+        .find(|p| crate::process::is_executable(p))
 }
 
 #[cfg(test)]

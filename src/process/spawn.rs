@@ -214,7 +214,7 @@ fn resolve(program: &Path, env: &[(String, String)], cwd: &Path) -> io::Result<P
             cwd.join(dir)
         };
         let candidate = dir.join(program);
-        if is_executable_file(&candidate) {
+        if super::is_executable(&candidate) {
             return Ok(candidate);
         }
     }
@@ -226,15 +226,6 @@ fn resolve(program: &Path, env: &[(String, String)], cwd: &Path) -> io::Result<P
             path.to_string_lossy()
         ),
     ))
-}
-
-fn is_executable_file(p: &Path) -> bool {
-    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: `c` is a valid NUL-terminated string.
-    let executable = unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0;
-    executable && p.is_file()
 }
 
 /// The daemon's environment without [`PRIVATE_ENV`] and with `overrides` on top, as
