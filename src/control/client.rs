@@ -1,10 +1,8 @@
 //! A small HTTP/1.1 client for the control socket, used by the CLI commands.
 
-use std::io;
-use std::path::{Path, PathBuf};
-
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 
 use hyper::body::Bytes;
 use hyper::{Method, StatusCode};
@@ -62,15 +60,6 @@ impl Client {
     /// Send one request and return the raw answer, whatever its status. A daemon that
     /// does not answer within [`TIMEOUT`] is reported, not waited for forever.
     pub async fn raw(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<RawResponse, ClientError> {
-        self.raw_inner(method, path, body)
-    }
-
-    fn raw_inner(
         &self,
         method: Method,
         path: &str,
