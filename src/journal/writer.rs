@@ -382,27 +382,25 @@ impl Writer {
                      WHERE id = ?1",
                 )?
                 .execute(params![id, worker, self.run_id, now])?;
-            let (queue, attempt, token, timeout_ms, created_ms): (
+            let (queue, attempt, token, timeout_ms, created_ms, payload): (
                 String,
                 u32,
                 i64,
                 Option<i64>,
                 i64,
+                String,
             ) = self
                 .conn
                 .prepare_cached(
-                    "SELECT queue, attempts, lease_token, timeout_ms, created_at FROM jobs WHERE id = ?1",
+                    "SELECT j.queue, j.attempts, j.lease_token, j.timeout_ms, j.created_at, d.payload
+                     FROM jobs j JOIN job_data d ON d.job_id = j.id WHERE j.id = ?1",
                 )?
                 .query_row(params![id], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
                 })?;
             self.conn
                 .prepare_cached("INSERT INTO attempts (job_id, attempt, worker, pid, started_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
                 .execute(params![id, attempt, worker, pid, now])?;
-            let payload: String = self
-                .conn
-                .prepare_cached("SELECT payload FROM job_data WHERE job_id = ?1")?
-                .query_row(params![id], |r| r.get(0))?;
             moves.push((
                 queue.clone(),
                 Some(JobState::Queued),
