@@ -359,6 +359,27 @@ mod tests {
     use super::*;
     use std::io::Read;
 
+    /// `program args…` in `cwd` with `env` on top of ours, no inherited socket.
+    fn command(
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        cwd: &str,
+        stdin_pipe: bool,
+    ) -> Command {
+        Command {
+            program: program.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            cwd: cwd.into(),
+            inherit_fd: None,
+            stdin_pipe,
+        }
+    }
+
     #[test]
     fn resolves_bare_names_in_path_and_keeps_paths() {
         let env = vec![("PATH".to_string(), "/nonexistent:/bin:/usr/bin".to_string())];
@@ -399,17 +420,13 @@ mod tests {
     fn spawns_with_pipes_and_reports_exec_failures() {
         let mut stack = Stack::new();
         let child = spawn(
-            Command {
-                program: "sh".into(),
-                args: vec![
-                    "-c".into(),
-                    "echo \"$STEWARD_X $(pwd)\"; echo err >&2".into(),
-                ],
-                env: vec![("STEWARD_X".into(), "hello".into())],
-                cwd: "/tmp".into(),
-                inherit_fd: None,
-                stdin_pipe: false,
-            },
+            command(
+                "sh",
+                &["-c", "echo \"$STEWARD_X $(pwd)\"; echo err >&2"],
+                &[("STEWARD_X", "hello")],
+                "/tmp",
+                false,
+            ),
             &mut stack,
         )
         .unwrap();
@@ -430,14 +447,13 @@ mod tests {
         );
         // The child leads its own process group, and SIGPIPE is back to its default.
         let child = spawn(
-            Command {
-                program: "sh".into(),
-                args: vec!["-c".into(), "grep SigIgn /proc/$$/status; read x".into()],
-                env: vec![],
-                cwd: "/".into(),
-                inherit_fd: None,
-                stdin_pipe: true,
-            },
+            command(
+                "sh",
+                &["-c", "grep SigIgn /proc/$$/status; read x"],
+                &[],
+                "/",
+                true,
+            ),
             &mut stack,
         )
         .unwrap();
@@ -464,14 +480,7 @@ mod tests {
         );
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child.pid), None);
         let bad_dir = spawn(
-            Command {
-                program: "/bin/true".into(),
-                args: vec![],
-                env: vec![],
-                cwd: "/nonexistent-dir".into(),
-                inherit_fd: None,
-                stdin_pipe: true,
-            },
+            command("/bin/true", &[], &[], "/nonexistent-dir", true),
             &mut stack,
         )
         .unwrap_err();
@@ -483,14 +492,7 @@ mod tests {
         let plain = dir.path().join("plain-file");
         std::fs::write(&plain, "not a program").unwrap();
         let not_exec = spawn(
-            Command {
-                program: plain.clone(),
-                args: vec![],
-                env: vec![],
-                cwd: "/".into(),
-                inherit_fd: None,
-                stdin_pipe: false,
-            },
+            command(plain.to_str().unwrap(), &[], &[], "/", false),
             &mut stack,
         )
         .unwrap_err();
