@@ -13,6 +13,7 @@
 
 mod reader;
 mod schema;
+mod syncer;
 mod writer;
 
 use std::collections::HashMap;
@@ -263,6 +264,25 @@ impl JournalOwner {
     }
 }
 
+/// Settings of the writer's connection.
+fn configure(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
+    let sync_mode = match sync {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync_mode}; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = OFF;"
+    ))?;
+    // Plans that do not depend on the values bound to parameters. Without this, SQLite
+    // re-prepares a statement whenever a bound value might change whether a partial index
+    // applies, on every run of the hot statements, which cost a third of the writer's time.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(())
+}
+
 impl Journal {
     /// Open (or create) `<state_dir>/journal.db`, migrate it, and reclaim every job left
     /// `running` by an earlier run of the daemon.
@@ -294,14 +314,8 @@ impl Journal {
         let path = state_dir.join("journal.db");
         let mut conn = Connection::open(&path)
             .map_err(|e| format!("cannot open the job journal {}: {e}", path.display()))?;
-        let sync_mode = match sync {
-            Synchronous::Full => "FULL",
-            Synchronous::Normal => "NORMAL",
-        };
-        conn.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync_mode}; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = OFF;"
-        ))
-        .map_err(|e| format!("cannot configure the job journal {}: {e}", path.display()))?;
+        configure(&conn, sync)
+            .map_err(|e| format!("cannot configure the job journal {}: {e}", path.display()))?;
         schema::migrate(&mut conn)?;
         let reclaimed = writer::reclaim_interrupted(&mut conn, run_id)
             .map_err(|e| format!("cannot reclaim interrupted jobs in {}: {e}", path.display()))?;
@@ -316,6 +330,7 @@ impl Journal {
             run_id.to_string(),
             stats.clone(),
             metrics,
+            sync == Synchronous::Full,
         );
         let thread = std::thread::Builder::new()
             .name("steward-journal".into())

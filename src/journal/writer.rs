@@ -1,12 +1,13 @@
 //! The writer thread: group commit of every state change.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
+use super::syncer::{Committed, Syncer};
 use super::{
     CancelResult, Claimed, Finished, JournalError, Leased, NewJob, Op, Reclaimed, Stats, Submitted,
     now_ms,
@@ -50,7 +51,7 @@ pub(crate) fn fail_op(op: Op, e: JournalError) {
     }
 }
 
-enum Res {
+pub(super) enum Res {
     Submit(Result<Vec<Submitted>, JournalError>),
     Claim(Result<Claimed, JournalError>),
     Finish(Result<Finished, JournalError>),
@@ -60,7 +61,7 @@ enum Res {
     Prune(Result<u64, JournalError>),
 }
 
-fn deliver(op: Op, res: Res) {
+pub(super) fn deliver(op: Op, res: Res) {
     match (op, res) {
         (Op::Submit { reply, .. }, Res::Submit(r)) => reply(r),
         (Op::Claim { reply, .. }, Res::Claim(r)) => reply(r),
@@ -86,6 +87,10 @@ pub(super) struct Writer {
     metrics: Arc<crate::metrics::Metrics>,
     /// Completions whose commit failed; retried until they land.
     pending: Vec<Op>,
+    /// `synchronous = "full"`: commits are flushed to disk by the flusher thread.
+    flush: bool,
+    /// Where committed transactions go to be flushed before their answers are given.
+    flusher: Option<Sender<Committed>>,
 }
 
 impl Writer {
@@ -95,6 +100,7 @@ impl Writer {
         run_id: String,
         stats: Arc<Mutex<Stats>>,
         metrics: Arc<crate::metrics::Metrics>,
+        flush: bool,
     ) -> Writer {
         // Every statement the writer uses stays prepared.
         conn.set_prepared_statement_cache_capacity(64);
@@ -105,10 +111,50 @@ impl Writer {
             stats,
             metrics,
             pending: Vec::new(),
+            flush,
+            flusher: None,
+        }
+    }
+
+    /// Start the flusher thread and let SQLite stop syncing on every commit; on any
+    /// failure SQLite keeps syncing itself (`FULL`), which is slower but as safe.
+    fn start_flusher(&mut self) -> Option<std::thread::JoinHandle<()>> {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let mut syncer = Syncer::new(wal.into(), self.stats.clone(), self.metrics.clone());
+        if let Err(e) = syncer.open() {
+            tracing::warn!("the journal will sync on every commit, which is slower: {e}");
+            return None;
+        }
+        if let Err(e) = self.conn.execute_batch("PRAGMA synchronous = NORMAL;") {
+            tracing::warn!("the journal will sync on every commit, which is slower: {e}");
+            return None;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        match std::thread::Builder::new()
+            .name("steward-flush".into())
+            .spawn(move || syncer.run(rx))
+        {
+            Ok(handle) => {
+                self.flusher = Some(tx);
+                Some(handle)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot start the journal flusher ({e}); the journal will sync on every commit, which is slower"
+                );
+                let _ = self.conn.execute_batch("PRAGMA synchronous = FULL;");
+                None
+            }
         }
     }
 
     pub fn run(mut self, rx: Receiver<Op>) {
+        let flusher = if self.flush {
+            self.start_flusher()
+        } else {
+            None
+        };
         loop {
             let mut batch = std::mem::take(&mut self.pending);
             let first = if batch.is_empty() {
@@ -141,6 +187,11 @@ impl Writer {
                 "{} job state changes could not be written to the journal before exit; those jobs will be reclaimed at the next start",
                 self.pending.len()
             );
+        }
+        // Every answer still waiting for its flush is given before the writer leaves.
+        self.flusher = None;
+        if let Some(f) = flusher {
+            let _ = f.join();
         }
         let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);");
     }
@@ -177,7 +228,6 @@ impl Writer {
                 s.error = None;
             }
             let took = t0.elapsed();
-            self.metrics.commit(took);
             if took > Duration::from_secs(1) {
                 tracing::warn!(
                     "a journal commit of {} changes took {:.1}s; is the disk slow?",
@@ -185,8 +235,31 @@ impl Writer {
                     took.as_secs_f64()
                 );
             }
+            let Some(flusher) = &self.flusher else {
+                self.metrics.commit(took);
+                for (op, res) in batch.into_iter().zip(results) {
+                    deliver(op, res);
+                }
+                return;
+            };
+            // Leases go out at once: the job line may reach the worker while the commit
+            // is flushed (see syncer.rs). Every other answer waits for the flush.
+            let mut answers = Vec::with_capacity(batch.len());
             for (op, res) in batch.into_iter().zip(results) {
-                deliver(op, res);
+                if matches!(op, Op::Claim { .. }) {
+                    deliver(op, res);
+                } else {
+                    answers.push((op, res));
+                }
+            }
+            if let Err(e) = flusher.send(Committed { began: t0, answers }) {
+                let err = JournalError::Invalid(
+                    "internal error: the journal flusher is gone; the change is written but may not be on disk"
+                        .into(),
+                );
+                for (op, _) in e.0.answers {
+                    fail_op(op, err.clone());
+                }
             }
             return;
         };
@@ -798,4 +871,93 @@ pub(super) fn initial_stats(conn: &Connection) -> rusqlite::Result<Stats> {
         }
     }
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{QueueSpec, Synchronous};
+
+    /// Every statement the writer keeps prepared: how often SQLite had to prepare it
+    /// again, with its SQL.
+    fn reprepared(conn: &Connection) -> Vec<(i32, String)> {
+        let mut out = Vec::new();
+        // SAFETY: the handle belongs to `conn`, which outlives this loop; sqlite3_next_stmt
+        // walks the connection's own list, and nothing is prepared or finalized meanwhile.
+        unsafe {
+            let db = conn.handle();
+            let mut stmt = rusqlite::ffi::sqlite3_next_stmt(db, std::ptr::null_mut());
+            while !stmt.is_null() {
+                let n = rusqlite::ffi::sqlite3_stmt_status(
+                    stmt,
+                    rusqlite::ffi::SQLITE_STMTSTATUS_REPREPARE,
+                    0,
+                );
+                let sql = std::ffi::CStr::from_ptr(rusqlite::ffi::sqlite3_sql(stmt))
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((n, sql));
+                stmt = rusqlite::ffi::sqlite3_next_stmt(db, stmt);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn hot_statements_are_prepared_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.db");
+        let mut conn = Connection::open(&path).unwrap();
+        super::super::configure(&conn, Synchronous::Full).unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        let mut w = Writer::new(
+            conn,
+            path,
+            "run".into(),
+            Arc::default(),
+            Arc::default(),
+            false,
+        );
+        let backoff = QueueSpec::new("q").retry_backoff;
+        for round in 0..4i64 {
+            let now = now_ms() + round;
+            let mut moves = Vec::new();
+            let jobs: Vec<NewJob> = (0..5)
+                .map(|i| NewJob {
+                    queue: "q".into(),
+                    payload: format!("{{\"n\": {i}}}"),
+                    priority: i % 2,
+                    run_at_ms: now,
+                    max_attempts: 3,
+                    timeout_ms: (i == 0).then_some(1000),
+                    key: None,
+                })
+                .collect();
+            w.submit(&jobs, now, &mut moves).unwrap();
+            let claimed = w
+                .claim(&["q".to_string()], 8, "w/0", 42, now, &mut moves)
+                .unwrap();
+            assert_eq!(claimed.jobs.len(), 5);
+            for (i, job) in claimed.jobs.iter().enumerate() {
+                let outcome = if i % 2 == 0 {
+                    Outcome::Succeeded {
+                        result: Some(format!("{i}")),
+                    }
+                } else {
+                    Outcome::Failed {
+                        error: "no".into(),
+                        retry: true,
+                    }
+                };
+                let done = w
+                    .finish(job.id, job.token, &outcome, &backoff, None, now, &mut moves)
+                    .unwrap();
+                assert!(matches!(done, Finished::Applied { .. }));
+            }
+        }
+        let stmts = reprepared(&w.conn);
+        assert!(stmts.len() >= 8, "{stmts:?}");
+        let again: Vec<_> = stmts.iter().filter(|(n, _)| *n > 0).collect();
+        assert!(again.is_empty(), "prepared again: {again:?}");
+    }
 }
