@@ -48,6 +48,8 @@ const EXTEND_EVERY: Duration = Duration::from_secs(5);
 /// How often finished jobs past their retention are pruned, at most (shorter retentions
 /// are pruned more often: every half retention, but not more than once a second).
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Most events handled in one turn of the loop before timers, restarts and dispatch run.
+const EVENTS_PER_TURN: usize = 256;
 
 fn prune_every(config: &Config) -> Duration {
     config
@@ -408,7 +410,17 @@ impl Supervisor {
                 _ = sigterm.recv() => self.begin_shutdown("SIGTERM"),
                 _ = sigint.recv() => self.begin_shutdown("SIGINT"),
                 _ = sighup.recv() => { self.reload(); }
-                Some(ev) = self.events_rx.recv() => self.on_event(ev),
+                Some(ev) = self.events_rx.recv() => {
+                    self.on_event(ev);
+                    // Take what else has arrived before the bookkeeping below, which
+                    // then runs once for all of it (and frees slots claim together).
+                    for _ in 1..EVENTS_PER_TURN {
+                        match self.events_rx.try_recv() {
+                            Ok(ev) => self.on_event(ev),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 Some((req, reply)) = requests.recv() => self.on_request(req, reply),
                 _ = watchdog.tick(), if wd_every.is_some() => {
                     self.notifier.watchdog();
