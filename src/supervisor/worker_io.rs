@@ -9,6 +9,9 @@ use tokio::sync::mpsc;
 use super::{Event, SlotId};
 use crate::protocol::{self, MAX_LINE};
 
+/// Bytes of queued lines gathered into one write, at most (one line may exceed it).
+const WRITE_BATCH: usize = 64 * 1024;
+
 /// Start the tasks; returns the queue of lines to send to the worker.
 pub fn start(
     stream: UnixStream,
@@ -19,8 +22,15 @@ pub fn start(
     let (read_half, mut write_half) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
-        while let Some(line) = rx.recv().await {
-            if write_half.write_all(line.as_bytes()).await.is_err() {
+        while let Some(mut out) = rx.recv().await {
+            // Lines queued together (the jobs of one claim) go out in one write.
+            while out.len() < WRITE_BATCH {
+                match rx.try_recv() {
+                    Ok(line) => out.push_str(&line),
+                    Err(_) => break,
+                }
+            }
+            if write_half.write_all(out.as_bytes()).await.is_err() {
                 break;
             }
         }
