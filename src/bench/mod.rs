@@ -200,6 +200,27 @@ impl Bed {
         }
     }
 
+    /// CPU time the daemon has used so far, all threads (from /proc).
+    fn cpu(&self) -> Duration {
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .filter(|t| *t > 0)
+            .unwrap_or(100) as f64;
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .ok()
+            .and_then(|s| {
+                // Fields after the command name, which may hold spaces: utime and stime
+                // are the 14th and 15th of the whole line.
+                let rest = s.rsplit_once(')')?.1;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let user: f64 = f.get(11)?.parse().ok()?;
+                let system: f64 = f.get(12)?.parse().ok()?;
+                Some(Duration::from_secs_f64((user + system) / ticks))
+            })
+            .unwrap_or_default()
+    }
+
     fn rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .ok()
@@ -318,8 +339,8 @@ fn summarize(
 }
 
 /// 1. Protocol workers: submit trivial jobs in batches, time until all succeeded.
-async fn protocol_throughput(exe: &Path, s: &Sizes) -> Result<(Vec<f64>, Vec<f64>), Failure> {
-    let (mut rates, mut sizes) = (Vec::new(), Vec::new());
+async fn protocol_throughput(exe: &Path, s: &Sizes) -> Result<Throughput, Failure> {
+    let mut t = Throughput::default();
     for _ in 0..s.runs {
         let mut bed = Bed::new(exe)?;
         bed.write_config(&format!(
@@ -330,13 +351,28 @@ async fn protocol_throughput(exe: &Path, s: &Sizes) -> Result<(Vec<f64>, Vec<f64
         let c = Client::new(&bed.socket());
         tokio::time::sleep(Duration::from_millis(300)).await;
         let t0 = Instant::now();
+        let cpu0 = bed.cpu();
         submit_batches(&c, "b", s.protocol_jobs, json!({})).await?;
         wait_succeeded(&c, "b", s.protocol_jobs as u64, Duration::from_secs(600)).await?;
-        rates.push(s.protocol_jobs as f64 / t0.elapsed().as_secs_f64());
-        sizes.push(bed.journal_bytes() as f64 / s.protocol_jobs as f64);
+        let secs = t0.elapsed().as_secs_f64();
+        let cpu = bed.cpu().saturating_sub(cpu0);
+        t.rates.push(s.protocol_jobs as f64 / secs);
+        t.cpu_us
+            .push(cpu.as_secs_f64() * 1e6 / s.protocol_jobs as f64);
+        t.sizes
+            .push(bed.journal_bytes() as f64 / s.protocol_jobs as f64);
         bed.stop();
     }
-    Ok((rates, sizes))
+    Ok(t)
+}
+
+#[derive(Default)]
+struct Throughput {
+    rates: Vec<f64>,
+    /// CPU time of the daemon (all its threads, not the workers) per job, in µs.
+    cpu_us: Vec<f64>,
+    /// Journal bytes per job at the end.
+    sizes: Vec<f64>,
 }
 
 /// 2. Exec pool: jobs of /bin/true, 8 at once.
@@ -595,8 +631,10 @@ pub fn run(quick: bool, json_out: bool, only: &[u8]) -> Result<(), Failure> {
         let mut sizes = Vec::new();
         if want(1) || want(8) {
             progress("1. protocol throughput");
-            let (rates, sz) = protocol_throughput(&exe, s).await?;
-            sizes = sz;
+            let t = protocol_throughput(&exe, s).await?;
+            sizes = t.sizes;
+            let mut cpu = t.cpu_us;
+            cpu.sort_by(|a, b| a.total_cmp(b));
             let name = format!(
                 "1. protocol workers, {} jobs, 4 workers × concurrency 8",
                 s.protocol_jobs
@@ -604,10 +642,13 @@ pub fn run(quick: bool, json_out: bool, only: &[u8]) -> Result<(), Failure> {
             out.push(summarize(
                 &name,
                 "jobs/s",
-                rates,
+                t.rates,
                 ">= 20000",
                 |m| m >= 20_000.0,
-                String::new(),
+                format!(
+                    "daemon CPU {:.0} µs per job (median)",
+                    cpu.get(cpu.len() / 2).copied().unwrap_or(0.0)
+                ),
             ));
         }
         if want(2) {
@@ -771,6 +812,9 @@ pub fn run(quick: bool, json_out: bool, only: &[u8]) -> Result<(), Failure> {
                 None => "",
             }
         );
+        if !o.note.is_empty() && o.note != "report" {
+            println!("    {}", o.note);
+        }
     }
     println!(
         "({} runs each; {} cores; synchronous = full)",
