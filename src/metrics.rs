@@ -277,7 +277,7 @@ impl Metrics {
             &mut o,
             "steward_journal_commit_seconds",
             "histogram",
-            "Latency of journal transactions.",
+            "Latency of journal transactions, from their start until they are durable.",
         );
         if let Ok(h) = self.commit_latency.lock() {
             h.write(&mut o, "steward_journal_commit_seconds", "");

@@ -1,11 +1,12 @@
 //! The durable job journal: SQLite (bundled) in WAL mode, behind this module's boundary.
 //!
 //! One writer thread owns the read-write connection. Requests queue up in front of it
-//! while a commit is in flight and go into the next transaction together (group commit);
-//! every caller is answered only after the commit that holds its change. A separate
-//! read-only connection on its own thread serves listings and job details, so reads never
-//! wait behind writes. Nothing here blocks the supervisor loop: answers come back through
-//! callbacks.
+//! while a transaction is written and go into the next one together (group commit);
+//! every caller is answered only after the commit that holds its change is durable (a
+//! flusher thread syncs the log while the writer goes on, see `syncer.rs`), except leases,
+//! which go out at commit. A separate read-only connection on its own thread serves
+//! listings and job details, so reads never wait behind writes. Nothing here blocks the
+//! supervisor loop: answers come back through callbacks.
 //!
 //! Leases are fenced: each dispatch bumps a job's `lease_token`, and a completion is
 //! applied only if its token is still the current one and the job is still running, so a
@@ -554,6 +555,40 @@ pub fn backup(state_dir: &Path, dest: &Path, force: bool) -> Result<BackupReport
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn submit_one(j: &Journal) -> Result<Vec<Submitted>, JournalError> {
+        let (tx, rx) = mpsc::channel();
+        let job = NewJob {
+            queue: "q".into(),
+            payload: "{}".into(),
+            priority: 0,
+            run_at_ms: now_ms(),
+            max_attempts: 3,
+            timeout_ms: None,
+            key: None,
+        };
+        j.submit(vec![job], move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .unwrap_or(Err(JournalError::Closed))
+    }
+
+    #[test]
+    fn a_submit_is_refused_when_its_commit_cannot_be_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, owner, _) =
+            Journal::open(dir.path(), Synchronous::Full, "run", Arc::default()).unwrap();
+        assert!(submit_one(&j).is_ok());
+        // The flusher finds the log gone: the change is committed but cannot be made
+        // durable, so the caller must not be told it was kept.
+        std::fs::remove_file(dir.path().join("journal.db-wal")).unwrap();
+        let err = submit_one(&j).unwrap_err().to_string();
+        assert!(err.contains("not flushed to disk"), "{err}");
+        assert!(j.stats().error.is_some());
+        drop(j);
+        owner.close();
+    }
 
     #[test]
     fn attempt_timeout_prefers_the_job_and_zero_means_none() {
