@@ -114,14 +114,13 @@ impl Syncer {
         let ino = std::fs::metadata(&self.wal)
             .map_err(|e| format!("cannot stat {}: {e}", self.wal.display()))?
             .ino();
-        if self.file.as_ref().is_none_or(|(_, i)| *i != ino) {
-            let f = File::open(&self.wal)
-                .map_err(|e| format!("cannot open {}: {e}", self.wal.display()))?;
-            self.file = Some((f, ino));
-        }
-        match &self.file {
-            Some((f, _)) => f.sync_data().map_err(|e| format!("fdatasync: {e}")),
-            None => Ok(()),
-        }
+        let file = match self.file.take() {
+            Some((f, i)) if i == ino => f,
+            _ => File::open(&self.wal)
+                .map_err(|e| format!("cannot open {}: {e}", self.wal.display()))?,
+        };
+        let synced = file.sync_data().map_err(|e| format!("fdatasync: {e}"));
+        self.file = Some((file, ino));
+        synced
     }
 }
