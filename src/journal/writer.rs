@@ -119,32 +119,37 @@ impl Writer {
     /// Start the flusher thread and let SQLite stop syncing on every commit; on any
     /// failure SQLite keeps syncing itself (`FULL`), which is slower but as safe.
     fn start_flusher(&mut self) -> Option<std::thread::JoinHandle<()>> {
+        match self.try_start_flusher() {
+            Ok((tx, handle)) => {
+                self.flusher = Some(tx);
+                Some(handle)
+            }
+            Err(e) => {
+                tracing::warn!("the journal will sync on every commit, which is slower: {e}");
+                None
+            }
+        }
+    }
+
+    fn try_start_flusher(
+        &mut self,
+    ) -> Result<(Sender<Committed>, std::thread::JoinHandle<()>), String> {
         let mut wal = self.path.clone().into_os_string();
         wal.push("-wal");
         let mut syncer = Syncer::new(wal.into(), self.stats.clone(), self.metrics.clone());
-        if let Err(e) = syncer.open() {
-            tracing::warn!("the journal will sync on every commit, which is slower: {e}");
-            return None;
-        }
-        if let Err(e) = self.conn.execute_batch("PRAGMA synchronous = NORMAL;") {
-            tracing::warn!("the journal will sync on every commit, which is slower: {e}");
-            return None;
-        }
+        syncer.open()?;
+        self.conn
+            .execute_batch("PRAGMA synchronous = NORMAL;")
+            .map_err(|e| e.to_string())?;
         let (tx, rx) = std::sync::mpsc::channel();
         match std::thread::Builder::new()
             .name("steward-flush".into())
             .spawn(move || syncer.run(rx))
         {
-            Ok(handle) => {
-                self.flusher = Some(tx);
-                Some(handle)
-            }
+            Ok(handle) => Ok((tx, handle)),
             Err(e) => {
-                tracing::warn!(
-                    "cannot start the journal flusher ({e}); the journal will sync on every commit, which is slower"
-                );
                 let _ = self.conn.execute_batch("PRAGMA synchronous = FULL;");
-                None
+                Err(format!("cannot start the journal flusher: {e}"))
             }
         }
     }
