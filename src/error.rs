@@ -19,6 +19,9 @@ pub enum Failure {
     /// Anything else (exit 1).
     #[error("{0}")]
     Failed(String),
+    /// Whoever read our output stopped reading (a closed pipe): exit 0, say nothing.
+    #[error("standard output was closed")]
+    OutputClosed,
 }
 
 impl Failure {
@@ -27,6 +30,7 @@ impl Failure {
             Failure::Config(_) | Failure::InvalidConfig(_) => EX_CONFIG,
             Failure::Unavailable(_) => EX_UNAVAILABLE,
             Failure::Failed(_) => 1,
+            Failure::OutputClosed => 0,
         }
     }
 }

@@ -203,6 +203,40 @@ fn status_for_scripts_and_pipes() {
     );
 }
 
+/// `steward status --json | grep -q running`: the reader may go away before steward has
+/// written; that is the reader's choice, so steward exits 0 without a word.
+#[test]
+fn a_reader_that_stops_early_is_not_an_error() {
+    let env = Env::new();
+    env.write_config(&jobs_config(1, "", ""));
+    let d = Daemon::start(&env);
+    d.running_pids("w");
+    let id = d.submit("q", "{}", &[]).to_string();
+    let socket = d.socket.to_string_lossy().into_owned();
+    for args in [
+        vec!["status"],
+        vec!["status", "--json"],
+        vec!["jobs"],
+        vec!["job", &id],
+        vec!["completions", "bash"],
+    ] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = Command::new(bin())
+            .args(&args)
+            .args(["--socket", &socket])
+            .stdout(writer)
+            .output()
+            .expect("run steward");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "steward {args:?} into a closed pipe: {:?}\n{stderr}",
+            out.status
+        );
+    }
+}
+
 #[test]
 fn following_a_job_shows_its_progress() {
     let env = Env::new();

@@ -7,6 +7,7 @@
 
 pub mod worker;
 
+use std::fmt::Write as _;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -785,11 +786,10 @@ pub fn run(quick: bool, json_out: bool, only: &[u8]) -> Result<(), Failure> {
         Ok::<(), Failure>(())
     })?;
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&out).map_err(fail)?);
-        return Ok(());
+        return crate::cli::out::line(&serde_json::to_string_pretty(&out).map_err(fail)?);
     }
-    println!(
-        "{:<66} {:>12} {:>23} {:>10} {:>4}",
+    let mut table = format!(
+        "{:<66} {:>12} {:>23} {:>10} {:>4}\n",
         "scenario", "median", "min–max", "target", ""
     );
     for o in &out {
@@ -800,7 +800,8 @@ pub fn run(quick: bool, json_out: bool, only: &[u8]) -> Result<(), Failure> {
                 format!("{v:.2}")
             }
         };
-        println!(
+        let _ = writeln!(
+            table,
             "{:<66} {:>12} {:>23} {:>10} {:>4}",
             o.scenario,
             format!("{} {}", f(o.median), o.unit),
@@ -813,15 +814,16 @@ pub fn run(quick: bool, json_out: bool, only: &[u8]) -> Result<(), Failure> {
             }
         );
         if !o.note.is_empty() && o.note != "report" {
-            println!("    {}", o.note);
+            let _ = writeln!(table, "    {}", o.note);
         }
     }
-    println!(
+    let _ = writeln!(
+        table,
         "({} runs each; {} cores; synchronous = full)",
         s.runs,
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0)
     );
-    Ok(())
+    crate::cli::out::print(&table)
 }

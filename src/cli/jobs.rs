@@ -1,11 +1,12 @@
 //! Client commands for jobs: submit, jobs, job, cancel, retry.
 
 use std::fmt::Write as _;
-use std::io::Read;
+use std::io::{Read, Write as _};
 use std::time::Duration;
 
 use hyper::Method;
 
+use super::out;
 use crate::control::api::{JobList, JobView, Message, SubmitRequest, SubmitResponse};
 use crate::control::client::Client;
 use crate::error::Failure;
@@ -57,15 +58,13 @@ pub async fn submit(client: &Client, a: SubmitArgs) -> Result<(), Failure> {
     };
     let r: SubmitResponse = client.call(Method::POST, "/v1/jobs", Some(&req)).await?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::json!({"id": r.id, "existing": r.existing})
-        );
+        out::line(&serde_json::json!({"id": r.id, "existing": r.existing}).to_string())?;
     } else {
-        println!("{}", r.id);
+        out::line(&r.id.to_string())?;
     }
     if r.existing {
-        eprintln!(
+        let _ = writeln!(
+            std::io::stderr(),
             "steward: job {} with key {} is already queued or running; not submitted again",
             r.id,
             a.key.unwrap_or_default()
@@ -115,15 +114,18 @@ pub async fn wait(client: &Client, id: i64) -> Result<(), Failure> {
                     );
                     b.set_message(msg);
                 }
-                None => eprintln!(
-                    "job {id}: {}{}{}",
-                    j.state,
-                    pct.map(|p| format!(" {p}%")).unwrap_or_default(),
-                    j.progress_message
-                        .as_ref()
-                        .map(|m| format!(" {m}"))
-                        .unwrap_or_default()
-                ),
+                None => {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "job {id}: {}{}{}",
+                        j.state,
+                        pct.map(|p| format!(" {p}%")).unwrap_or_default(),
+                        j.progress_message
+                            .as_ref()
+                            .map(|m| format!(" {m}"))
+                            .unwrap_or_default()
+                    );
+                }
             }
             last = Some(now);
         }
@@ -134,7 +136,7 @@ pub async fn wait(client: &Client, id: i64) -> Result<(), Failure> {
                     b.finish_with_message("succeeded");
                 }
                 if let Some(r) = &j.result {
-                    println!("{r}");
+                    out::line(&r.to_string())?;
                 }
                 return Ok(());
             }
@@ -171,11 +173,10 @@ pub async fn list(
     if json {
         let text =
             serde_json::to_string_pretty(&l.jobs).map_err(|e| Failure::Failed(e.to_string()))?;
-        println!("{text}");
-        return Ok(());
+        return out::line(&text);
     }
-    println!(
-        "{:<10} {:<16} {:<10} {:<8} {:<24} DETAIL",
+    let mut o = format!(
+        "{:<10} {:<16} {:<10} {:<8} {:<24} DETAIL\n",
         "ID", "QUEUE", "STATE", "ATTEMPT", "CREATED"
     );
     for j in &l.jobs {
@@ -184,7 +185,8 @@ pub async fn list(
             "running" => j.worker.clone().unwrap_or_default(),
             _ => j.error.clone().unwrap_or_default(),
         };
-        println!(
+        let _ = writeln!(
+            o,
             "{:<10} {:<16} {:<10} {:<8} {:<24} {}",
             j.id,
             j.queue,
@@ -194,7 +196,7 @@ pub async fn list(
             truncate(&detail, 60)
         );
     }
-    Ok(())
+    out::print(&o)
 }
 
 fn encode(s: &str) -> String {
@@ -223,47 +225,56 @@ pub async fn show(client: &Client, id: i64, json: bool) -> Result<(), Failure> {
     let j: JobView = client.get(&format!("/v1/jobs/{id}")).await?;
     if json {
         let text = serde_json::to_string_pretty(&j).map_err(|e| Failure::Failed(e.to_string()))?;
-        println!("{text}");
-        return Ok(());
+        return out::line(&text);
     }
-    println!("job {} — {} in queue {}", j.id, j.state, j.queue);
-    println!("  priority:  {}", j.priority);
-    println!(
+    out::print(&render(&j))
+}
+
+/// `steward job ID` as text.
+fn render(j: &JobView) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "job {} — {} in queue {}", j.id, j.state, j.queue);
+    let _ = writeln!(o, "  priority:  {}", j.priority);
+    let _ = writeln!(
+        o,
         "  attempts:  {} counted of {} (crashes {}, interruptions {})",
         j.tries, j.max_attempts, j.crashes, j.interruptions
     );
-    println!("  created:   {}", j.created_at);
-    println!("  run at:    {}", j.run_at);
+    let _ = writeln!(o, "  created:   {}", j.created_at);
+    let _ = writeln!(o, "  run at:    {}", j.run_at);
     if let Some(f) = &j.finished_at {
-        println!("  finished:  {f}");
+        let _ = writeln!(o, "  finished:  {f}");
     }
     if let Some(k) = &j.key {
-        println!("  key:       {k}");
+        let _ = writeln!(o, "  key:       {k}");
     }
     if let Some(w) = &j.worker {
-        println!("  worker:    {w}");
+        let _ = writeln!(o, "  worker:    {w}");
     }
     if let Some(p) = j.progress {
-        println!(
+        let _ = writeln!(
+            o,
             "  progress:  {:.0}% {}",
             p * 100.0,
             j.progress_message.as_deref().unwrap_or("")
         );
     }
-    println!("  payload:   {}", j.payload);
+    let _ = writeln!(o, "  payload:   {}", j.payload);
     if let Some(r) = &j.result {
-        println!("  result:    {r}");
+        let _ = writeln!(o, "  result:    {r}");
     }
     if let Some(e) = &j.error {
-        println!("  error:     {e}");
+        let _ = writeln!(o, "  error:     {e}");
     }
     if !j.history.is_empty() {
-        println!(
+        let _ = writeln!(
+            o,
             "\n  {:<4} {:<14} {:<8} {:<26} {:<12} ERROR",
             "#", "WORKER", "PID", "STARTED", "OUTCOME"
         );
         for a in &j.history {
-            println!(
+            let _ = writeln!(
+                o,
                 "  {:<4} {:<14} {:<8} {:<26} {:<12} {}",
                 a.attempt,
                 a.worker.as_deref().unwrap_or("-"),
@@ -284,33 +295,32 @@ pub async fn show(client: &Client, id: i64, json: bool) -> Result<(), Failure> {
                 if let Some(t) = text {
                     let lines: Vec<&str> = t.lines().collect();
                     let from = lines.len().saturating_sub(20);
-                    println!(
+                    let _ = writeln!(
+                        o,
                         "\n  attempt {} {name} (last {} lines):",
                         a.attempt,
                         lines.len() - from
                     );
                     for l in &lines[from..] {
-                        println!("    {l}");
+                        let _ = writeln!(o, "    {l}");
                     }
                 }
             }
         }
     }
-    Ok(())
+    o
 }
 
 pub async fn cancel(client: &Client, id: i64) -> Result<(), Failure> {
     let m: Message = client
         .call(Method::POST, &format!("/v1/jobs/{id}/cancel"), None::<&()>)
         .await?;
-    println!("{}", m.message);
-    Ok(())
+    out::line(&m.message)
 }
 
 pub async fn retry(client: &Client, id: i64) -> Result<(), Failure> {
     let m: Message = client
         .call(Method::POST, &format!("/v1/jobs/{id}/retry"), None::<&()>)
         .await?;
-    println!("{}", m.message);
-    Ok(())
+    out::line(&m.message)
 }

@@ -2,6 +2,7 @@
 //! to a running daemon over its control socket.
 
 mod jobs;
+pub(crate) mod out;
 mod status;
 
 use std::path::{Path, PathBuf};
@@ -162,8 +163,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::BenchWorker => crate::bench::worker::run().map_err(Failure::Failed),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(*shell, &mut cmd, "steward", &mut std::io::stdout());
-            Ok(())
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "steward", &mut script);
+            out::write_bytes(&script)
         }
         _ => {
             // Client commands only need timers (their requests are blocking calls).
@@ -183,15 +185,14 @@ fn check_config(path: &Path) -> Result<(), Failure> {
         .values()
         .map(|p| format!("{} ×{}", p.name, p.instances))
         .collect();
-    println!(
+    out::line(&format!(
         "{}: configuration is valid ({} pool{}{}{})",
         c.path.display(),
         pools.len(),
         if pools.len() == 1 { "" } else { "s" },
         if pools.is_empty() { "" } else { ": " },
         pools.join(", ")
-    );
-    Ok(())
+    ))
 }
 
 fn backup(config: &Path, dest: &Path, force: bool) -> Result<(), Failure> {
@@ -201,13 +202,12 @@ fn backup(config: &Path, dest: &Path, force: bool) -> Result<(), Failure> {
         .map(|d| d.state_dir)
         .unwrap_or_else(|| PathBuf::from("/var/lib/steward"));
     let r = crate::journal::backup(&state_dir, dest, force).map_err(Failure::Failed)?;
-    println!(
+    out::line(&format!(
         "{}: {} jobs, {:.1} MiB, integrity checked",
         dest.display(),
         r.jobs,
         r.bytes as f64 / (1024.0 * 1024.0)
-    );
-    Ok(())
+    ))
 }
 
 /// The control socket: `--socket`/`STEWARD_SOCKET`, else the configuration's, else the
@@ -231,11 +231,10 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
             if *json {
                 let text =
                     serde_json::to_string_pretty(&s).map_err(|e| Failure::Failed(e.to_string()))?;
-                println!("{text}");
+                out::line(&text)
             } else {
-                print!("{}", status::render(&s, status::colour_stdout()));
+                out::print(&status::render(&s, status::colour_stdout()))
             }
-            Ok(())
         }
         Command::Reload => reload(&client).await,
         Command::Restart {
@@ -295,10 +294,7 @@ async fn reload(client: &Client) -> Result<(), Failure> {
         .call::<ReloadReport>(Method::POST, "/v1/reload", None::<&()>)
         .await
     {
-        Ok(r) => {
-            println!("{}", r.summary);
-            Ok(())
-        }
+        Ok(r) => out::line(&r.summary),
         Err(ClientError::Api { body, .. }) => match serde_json::from_slice::<ReloadReport>(&body) {
             Ok(r) => {
                 let mut msg = r.summary;
@@ -329,7 +325,7 @@ async fn restart(
             None::<&()>,
         )
         .await?;
-    println!("{}", m.message);
+    out::line(&m.message)?;
     if no_wait {
         return Ok(());
     }
@@ -346,11 +342,11 @@ async fn restart(
         let generation = *target.get_or_insert(p.generation);
         for w in &p.workers {
             if w.generation >= generation && w.state == "running" && reported.insert(w.instance) {
-                println!(
+                out::line(&format!(
                     "  {pool}/{} running (pid {})",
                     w.instance,
                     w.pid.map(|p| p.to_string()).unwrap_or_default()
-                );
+                ))?;
             }
             if w.generation >= generation && matches!(w.state.as_str(), "failed" | "crash-looping")
             {
@@ -364,11 +360,10 @@ async fn restart(
             w.generation >= generation && matches!(w.state.as_str(), "running" | "stopped")
         });
         if done && p.workers.len() as u32 == p.instances {
-            println!(
+            return out::line(&format!(
                 "pool {pool} restarted: {}/{} workers running",
                 p.running, p.instances
-            );
-            return Ok(());
+            ));
         }
         if begun.elapsed() > timeout {
             return Err(Failure::Failed(format!(

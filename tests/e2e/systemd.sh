@@ -121,6 +121,9 @@ ctr() {
         SYSTEMD_PAGER= SYSTEMD_COLORS=0 DEBIAN_FRONTEND=noninteractive "$@"
 }
 prop() { ctr systemctl show -P "$1" steward.service; }
+# Output is captured before it is searched: `producer | grep -q` fails under pipefail
+# whenever grep exits before the producer has finished writing.
+journal_has() { local j; j=$(ctr journalctl -u steward.service --no-pager); grep -q "$1" <<<"$j"; }
 
 # Poll a shell snippet inside the container until it succeeds or $1 seconds pass.
 wait_in() {
@@ -176,7 +179,8 @@ step1() {
     # socket answers and the journal shows steward's ready line before systemd's "Started".
     ctr systemctl stop steward.service
     ctr -t 60 systemctl start steward.service || return 1
-    ctr steward status --json | grep -q '"state": "running"' || { say "not answering right after start"; return 1; }
+    local s
+    s=$(ctr steward status --json) && grep -q '"state": "running"' <<<"$s" || { say "not answering right after start"; return 1; }
     local j; j=$(ctr journalctl -u steward.service -b --no-pager -o cat)
     local ready started
     ready=$(grep -n "steward is ready" <<<"$j" | tail -1 | cut -d: -f1)
@@ -240,7 +244,7 @@ step5() {
     ctr kill -STOP "$pid0"
     wait_in 40 "[ \$(systemctl show -P NRestarts steward) -eq $((n0 + 1)) ] && [ \$(systemctl show -P SubState steward) = running ]" ||
         { say "no watchdog restart"; return 1; }
-    ctr journalctl -u steward.service --no-pager | grep -q "Watchdog timeout" || { say "no 'Watchdog timeout'"; return 1; }
+    journal_has "Watchdog timeout" || { say "no 'Watchdog timeout'"; return 1; }
     local p
     for p in $olds; do
         if ctr test -d "/proc/$p" && ! ctr grep -q '^State:.*Z' "/proc/$p/status"; then say "old worker $p survived"; return 1; fi
@@ -280,7 +284,7 @@ step7() {
     say "systemctl reload said: $out"
     [[ "$(prop ActiveState)" == active && "$(prop MainPID)" == "$pid0" && "$(worker_pids)" == "$w0" ]] ||
         { say "service changed after a broken reload"; return 1; }
-    ctr journalctl -u steward.service --no-pager | grep -q "steward.toml:[0-9]*:[0-9]*: .*instances" ||
+    journal_has "steward.toml:[0-9]*:[0-9]*: .*instances" ||
         { say "no positioned error in the journal"; return 1; }
     ctr cp /root/steward.toml.good $CONF
     ctr systemctl reload steward.service
