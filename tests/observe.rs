@@ -201,6 +201,43 @@ fn status_for_scripts_and_pipes() {
             .contains("1/1 workers up; 0 queued, 0 running; 1 failed/h"),
         "{v}"
     );
+    // A job delayed by an hour is queued but not waiting yet.
+    d.submit("q", "{}", &["--delay", "1h"]);
+    let out = d.cli(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["queues"][0]["queued"], 1, "{v}");
+    assert!(v["queues"][0]["oldest_queued_secs"].is_null(), "{v}");
+}
+
+/// WAITING counts how long the job due longest has waited; a delayed job is not waiting.
+#[test]
+fn status_shows_how_long_due_jobs_have_waited() {
+    let env = Env::new();
+    env.write_config(&format!("{}\n[queue.idle]\n", jobs_config(1, "", "")));
+    let d = Daemon::start(&env);
+    d.submit("idle", "{}", &["--delay", "1h"]);
+    let waiting = |d: &Daemon| {
+        let out = d.cli(&["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let q = v["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == "idle")
+            .cloned()
+            .unwrap();
+        (
+            q["queued"].as_u64().unwrap(),
+            q["oldest_queued_secs"].as_f64(),
+        )
+    };
+    assert_eq!(waiting(&d), (1, None));
+    d.submit("idle", "{}", &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (queued, secs) = waiting(&d);
+    assert_eq!(queued, 2);
+    let secs = secs.expect("a due job is waiting");
+    assert!((1.0..60.0).contains(&secs), "waited {secs}s");
 }
 
 /// `steward status --json | grep -q running`: the reader may go away before steward has

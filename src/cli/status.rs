@@ -205,7 +205,7 @@ pub fn render(s: &DaemonStatus, colour: bool) -> String {
             "  {}",
             p.dim(&format!(
                 "{:<16} {:>8} {:>8} {:>10} {:>10} {:>8}  POOLS",
-                "QUEUE", "QUEUED", "RUNNING", "OK/HOUR", "FAILED/H", "OLDEST"
+                "QUEUE", "QUEUED", "RUNNING", "OK/HOUR", "FAILED/H", "WAITING"
             ))
         );
         for q in &s.queues {

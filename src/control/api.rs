@@ -243,7 +243,8 @@ pub struct QueueStatus {
     pub succeeded_last_hour: u64,
     #[serde(default)]
     pub failed_last_hour: u64,
-    /// Age of the oldest queued job, in seconds.
+    /// How long the queued job that has been due longest has waited, in seconds; a
+    /// delayed or retried job counts from its run time. None when no job is due.
     #[serde(default)]
     pub oldest_queued_secs: Option<f64>,
     /// Pools taking jobs from this queue.

@@ -88,6 +88,17 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX IF EXISTS jobs_finished;
     CREATE INDEX jobs_finished ON jobs(queue, state, finished_at) WHERE finished_at IS NOT NULL;
     "#,
+    // 5: no index on every job's state. `jobs_state` (state, id) changed three times in
+    // each job's life, five b-tree operations, for the sake of listings. Each state now
+    // has a partial index of its own: queued jobs have jobs_due, running jobs (found
+    // again at start) get jobs_running, and failed and cancelled jobs, the ones searched
+    // for among many, get one each that is written only when a job ends that way.
+    r#"
+    DROP INDEX IF EXISTS jobs_state;
+    CREATE INDEX jobs_running ON jobs(id) WHERE state = 'running';
+    CREATE INDEX jobs_failed ON jobs(id) WHERE state = 'failed';
+    CREATE INDEX jobs_cancelled ON jobs(id) WHERE state = 'cancelled';
+    "#,
 ];
 
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
@@ -130,6 +141,40 @@ mod tests {
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         let rows = stmt.query_map([], |r| r.get::<_, String>(3)).unwrap();
         rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("; ")
+    }
+
+    #[test]
+    fn listings_find_their_jobs_without_an_index_on_every_state() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        assert!(!indexes.iter().any(|n| n == "jobs_state"), "{indexes:?}");
+        for (sql, index) in [
+            // status: the latest failures, and the job due longest in each queue
+            (
+                "SELECT id FROM jobs WHERE state = 'failed' ORDER BY id DESC LIMIT 5",
+                "jobs_failed",
+            ),
+            (
+                "SELECT min(run_at) FROM jobs WHERE state = 'queued' AND queue = 'q' AND run_at <= 5",
+                "jobs_due",
+            ),
+            // steward jobs --state cancelled --queue q
+            (
+                "SELECT j.id FROM jobs j WHERE j.queue = 'q' AND j.state = 'cancelled' ORDER BY j.id DESC LIMIT 50",
+                "jobs_cancelled",
+            ),
+        ] {
+            let p = plan(&conn, sql);
+            assert!(p.contains(index), "{sql}: {p}");
+            assert!(!p.contains("TEMP B-TREE"), "{sql}: {p}");
+        }
     }
 
     #[test]
