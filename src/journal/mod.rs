@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::{Flock, FlockArg};
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::config::{RetryBackoff, Synchronous};
 use crate::control::api::{JobView, QueueStatus};
@@ -282,6 +282,57 @@ fn configure(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
         true,
     )?;
     Ok(())
+}
+
+/// Distinct priorities stepped through before [`earliest_run_at`] scans instead.
+const PRIORITY_STEPS: usize = 64;
+
+/// The earliest `run_at` of a queued job of `queue` with `after < run_at <= until`.
+///
+/// Queued jobs have one index, `jobs_dispatch` (queue, priority DESC, run_at, id), kept
+/// for dispatch order. Within one priority it is ordered by run time, so this takes one
+/// seek per distinct priority (most queues use one or two), and scans the queue's part of
+/// the index only when it has more than [`PRIORITY_STEPS`] of them.
+pub(super) fn earliest_run_at(
+    conn: &Connection,
+    queue: &str,
+    after: i64,
+    until: i64,
+) -> rusqlite::Result<Option<i64>> {
+    let mut next_priority = conn.prepare_cached(
+        "SELECT priority FROM jobs INDEXED BY jobs_dispatch
+         WHERE state = 'queued' AND queue = ?1 AND priority <= ?2
+         ORDER BY priority DESC LIMIT 1",
+    )?;
+    let mut earliest_at = conn.prepare_cached(
+        "SELECT min(run_at) FROM jobs INDEXED BY jobs_dispatch
+         WHERE state = 'queued' AND queue = ?1 AND priority = ?2 AND run_at > ?3 AND run_at <= ?4",
+    )?;
+    let mut best: Option<i64> = None;
+    let mut at_most = i64::MAX;
+    for _ in 0..PRIORITY_STEPS {
+        let Some(p) = next_priority
+            .query_row(rusqlite::params![queue, at_most], |r| r.get::<_, i64>(0))
+            .optional()?
+        else {
+            return Ok(best);
+        };
+        let t: Option<i64> =
+            earliest_at.query_row(rusqlite::params![queue, p, after, until], |r| r.get(0))?;
+        best = match (best, t) {
+            (Some(b), Some(t)) => Some(b.min(t)),
+            (b, t) => b.or(t),
+        };
+        match p.checked_sub(1) {
+            Some(lower) => at_most = lower,
+            None => return Ok(best),
+        }
+    }
+    conn.prepare_cached(
+        "SELECT min(run_at) FROM jobs INDEXED BY jobs_dispatch
+         WHERE state = 'queued' AND queue = ?1 AND run_at > ?2 AND run_at <= ?3",
+    )?
+    .query_row(rusqlite::params![queue, after, until], |r| r.get(0))
 }
 
 impl Journal {
@@ -588,6 +639,54 @@ mod tests {
         assert!(j.stats().error.is_some());
         drop(j);
         owner.close();
+    }
+
+    #[test]
+    fn earliest_run_at_looks_at_every_priority() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        schema::migrate(&mut conn).unwrap();
+        let add = |queue: &str, priority: i64, run_at: i64| {
+            conn.execute(
+                "INSERT INTO jobs (queue, state, priority, run_at, created_at, updated_at, max_attempts)
+                 VALUES (?1, 'queued', ?2, ?3, 0, 0, 3)",
+                rusqlite::params![queue, priority, run_at],
+            )
+            .unwrap();
+        };
+        assert_eq!(earliest_run_at(&conn, "q", 0, i64::MAX).unwrap(), None);
+        add("q", 5, 300);
+        add("q", 0, 200);
+        add("q", -3, 150);
+        add("q", i64::MIN, 400);
+        add("other", 0, 10);
+        // the next delayed job after 100, and after 150
+        assert_eq!(
+            earliest_run_at(&conn, "q", 100, i64::MAX).unwrap(),
+            Some(150)
+        );
+        assert_eq!(
+            earliest_run_at(&conn, "q", 150, i64::MAX).unwrap(),
+            Some(200)
+        );
+        // the job due longest at 250, and nothing due at 100
+        assert_eq!(
+            earliest_run_at(&conn, "q", i64::MIN, 250).unwrap(),
+            Some(150)
+        );
+        assert_eq!(earliest_run_at(&conn, "q", i64::MIN, 100).unwrap(), None);
+        assert_eq!(
+            earliest_run_at(&conn, "other", i64::MIN, 100).unwrap(),
+            Some(10)
+        );
+        // More distinct priorities than are stepped through: the scan gives the same answer.
+        for p in 0..(PRIORITY_STEPS as i64 + 10) {
+            add("many", 1000 - p, 500 - p);
+        }
+        assert_eq!(
+            earliest_run_at(&conn, "many", 0, i64::MAX).unwrap(),
+            Some(500 - (PRIORITY_STEPS as i64 + 9))
+        );
+        assert_eq!(earliest_run_at(&conn, "many", 0, 440).unwrap(), Some(427));
     }
 
     #[test]

@@ -152,8 +152,8 @@ impl Reader {
     }
 }
 
-/// Each query rides an index: `jobs_finished` for the last hour, `jobs_due` for the job
-/// waiting longest, `jobs_failed` for the latest failures.
+/// Each query rides an index: `jobs_finished` for the last hour, `jobs_dispatch` for the
+/// job waiting longest, `jobs_failed` for the latest failures.
 fn overview(conn: &Connection, queues: &[String], now: i64) -> rusqlite::Result<Overview> {
     let mut o = Overview::default();
     let hour_ago = now - 3_600_000;
@@ -168,12 +168,7 @@ fn overview(conn: &Connection, queues: &[String], now: i64) -> rusqlite::Result<
         o.last_hour.insert(q.clone(), counts);
         // Waiting counts from when a job became due: a job delayed until tomorrow is not
         // waiting today.
-        let oldest: Option<i64> = conn
-            .prepare_cached(
-                "SELECT min(run_at) FROM jobs WHERE state = 'queued' AND queue = ?1 AND run_at <= ?2",
-            )?
-            .query_row(rusqlite::params![q, now], |r| r.get(0))?;
-        if let Some(t) = oldest {
+        if let Some(t) = super::earliest_run_at(conn, q, i64::MIN, now)? {
             o.oldest_queued.insert(q.clone(), t);
         }
     }
@@ -198,7 +193,7 @@ fn list_sql(f: &JobFilter) -> (String, Vec<String>) {
     // Queued jobs are indexed for dispatch, not by id: SQLite would rather walk the whole
     // table in id order than sort them, so it is told.
     let hint = match f.state {
-        Some(JobState::Queued) => " INDEXED BY jobs_due",
+        Some(JobState::Queued) => " INDEXED BY jobs_dispatch",
         _ => "",
     };
     let mut sql = format!("SELECT {COLUMNS} FROM jobs j{hint} JOIN job_data d ON d.job_id = j.id");
@@ -261,7 +256,7 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         super::super::schema::migrate(&mut conn).unwrap();
         for (state, index) in [
-            (JobState::Queued, "jobs_due"),
+            (JobState::Queued, "jobs_dispatch"),
             (JobState::Running, "jobs_running"),
             (JobState::Failed, "jobs_failed"),
             (JobState::Cancelled, "jobs_cancelled"),

@@ -428,7 +428,7 @@ impl Writer {
         let mut candidates: Vec<(i64, i64, i64)> = Vec::new();
         for q in queues {
             // INDEXED BY: walk the dispatch index in order and stop after n rows (left to
-            // itself the planner may pick jobs_due and sort every queued job). No parameter
+            // itself the planner may pick another index and sort every queued job). No parameter
             // for the queue or the limit: with either, SQLite re-prepared this statement on
             // every run once rows had changed, which cost more than the query itself. The
             // queue name is a literal (names are validated), and stepping stops after n.
@@ -497,15 +497,7 @@ impl Writer {
         let mut next_run_at_ms = None;
         if jobs.len() < n {
             for q in queues {
-                let sql = format!(
-                    "SELECT min(run_at) FROM jobs WHERE state = 'queued' AND queue = {} AND run_at > ?1",
-                    literal(q)
-                );
-                let t: Option<i64> = self
-                    .conn
-                    .prepare_cached(&sql)?
-                    .query_row(params![now], |r| r.get(0))?;
-                if let Some(t) = t {
+                if let Some(t) = super::earliest_run_at(&self.conn, q, now, i64::MAX)? {
                     next_run_at_ms = Some(next_run_at_ms.map_or(t, |c: i64| c.min(t)));
                 }
             }
