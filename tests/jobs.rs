@@ -426,6 +426,11 @@ fn bad_submissions_store_nothing_and_scheduling_rules_hold() {
         .collect();
     assert_eq!(ran, vec![high, mid, low]);
 
+    // The key is free again once its job has finished.
+    d.wait_job(k1, "succeeded", TIMEOUT);
+    let k2 = d.submit("q", "{}", &["--key", "report-7"]);
+    assert_ne!(k2, k1, "a finished job still held its key");
+
     // A delayed job waits.
     let t0 = Instant::now();
     let delayed = d.submit("q", "{}", &["--delay", "2s"]);

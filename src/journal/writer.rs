@@ -15,6 +15,12 @@ use super::{
 use crate::control::api::QueueStatus;
 use crate::jobs::{self, Counters, JobState, Next, Outcome};
 
+/// Free the unique key of job ?1, if it has one. By the key's primary key: job_keys has
+/// no index on job_id, and a search by it read every live key.
+const DELETE_KEY: &str = "DELETE FROM job_keys
+     WHERE queue = (SELECT queue FROM jobs WHERE id = ?1)
+       AND key = (SELECT unique_key FROM jobs WHERE id = ?1) AND job_id = ?1";
+
 /// Most operations in one transaction.
 const MAX_BATCH: usize = 8192;
 /// How often failed completions are retried while the disk refuses writes.
@@ -609,9 +615,7 @@ impl Writer {
             (queue, attempt, has_key, new_state, run_at, reason)
         };
         if has_key && new_state.is_final() {
-            self.conn
-                .prepare_cached("DELETE FROM job_keys WHERE job_id = ?1")?
-                .execute(params![id])?;
+            self.conn.prepare_cached(DELETE_KEY)?.execute(params![id])?;
         }
         if let Outcome::Succeeded { result: Some(r) } = outcome {
             self.conn
@@ -657,8 +661,7 @@ impl Writer {
                                         "UPDATE jobs SET state = 'cancelled', finished_at = ?2, updated_at = ?2, error = 'cancelled by steward cancel' WHERE id = ?1",
                     params![id, now],
                 )?;
-                self.conn
-                    .execute("DELETE FROM job_keys WHERE job_id = ?1", params![id])?;
+                self.conn.execute(DELETE_KEY, params![id])?;
                 moves.push((queue, Some(JobState::Queued), Some(JobState::Cancelled)));
                 Ok(Some(CancelResult::Cancelled))
             }
@@ -819,7 +822,7 @@ pub(super) fn reclaim_interrupted(
                         params![id, state.as_str(), c.tries, c.interruptions, now, err],
         )?;
         if state == JobState::Failed {
-            tx.execute("DELETE FROM job_keys WHERE job_id = ?1", params![id])?;
+            tx.execute(DELETE_KEY, params![id])?;
         }
         tx.execute(
             "UPDATE attempts SET ended_at = ?3, outcome = 'interrupted', error = ?4 WHERE job_id = ?1 AND attempt = ?2 AND ended_at IS NULL",
@@ -898,6 +901,25 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn a_unique_key_is_freed_through_its_primary_key() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {DELETE_KEY}"))
+            .unwrap()
+            .query_map([1], |r| r.get(3))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        assert!(
+            plan.iter()
+                .any(|p| p.contains("job_keys USING PRIMARY KEY")),
+            "{plan:?}"
+        );
+        assert!(!plan.iter().any(|p| p.starts_with("SCAN")), "{plan:?}");
     }
 
     #[test]
