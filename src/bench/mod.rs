@@ -311,6 +311,17 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Sort `values` and return their median (0 when there are none).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
 fn summarize(
     scenario: &str,
     unit: &str,
@@ -319,13 +330,7 @@ fn summarize(
     met: impl Fn(f64) -> bool,
     note: String,
 ) -> Outcome {
-    values.sort_by(|a, b| a.total_cmp(b));
-    let n = values.len();
-    let median = match n {
-        0 => 0.0,
-        _ if n % 2 == 1 => values[n / 2],
-        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    };
+    let median = median(&mut values);
     Outcome {
         scenario: scenario.to_string(),
         unit: unit.to_string(),
@@ -647,7 +652,6 @@ pub fn run(quick: bool, json_out: bool, only: &[u8]) -> Result<(), Failure> {
             let t = protocol_throughput(&exe, s).await?;
             sizes = t.sizes;
             let mut cpu = t.cpu_us;
-            cpu.sort_by(|a, b| a.total_cmp(b));
             let name = format!(
                 "1. protocol workers, {} jobs, 4 workers × concurrency 8",
                 s.protocol_jobs
@@ -658,10 +662,7 @@ pub fn run(quick: bool, json_out: bool, only: &[u8]) -> Result<(), Failure> {
                 t.rates,
                 ">= 20000",
                 |m| m >= 20_000.0,
-                format!(
-                    "daemon CPU {:.0} µs per job (median)",
-                    cpu.get(cpu.len() / 2).copied().unwrap_or(0.0)
-                ),
+                format!("daemon CPU {:.0} µs per job (median)", median(&mut cpu)),
             ));
         }
         if want(2) {
@@ -684,8 +685,7 @@ pub fn run(quick: bool, json_out: bool, only: &[u8]) -> Result<(), Failure> {
                 s.cli_submits
             );
             let (v, mut bare) = cli_submits(&exe, s).await?;
-            bare.sort_by(|a, b| a.total_cmp(b));
-            let bare = bare.get(bare.len() / 2).copied().unwrap_or(0.0);
+            let bare = median(&mut bare);
             let row = summarize(&name, "submits/s", v, ">= 500", |m| m >= 500.0, String::new());
             let note = format!(
                 "/bin/true started the same way: {bare:.0}/s (median); submits ran at {:.0} % of that",
