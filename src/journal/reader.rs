@@ -267,13 +267,9 @@ mod tests {
                     state: Some(state),
                     limit: 50,
                 });
-                let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-                let plan: Vec<String> = stmt
-                    .query_map(params_from_iter(args.iter()), |r| r.get(3))
-                    .unwrap()
-                    .map(|r| r.unwrap())
-                    .collect();
-                let plan = plan.join("; ");
+                let plan =
+                    super::super::schema::query_plan(&conn, &sql, params_from_iter(args.iter()))
+                        .join("; ");
                 assert!(plan.contains(index), "{state:?}: {plan}");
             }
         }

@@ -135,14 +135,24 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
     Ok(())
 }
 
+/// The steps of SQLite's plan for `sql`, for tests that check which index a query uses.
+#[cfg(test)]
+pub(super) fn query_plan(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Vec<String> {
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let rows = stmt.query_map(params, |r| r.get::<_, String>(3)).unwrap();
+    rows.map(|r| r.unwrap()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn plan(conn: &Connection, sql: &str) -> String {
-        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-        let rows = stmt.query_map([], |r| r.get::<_, String>(3)).unwrap();
-        rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("; ")
+        query_plan(conn, sql, []).join("; ")
     }
 
     #[test]

@@ -907,13 +907,7 @@ mod tests {
     fn a_unique_key_is_freed_through_its_primary_key() {
         let mut conn = Connection::open_in_memory().unwrap();
         super::super::schema::migrate(&mut conn).unwrap();
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {DELETE_KEY}"))
-            .unwrap()
-            .query_map([1], |r| r.get(3))
-            .unwrap()
-            .map(|r| r.unwrap())
-            .collect();
+        let plan = super::super::schema::query_plan(&conn, DELETE_KEY, [1]);
         assert!(
             plan.iter()
                 .any(|p| p.contains("job_keys USING PRIMARY KEY")),
