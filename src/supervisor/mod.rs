@@ -447,10 +447,12 @@ impl Supervisor {
             if !self.ready && self.initial_pending.is_empty() {
                 self.ready = true;
                 self.update_status_line();
+                // Logged before READY=1 goes out, so that the journal shows it before
+                // systemd's "Started" line, which READY=1 causes.
+                tracing::info!("steward is ready: {}", self.status_line);
                 self.notifier.ready(&self.status_line);
                 self.status_sent = self.status_line.clone();
                 self.publish_snapshot();
-                tracing::info!("steward is ready: {}", self.status_line);
             }
             if self.finished(now) {
                 break;
