@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the hot pieces, so regressions show early:
 //! the protocol codec (every job crosses it twice) and a claim + finish round trip
-//! through the journal writer (every job does one).
+//! through the journal writer (every job does one), and the text log line the supervisor
+//! writes when a job starts (every job logs two).
 
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -82,5 +83,27 @@ fn claim_finish(c: &mut Criterion) {
     owner.close();
 }
 
-criterion_group!(benches, codec, claim_finish);
+fn log_line(c: &mut Criterion) {
+    use tracing_subscriber::layer::SubscriberExt;
+    // The line is built in full; only the write(2) is left out.
+    let layer = steward::logging::TextLayer::with_writer(false, |line| {
+        std::hint::black_box(line);
+    });
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::LevelFilter::INFO)
+        .with(layer);
+    tracing::subscriber::with_default(subscriber, || {
+        let (queue, pool, instance, pid) = ("thumbnails", "resize", 3u32, 41_234);
+        c.bench_function("log: format a job-started text line", |b| {
+            let mut job = 1_000_000i64;
+            b.iter(|| {
+                job += 1;
+                tracing::info!(JOB_ID = job, QUEUE = %queue, ATTEMPT = 1, POOL = %pool, INSTANCE = instance,
+                    "job {job} attempt 1 started on worker {pool}/{instance} (pid {pid}) after 3ms in the queue");
+            })
+        });
+    });
+}
+
+criterion_group!(benches, codec, claim_finish, log_line);
 criterion_main!(benches);

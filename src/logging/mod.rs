@@ -20,6 +20,10 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+mod text;
+
+pub use text::TextLayer;
+
 /// Longest worker output line kept whole; longer lines are split into pieces this long.
 pub const MAX_LINE: usize = 16 * 1024;
 /// Worker lines queued for the writer thread before lines are dropped.
@@ -96,14 +100,8 @@ pub fn init(format: LogFormat) {
     }
 }
 
-fn text_layer<S>() -> impl Layer<S>
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-{
-    tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .with_target(false)
+fn text_layer() -> text::TextLayer {
+    text::TextLayer::new(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
