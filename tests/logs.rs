@@ -97,3 +97,87 @@ fn job_events_carry_job_queue_and_attempt_fields() {
     assert_eq!(out["STREAM"], "stdout");
     assert_eq!(out["POOL"], "w");
 }
+
+#[test]
+fn routine_job_lines_keep_to_their_budget_and_problems_are_always_logged() {
+    let env = Env::new();
+    // 4 lines a second, 40 in the bucket: the start and success of 20 jobs.
+    env.write_config(&format!(
+        "[log]\nmax_job_lines = 4\n\n{}",
+        jobs_config(2, "", "")
+    ));
+    let d = Daemon::spawn(&env, &[], &["--log-format", "json"]);
+    d.wait_running();
+    let jobs: Vec<serde_json::Value> = (0..100)
+        .map(|_| serde_json::json!({"queue": "q", "payload": {}}))
+        .collect();
+    let r: steward::control::api::BatchResponse = d
+        .api(
+            "POST",
+            "/v1/jobs/batch",
+            Some(serde_json::json!({ "jobs": jobs })),
+        )
+        .unwrap();
+    let ids: Vec<i64> = r.jobs.iter().map(|j| j.id).collect();
+    for id in &ids {
+        d.wait_job(*id, "succeeded", TIMEOUT);
+    }
+    // The bucket is empty now; a permanent failure is logged all the same.
+    let failing = d.submit("q", r#"{"fail": "no such file", "retry": false}"#, &[]);
+    d.wait_job(failing, "failed", TIMEOUT);
+    let records = |d: &Daemon| -> Vec<serde_json::Value> {
+        d.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let all = records(&d);
+    let with = |needle: &str| -> Vec<i64> {
+        all.iter()
+            .filter(|r| r["message"].as_str().unwrap_or("").contains(needle))
+            .filter_map(|r| r["JOB_ID"].as_i64())
+            .filter(|id| *id == failing || ids.contains(id))
+            .collect()
+    };
+    let mut started = with("started on worker");
+    let mut succeeded = with("succeeded");
+    // 20 from the full bucket, plus 2 a second refilled while the jobs ran.
+    assert!(
+        (20..=40).contains(&started.len()),
+        "{} of 101 starts logged",
+        started.len()
+    );
+    started.retain(|id| *id != failing);
+    started.sort();
+    succeeded.sort();
+    assert_eq!(
+        started, succeeded,
+        "each job whose start is logged has its success logged"
+    );
+    // What was left out is counted, in one line every ten seconds.
+    let left_out = 101 - with("started on worker").len() as u64;
+    let reports = wait_for(TIMEOUT, "the report of left-out lines", || {
+        let reports: Vec<serde_json::Value> = records(&d)
+            .into_iter()
+            .filter(|r| r["SKIPPED_STARTS"].is_u64())
+            .collect();
+        let counted: u64 = reports
+            .iter()
+            .filter_map(|r| r["SKIPPED_STARTS"].as_u64())
+            .sum();
+        (counted >= left_out).then_some(reports)
+    });
+    let counted: u64 = reports
+        .iter()
+        .filter_map(|r| r["SKIPPED_STARTS"].as_u64())
+        .sum();
+    assert_eq!(counted, left_out, "{reports:?}");
+    let message = reports[0]["message"].as_str().unwrap_or("");
+    assert!(message.contains("log.max_job_lines = 4"), "{message}");
+    assert!(
+        all.iter().any(|r| r["JOB_ID"] == failing
+            && r["level"] == "ERROR"
+            && r["message"].as_str().unwrap().contains("failed")),
+        "the failure is logged"
+    );
+}

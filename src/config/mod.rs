@@ -34,6 +34,7 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub journal: JournalConfig,
     pub http: HttpConfig,
+    pub log: LogConfig,
     /// Pools by name, in name order.
     pub pools: BTreeMap<String, PoolSpec>,
     /// Job queues by name.
@@ -64,6 +65,20 @@ pub enum Synchronous {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct HttpConfig {
     pub listen: Option<std::net::SocketAddr>,
+}
+
+/// What steward writes to its log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// Routine per-job lines (submitted, started, succeeded) written per second at most;
+    /// 0 = all of them. See [`crate::logging::JobLines`].
+    pub max_job_lines: u32,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig { max_job_lines: 100 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -353,14 +368,19 @@ pub fn parse(text: &str, path: &Path, env: &Environment) -> Result<Config, Confi
         let daemon = parse_daemon(&mut ctx, &root, &base, env);
         let journal = parse_journal(&mut ctx, &root);
         let http = parse_http(&mut ctx, &root);
+        let log = parse_log(&mut ctx, &root);
         let queues = parse_queues(&mut ctx, &root);
         let pools = parse_pools(&mut ctx, &root, &base, env, &queues);
-        root.finish(&mut ctx, &["daemon", "journal", "http", "queue", "pool"]);
+        root.finish(
+            &mut ctx,
+            &["daemon", "journal", "http", "log", "queue", "pool"],
+        );
         Config {
             path: path.clone(),
             daemon,
             journal,
             http,
+            log,
             pools,
             queues,
         }
@@ -480,6 +500,18 @@ fn parse_http(ctx: &mut Ctx, root: &Section) -> HttpConfig {
     }
     s.finish(ctx, &["listen"]);
     h
+}
+
+fn parse_log(ctx: &mut Ctx, root: &Section) -> LogConfig {
+    let mut l = LogConfig::default();
+    let Some(s) = root.table(ctx, "log") else {
+        return l;
+    };
+    if let Some(n) = s.integer(ctx, "max_job_lines", 0, i64::from(u32::MAX)) {
+        l.max_job_lines = u32::try_from(n).unwrap_or(u32::MAX);
+    }
+    s.finish(ctx, &["max_job_lines"]);
+    l
 }
 
 const QUEUE_KEYS: &[&str] = &[
@@ -938,6 +970,17 @@ stop_timeout = "5s"
         assert!(msgs[2].contains(":4:1: unknown key `bogus`"), "{msgs:#?}");
         assert!(msgs[3].contains(":5:16: "), "{msgs:#?}");
         assert!(msgs[4].contains(":8:11: "), "{msgs:#?}");
+    }
+
+    #[test]
+    fn log_section() {
+        assert_eq!(parse_str("").expect("valid").log.max_job_lines, 100);
+        let c = parse_str("[log]\nmax_job_lines = 0\n").expect("valid");
+        assert_eq!(c.log.max_job_lines, 0);
+        let err = parse_str("[log]\nmax_job_lines = -5\nlevel = \"debug\"\n").expect_err("invalid");
+        assert_eq!(err.errors.len(), 2, "{err}");
+        assert_eq!((err.errors[0].line, err.errors[0].column), (2, 17), "{err}");
+        assert_eq!(err.errors[1].line, 3, "{err}");
     }
 
     #[test]

@@ -269,7 +269,9 @@ async fn submit(AxState(st): AxState<State>, body: Bytes) -> Response {
             Some(s) => {
                 if !s.existing {
                     st.supervisor.jobs_added(&queue, s.run_at_ms);
-                    tracing::info!(JOB_ID = s.id, QUEUE = %queue, "job {} submitted to queue {queue}", s.id);
+                    if st.supervisor.log_submit() {
+                        tracing::info!(JOB_ID = s.id, QUEUE = %queue, "job {} submitted to queue {queue}", s.id);
+                    }
                 }
                 let code = if s.existing {
                     StatusCode::OK

@@ -20,8 +20,10 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+mod budget;
 mod text;
 
+pub use budget::{JobLines, REPORT_EVERY as JOB_LINES_REPORT_EVERY, Skipped};
 pub use text::TextLayer;
 
 /// Longest worker output line kept whole; longer lines are split into pieces this long.

@@ -234,9 +234,11 @@ impl Supervisor {
                     .metrics
                     .job_waited(&job.queue, Duration::from_millis(wait_ms as u64));
             }
-            tracing::info!(JOB_ID = job.id, QUEUE = %job.queue, ATTEMPT = job.attempt, POOL = %slot.pool, INSTANCE = slot.index,
-                "job {} attempt {} started on worker {} (pid {pid}) after {} in the queue",
-                job.id, job.attempt, slot.name(), human(Duration::from_millis(wait_ms as u64)));
+            if self.job_lines.start(job.id, now) {
+                tracing::info!(JOB_ID = job.id, QUEUE = %job.queue, ATTEMPT = job.attempt, POOL = %slot.pool, INSTANCE = slot.index,
+                    "job {} attempt {} started on worker {} (pid {pid}) after {} in the queue",
+                    job.id, job.attempt, slot.name(), human(Duration::from_millis(wait_ms as u64)));
+            }
             slot.held.insert(
                 job.id,
                 Held {
@@ -414,6 +416,7 @@ impl Supervisor {
         kind: &'static str,
         result: Result<Finished, JournalError>,
     ) {
+        let start_logged = self.job_lines.end(job);
         match result {
             Err(e) => {
                 tracing::error!(JOB_ID = job, QUEUE = %queue, ATTEMPT = attempt, "cannot record the end of job {job}: {e}")
@@ -435,9 +438,10 @@ impl Supervisor {
                     self.failures.push_back(Instant::now());
                 }
                 match state {
-                    JobState::Succeeded => {
+                    JobState::Succeeded if start_logged => {
                         tracing::info!(JOB_ID = job, QUEUE = %queue, ATTEMPT = attempt, "job {job} succeeded (attempt {attempt})")
                     }
+                    JobState::Succeeded => {}
                     JobState::Queued if kind == "released" => {
                         self.jobs_added(&queue, run_at_ms);
                     }

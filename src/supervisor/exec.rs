@@ -145,9 +145,11 @@ impl Supervisor {
                     .job_waited(&job.queue, Duration::from_millis(wait_ms));
             }
             let pspec = pool.spec.clone();
-            tracing::info!(JOB_ID = job.id, QUEUE = %job.queue, ATTEMPT = job.attempt, POOL = %name, INSTANCE = lane,
-                "job {} attempt {} starting as a process of exec pool {name} (lane {lane}) after {} in the queue",
-                job.id, job.attempt, human(Duration::from_millis(wait_ms)));
+            if self.job_lines.start(job.id, Instant::now()) {
+                tracing::info!(JOB_ID = job.id, QUEUE = %job.queue, ATTEMPT = job.attempt, POOL = %name, INSTANCE = lane,
+                    "job {} attempt {} starting as a process of exec pool {name} (lane {lane}) after {} in the queue",
+                    job.id, job.attempt, human(Duration::from_millis(wait_ms)));
+            }
             let mut env: Vec<(String, String)> = pspec
                 .env
                 .iter()

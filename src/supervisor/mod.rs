@@ -31,7 +31,7 @@ use crate::control::api::{
     RequestRx, WorkerStatus,
 };
 use crate::journal::{Claimed, Finished, Journal, JournalError};
-use crate::logging::{Origin, Stream, WorkerLog};
+use crate::logging::{JobLines, Origin, Stream, WorkerLog};
 use crate::notify::Notifier;
 use crate::process::{self, Child, Spawner};
 use crate::protocol::FromWorker;
@@ -248,9 +248,15 @@ pub enum Event {
 #[derive(Clone)]
 pub struct Handle {
     events: mpsc::UnboundedSender<Event>,
+    job_lines: Arc<JobLines>,
 }
 
 impl Handle {
+    /// A job was submitted: whether its "submitted" line fits the budget of job lines.
+    pub fn log_submit(&self) -> bool {
+        self.job_lines.submit(Instant::now())
+    }
+
     pub fn jobs_added(&self, queue: &str, run_at_ms: i64) {
         let _ = self.events.send(Event::JobsAdded {
             queue: queue.to_string(),
@@ -292,6 +298,10 @@ pub struct Supervisor {
     observed: crate::http::Observed,
     /// When jobs failed for good in the last hour (for the status line).
     failures: std::collections::VecDeque<Instant>,
+    /// The budget of routine per-job log lines, shared with the control server.
+    job_lines: Arc<JobLines>,
+    /// When the count of job lines left out is next reported.
+    next_lines_report: Instant,
 }
 
 /// When a drain during shutdown must end: early enough to leave the stop signal its
@@ -354,6 +364,8 @@ impl Supervisor {
             next_prune: now + prune_every(&config),
             observed,
             failures: std::collections::VecDeque::new(),
+            job_lines: Arc::new(JobLines::new(config.log.max_job_lines, now)),
+            next_lines_report: now + crate::logging::JOB_LINES_REPORT_EVERY,
             env,
             config,
         };
@@ -375,6 +387,7 @@ impl Supervisor {
     pub fn handle(&self) -> Handle {
         Handle {
             events: self.events_tx.clone(),
+            job_lines: self.job_lines.clone(),
         }
     }
 
@@ -431,6 +444,7 @@ impl Supervisor {
                     self.reap();
                     self.publish_status();
                     self.publish_snapshot();
+                    self.report_job_lines();
                 }
                 _ = tokio::time::sleep_until(deadline) => {}
             }
@@ -1157,6 +1171,31 @@ impl Supervisor {
         }
     }
 
+    /// Every ten seconds: how many routine job lines the budget left out, if any.
+    fn report_job_lines(&mut self) {
+        let now = Instant::now();
+        if now < self.next_lines_report {
+            return;
+        }
+        self.next_lines_report = now + crate::logging::JOB_LINES_REPORT_EVERY;
+        let skipped = self.job_lines.take_skipped();
+        if skipped.starts == 0 && skipped.submits == 0 {
+            return;
+        }
+        let limit = self.config.log.max_job_lines;
+        let mut what = format!("the start and success of {} jobs", skipped.starts);
+        if skipped.submits > 0 {
+            what = format!("{what} and the submit of {} jobs", skipped.submits);
+        }
+        tracing::info!(
+            SKIPPED_STARTS = skipped.starts,
+            SKIPPED_SUBMITS = skipped.submits,
+            "not logged in the last {}s: {what}, beyond log.max_job_lines = {limit} lines a second; \
+             failures, retries and reclaims are always logged, and `steward job ID` shows any job's history",
+            crate::logging::JOB_LINES_REPORT_EVERY.as_secs(),
+        );
+    }
+
     // ----------------------------------------------------------------- reload
 
     fn reload(&mut self) -> ReloadReport {
@@ -1204,6 +1243,7 @@ impl Supervisor {
     }
 
     fn apply(&mut self, mut new: Config) -> String {
+        self.job_lines.set_limit(new.log.max_job_lines);
         let old = &self.config.daemon;
         if new.daemon.socket != old.socket {
             tracing::warn!(
