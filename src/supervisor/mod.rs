@@ -1183,10 +1183,11 @@ impl Supervisor {
             return;
         }
         let limit = self.config.log.max_job_lines;
-        let mut what = format!("the start and success of {} jobs", skipped.starts);
-        if skipped.submits > 0 {
-            what = format!("{what} and the submit of {} jobs", skipped.submits);
-        }
+        let what = match (skipped.starts, skipped.submits) {
+            (n, 0) => format!("the start and success of {n} jobs"),
+            (0, m) => format!("the submit of {m} jobs"),
+            (n, m) => format!("the start and success of {n} jobs and the submit of {m}"),
+        };
         tracing::info!(
             SKIPPED_STARTS = skipped.starts,
             SKIPPED_SUBMITS = skipped.submits,
