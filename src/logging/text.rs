@@ -53,7 +53,12 @@ thread_local! {
 
 impl<S: Subscriber> Layer<S> for TextLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        BUFFERS.with(|cell| match cell.try_borrow_mut() {
+        let own = |event: &Event<'_>| {
+            let mut b = Buffers::default();
+            format_event(event, self.ansi, SystemTime::now(), &mut b);
+            (self.write)(&b.line);
+        };
+        let kept = BUFFERS.try_with(|cell| match cell.try_borrow_mut() {
             Ok(mut b) => {
                 let b = &mut *b;
                 format_event(event, self.ansi, SystemTime::now(), b);
@@ -61,12 +66,12 @@ impl<S: Subscriber> Layer<S> for TextLayer {
             }
             // An event logged while this thread is formatting one (a `Debug` impl that
             // logs): format it into buffers of its own.
-            Err(_) => {
-                let mut b = Buffers::default();
-                format_event(event, self.ansi, SystemTime::now(), &mut b);
-                (self.write)(&b.line);
-            }
+            Err(_) => own(event),
         });
+        // The thread is exiting and its buffers are gone.
+        if kept.is_err() {
+            own(event);
+        }
     }
 }
 
