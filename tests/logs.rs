@@ -131,53 +131,65 @@ fn routine_job_lines_keep_to_their_budget_and_problems_are_always_logged() {
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     };
-    let all = records(&d);
-    let with = |needle: &str| -> Vec<i64> {
-        all.iter()
-            .filter(|r| r["message"].as_str().unwrap_or("").contains(needle))
-            .filter_map(|r| r["JOB_ID"].as_i64())
-            .filter(|id| *id == failing || ids.contains(id))
-            .collect()
+    let ours = |r: &serde_json::Value| {
+        r["JOB_ID"]
+            .as_i64()
+            .is_some_and(|id| id == failing || ids.contains(&id))
     };
-    let mut started = with("started on worker");
-    let mut succeeded = with("succeeded");
+    let says =
+        |r: &serde_json::Value, needle: &str| r["message"].as_str().unwrap_or("").contains(needle);
+    // A job's end is logged just after the journal records it: wait for the lines.
+    wait_for(TIMEOUT, "the failure in the log", || {
+        records(&d)
+            .into_iter()
+            .find(|r| r["JOB_ID"] == failing && r["level"] == "ERROR" && says(r, "failed"))
+    });
+    // What was left out is counted in one line every ten seconds: wait until every one of
+    // the 101 starts is either logged or counted.
+    let all = wait_for(TIMEOUT, "the report of left-out lines", || {
+        let all = records(&d);
+        let logged = all
+            .iter()
+            .filter(|r| ours(r) && says(r, "started on worker"))
+            .count() as u64;
+        let counted: u64 = all
+            .iter()
+            .filter_map(|r| r["SKIPPED_STARTS"].as_u64())
+            .sum();
+        (logged + counted >= 101).then_some(all)
+    });
+    let ids_with = |needle: &str| -> Vec<i64> {
+        let mut v: Vec<i64> = all
+            .iter()
+            .filter(|r| ours(r) && says(r, needle))
+            .filter_map(|r| r["JOB_ID"].as_i64())
+            .collect();
+        v.sort();
+        v
+    };
+    let started = ids_with("started on worker");
     // 20 from the full bucket, plus 2 a second refilled while the jobs ran.
     assert!(
         (20..=40).contains(&started.len()),
         "{} of 101 starts logged",
         started.len()
     );
-    started.retain(|id| *id != failing);
-    started.sort();
-    succeeded.sort();
-    assert_eq!(
-        started, succeeded,
-        "each job whose start is logged has its success logged"
-    );
-    // What was left out is counted, in one line every ten seconds.
-    let left_out = 101 - with("started on worker").len() as u64;
-    let reports = wait_for(TIMEOUT, "the report of left-out lines", || {
-        let reports: Vec<serde_json::Value> = records(&d)
-            .into_iter()
-            .filter(|r| r["SKIPPED_STARTS"].is_u64())
-            .collect();
-        let counted: u64 = reports
-            .iter()
-            .filter_map(|r| r["SKIPPED_STARTS"].as_u64())
-            .sum();
-        (counted >= left_out).then_some(reports)
-    });
+    let reports: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|r| r["SKIPPED_STARTS"].is_u64())
+        .collect();
     let counted: u64 = reports
         .iter()
         .filter_map(|r| r["SKIPPED_STARTS"].as_u64())
         .sum();
-    assert_eq!(counted, left_out, "{reports:?}");
+    assert_eq!(counted + started.len() as u64, 101, "{reports:?}");
     let message = reports[0]["message"].as_str().unwrap_or("");
     assert!(message.contains("log.max_job_lines = 4"), "{message}");
-    assert!(
-        all.iter().any(|r| r["JOB_ID"] == failing
-            && r["level"] == "ERROR"
-            && r["message"].as_str().unwrap().contains("failed")),
-        "the failure is logged"
+    let mut started_ok = started.clone();
+    started_ok.retain(|id| *id != failing);
+    assert_eq!(
+        started_ok,
+        ids_with("succeeded"),
+        "each job whose start is logged has its success logged"
     );
 }
