@@ -168,9 +168,10 @@ fn routine_job_lines_keep_to_their_budget_and_problems_are_always_logged() {
         v
     };
     let started = ids_with("started on worker");
-    // 20 from the full bucket, plus 2 a second refilled while the jobs ran.
+    // 20 from the full bucket, plus 2 a second refilled while the jobs ran (a few
+    // seconds here; the bound leaves room for a slow machine).
     assert!(
-        (20..=40).contains(&started.len()),
+        (20..=70).contains(&started.len()),
         "{} of 101 starts logged",
         started.len()
     );
