@@ -269,7 +269,7 @@ async fn submit(AxState(st): AxState<State>, body: Bytes) -> Response {
             Some(s) => {
                 if !s.existing {
                     st.supervisor.jobs_added(&queue, s.run_at_ms);
-                    if st.supervisor.log_submit() {
+                    if st.supervisor.log_submit(1) {
                         tracing::info!(JOB_ID = s.id, QUEUE = %queue, "job {} submitted to queue {queue}", s.id);
                     }
                 }
@@ -329,6 +329,7 @@ async fn submit_batch(AxState(st): AxState<State>, body: Bytes) -> Response {
             for (q, t) in earliest {
                 st.supervisor.jobs_added(q, t);
             }
+            log_batch(&st, &v, &queues);
             let jobs = v
                 .iter()
                 .map(|s| SubmitResponse {
@@ -340,6 +341,41 @@ async fn submit_batch(AxState(st): AxState<State>, body: Bytes) -> Response {
         }
         Err(e) => journal_error(e),
     }
+}
+
+/// One line for a whole batch: how many jobs, which ids, which queues.
+fn log_batch(st: &State, stored: &[crate::journal::Submitted], queues: &[String]) {
+    let new: Vec<i64> = stored
+        .iter()
+        .filter(|s| !s.existing)
+        .map(|s| s.id)
+        .collect();
+    let (Some(first), Some(last)) = (new.iter().min(), new.iter().max()) else {
+        return;
+    };
+    if !st.supervisor.log_submit(new.len() as u64) {
+        return;
+    }
+    let mut names: Vec<&str> = queues.iter().map(String::as_str).collect();
+    names.sort_unstable();
+    names.dedup();
+    let to = match names.as_slice() {
+        [one] => format!("queue {one}"),
+        many => format!("queues {}", many.join(", ")),
+    };
+    let existing = stored.len() - new.len();
+    let also = if existing > 0 {
+        format!("; {existing} were already there under their unique key")
+    } else {
+        String::new()
+    };
+    tracing::info!(
+        FIRST_JOB_ID = first,
+        LAST_JOB_ID = last,
+        JOBS = new.len(),
+        "batch of {} jobs submitted (ids {first}–{last}) to {to}{also}",
+        new.len()
+    );
 }
 
 #[derive(Debug, Deserialize)]

@@ -35,6 +35,7 @@ struct Bucket {
     /// starts also ends, and its end removes it).
     logged: HashSet<i64>,
     skipped_starts: u64,
+    /// Jobs whose submit line was left out (a batch counts all its jobs).
     skipped_submits: u64,
 }
 
@@ -90,15 +91,16 @@ impl JobLines {
         }
     }
 
-    /// A job was submitted: whether to log it.
-    pub fn submit(&self, now: Instant) -> bool {
+    /// `jobs` jobs were submitted together (1 for a single submit): whether to log the
+    /// one line that says so.
+    pub fn submit(&self, jobs: u64, now: Instant) -> bool {
         let Ok(mut b) = self.inner.lock() else {
             return true;
         };
         if b.take(1.0, now) {
             true
         } else {
-            b.skipped_submits += 1;
+            b.skipped_submits += jobs;
             false
         }
     }
@@ -159,12 +161,21 @@ mod tests {
         let t1 = t0 + Duration::from_secs(1);
         assert_eq!((100..110).filter(|j| lines.start(*j, t1)).count(), 5);
         let t2 = t1 + Duration::from_secs(1);
-        assert_eq!((0..20).filter(|_| lines.submit(t2)).count(), 10);
+        assert_eq!((0..20).filter(|_| lines.submit(1, t2)).count(), 10);
         assert_eq!(
             lines.take_skipped(),
             Skipped {
                 starts: 5,
                 submits: 10
+            }
+        );
+        // A batch is one line; left out, it counts all its jobs.
+        assert!(!lines.submit(500, t2));
+        assert_eq!(
+            lines.take_skipped(),
+            Skipped {
+                starts: 0,
+                submits: 500
             }
         );
     }
@@ -184,7 +195,7 @@ mod tests {
     fn zero_means_every_line() {
         let t0 = Instant::now();
         let lines = JobLines::new(0, t0);
-        assert!((0..100_000).all(|j| lines.start(j, t0) && lines.submit(t0)));
+        assert!((0..100_000).all(|j| lines.start(j, t0) && lines.submit(1, t0)));
         assert!(lines.end(7));
         assert_eq!(lines.take_skipped(), Skipped::default());
     }
@@ -194,8 +205,8 @@ mod tests {
         let t0 = Instant::now();
         let lines = JobLines::new(1000, t0);
         lines.set_limit(1);
-        assert_eq!((0..100).filter(|_| lines.submit(t0)).count(), 10);
+        assert_eq!((0..100).filter(|_| lines.submit(1, t0)).count(), 10);
         lines.set_limit(0);
-        assert!(lines.submit(t0));
+        assert!(lines.submit(1, t0));
     }
 }

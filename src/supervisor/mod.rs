@@ -252,9 +252,10 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// A job was submitted: whether its "submitted" line fits the budget of job lines.
-    pub fn log_submit(&self) -> bool {
-        self.job_lines.submit(Instant::now())
+    /// `jobs` jobs were submitted in one request: whether the line that says so fits the
+    /// budget of job lines.
+    pub fn log_submit(&self, jobs: u64) -> bool {
+        self.job_lines.submit(jobs, Instant::now())
     }
 
     pub fn jobs_added(&self, queue: &str, run_at_ms: i64) {
