@@ -1,8 +1,8 @@
 //! The text output: one line per event,
 //! `2026-11-23T20:50:01.123456Z  INFO message KEY=value …`, coloured on a terminal.
 //!
-//! The supervisor logs two lines per job on the thread that dispatches jobs, so the cost of
-//! a line is paid on the path of every job. This formatter does only what the format
+//! The supervisor logs its job lines on the thread that dispatches jobs, so the cost of a
+//! line is paid on the path of the jobs. This formatter does only what the format
 //! needs: the date part of the timestamp is computed once a second, the line is built in
 //! a buffer kept per thread and written with one `write(2)`.
 
