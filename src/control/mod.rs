@@ -343,27 +343,30 @@ async fn submit_batch(AxState(st): AxState<State>, body: Bytes) -> Response {
     }
 }
 
-/// One line for a whole batch: how many jobs, which ids, which queues.
+/// One line for a whole batch: how many jobs it added, which ids, which queues.
 fn log_batch(st: &State, stored: &[crate::journal::Submitted], queues: &[String]) {
-    let new: Vec<i64> = stored
+    let added: Vec<(i64, &str)> = stored
         .iter()
-        .filter(|s| !s.existing)
-        .map(|s| s.id)
+        .zip(queues)
+        .filter(|(s, _)| !s.existing)
+        .map(|(s, q)| (s.id, q.as_str()))
         .collect();
-    let (Some(first), Some(last)) = (new.iter().min(), new.iter().max()) else {
+    let (Some(first), Some(last)) = (
+        added.iter().map(|(id, _)| *id).min(),
+        added.iter().map(|(id, _)| *id).max(),
+    ) else {
         return;
     };
-    if !st.supervisor.log_submit(new.len() as u64) {
+    if !st.supervisor.log_submit(added.len() as u64) {
         return;
     }
-    let mut names: Vec<&str> = queues.iter().map(String::as_str).collect();
-    names.sort_unstable();
-    names.dedup();
+    let names: std::collections::BTreeSet<&str> = added.iter().map(|(_, q)| *q).collect();
+    let names: Vec<&str> = names.into_iter().collect();
     let to = match names.as_slice() {
         [one] => format!("queue {one}"),
         many => format!("queues {}", many.join(", ")),
     };
-    let existing = stored.len() - new.len();
+    let existing = stored.len() - added.len();
     let also = if existing > 0 {
         format!("; {existing} were already there under their unique key")
     } else {
@@ -372,9 +375,9 @@ fn log_batch(st: &State, stored: &[crate::journal::Submitted], queues: &[String]
     tracing::info!(
         FIRST_JOB_ID = first,
         LAST_JOB_ID = last,
-        JOBS = new.len(),
+        JOBS = added.len(),
         "batch of {} jobs submitted (ids {first}–{last}) to {to}{also}",
-        new.len()
+        added.len()
     );
 }
 

@@ -840,13 +840,12 @@ pub(super) fn reclaim_interrupted(
     Ok(out)
 }
 
-/// Jobs per queue and state, counted once at start and kept current by every commit.
 /// Jobs by queue and state, as the daemon starts. Each state is counted from its own
 /// index, never from the table: queued jobs from `jobs_dispatch`, running ones from
 /// `jobs_running`, finished ones from `jobs_finished` (which holds queue and state, so the
 /// table is not read). With 1,000,000 finished jobs, one `GROUP BY` over the table took
 /// 1.1–1.4 s before `READY=1`; the finished index alone takes about 0.18 s.
-pub(super) const STATS_SQL: [&str; 3] = [
+const STATS_SQL: [&str; 3] = [
     "SELECT queue, 'queued', count(*) FROM jobs INDEXED BY jobs_dispatch
      WHERE state = 'queued' GROUP BY queue",
     "SELECT queue, 'running', count(*) FROM jobs INDEXED BY jobs_running
@@ -856,6 +855,7 @@ pub(super) const STATS_SQL: [&str; 3] = [
      GROUP BY queue, state",
 ];
 
+/// Jobs per queue and state, counted once at start and kept current by every commit.
 pub(super) fn initial_stats(conn: &Connection) -> rusqlite::Result<Stats> {
     let mut stats = Stats::default();
     for sql in STATS_SQL {
