@@ -2,6 +2,7 @@
 
 mod helper;
 
+mod bench;
 mod config;
 mod exec;
 mod jobs;
