@@ -74,6 +74,10 @@ impl Histogram {
 pub struct Metrics {
     pub watchdog_pings: AtomicU64,
     pub journal_commits: AtomicU64,
+    /// Jobs whose routine "started" (and "succeeded") lines `log.max_job_lines` left out.
+    pub job_lines_skipped_starts: AtomicU64,
+    /// Jobs whose "submitted" line `log.max_job_lines` left out.
+    pub job_lines_skipped_submits: AtomicU64,
     worker_restarts: Mutex<BTreeMap<String, u64>>,
     jobs_finished: Mutex<BTreeMap<(String, String), u64>>,
     reclaimed: Mutex<BTreeMap<String, u64>>,
@@ -87,6 +91,8 @@ impl Default for Metrics {
         Metrics {
             watchdog_pings: AtomicU64::new(0),
             journal_commits: AtomicU64::new(0),
+            job_lines_skipped_starts: AtomicU64::new(0),
+            job_lines_skipped_submits: AtomicU64::new(0),
             worker_restarts: Mutex::default(),
             jobs_finished: Mutex::default(),
             reclaimed: Mutex::default(),
@@ -293,6 +299,22 @@ impl Metrics {
             "steward_journal_commits_total {}",
             self.journal_commits.load(Ordering::Relaxed)
         );
+        head(
+            &mut o,
+            "steward_job_lines_skipped_total",
+            "counter",
+            "Jobs whose routine log lines log.max_job_lines left out: line=started (the start and success), line=submitted; counted every 10 s.",
+        );
+        for (line, n) in [
+            ("started", &self.job_lines_skipped_starts),
+            ("submitted", &self.job_lines_skipped_submits),
+        ] {
+            let _ = writeln!(
+                o,
+                "steward_job_lines_skipped_total{{line=\"{line}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
         head(
             &mut o,
             "steward_watchdog_pings_total",

@@ -102,8 +102,9 @@ fn job_events_carry_job_queue_and_attempt_fields() {
 fn routine_job_lines_keep_to_their_budget_and_problems_are_always_logged() {
     let env = Env::new();
     // 4 lines a second, 40 in the bucket: the start and success of 20 jobs.
+    let port = free_port();
     env.write_config(&format!(
-        "[log]\nmax_job_lines = 4\n\n{}",
+        "[log]\nmax_job_lines = 4\n\n[http]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
         jobs_config(2, "", "")
     ));
     let d = Daemon::spawn(&env, &[], &["--log-format", "json"]);
@@ -192,6 +193,24 @@ fn routine_job_lines_keep_to_their_budget_and_problems_are_always_logged() {
         .filter_map(|r| r["SKIPPED_STARTS"].as_u64())
         .sum();
     assert_eq!(counted + started.len() as u64, 101, "{reports:?}");
+    // /metrics counts what the report lines counted.
+    let submits: u64 = reports
+        .iter()
+        .filter_map(|r| r["SKIPPED_SUBMITS"].as_u64())
+        .sum();
+    let (_, text) = http_get(port, "/metrics").expect("/metrics");
+    let metric = |line: &str| -> u64 {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "steward_job_lines_skipped_total{{line=\"{line}\"}} "
+                ))
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no skipped-lines metric for {line}: {text}"))
+    };
+    assert_eq!(metric("started"), counted, "{text}");
+    assert_eq!(metric("submitted"), submits, "{text}");
     let message = reports[0]["message"].as_str().unwrap_or("");
     assert!(message.contains("log.max_job_lines = 4"), "{message}");
     let mut started_ok = started.clone();

@@ -1,35 +1,9 @@
 //! Observability: /health, /metrics, the status view, following a job.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
 use crate::helper::*;
-
-/// A free TCP port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// GET over plain HTTP/1.0: (status code, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((code, body))
-}
 
 #[test]
 fn health_follows_a_crash_looping_pool_and_recovers() {
@@ -44,27 +18,27 @@ fn health_follows_a_crash_looping_pool_and_recovers() {
     ));
     let d = Daemon::start(&env);
     let (code, body) = wait_for(TIMEOUT, "/health 503", || {
-        get(port, "/health").filter(|(c, _)| *c == 503)
+        http_get(port, "/health").filter(|(c, _)| *c == 503)
     });
     assert_eq!(code, 503);
     assert!(
         body.contains("pool flaky has 1 crash-looping workers"),
         "{body}"
     );
-    let (code, _) = get(port, "/health/live").unwrap();
+    let (code, _) = http_get(port, "/health/live").unwrap();
     assert_eq!(code, 200, "liveness only looks at the loop");
-    let (code, body) = get(port, "/health/ready").unwrap();
+    let (code, body) = http_get(port, "/health/ready").unwrap();
     assert_eq!(code, 503);
     assert!(body.contains("pool flaky has no running worker"), "{body}");
 
     std::fs::write(&flag, "").unwrap();
     let (_, body) = wait_for(TIMEOUT, "/health 200", || {
-        get(port, "/health").filter(|(c, _)| *c == 200)
+        http_get(port, "/health").filter(|(c, _)| *c == 200)
     });
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["status"], "ok");
-    assert_eq!(get(port, "/health/ready").unwrap().0, 200);
-    let (code, _) = get(port, "/nope").unwrap();
+    assert_eq!(http_get(port, "/health/ready").unwrap().0, 200);
+    let (code, _) = http_get(port, "/nope").unwrap();
     assert_eq!(code, 404);
     drop(d);
 }
@@ -86,7 +60,7 @@ fn metrics_validate_and_move_as_jobs_run() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     };
-    let (_, before) = wait_for(TIMEOUT, "/metrics", || get(port, "/metrics"));
+    let (_, before) = wait_for(TIMEOUT, "/metrics", || http_get(port, "/metrics"));
     let ok = "steward_jobs_finished_total{queue=\"q\",outcome=\"succeeded\"}";
     assert_eq!(metric(&before, ok), 0.0);
     for _ in 0..5 {
@@ -99,7 +73,7 @@ fn metrics_validate_and_move_as_jobs_run() {
         TIMEOUT,
         "5 succeeded and 2 running workers in metrics",
         || {
-            get(port, "/metrics").map(|(_, b)| b).filter(|b| {
+            http_get(port, "/metrics").map(|(_, b)| b).filter(|b| {
                 metric(b, ok) >= 5.0
                     && metric(b, "steward_workers{pool=\"w\",state=\"running\"}") == 2.0
             })

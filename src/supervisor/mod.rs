@@ -1183,6 +1183,11 @@ impl Supervisor {
         if skipped.starts == 0 && skipped.submits == 0 {
             return;
         }
+        let m = &self.observed.metrics;
+        m.job_lines_skipped_starts
+            .fetch_add(skipped.starts, std::sync::atomic::Ordering::Relaxed);
+        m.job_lines_skipped_submits
+            .fetch_add(skipped.submits, std::sync::atomic::Ordering::Relaxed);
         let limit = self.config.log.max_job_lines;
         let what = match (skipped.starts, skipped.submits) {
             (n, 0) => format!("the start and success of {n} jobs"),
