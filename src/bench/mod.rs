@@ -739,7 +739,7 @@ pub fn run(quick: bool, json_out: bool, only: &[u8]) -> Result<(), Failure> {
                 m.answers_ms,
                 "",
                 |_| true,
-                format!("of {each:.2} ms per CLI submit; the rest is the client process: starting, running and exiting it"),
+                format!("of {each:.2} ms per CLI submit; the rest is mostly the client process: starting, running and exiting it"),
             ));
         }
         if want(4) {
