@@ -199,18 +199,11 @@ fn routine_job_lines_keep_to_their_budget_and_problems_are_always_logged() {
         .filter_map(|r| r["SKIPPED_SUBMITS"].as_u64())
         .sum();
     let (_, text) = http_get(port, "/metrics").expect("/metrics");
-    let metric = |line: &str| -> u64 {
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(&format!(
-                    "steward_job_lines_skipped_total{{line=\"{line}\"}} "
-                ))
-            })
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no skipped-lines metric for {line}: {text}"))
-    };
-    assert_eq!(metric("started"), counted, "{text}");
-    assert_eq!(metric("submitted"), submits, "{text}");
+    for (line, want) in [("started", counted), ("submitted", submits)] {
+        let name = format!("steward_job_lines_skipped_total{{line=\"{line}\"}}");
+        assert!(text.contains(&format!("\n{name} ")), "no {name}: {text}");
+        assert_eq!(metric(&text, &name), want as f64, "{text}");
+    }
     let message = reports[0]["message"].as_str().unwrap_or("");
     assert!(message.contains("log.max_job_lines = 4"), "{message}");
     let mut started_ok = started.clone();

@@ -53,13 +53,6 @@ fn metrics_validate_and_move_as_jobs_run() {
     ));
     let d = Daemon::start(&env);
     d.running_pids("w");
-    let metric = |text: &str, name: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
     let (_, before) = wait_for(TIMEOUT, "/metrics", || http_get(port, "/metrics"));
     let ok = "steward_jobs_finished_total{queue=\"q\",outcome=\"succeeded\"}";
     assert_eq!(metric(&before, ok), 0.0);
