@@ -13,3 +13,4 @@ mod observe;
 mod reload;
 mod restart;
 mod stop;
+mod timelines;

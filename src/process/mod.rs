@@ -8,7 +8,6 @@
 //! it started. The daemon is a child subreaper: orphans of its workers are reparented to
 //! it and reaped too, and nothing is left behind when it stops.
 
-use std::ffi::OsString;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -176,17 +175,15 @@ pub fn is_executable(p: &std::path::Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Whether a process with this pid exists (zombies included).
-pub fn exists(pid: i32) -> bool {
-    nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
-}
-
-/// Program lookup helper for messages: the program as the operator wrote it.
-pub fn display_command(program: &std::path::Path, args: &[String]) -> String {
-    let mut s = OsString::from(program.as_os_str());
-    for a in args {
-        s.push(" ");
-        s.push(a);
+/// Whether reading `fd` would not block right now: bytes are waiting, or the other end
+/// closed. Never waits.
+pub fn readable(fd: &impl std::os::fd::AsFd) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n) if n > 0 => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP)),
+        _ => false,
     }
-    s.to_string_lossy().into_owned()
 }

@@ -26,6 +26,12 @@ pub const CANCEL_GRACE: Duration = Duration::from_secs(10);
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Idle workers look for due jobs at least this often, whatever the hints say.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// The lease of a job whose queue is no longer configured.
+const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+/// How long past a deadline the judgment may wait for a worker's unread input.
+const PENDING_GRACE: Duration = Duration::from_secs(5);
+/// How often a deadline waiting for unread input is looked at again.
+const RECHECK: Duration = Duration::from_millis(50);
 
 /// Whether a queue may have due jobs, as far as the loop knows.
 #[derive(Debug, Default, Clone)]
@@ -254,7 +260,7 @@ impl Supervisor {
             // Attribute the worker's output to the job before it can print anything.
             slot.update_current_job();
             if let Some(conn) = &slot.conn {
-                let _ = conn.send(line);
+                conn.send(line);
             }
         }
     }
@@ -275,7 +281,7 @@ impl Supervisor {
         let reject = |slot: &super::Slot, why: String| {
             tracing::warn!(POOL = %pool, INSTANCE = index, WORKER_PID = pid, "worker {name}: {why}");
             if let Some(c) = &slot.conn {
-                let _ = c.send(protocol::error_line(&why));
+                c.send(protocol::error_line(&why));
             }
         };
         match msg {
@@ -529,18 +535,43 @@ impl Supervisor {
 
     /// Protocol deadlines of one slot: start timeout, lease, job timeouts, cancel grace,
     /// and the end of a drain.
+    ///
+    /// A worker is judged silent only after what it sent has been looked at: bytes
+    /// waiting in its socket, or taken by its reader but not yet a whole line, are not
+    /// silence. For the lease they count as hearing from the worker. For the other
+    /// deadlines (which lines do not extend) the judgment waits for them to be read, for
+    /// at most [`PENDING_GRACE`] past the deadline.
     pub(super) fn protocol_timers(&mut self, id: SlotId, now: Instant) {
+        let config = &self.config;
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
         if !slot.spec.is_protocol() || slot.pid.is_none() || slot.kill_reason.is_some() {
             return;
         }
+        if slot.recheck_at.is_some_and(|t| now >= t) {
+            slot.recheck_at = None;
+        }
+        let read_at = slot.conn.as_ref().and_then(|c| c.last_read());
+        let unread = || slot.conn.as_ref().is_some_and(|c| c.unread_in_socket());
+        // Whether the loop has yet to see something the worker sent.
+        let pending = read_at.is_some_and(|t| t > slot.last_heard) || unread();
+        // Wait for pending input before acting on a deadline that passed at `due`.
+        let wait = |slot: &mut super::Slot, due: Instant| -> bool {
+            if pending && now < due + PENDING_GRACE {
+                slot.recheck_at = Some(now + RECHECK);
+                true
+            } else {
+                false
+            }
+        };
         if slot.phase == Phase::Starting
-            && slot
-                .run_started
-                .is_some_and(|t| now >= t + slot.spec.start_timeout)
+            && let Some(t) = slot.run_started
+            && now >= t + slot.spec.start_timeout
         {
+            if wait(slot, t + slot.spec.start_timeout) {
+                return;
+            }
             let limit = slot.spec.start_timeout;
             return self.kill_worker(
                 id,
@@ -551,9 +582,14 @@ impl Supervisor {
                 ),
             );
         }
-        if !slot.held.is_empty() {
-            let lease = held_lease(&self.config, slot);
-            if now >= slot.last_heard + lease {
+        let heard = read_at.map_or(slot.last_heard, |t| t.max(slot.last_heard));
+        if let Some((expiry, lease)) = lease_expiry(config, slot, heard)
+            && now >= expiry
+        {
+            if unread() {
+                // Bytes are waiting in the socket: the worker has spoken.
+                slot.last_heard = now;
+            } else {
                 return self.kill_worker(
                     id,
                     KillReason::Hung,
@@ -572,19 +608,25 @@ impl Supervisor {
                     tracing::warn!(JOB_ID = *job, QUEUE = %h.queue, ATTEMPT = h.attempt,
                         "job {job} ran past its timeout ({}); sent cancel to worker {}", human(now.duration_since(h.started)), format_args!("{}/{}", slot.pool, slot.index));
                     if let Some(c) = &slot.conn {
-                        let _ = c.send(protocol::cancel_line(*job));
+                        c.send(protocol::cancel_line(*job));
                     }
                 }
-                Some((why, kill_at)) if now >= kill_at => {
-                    kill = Some(match why {
-                        super::CancelWhy::Timeout => KillReason::JobTimeout(*job),
-                        super::CancelWhy::Cancelled => KillReason::Cancelled(*job),
-                    });
+                Some((why, kill_at)) if now >= kill_at && kill.is_none() => {
+                    kill = Some((
+                        match why {
+                            super::CancelWhy::Timeout => KillReason::JobTimeout(*job),
+                            super::CancelWhy::Cancelled => KillReason::Cancelled(*job),
+                        },
+                        kill_at,
+                    ));
                 }
                 _ => {}
             }
         }
-        if let Some(k) = kill {
+        if let Some((k, due)) = kill {
+            if wait(slot, due) {
+                return;
+            }
             let job = match k {
                 KillReason::JobTimeout(j) | KillReason::Cancelled(j) => j,
                 _ => 0,
@@ -598,29 +640,40 @@ impl Supervisor {
                 ),
             );
         }
-        let Some(slot) = self.slots.get(&id) else {
-            return;
-        };
-        if slot.draining && (slot.held.is_empty() || slot.drain_until.is_some_and(|t| now >= t)) {
+        if slot.draining {
+            let ended = slot.drain_until.filter(|t| now >= *t);
+            if !slot.held.is_empty() {
+                match ended {
+                    None => return,
+                    Some(t) if wait(slot, t) => return,
+                    Some(_) => {}
+                }
+            }
             let retire = slot.retire;
             self.stop_now(id, retire, now);
         }
     }
 
-    /// The earliest protocol deadline of a slot, for the loop's timer.
+    /// The earliest protocol deadline of a slot, for the loop's timer (derived from the
+    /// same state as [`protocol_timers`](Self::protocol_timers) acts on).
     pub(super) fn protocol_deadline(&self, slot: &super::Slot) -> Option<Instant> {
         if !slot.spec.is_protocol() || slot.pid.is_none() || slot.kill_reason.is_some() {
             return None;
         }
         let mut next: Option<Instant> = None;
         let mut at = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        if let Some(t) = slot.recheck_at {
+            at(t);
+        }
         if slot.phase == Phase::Starting
             && let Some(t) = slot.run_started
         {
             at(t + slot.spec.start_timeout);
         }
-        if !slot.held.is_empty() {
-            at(slot.last_heard + held_lease(&self.config, slot));
+        let read_at = slot.conn.as_ref().and_then(|c| c.last_read());
+        let heard = read_at.map_or(slot.last_heard, |t| t.max(slot.last_heard));
+        if let Some((expiry, _)) = lease_expiry(&self.config, slot, heard) {
+            at(expiry);
         }
         for h in slot.held.values() {
             match h.cancel {
@@ -632,12 +685,19 @@ impl Supervisor {
                 }
             }
         }
-        if slot.draining
-            && let Some(t) = slot.drain_until
-        {
-            at(t);
+        if slot.draining {
+            if slot.held.is_empty() {
+                at(Instant::now());
+            } else if let Some(t) = slot.drain_until {
+                at(t);
+            }
         }
-        next
+        next.map(|t| match slot.recheck_at {
+            // A passed deadline waiting for input is looked at again at `recheck_at`,
+            // not on every turn.
+            Some(r) if t < r => r,
+            _ => t,
+        })
     }
 
     /// `steward cancel ID`: a queued job is cancelled in the journal; a running one is
@@ -655,7 +715,7 @@ impl Supervisor {
                 if h.cancel.is_none() {
                     h.cancel = Some((super::CancelWhy::Cancelled, now + CANCEL_GRACE));
                     if let Some(c) = &slot.conn {
-                        let _ = c.send(protocol::cancel_line(job));
+                        c.send(protocol::cancel_line(job));
                     }
                 }
                 tracing::info!(JOB_ID = job, QUEUE = %h.queue, ATTEMPT = h.attempt, "cancelling job {job} on worker {name}");
@@ -709,19 +769,26 @@ impl Supervisor {
     }
 }
 
-/// The shortest lease among the queues of the jobs a worker holds.
-fn held_lease(config: &Config, slot: &super::Slot) -> Duration {
+/// When the first of the leases a worker holds runs out, and that lease's length. Each
+/// lease runs from its job's dispatch or from `heard` (the worker's last sign of life),
+/// whichever is later: an idle worker holds nothing, so its silence before a job counts
+/// for nothing.
+fn lease_expiry(
+    config: &Config,
+    slot: &super::Slot,
+    heard: Instant,
+) -> Option<(Instant, Duration)> {
     slot.held
         .values()
         .map(|h| {
-            config
+            let lease = config
                 .queues
                 .get(&h.queue)
                 .map(|q| q.lease)
-                .unwrap_or(Duration::from_secs(60))
+                .unwrap_or(DEFAULT_LEASE);
+            (h.started.max(heard) + lease, lease)
         })
         .min()
-        .unwrap_or(Duration::from_secs(60))
 }
 
 impl super::Slot {

@@ -39,7 +39,10 @@ pub(super) struct ExecRun {
     pub attempt: u32,
     pub queue: String,
     pub pid: Option<i32>,
+    /// When the process started (until then, when the job was claimed).
     pub started: Instant,
+    /// The job's time limit; its deadline runs from the process start.
+    pub timeout: Option<Duration>,
     pub deadline: Option<Instant>,
     /// Why and when the stop signal was sent, and when SIGKILL follows.
     pub stop: Option<(ExecStop, Instant)>,
@@ -178,7 +181,8 @@ impl Supervisor {
                     queue: job.queue.clone(),
                     pid: None,
                     started: now,
-                    deadline: timeout.map(|t| now + t),
+                    timeout,
+                    deadline: None,
                     stop: None,
                     killed: false,
                     exit: None,
@@ -245,6 +249,8 @@ impl Supervisor {
             Ok(child) => {
                 let pid = child.pid;
                 run.pid = Some(pid);
+                run.started = child.started;
+                run.deadline = run.timeout.map(|t| child.started + t);
                 self.exec_pids.insert(pid, (name.clone(), lane));
                 if let Some(stdin) = child.stdin {
                     tokio::spawn(async move {

@@ -142,15 +142,19 @@ struct Slot {
     retire: Retire,
     last_exit: Option<LastExit>,
     reason: Option<String>,
-    /// Protocol workers: lines to send on the worker's socket.
-    conn: Option<mpsc::UnboundedSender<String>>,
+    /// Protocol workers: our side of the worker's socket.
+    conn: Option<worker_io::Conn>,
     /// Our end of the socket between fork and the spawn result.
     pending_conn: Option<std::os::unix::net::UnixStream>,
     /// Jobs held, by id.
     held: BTreeMap<i64, Held>,
     /// Jobs asked of the journal and not answered yet.
     claiming: usize,
+    /// When the loop last handled a line from the worker (its process start before the
+    /// first one). Each held job's lease runs from the later of this and its dispatch.
     last_heard: Instant,
+    /// A deadline passed while the worker's input was still unread: judge it again then.
+    recheck_at: Option<Instant>,
     /// `drain` was sent; stop once the held jobs are done or at `drain_until`.
     draining: bool,
     drain_until: Option<Instant>,
@@ -424,17 +428,7 @@ impl Supervisor {
                 _ = sigterm.recv() => self.begin_shutdown("SIGTERM"),
                 _ = sigint.recv() => self.begin_shutdown("SIGINT"),
                 _ = sighup.recv() => { self.reload(); }
-                Some(ev) = self.events_rx.recv() => {
-                    self.on_event(ev);
-                    // Take what else has arrived before the bookkeeping below, which
-                    // then runs once for all of it (and frees slots claim together).
-                    for _ in 1..EVENTS_PER_TURN {
-                        match self.events_rx.try_recv() {
-                            Ok(ev) => self.on_event(ev),
-                            Err(_) => break,
-                        }
-                    }
-                }
+                Some(ev) = self.events_rx.recv() => self.on_event(ev),
                 Some((req, reply)) = requests.recv() => self.on_request(req, reply),
                 _ = watchdog.tick(), if wd_every.is_some() => {
                     self.notifier.watchdog();
@@ -448,6 +442,15 @@ impl Supervisor {
                     self.report_job_lines();
                 }
                 _ = tokio::time::sleep_until(deadline) => {}
+            }
+            // Take what else has arrived before the bookkeeping below, which then runs
+            // once for all of it (and frees slots claim together), and before any timer
+            // judges a worker silent: a line already here is not silence.
+            for _ in 0..EVENTS_PER_TURN {
+                match self.events_rx.try_recv() {
+                    Ok(ev) => self.on_event(ev),
+                    Err(_) => break,
+                }
             }
             let now = Instant::now();
             self.observed.turned();
@@ -628,14 +631,23 @@ impl Supervisor {
                 slot.phase = Phase::Starting;
                 slot.became_ready = false;
                 slot.last_heard = child.started;
+                slot.recheck_at = None;
                 if let Some(ours) = slot.pending_conn.take() {
+                    // A duplicate of our end, to look for unread input before judging the
+                    // worker silent; without it only what the reader took is seen.
+                    let probe = ours.try_clone().ok().map(OwnedFd::from);
                     match ours
                         .set_nonblocking(true)
                         .and_then(|()| tokio::net::UnixStream::from_std(ours))
                     {
                         Ok(stream) => {
-                            slot.conn =
-                                Some(worker_io::start(stream, id, pid, self.events_tx.clone()))
+                            slot.conn = Some(worker_io::start(
+                                stream,
+                                probe,
+                                id,
+                                pid,
+                                self.events_tx.clone(),
+                            ))
                         }
                         Err(e) => {
                             tracing::error!("cannot use the socket of worker {}: {e}", slot.name())
@@ -875,6 +887,7 @@ impl Supervisor {
                 held: BTreeMap::new(),
                 claiming: 0,
                 last_heard: Instant::now(),
+                recheck_at: None,
                 draining: false,
                 drain_until: None,
                 kill_reason: None,
@@ -976,7 +989,7 @@ impl Supervisor {
                 "draining worker {}: waiting up to {} for its {} jobs before stopping it",
                 slot.name(), human(until.saturating_duration_since(now)), slot.held.len());
             if let Some(c) = &slot.conn {
-                let _ = c.send(crate::protocol::drain_line());
+                c.send(crate::protocol::drain_line());
             }
             return;
         }

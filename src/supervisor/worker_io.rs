@@ -1,6 +1,17 @@
 //! The two tasks behind each protocol worker's socket: one reads lines and hands them to
 //! the loop as events, one writes the lines the loop queues. The loop never waits on a
 //! worker's socket.
+//!
+//! The loop judges a worker silent (hung, or too slow to say `ready`) only after looking
+//! at what has arrived: [`Conn::last_read`] is when the reader task last took bytes from
+//! the worker (a line may still be on its way to the loop), and
+//! [`Conn::unread_in_socket`] tells whether bytes are waiting that nobody read yet (the
+//! daemon was paused, or its reader has not run since).
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -12,15 +23,62 @@ use crate::protocol::{self, MAX_LINE};
 /// Bytes of queued lines gathered into one write, at most (one line may exceed it).
 const WRITE_BATCH: usize = 64 * 1024;
 
-/// Start the tasks; returns the queue of lines to send to the worker.
+/// Our side of a protocol worker's socket, as the loop holds it.
+pub struct Conn {
+    /// Lines to send to the worker.
+    lines: mpsc::UnboundedSender<String>,
+    /// When the reader task last got bytes from the worker (see [`stamp`]); 0: never.
+    last_read: Arc<AtomicU64>,
+    /// A duplicate of the socket, only to ask whether unread bytes are waiting in it.
+    probe: Option<OwnedFd>,
+}
+
+impl Conn {
+    pub fn send(&self, line: String) {
+        let _ = self.lines.send(line);
+    }
+
+    /// When the worker last sent bytes that the reader task took (whole lines or not).
+    pub fn last_read(&self) -> Option<Instant> {
+        from_stamp(self.last_read.load(Ordering::Acquire))
+    }
+
+    /// Whether bytes from the worker are waiting in the socket, unread.
+    pub fn unread_in_socket(&self) -> bool {
+        self.probe
+            .as_ref()
+            .is_some_and(crate::process::readable)
+    }
+}
+
+/// Instants as milliseconds since the first call (plus one, so that 0 means "never"),
+/// to share them through an atomic.
+fn stamp(t: Instant) -> u64 {
+    let base = *BASE.get_or_init(Instant::now);
+    u64::try_from(t.saturating_duration_since(base).as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
+}
+
+fn from_stamp(v: u64) -> Option<Instant> {
+    let base = *BASE.get_or_init(Instant::now);
+    let ms = v.checked_sub(1)?;
+    base.checked_add(std::time::Duration::from_millis(ms))
+}
+
+static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// Start the tasks on `stream` (with `probe` a duplicate of it, if one could be made).
 pub fn start(
     stream: UnixStream,
+    probe: Option<OwnedFd>,
     slot: SlotId,
     pid: i32,
     events: mpsc::UnboundedSender<Event>,
-) -> mpsc::UnboundedSender<String> {
+) -> Conn {
     let (read_half, mut write_half) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let last_read = Arc::new(AtomicU64::new(0));
     tokio::spawn(async move {
         while let Some(mut out) = rx.recv().await {
             // Lines queued together (the jobs of one claim) go out in one write.
@@ -35,6 +93,7 @@ pub fn start(
             }
         }
     });
+    let stamped = last_read.clone();
     tokio::spawn(async move {
         let mut reader = BufReader::with_capacity(64 * 1024, read_half);
         let mut line: Vec<u8> = Vec::new();
@@ -44,6 +103,7 @@ pub fn start(
                 Ok([]) | Err(_) => break,
                 Ok(b) => b,
             };
+            stamped.store(stamp(Instant::now()), Ordering::Release);
             let (chunk, newline) = match buf.iter().position(|b| *b == b'\n') {
                 Some(i) => (&buf[..i], true),
                 None => (buf, false),
@@ -75,5 +135,22 @@ pub fn start(
             }
         }
     });
-    tx
+    Conn {
+        lines: tx,
+        last_read,
+        probe,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_round_trip_and_zero_is_never() {
+        assert_eq!(from_stamp(0), None);
+        let t = Instant::now() + std::time::Duration::from_millis(1500);
+        let back = from_stamp(stamp(t)).unwrap();
+        assert!(back <= t && t.duration_since(back) < std::time::Duration::from_millis(2));
+    }
 }

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""A protocol worker for the integration tests. Its behaviour is set by each job's payload:
+"""A protocol worker for the integration tests. Each job runs in a thread of its own, so
+a pool with `concurrency > 1` holds several jobs at once, as real workers do. Its
+behaviour is set by each job's payload:
 
   append: PATH      append "<id> <attempt> <pid>" to PATH before finishing
-  sleep: SECONDS    take that long (sending heartbeats every 0.2 s unless "silent")
+  sleep: SECONDS    take that long (sending heartbeats every 0.05 s unless "silent")
+  beat: SECONDS     the heartbeat interval while sleeping (default 0.05)
   silent: true      send nothing while sleeping (to test leases)
   fail: MESSAGE     report a failure; "retry": false makes it permanent
   exit: CODE        exit at once (a crash while holding the job)
@@ -13,35 +16,32 @@
   result: VALUE     the result to report
   exit_once: PATH   exit (crash) unless PATH exists; create it first
   sleep_first: S    on attempt 1 only, take S seconds (heartbeating unless "silent")
+  progress: [P, …]  report these progress values (message "step N") before finishing
+
+TEST_READY_DELAY in the environment: wait that many seconds before saying ready.
 """
 import json
 import os
-import select
 import socket
 import sys
+import threading
 import time
 
 sock = socket.socket(fileno=int(os.environ["STEWARD_FD"]))
 reader = sock.makefile("r", encoding="utf-8", newline="\n")
+write_lock = threading.Lock()
 cancelled = set()
-errors = []
 
 
 def send(msg):
-    sock.sendall((json.dumps(msg) + "\n").encode())
+    data = (json.dumps(msg) + "\n").encode()
+    with write_lock:
+        sock.sendall(data)
 
 
-def poll():
-    while select.select([sock], [], [], 0)[0]:
-        line = reader.readline()
-        if not line:
-            sys.exit(0)
-        msg = json.loads(line)
-        if msg["type"] == "cancel":
-            cancelled.add(msg["id"])
-        elif msg["type"] == "error":
-            errors.append(msg["message"])
-            print("steward error: " + msg["message"], file=sys.stderr, flush=True)
+def send_raw(data):
+    with write_lock:
+        sock.sendall(data)
 
 
 def work(job):
@@ -49,9 +49,9 @@ def work(job):
     jid = job["id"]
     print(f"working on job {jid}", flush=True)
     if p.get("garbage"):
-        sock.sendall(b"this is not json\n")
+        send_raw(b"this is not json\n")
     if p.get("huge"):
-        sock.sendall(b'{"type":"heartbeat","pad":"' + b"x" * (17 * 1024 * 1024) + b'"}\n')
+        send_raw(b'{"type":"heartbeat","pad":"' + b"x" * (17 * 1024 * 1024) + b'"}\n')
     if "bogus_done" in p:
         send({"type": "done", "id": p["bogus_done"], "result": "forged"})
     if "exit_once" in p and not os.path.exists(p["exit_once"]):
@@ -62,15 +62,19 @@ def work(job):
     seconds = float(p.get("sleep", 0))
     if job["attempt"] == 1 and "sleep_first" in p:
         seconds = float(p["sleep_first"])
+    beat = float(p.get("beat", 0.05))
     end = time.monotonic() + seconds
+    next_beat = time.monotonic() + beat
     while time.monotonic() < end:
-        time.sleep(0.05)
-        poll()
+        time.sleep(min(0.05, beat))
         if jid in cancelled and not p.get("ignore_cancel"):
             send({"type": "fail", "id": jid, "error": "gave up after cancel"})
             return
-        if not p.get("silent"):
+        if not p.get("silent") and time.monotonic() >= next_beat:
             send({"type": "heartbeat"})
+            next_beat = time.monotonic() + beat
+    for n, value in enumerate(p.get("progress", [])):
+        send({"type": "progress", "id": jid, "progress": value, "message": f"step {n + 1}"})
     if "append" in p:
         with open(p["append"], "a") as f:
             f.write(f"{jid} {job['attempt']} {os.getpid()}\n")
@@ -80,10 +84,16 @@ def work(job):
     send({"type": "done", "id": jid, "result": p.get("result", {"ok": True, "attempt": job["attempt"]})})
 
 
+# A slow start: TEST_READY_DELAY seconds before saying ready.
+time.sleep(float(os.environ.get("TEST_READY_DELAY", "0")))
 send({"type": "ready"})
 for line in reader:
     msg = json.loads(line)
     if msg["type"] == "job":
-        work(msg)
+        threading.Thread(target=work, args=(msg,), daemon=True).start()
+    elif msg["type"] == "cancel":
+        cancelled.add(msg["id"])
     elif msg["type"] == "error":
         print("steward error: " + msg["message"], file=sys.stderr, flush=True)
+# steward closed the socket: leave, abandoning whatever is still running.
+os._exit(0)

@@ -1,0 +1,124 @@
+//! The timelines of real deployments, not only busy back-to-back runs: workers idle for
+//! longer than every timeout, a daemon paused longer than a lease, a burst after silence.
+
+use std::time::Duration;
+
+use crate::helper::*;
+
+/// Lines of the daemon's log that say it killed a worker.
+fn kills(d: &Daemon) -> Vec<String> {
+    d.log()
+        .lines()
+        .filter(|l| l.contains("killing it"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_worker_idle_for_longer_than_its_lease_takes_its_next_job() {
+    let env = Env::new();
+    env.write_config(&jobs_config(1, "lease = \"2s\"", ""));
+    let d = Daemon::start(&env);
+    d.running_pids("w");
+    // The worker says nothing while idle; that is allowed.
+    std::thread::sleep(Duration::from_secs(5));
+    let id = d.submit("q", r#"{"sleep": 0.2}"#, &[]);
+    let j = d.wait_job(id, "succeeded", TIMEOUT);
+    assert_eq!(j.attempts, 1, "{j:?}\n{}", d.log());
+    assert_eq!(j.history[0].outcome.as_deref(), Some("succeeded"));
+    assert!(kills(&d).is_empty(), "{:?}", kills(&d));
+    // Idle again, then a burst after the silence.
+    std::thread::sleep(Duration::from_secs(3));
+    let ids: Vec<i64> = (0..5).map(|_| d.submit("q", "{}", &[])).collect();
+    for id in ids {
+        let j = d.wait_job(id, "succeeded", TIMEOUT);
+        assert_eq!(j.attempts, 1, "{j:?}");
+    }
+    assert!(kills(&d).is_empty(), "{:?}", kills(&d));
+}
+
+#[test]
+fn a_second_job_reaches_a_worker_busy_with_a_long_one() {
+    let env = Env::new();
+    env.write_config(&jobs_config(1, "lease = \"2s\"", "concurrency = 2"));
+    let d = Daemon::start(&env);
+    d.running_pids("w");
+    std::thread::sleep(Duration::from_secs(3));
+    // A long job that heartbeats once a second (inside its 2 s lease) ...
+    let long = d.submit("q", r#"{"sleep": 6, "beat": 1}"#, &[]);
+    wait_for(TIMEOUT, "long job held", || d.holder(long));
+    std::thread::sleep(Duration::from_millis(2500));
+    // ... and, well into it, a second one.
+    let short = d.submit("q", r#"{"sleep": 0.5, "beat": 1}"#, &[]);
+    let s = d.wait_job(short, "succeeded", TIMEOUT);
+    assert_eq!(s.attempts, 1, "{s:?}");
+    let l = d.wait_job(long, "succeeded", TIMEOUT);
+    assert_eq!(l.attempts, 1, "{l:?}\n{}", d.log());
+    assert!(kills(&d).is_empty(), "{:?}", kills(&d));
+}
+
+#[test]
+fn a_silent_worker_holding_a_job_still_expires_with_concurrency() {
+    // The fix for idle workers must not make a hung one immortal.
+    let env = Env::new();
+    env.write_config(&jobs_config(1, "lease = \"2s\"", "concurrency = 2"));
+    let d = Daemon::start(&env);
+    d.running_pids("w");
+    let silent = d.submit("q", r#"{"sleep_first": 60, "silent": true}"#, &[]);
+    wait_for(TIMEOUT, "silent job held", || d.holder(silent));
+    let j = d.wait_job(silent, "succeeded", TIMEOUT);
+    assert_eq!(j.history[0].outcome.as_deref(), Some("hung"), "{j:?}");
+    assert!(!kills(&d).is_empty());
+}
+
+#[test]
+fn a_daemon_paused_longer_than_a_lease_does_not_kill_heartbeating_workers() {
+    let env = Env::new();
+    env.write_config(&jobs_config(2, "lease = \"2s\"", ""));
+    let d = Daemon::start(&env);
+    d.running_pids("w");
+    let ids = [
+        d.submit("q", r#"{"sleep": 20}"#, &[]),
+        d.submit("q", r#"{"sleep": 20}"#, &[]),
+    ];
+    for id in ids {
+        wait_for(TIMEOUT, "job held", || d.holder(id));
+    }
+    // Paused (as by a VM pause or a long stall) for twice the lease, three times over,
+    // while both workers heartbeat into their sockets.
+    for _ in 0..3 {
+        d.signal("STOP");
+        std::thread::sleep(Duration::from_secs(4));
+        d.signal("CONT");
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    for id in ids {
+        let j = d.wait_job(id, "succeeded", Duration::from_secs(40));
+        assert_eq!(j.attempts, 1, "{j:?}\n{}", d.log());
+    }
+    assert!(kills(&d).is_empty(), "{:?}", kills(&d));
+}
+
+#[test]
+fn a_slow_start_during_a_daemon_pause_is_not_a_start_timeout() {
+    let env = Env::new();
+    env.write_config(&jobs_config(
+        3,
+        "",
+        "start_timeout = \"2s\"\nenv = { TEST_READY_DELAY = \"1\" }",
+    ));
+    let d = Daemon::start(&env);
+    // The workers say `ready` after 1 s, while the daemon is paused past their 2 s.
+    d.signal("STOP");
+    std::thread::sleep(Duration::from_secs(4));
+    d.signal("CONT");
+    let pids = d.running_pids("w");
+    assert_eq!(pids.len(), 3);
+    let s = d.pool("w");
+    assert!(
+        s.workers.iter().all(|w| w.restarts == 0),
+        "{s:?}\n{}",
+        d.log()
+    );
+    assert!(kills(&d).is_empty(), "{:?}", kills(&d));
+}
