@@ -18,3 +18,4 @@ pub mod notify;
 pub mod process;
 pub mod protocol;
 pub mod supervisor;
+pub mod time;

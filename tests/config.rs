@@ -120,3 +120,92 @@ fn client_without_daemon_says_what_to_do() {
     assert!(err.contains("is steward running?"), "{err}");
     assert!(err.contains(&env.socket().display().to_string()), "{err}");
 }
+
+/// Every duration key, set to a value far beyond any sane one.
+const DURATION_KEYS: &[(&str, &str)] = &[
+    ("[daemon]", "shutdown_timeout"),
+    ("[queue.q]", "timeout"),
+    ("[queue.q]", "lease"),
+    ("[queue.q]", "retention_succeeded"),
+    ("[queue.q]", "retention_failed"),
+    ("[queue.q.retry_backoff]", "initial"),
+    ("[queue.q.retry_backoff]", "max"),
+    ("[pool.w]", "stable_after"),
+    ("[pool.w]", "stop_timeout"),
+    ("[pool.w]", "start_timeout"),
+    ("[pool.w.backoff]", "initial"),
+    ("[pool.w.backoff]", "max"),
+    ("[pool.w.backoff]", "reset_after"),
+];
+
+fn with_duration(table: &str, key: &str, value: &str) -> String {
+    let base = [
+        ("[daemon]", "state_dir = \"state\"\nsocket = \"s.sock\"\n"),
+        ("[queue.q]", ""),
+        ("[queue.q.retry_backoff]", ""),
+        (
+            "[pool.w]",
+            "command = [\"sleep\", \"1000\"]\nqueues = [\"q\"]\n",
+        ),
+        ("[pool.w.backoff]", ""),
+    ];
+    let mut text = String::new();
+    for (t, body) in base {
+        text.push_str(t);
+        text.push('\n');
+        text.push_str(body);
+        if t == table {
+            text.push_str(&format!("{key} = \"{value}\"\n"));
+        }
+        text.push('\n');
+    }
+    text
+}
+
+#[test]
+fn absurd_durations_are_refused_at_their_position() {
+    let env = Env::new();
+    for (table, key) in DURATION_KEYS {
+        let text = with_duration(table, key, "10000000y");
+        std::fs::write(env.config_path(), &text).unwrap();
+        let line = text
+            .lines()
+            .position(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap()
+            + 1;
+        let out = env.run(&["check-config"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{table} {key}:\n{err}");
+        assert!(
+            err.contains(&format!(":{line}:")) && err.contains("at most 100 years"),
+            "{table} {key}:\n{err}"
+        );
+    }
+    // The largest value allowed is accepted, and the daemon runs on it.
+    let text = with_duration("[queue.q]", "timeout", "100years");
+    std::fs::write(env.config_path(), &text).unwrap();
+    let out = env.run(&["check-config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_reload_with_an_absurd_duration_is_refused_and_the_daemon_lives() {
+    let env = Env::new();
+    std::fs::write(env.config_path(), with_duration("", "", "")).unwrap();
+    let d = Daemon::start(&env);
+    for (table, key) in DURATION_KEYS {
+        std::fs::write(env.config_path(), with_duration(table, key, "10000000y")).unwrap();
+        let out = d.cli(&["reload", "--config", env.config_path().to_str().unwrap()]);
+        assert_eq!(
+            out.status.code(),
+            Some(78),
+            "{table} {key}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    assert_eq!(d.status().state, "running");
+}

@@ -122,3 +122,83 @@ fn a_slow_start_during_a_daemon_pause_is_not_a_start_timeout() {
     );
     assert!(kills(&d).is_empty(), "{:?}", kills(&d));
 }
+
+#[test]
+fn far_future_times_and_huge_durations_are_refused_and_the_daemon_lives() {
+    let env = Env::new();
+    env.write_config(&jobs_config(1, "", ""));
+    let d = Daemon::start(&env);
+    d.running_pids("w");
+    for args in [
+        ["--timeout", "10000y"],
+        ["--delay", "10000y"],
+        ["--timeout", "101years"],
+    ] {
+        let out = d.cli(&["submit", "q", "{}", args[0], args[1]]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.contains("at most 100 years"), "{args:?}: {err}");
+    }
+    for body in [
+        serde_json::json!({"queue": "q", "timeout_ms": 250_000_000_000_000u64}),
+        serde_json::json!({"queue": "q", "delay_ms": u64::MAX}),
+        serde_json::json!({"queue": "q", "run_at": "9999-12-31T23:59:59Z"}),
+        serde_json::json!({"queue": "q", "max_attempts": 4_000_000_000u64}),
+    ] {
+        let r = d.api::<serde_json::Value>("POST", "/v1/jobs", Some(body.clone()));
+        let e = r.expect_err(&format!("{body} was accepted"));
+        assert!(e.contains("at most"), "{body}: {e}");
+    }
+    // The longest allowed values are kept, shown and run.
+    let id = d.submit("q", "{}", &["--timeout", "100years"]);
+    let later = d.submit("q", "{}", &["--delay", "100years"]);
+    assert_eq!(d.wait_job(id, "succeeded", TIMEOUT).attempts, 1);
+    let j = d.job(later);
+    assert_eq!(j.state, "queued");
+    assert!(j.run_at.starts_with("21"), "{}", j.run_at);
+    let out = d.cli(&["jobs"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(d.status().state, "running");
+}
+
+#[test]
+fn absurd_values_already_in_the_journal_do_not_crash_the_daemon() {
+    // As a journal written before durations were bounded may hold them.
+    let env = Env::new();
+    env.write_config("[queue.q]\n");
+    let mut d = Daemon::start(&env);
+    let soon = d.submit("q", "{}", &[]);
+    let never = d.submit("q", "{}", &[]);
+    d.signal("TERM");
+    assert!(d.wait_exit(TIMEOUT).success());
+    let db = rusqlite::Connection::open(env.path("state/journal.db")).unwrap();
+    db.execute(
+        "UPDATE jobs SET timeout_ms = ?1 WHERE id = ?2",
+        rusqlite::params![i64::MAX, soon],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE jobs SET run_at = ?1 WHERE id = ?2",
+        rusqlite::params![i64::MAX, never],
+    )
+    .unwrap();
+    drop(db);
+    env.write_config(&jobs_config(1, "", ""));
+    let d = Daemon::start(&env);
+    let j = d.wait_job(soon, "succeeded", TIMEOUT);
+    assert_eq!(j.attempts, 1);
+    let n = d.job(never);
+    assert_eq!(n.state, "queued");
+    assert_eq!(n.run_at, "9999-12-31T23:59:59.999Z");
+    let out = d.cli(&["jobs"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(d.status().state, "running");
+}

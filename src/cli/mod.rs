@@ -144,7 +144,7 @@ pub enum Command {
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    config::parse_duration(s)
+    config::parse_duration(s).and_then(crate::time::bounded)
 }
 
 impl Cli {

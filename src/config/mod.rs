@@ -554,7 +554,12 @@ fn parse_queues(ctx: &mut Ctx, root: &Section) -> BTreeMap<String, QueueSpec> {
     let mut queues = BTreeMap::new();
     for (name, s) in named_tables(ctx, root, "queue") {
         let mut q = QueueSpec::new(&name);
-        if let Some(n) = s.integer(ctx, "max_attempts", 1, 1_000_000) {
+        if let Some(n) = s.integer(
+            ctx,
+            "max_attempts",
+            1,
+            i64::from(crate::control::MAX_ATTEMPTS),
+        ) {
             q.max_attempts = n as u32;
         }
         if let Some(b) = s.table(ctx, "retry_backoff") {

@@ -350,7 +350,13 @@ impl<'t, 'i> Section<'t, 'i> {
             return None;
         };
         match super::parse_duration(s) {
-            Ok(d) => Some(d),
+            Ok(d) => match crate::time::bounded(d) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    ctx.error(v.span(), format!("`{} = \"{s}\"` {e}", self.full(key)));
+                    None
+                }
+            },
             Err(e) => {
                 ctx.error(
                     v.span(),

@@ -183,6 +183,9 @@ fn journal_error(e: JournalError) -> Response {
     error(code, e.to_string())
 }
 
+/// The most attempts a job may be given (as in the configuration).
+pub const MAX_ATTEMPTS: u32 = 1_000_000;
+
 /// Check a submit request against the configuration and turn it into a journal row.
 pub fn new_job(
     r: SubmitRequest,
@@ -213,6 +216,9 @@ pub fn new_job(
             ),
         ));
     }
+    let max_ms = crate::time::MAX_DURATION.as_millis() as u64;
+    let max_text = crate::time::MAX_DURATION_TEXT;
+    let latest = crate::time::ms_after(now, crate::time::MAX_DURATION);
     let run_at_ms = match (&r.run_at, r.delay_ms) {
         (Some(_), Some(_)) => {
             return Err(bad("give either a delay or a run_at time, not both".into()));
@@ -223,15 +229,40 @@ pub fn new_job(
                     "run_at `{t}` is not a time ({e}); write e.g. 2026-11-23T18:00:00Z"
                 ))
             })?;
-            at.duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0)
+            let ms = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or(0);
+            if ms > latest {
+                return Err(bad(format!(
+                    "run_at `{t}` is too far ahead: a job may be delayed at most {max_text}"
+                )));
+            }
+            ms
         }
-        (None, Some(d)) => now + d.min(i64::MAX as u64 / 2) as i64,
+        (None, Some(d)) if d > max_ms => {
+            return Err(bad(format!(
+                "delay_ms = {d} is too long: a job may be delayed at most {max_text} ({max_ms} ms)"
+            )));
+        }
+        (None, Some(d)) => crate::time::ms_after(now, std::time::Duration::from_millis(d)),
         (None, None) => now,
     };
-    if let Some(0) = r.max_attempts {
-        return Err(bad("max_attempts must be at least 1".into()));
+    if let Some(t) = r.timeout_ms
+        && t > max_ms
+    {
+        return Err(bad(format!(
+            "timeout_ms = {t} is too long: an attempt's time limit is at most {max_text} ({max_ms} ms); 0 means none"
+        )));
+    }
+    match r.max_attempts {
+        Some(0) => return Err(bad("max_attempts must be at least 1".into())),
+        Some(n) if n > MAX_ATTEMPTS => {
+            return Err(bad(format!(
+                "max_attempts = {n} is too many: at most {MAX_ATTEMPTS}"
+            )));
+        }
+        _ => {}
     }
     if let Some(k) = &r.key
         && (k.is_empty() || k.len() > 256)
@@ -244,7 +275,7 @@ pub fn new_job(
         priority: r.priority,
         run_at_ms,
         max_attempts: r.max_attempts.unwrap_or(q.max_attempts),
-        timeout_ms: r.timeout_ms.map(|t| t.min(i64::MAX as u64) as i64),
+        timeout_ms: r.timeout_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
         key: r.key,
     })
 }

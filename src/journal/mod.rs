@@ -22,7 +22,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
 use rusqlite::{Connection, OptionalExtension};
@@ -33,18 +33,8 @@ use crate::jobs::{JobState, Outcome};
 
 pub use reader::{JobFilter, Overview};
 
-/// Milliseconds since the Unix epoch: the journal's clock.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-pub fn ms_to_rfc3339(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
+pub use crate::time::now_ms;
+pub use crate::time::rfc3339_ms as ms_to_rfc3339;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum JournalError {
@@ -104,9 +94,12 @@ pub struct Leased {
 impl Leased {
     /// The time limit of this attempt: the job's own (0 = none), else the queue's.
     pub fn timeout(&self, queue_default: Option<Duration>) -> Option<Duration> {
+        // Capped: a journal written before durations were bounded may hold more.
         match self.timeout_ms {
             Some(0) => None,
-            Some(ms) => Some(Duration::from_millis(ms.max(0) as u64)),
+            Some(ms) => {
+                Some(Duration::from_millis(ms.max(0).unsigned_abs()).min(crate::time::MAX_DURATION))
+            }
             None => queue_default,
         }
     }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -19,6 +19,7 @@ use crate::jobs::{JobState, Outcome};
 use crate::journal::{CancelResult, Claimed, Finished, JournalError, now_ms};
 use crate::process;
 use crate::protocol::{self, FromWorker};
+use crate::time::{after, ms_after, rfc3339_ms};
 
 /// Grace given to a worker to give up a job after `cancel`, before it is killed.
 pub const CANCEL_GRACE: Duration = Duration::from_secs(10);
@@ -46,13 +47,8 @@ pub struct QueueHint {
 
 /// Converts a journal time to a loop deadline.
 fn instant_at(ms: i64) -> Instant {
-    let delta = ms - now_ms();
-    let now = Instant::now();
-    if delta <= 0 {
-        now
-    } else {
-        now + Duration::from_millis(delta as u64)
-    }
+    let delta = ms.saturating_sub(now_ms()).max(0);
+    after(Instant::now(), Duration::from_millis(delta.unsigned_abs()))
 }
 
 impl Supervisor {
@@ -222,8 +218,7 @@ impl Supervisor {
                 continue;
             }
             let timeout = job.timeout(spec.timeout);
-            let deadline_wall = timeout
-                .map(|t| humantime::format_rfc3339_millis(SystemTime::now() + t).to_string());
+            let deadline_wall = timeout.map(|t| rfc3339_ms(ms_after(now_ms(), t)));
             let line = protocol::job_line(
                 job.id,
                 &job.queue,
@@ -252,7 +247,7 @@ impl Supervisor {
                     attempt: job.attempt,
                     token: job.token,
                     started: now,
-                    deadline: timeout.map(|t| now + t),
+                    deadline: timeout.map(|t| after(now, t)),
                     cancel: None,
                     last_progress_write: None,
                 },
@@ -552,13 +547,15 @@ impl Supervisor {
         if slot.recheck_at.is_some_and(|t| now >= t) {
             slot.recheck_at = None;
         }
-        let read_at = slot.conn.as_ref().and_then(|c| c.last_read());
-        let unread = || slot.conn.as_ref().is_some_and(|c| c.unread_in_socket());
-        // Whether the loop has yet to see something the worker sent.
-        let pending = read_at.is_some_and(|t| t > slot.last_heard) || unread();
+        // Whether the loop has yet to see something the worker sent: bytes in the socket
+        // (asked first), or bytes the reader took after the last line the loop handled.
+        let pending = |slot: &super::Slot| {
+            let Some(c) = &slot.conn else { return false };
+            c.unread_in_socket() || c.last_read().is_some_and(|t| t > slot.last_heard)
+        };
         // Wait for pending input before acting on a deadline that passed at `due`.
         let wait = |slot: &mut super::Slot, due: Instant| -> bool {
-            if pending && now < due + PENDING_GRACE {
+            if now < due + PENDING_GRACE && pending(slot) {
                 slot.recheck_at = Some(now + RECHECK);
                 true
             } else {
@@ -567,9 +564,9 @@ impl Supervisor {
         };
         if slot.phase == Phase::Starting
             && let Some(t) = slot.run_started
-            && now >= t + slot.spec.start_timeout
+            && now >= after(t, slot.spec.start_timeout)
         {
-            if wait(slot, t + slot.spec.start_timeout) {
+            if wait(slot, after(t, slot.spec.start_timeout)) {
                 return;
             }
             let limit = slot.spec.start_timeout;
@@ -582,14 +579,14 @@ impl Supervisor {
                 ),
             );
         }
-        let heard = read_at.map_or(slot.last_heard, |t| t.max(slot.last_heard));
-        if let Some((expiry, lease)) = lease_expiry(config, slot, heard)
+        if let Some((expiry, lease)) = lease_expiry(config, slot, heard(slot))
             && now >= expiry
         {
-            if unread() {
+            if slot.conn.as_ref().is_some_and(|c| c.unread_in_socket()) {
                 // Bytes are waiting in the socket: the worker has spoken.
                 slot.last_heard = now;
-            } else {
+            } else if lease_expiry(config, slot, heard(slot)).is_some_and(|(e, _)| now >= e) {
+                // Still expired with the reader's latest stamp, read after the socket.
                 return self.kill_worker(
                     id,
                     KillReason::Hung,
@@ -668,11 +665,9 @@ impl Supervisor {
         if slot.phase == Phase::Starting
             && let Some(t) = slot.run_started
         {
-            at(t + slot.spec.start_timeout);
+            at(after(t, slot.spec.start_timeout));
         }
-        let read_at = slot.conn.as_ref().and_then(|c| c.last_read());
-        let heard = read_at.map_or(slot.last_heard, |t| t.max(slot.last_heard));
-        if let Some((expiry, _)) = lease_expiry(&self.config, slot, heard) {
+        if let Some((expiry, _)) = lease_expiry(&self.config, slot, heard(slot)) {
             at(expiry);
         }
         for h in slot.held.values() {
@@ -769,6 +764,14 @@ impl Supervisor {
     }
 }
 
+/// The worker's last sign of life: a line the loop handled, or bytes its reader took.
+fn heard(slot: &super::Slot) -> Instant {
+    match slot.conn.as_ref().and_then(|c| c.last_read()) {
+        Some(t) => t.max(slot.last_heard),
+        None => slot.last_heard,
+    }
+}
+
 /// When the first of the leases a worker holds runs out, and that lease's length. Each
 /// lease runs from its job's dispatch or from `heard` (the worker's last sign of life),
 /// whichever is later: an idle worker holds nothing, so its silence before a job counts
@@ -786,7 +789,7 @@ fn lease_expiry(
                 .get(&h.queue)
                 .map(|q| q.lease)
                 .unwrap_or(DEFAULT_LEASE);
-            (h.started.max(heard) + lease, lease)
+            (after(h.started.max(heard), lease), lease)
         })
         .min()
 }

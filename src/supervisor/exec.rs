@@ -20,6 +20,7 @@ use crate::jobs::{self, Outcome};
 use crate::journal::{AttemptOutput, Claimed, JournalError, now_ms};
 use crate::logging::{Capture, Origin, Stream};
 use crate::process::{self, Child};
+use crate::time::after;
 
 /// After the process exits, how long to wait for its output pipes to close (a
 /// grandchild may hold them) before recording the outcome anyway.
@@ -250,7 +251,7 @@ impl Supervisor {
                 let pid = child.pid;
                 run.pid = Some(pid);
                 run.started = child.started;
-                run.deadline = run.timeout.map(|t| child.started + t);
+                run.deadline = run.timeout.map(|t| after(child.started, t));
                 self.exec_pids.insert(pid, (name.clone(), lane));
                 if let Some(stdin) = child.stdin {
                     tokio::spawn(async move {
@@ -388,8 +389,8 @@ impl Supervisor {
         let pool = self.pools.get_mut(name)?;
         let (sig, timeout) = (pool.spec.stop_signal, pool.spec.stop_timeout);
         let kill_at = match self.shutdown.as_ref() {
-            Some(sd) => (now + timeout).min(sd.deadline),
-            None => now + timeout,
+            Some(sd) => after(now, timeout).min(sd.deadline),
+            None => after(now, timeout),
         };
         let run = pool.exec.runs.get_mut(&lane)?;
         if run.stop.is_some() || run.exit.is_some() {

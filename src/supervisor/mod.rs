@@ -35,6 +35,7 @@ use crate::logging::{JobLines, Origin, Stream, WorkerLog};
 use crate::notify::Notifier;
 use crate::process::{self, Child, Spawner};
 use crate::protocol::FromWorker;
+use crate::time::after;
 use policy::{AfterExit, Exit, RestartRules, RunFacts};
 
 /// How long an exit of an unknown pid is kept, in case its spawn result is still on the
@@ -313,11 +314,11 @@ pub struct Supervisor {
 /// `stop_timeout`, but never using more than half of what is left of the budget for that.
 fn drain_end(now: Instant, deadline: Instant, stop_timeout: Duration) -> Instant {
     let left = deadline.saturating_duration_since(now);
-    now + left - stop_timeout.min(left / 2)
+    after(now, left - stop_timeout.min(left / 2))
 }
 
 fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+    crate::time::rfc3339_secs(t)
 }
 
 fn human(d: Duration) -> String {
@@ -512,7 +513,7 @@ impl Supervisor {
         let mut next = now + Duration::from_secs(3600);
         for s in self.slots.values() {
             let t = match s.phase {
-                Phase::Starting => s.run_started.map(|t| t + s.spec.stable_after),
+                Phase::Starting => s.run_started.map(|t| after(t, s.spec.stable_after)),
                 Phase::BackingOff => s.backoff_until,
                 Phase::Stopping if !s.killed => s.kill_at,
                 _ => None,
@@ -762,7 +763,7 @@ impl Supervisor {
                 let delay = policy::with_jitter(delay, rules.backoff.jitter, rand::random::<f64>());
                 slot.level = level;
                 slot.phase = Phase::BackingOff;
-                slot.backoff_until = Some(now + delay);
+                slot.backoff_until = Some(after(now, delay));
                 slot.crash_looping = crash_looping;
                 if crash_looping {
                     tracing::error!(POOL = %pool, INSTANCE = index,
@@ -810,7 +811,7 @@ impl Supervisor {
                     if !slot.spec.is_protocol()
                         && slot
                             .run_started
-                            .is_some_and(|t| now >= t + slot.spec.stable_after) =>
+                            .is_some_and(|t| now >= after(t, slot.spec.stable_after)) =>
                 {
                     slot.phase = Phase::Running;
                     slot.became_ready = true;
@@ -981,7 +982,7 @@ impl Supervisor {
             // one worker: drain for up to its stop_timeout.
             let until = match shutdown_deadline {
                 Some(d) => drain_end(now, d, slot.spec.stop_timeout),
-                None => now + slot.spec.stop_timeout,
+                None => after(now, slot.spec.stop_timeout),
             };
             slot.draining = true;
             slot.drain_until = Some(until);
@@ -1175,7 +1176,7 @@ impl Supervisor {
         // keep extending while workers are still going.
         self.shutdown = Some(Shutdown {
             started: now,
-            deadline: now + budget,
+            deadline: after(now, budget),
             forced_at: None,
             next_extend: now,
         });

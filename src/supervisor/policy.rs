@@ -169,7 +169,7 @@ pub fn kill_deadline(
     stop_timeout: Duration,
     shutdown_deadline: Option<Instant>,
 ) -> Instant {
-    let own = asked_at + stop_timeout;
+    let own = crate::time::after(asked_at, stop_timeout);
     match shutdown_deadline {
         Some(d) => own.min(d),
         None => own,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
@@ -38,16 +38,16 @@ impl Conn {
         let _ = self.lines.send(line);
     }
 
-    /// When the worker last sent bytes that the reader task took (whole lines or not).
+    /// When the reader task last took bytes from the worker (whole lines or not). Ask
+    /// [`unread_in_socket`](Self::unread_in_socket) first: the reader stamps before it
+    /// reads, so once the socket is found empty this includes the read that emptied it.
     pub fn last_read(&self) -> Option<Instant> {
-        from_stamp(self.last_read.load(Ordering::Acquire))
+        from_stamp(self.last_read.load(Ordering::SeqCst))
     }
 
     /// Whether bytes from the worker are waiting in the socket, unread.
     pub fn unread_in_socket(&self) -> bool {
-        self.probe
-            .as_ref()
-            .is_some_and(crate::process::readable)
+        self.probe.as_ref().is_some_and(crate::process::readable)
     }
 }
 
@@ -95,42 +95,51 @@ pub fn start(
     });
     let stamped = last_read.clone();
     tokio::spawn(async move {
-        let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+        let mut buf = vec![0u8; 64 * 1024];
         let mut line: Vec<u8> = Vec::new();
         let mut oversized = false;
         loop {
-            let buf = match reader.fill_buf().await {
-                Ok([]) | Err(_) => break,
-                Ok(b) => b,
-            };
-            stamped.store(stamp(Instant::now()), Ordering::Release);
-            let (chunk, newline) = match buf.iter().position(|b| *b == b'\n') {
-                Some(i) => (&buf[..i], true),
-                None => (buf, false),
-            };
-            if !oversized {
-                if line.len() + chunk.len() > MAX_LINE {
-                    oversized = true;
-                    line.clear();
-                } else {
-                    line.extend_from_slice(chunk);
-                }
+            if read_half.readable().await.is_err() {
+                break;
             }
-            let used = chunk.len() + usize::from(newline);
-            reader.consume(used);
-            if newline {
-                let msg = if oversized {
-                    Err(format!(
-                        "line longer than {} MiB ignored",
-                        MAX_LINE / (1024 * 1024)
-                    ))
-                } else {
-                    protocol::parse(&line)
+            // Stamped before the read, so that whoever finds the socket empty (see
+            // `Conn`) and then looks at the stamp sees this read's.
+            stamped.store(stamp(Instant::now()), Ordering::SeqCst);
+            let n = match read_half.try_read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => break,
+            };
+            let mut rest = &buf[..n];
+            while !rest.is_empty() {
+                let (chunk, newline) = match rest.iter().position(|b| *b == b'\n') {
+                    Some(i) => (&rest[..i], true),
+                    None => (rest, false),
                 };
-                oversized = false;
-                line.clear();
-                if events.send(Event::FromWorker { slot, pid, msg }).is_err() {
-                    break;
+                if !oversized {
+                    if line.len() + chunk.len() > MAX_LINE {
+                        oversized = true;
+                        line.clear();
+                    } else {
+                        line.extend_from_slice(chunk);
+                    }
+                }
+                rest = &rest[chunk.len() + usize::from(newline)..];
+                if newline {
+                    let msg = if oversized {
+                        Err(format!(
+                            "line longer than {} MiB ignored",
+                            MAX_LINE / (1024 * 1024)
+                        ))
+                    } else {
+                        protocol::parse(&line)
+                    };
+                    oversized = false;
+                    line.clear();
+                    if events.send(Event::FromWorker { slot, pid, msg }).is_err() {
+                        return;
+                    }
                 }
             }
         }
