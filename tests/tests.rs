@@ -2,6 +2,7 @@
 
 mod helper;
 
+mod api;
 mod bench;
 mod config;
 mod exec;

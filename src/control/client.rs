@@ -104,10 +104,16 @@ impl Client {
         )
         .into_bytes();
         request.extend_from_slice(&body);
-        stream.write_all(&request).map_err(timed_out)?;
+        // The daemon may refuse a request (a body over its limit) and close before it has
+        // read all of it: the write then fails, but its answer is there to be read.
+        let sent = stream.write_all(&request);
         let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).map_err(timed_out)?;
-        parse_response(&answer).map_err(proto)
+        let read = stream.read_to_end(&mut answer);
+        match (sent, read) {
+            (Err(e), _) if answer.is_empty() => Err(timed_out(e)),
+            (_, Err(e)) if answer.is_empty() => Err(timed_out(e)),
+            _ => parse_response(&answer).map_err(proto),
+        }
     }
 
     /// Send a request and decode a successful JSON answer; an error status becomes
@@ -127,9 +133,7 @@ impl Client {
         };
         let res = self.raw(method, path, body).await?;
         if !res.status.is_success() {
-            let message = serde_json::from_slice::<ApiError>(&res.body)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| format!("steward answered {}", res.status));
+            let message = api_message(res.status, &res.body);
             return Err(ClientError::Api {
                 status: res.status,
                 message,
@@ -144,6 +148,24 @@ impl Client {
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call(Method::GET, path, None::<&()>).await
+    }
+}
+
+/// The daemon's words for a refusal: its `{"error": …}`, or else whatever text it sent.
+fn api_message(status: StatusCode, body: &[u8]) -> String {
+    if let Ok(e) = serde_json::from_slice::<ApiError>(body) {
+        return e.error;
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        format!("steward answered {status} without saying why; see journalctl -u steward")
+    } else {
+        let mut shown: String = text.chars().take(500).collect();
+        if shown.len() < text.len() {
+            shown.push('…');
+        }
+        format!("steward answered {status}: {shown}")
     }
 }
 
@@ -218,6 +240,19 @@ fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_carry_the_daemons_words() {
+        let s = StatusCode::PAYLOAD_TOO_LARGE;
+        assert_eq!(api_message(s, br#"{"error":"too big"}"#), "too big");
+        assert_eq!(
+            api_message(s, b"length limit exceeded\n"),
+            "steward answered 413 Payload Too Large: length limit exceeded"
+        );
+        assert!(api_message(s, b"").contains("without saying why"));
+        let long = "x".repeat(2000);
+        assert!(api_message(s, long.as_bytes()).chars().count() < 600);
+    }
 
     #[test]
     fn parses_length_chunked_and_truncated_answers() {

@@ -14,9 +14,11 @@ use std::path::Path;
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, Query, State as AxState};
-use axum::http::StatusCode;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path as UrlPath, Query, State as AxState};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -84,6 +86,9 @@ pub async fn serve(listener: UnixListener, state: State) -> io::Result<()> {
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/jobs/{id}/retry", post(retry))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Submits read their bodies themselves, with limits that follow the queues.
+        .layer(DefaultBodyLimit::disable())
         .with_state(state);
     axum::serve(listener, app).await
 }
@@ -166,11 +171,105 @@ async fn restart(AxState(st): AxState<State>, UrlPath(pool): UrlPath<String>) ->
     }
 }
 
-async fn not_found() -> Response {
+async fn not_found(method: Method, uri: Uri) -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such route; see `steward --help` for what the API offers".into(),
+        format!(
+            "no such route: {method} {}; the control API is described in the README (\"Control API\")",
+            uri.path()
+        ),
     )
+}
+
+/// The methods each route takes, for the answer to a wrong one.
+fn allowed_methods(path: &str) -> &'static str {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["v1", "status"] | ["v1", "queues"] => "GET",
+        ["v1", "jobs"] => "GET (list) and POST (submit)",
+        ["v1", "jobs", "batch"] | ["v1", "reload"] => "POST",
+        ["v1", "jobs", _] => "GET",
+        _ => "POST",
+    }
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{method} is not allowed on {}: it takes {}",
+            uri.path(),
+            allowed_methods(uri.path())
+        ),
+    )
+}
+
+/// A job id from the path; anything but a number is answered with a message.
+struct JobId(i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for JobId {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let UrlPath(raw) = UrlPath::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))?;
+        raw.parse().map(JobId).map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("`{raw}` is not a job id: job ids are whole numbers, e.g. /v1/jobs/42"),
+            )
+        })
+    }
+}
+
+/// Jobs in one batch, at most.
+pub const MAX_BATCH_JOBS: usize = 10_000;
+/// A batch's body may be this large even when every queue takes small payloads.
+const MIN_BATCH_BODY: usize = 64 * 1024 * 1024;
+
+/// The largest body of one submit: twice the largest payload any queue accepts (JSON may
+/// be written with more spaces and escapes than steward keeps), plus 1 MiB for the rest.
+pub fn submit_body_limit(config: &Config) -> usize {
+    let payload = config
+        .queues
+        .values()
+        .map(|q| q.max_payload)
+        .max()
+        .unwrap_or(1024 * 1024);
+    usize::try_from(payload.saturating_mul(2))
+        .unwrap_or(usize::MAX)
+        .saturating_add(1024 * 1024)
+}
+
+/// The largest body of a batch: 64 MiB, or one submit's limit if that is larger.
+pub fn batch_body_limit(config: &Config) -> usize {
+    submit_body_limit(config).max(MIN_BATCH_BODY)
+}
+
+/// Read a request body of at most `limit` bytes; a larger one is refused with 413
+/// without reading it whole.
+async fn read_body(body: Body, limit: usize, what: &str) -> Result<Bytes, Response> {
+    match axum::body::to_bytes(body, limit).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the request body is larger than {limit} bytes, the most {what} may have with the queues configured (it follows the largest max_payload); nothing was stored"
+                    ),
+                ))
+            } else {
+                Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {e}"),
+                ))
+            }
+        }
+    }
 }
 
 fn journal_error(e: JournalError) -> Response {
@@ -284,12 +383,16 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, String>
     serde_json::from_slice(body).map_err(|e| format!("invalid request body: {e}"))
 }
 
-async fn submit(AxState(st): AxState<State>, body: Bytes) -> Response {
+async fn submit(AxState(st): AxState<State>, body: Body) -> Response {
+    let config = st.config.borrow().clone();
+    let body = match read_body(body, submit_body_limit(&config), "a submit").await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let req: SubmitRequest = match parse_body(&body) {
         Ok(r) => r,
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
-    let config = st.config.borrow().clone();
     let job = match new_job(req, &config, now_ms()) {
         Ok(j) => j,
         Err((code, msg)) => return error(code, msg),
@@ -327,12 +430,25 @@ async fn submit(AxState(st): AxState<State>, body: Bytes) -> Response {
     }
 }
 
-async fn submit_batch(AxState(st): AxState<State>, body: Bytes) -> Response {
+async fn submit_batch(AxState(st): AxState<State>, body: Body) -> Response {
+    let config = st.config.borrow().clone();
+    let body = match read_body(body, batch_body_limit(&config), "a batch").await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let req: BatchRequest = match parse_body(&body) {
         Ok(r) => r,
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
-    let config = st.config.borrow().clone();
+    if req.jobs.len() > MAX_BATCH_JOBS {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the batch has {} jobs; a batch holds at most {MAX_BATCH_JOBS}: split it; nothing was stored",
+                req.jobs.len()
+            ),
+        );
+    }
     let now = now_ms();
     let mut jobs = Vec::with_capacity(req.jobs.len());
     for (i, r) in req.jobs.into_iter().enumerate() {
@@ -419,7 +535,22 @@ struct ListParams {
     limit: Option<usize>,
 }
 
-async fn list_jobs(AxState(st): AxState<State>, Query(p): Query<ListParams>) -> Response {
+async fn list_jobs(
+    AxState(st): AxState<State>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Response {
+    let p = match params {
+        Ok(Query(p)) => p,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{}; the parameters are queue, state and limit (1 to 10000), e.g. ?state=failed&limit=20",
+                    e.body_text()
+                ),
+            );
+        }
+    };
     let state = match p.state.as_deref() {
         None => None,
         Some(s) => match JobState::parse(s) {
@@ -453,14 +584,14 @@ async fn queues(AxState(st): AxState<State>) -> Response {
     Json(q).into_response()
 }
 
-async fn get_job(AxState(st): AxState<State>, UrlPath(id): UrlPath<i64>) -> Response {
+async fn get_job(AxState(st): AxState<State>, JobId(id): JobId) -> Response {
     match st.journal.get(id).await {
         Ok(job) => Json(job).into_response(),
         Err(e) => journal_error(e),
     }
 }
 
-async fn cancel(AxState(st): AxState<State>, UrlPath(id): UrlPath<i64>) -> Response {
+async fn cancel(AxState(st): AxState<State>, JobId(id): JobId) -> Response {
     match ask(&st.requests, Request::Cancel(id)).await {
         Ok(Reply::Cancel(Ok(message))) => Json(Message { message }).into_response(),
         Ok(Reply::Cancel(Err(e))) if e.starts_with("no job") => error(StatusCode::NOT_FOUND, e),
@@ -470,7 +601,7 @@ async fn cancel(AxState(st): AxState<State>, UrlPath(id): UrlPath<i64>) -> Respo
     }
 }
 
-async fn retry(AxState(st): AxState<State>, UrlPath(id): UrlPath<i64>) -> Response {
+async fn retry(AxState(st): AxState<State>, JobId(id): JobId) -> Response {
     match st.journal.retry_wait(id).await {
         Ok(s) => {
             let queue = st
