@@ -209,3 +209,53 @@ fn a_reload_with_an_absurd_duration_is_refused_and_the_daemon_lives() {
     }
     assert_eq!(d.status().state, "running");
 }
+
+#[test]
+fn values_the_kernel_would_refuse_are_refused_at_their_position() {
+    // Each would pass a TOML parser and then fail at every spawn.
+    let cases: &[(&str, &str)] = &[
+        (
+            "[pool.a]\ncommand = [\"sh\", \"-c\", \"echo a\\u0000b\"]\n",
+            "2:24: `pool.a.command` argument 3 contains a NUL byte",
+        ),
+        (
+            "[pool.a]\ncommand = [\"s\\u0000h\"]\n",
+            "2:12: `pool.a.command` argument 1 contains a NUL byte",
+        ),
+        (
+            "[pool.a]\ncommand = [\"sh\"]\nenv = { A = \"x\\u0000y\" }\n",
+            "3:13: `pool.a.env.A` contains a NUL byte",
+        ),
+        (
+            "[pool.a]\ncommand = [\"sh\"]\nenv = { \"A=B\" = \"x\" }\n",
+            "3:9: environment variable name `A=B` contains `=`",
+        ),
+        (
+            "[pool.a]\ncommand = [\"sh\"]\nenv = { \"\" = \"x\" }\n",
+            "3:9: an environment variable name is empty",
+        ),
+        (
+            "[pool.a]\ncommand = [\"sh\"]\nenv = { \"A\\u0000\" = \"x\" }\n",
+            "3:9: environment variable name `A\\0` contains a NUL byte",
+        ),
+        (
+            "[pool.a]\ncommand = [\"sh\"]\nworking_dir = \"/tmp\\u0000x\"\n",
+            "3:15: `pool.a.working_dir` contains a NUL byte",
+        ),
+        (
+            "[daemon]\nstate_dir = \"st\\u0000ate\"\n",
+            "2:13: `daemon.state_dir` contains a NUL byte",
+        ),
+    ];
+    for (text, expected) in cases {
+        let env = Env::new();
+        std::fs::write(env.config_path(), text).unwrap();
+        let out = env.run(&["check-config"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{text}\n{err}");
+        assert!(
+            err.contains(expected),
+            "expected {expected:?} for:\n{text}\ngot:\n{err}"
+        );
+    }
+}

@@ -655,13 +655,24 @@ fn parse_pool(
 ) -> Option<PoolSpec> {
     let before = ctx.error_count();
     let mut command = Vec::new();
-    match s.string_list(ctx, "command") {
+    match s.string_list_spanned(ctx, "command") {
         None if s.has("command") => {}
         None => ctx.error(
             s.span(),
             format!("pool `{name}` has no `command`: add e.g. command = [\"/usr/bin/python3\", \"worker.py\"]"),
         ),
-        Some((list, span)) => {
+        Some((items, _)) if items.iter().any(|(a, _)| a.contains('\0')) => {
+            for (i, (arg, span)) in items.iter().enumerate() {
+                if arg.contains('\0') {
+                    ctx.error(
+                        span.clone(),
+                        format!("`pool.{name}.command` argument {} contains a NUL byte, which no program argument can hold", i + 1),
+                    );
+                }
+            }
+        }
+        Some((items, span)) => {
+            let list: Vec<String> = items.into_iter().map(|(a, _)| a).collect();
             if list.is_empty() || list[0].trim().is_empty() {
                 ctx.error(span, format!("`pool.{name}.command` is empty: give the program to run and its arguments, e.g. [\"/usr/bin/python3\", \"worker.py\"]"));
             } else {
@@ -717,8 +728,19 @@ fn parse_pool(
     if let Some(n) = s.integer(ctx, "instances", 1, 10_000) {
         spec.instances = n as u32;
     }
-    if let Some(env_table) = s.string_map(ctx, "env") {
-        spec.env = env_table;
+    if let Some(entries) = s.string_map_spanned(ctx, "env") {
+        for ((k, key_span), (v, value_span)) in entries {
+            if let Some(why) = env_name_problem(&k) {
+                ctx.error(key_span, why);
+            } else if v.contains('\0') {
+                ctx.error(
+                    value_span,
+                    format!("`pool.{name}.env.{k}` contains a NUL byte, which no environment value can hold"),
+                );
+            } else {
+                spec.env.insert(k, v);
+            }
+        }
     }
     if let Some((p, span)) = s.path_spanned(ctx, "working_dir", base) {
         if !p.is_dir() {
@@ -837,6 +859,24 @@ fn parse_pool(
         ctx.error(s.span(), format!("`no_retry_exit_codes` applies only to exec pools (pool `{name}` has mode \"worker\")"));
     }
     (ctx.error_count() == before).then_some(spec)
+}
+
+/// Why `name` cannot be the name of an environment variable, if it cannot.
+pub fn env_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("an environment variable name is empty: give it a name, e.g. APP_ENV".into())
+    } else if name.contains('\0') {
+        Some(format!(
+            "environment variable name `{}` contains a NUL byte",
+            name.replace('\0', "\\0")
+        ))
+    } else if name.contains('=') {
+        Some(format!(
+            "environment variable name `{name}` contains `=`, which ends a name: the value goes on the right, e.g. {{ A = \"B\" }}"
+        ))
+    } else {
+        None
+    }
 }
 
 /// Pool and queue names appear in paths, URLs and journal fields: keep them simple.

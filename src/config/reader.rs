@@ -4,7 +4,6 @@
 //! the second case it has already recorded an error with the value's position. Callers
 //! keep their default and go on, so one pass finds every mistake in the file.
 
-use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +12,9 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::ConfigError;
+
+/// A string from the file and where it is.
+pub type Positioned = (String, Range<usize>);
 
 pub struct Ctx<'a> {
     text: &'a str,
@@ -203,6 +205,16 @@ impl<'t, 'i> Section<'t, 'i> {
     }
 
     pub fn string_list(&self, ctx: &mut Ctx, key: &str) -> Option<(Vec<String>, Range<usize>)> {
+        let (items, span) = self.string_list_spanned(ctx, key)?;
+        Some((items.into_iter().map(|(s, _)| s).collect(), span))
+    }
+
+    /// An array of strings, each with its position, and the array's position.
+    pub fn string_list_spanned(
+        &self,
+        ctx: &mut Ctx,
+        key: &str,
+    ) -> Option<(Vec<Positioned>, Range<usize>)> {
         let v = self.get(key)?;
         let DeValue::Array(items) = v.get_ref() else {
             self.wrong_type(ctx, key, v, "an array of strings, e.g. [\"a\", \"b\"]");
@@ -212,7 +224,7 @@ impl<'t, 'i> Section<'t, 'i> {
         let mut ok = true;
         for item in items.iter() {
             match item.get_ref() {
-                DeValue::String(s) => out.push(s.to_string()),
+                DeValue::String(s) => out.push((s.to_string(), item.span())),
                 other => {
                     ok = false;
                     ctx.error(
@@ -229,18 +241,26 @@ impl<'t, 'i> Section<'t, 'i> {
         ok.then_some((out, v.span()))
     }
 
-    pub fn string_map(&self, ctx: &mut Ctx, key: &str) -> Option<BTreeMap<String, String>> {
+    /// A table of strings: each key and value with its position, in file order.
+    pub fn string_map_spanned(
+        &self,
+        ctx: &mut Ctx,
+        key: &str,
+    ) -> Option<Vec<(Positioned, Positioned)>> {
         let v = self.get(key)?;
         let DeValue::Table(t) = v.get_ref() else {
             self.wrong_type(ctx, key, v, "a table of strings, e.g. { NAME = \"value\" }");
             return None;
         };
-        let mut out = BTreeMap::new();
+        let mut out = Vec::new();
         let mut ok = true;
         for (k, item) in t.iter() {
             match item.get_ref() {
                 DeValue::String(s) => {
-                    out.insert(k.get_ref().to_string(), s.to_string());
+                    out.push((
+                        (k.get_ref().to_string(), k.span()),
+                        (s.to_string(), item.span()),
+                    ));
                 }
                 other => {
                     ok = false;
@@ -256,6 +276,7 @@ impl<'t, 'i> Section<'t, 'i> {
                 }
             }
         }
+        out.sort_by_key(|((_, span), _)| span.start);
         ok.then_some(out)
     }
 
@@ -379,6 +400,16 @@ impl<'t, 'i> Section<'t, 'i> {
         let (s, span) = self.string(ctx, key)?;
         if s.is_empty() {
             ctx.error(span, format!("`{}` is empty: give a path", self.full(key)));
+            return None;
+        }
+        if s.contains('\0') {
+            ctx.error(
+                span,
+                format!(
+                    "`{}` contains a NUL byte, which no path can hold",
+                    self.full(key)
+                ),
+            );
             return None;
         }
         Some((normalize(&base.join(s)), span))
