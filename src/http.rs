@@ -264,6 +264,10 @@ pub async fn run(mut config: watch::Receiver<Arc<Config>>, observed: Observed, j
             tracing::error!("the monitoring listener on {addr} failed: {e}");
             tokio::time::sleep(RETRY_BIND).await;
         }
+        // The daemon is stopping (the configuration's sender is gone): so is the listener.
+        if config.has_changed().is_err() {
+            return;
+        }
         // Either the address changed (loop to bind the new one) or the listener failed.
         let _ = config.borrow_and_update();
     }

@@ -291,3 +291,24 @@ fn a_taken_port_is_reported_and_supervision_goes_on() {
             .contains("2:10: http.listen = \"localhost\" is not an address and port")
     );
 }
+
+#[test]
+fn the_monitoring_listener_says_it_serves_once_and_stops_with_the_daemon() {
+    let env = Env::new();
+    let port = free_port();
+    env.write_config(&format!(
+        "[http]\nlisten = \"127.0.0.1:{port}\"\n\n[pool.s]\ncommand = [\"sleep\", \"1000\"]\n"
+    ));
+    let mut d = Daemon::start(&env);
+    wait_for(TIMEOUT, "/health answers", || http_get(port, "/health"));
+    d.signal("TERM");
+    assert!(d.wait_exit(TIMEOUT).success());
+    let log = d.log();
+    let serving = log.matches("serving /health and /metrics").count();
+    assert_eq!(serving, 1, "{log}");
+    let stopped = log.find("steward stopped").expect("stopped line");
+    assert!(
+        !log[stopped..].lines().skip(1).any(|l| !l.trim().is_empty()),
+        "lines after `steward stopped`:\n{log}"
+    );
+}

@@ -183,3 +183,78 @@ fn a_worker_that_cannot_start_backs_off() {
     );
     assert!(d.log().contains("cannot start worker w/0"));
 }
+
+/// Make the next process created on this machine (in this pid namespace) get `pid`.
+fn next_pid_will_be(pid: i32) {
+    std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).expect(
+        "writing /proc/sys/kernel/ns_last_pid needs root (CAP_SYS_ADMIN); this test must run as root (CI does)",
+    );
+}
+
+#[test]
+fn a_reused_pid_does_not_inherit_an_earlier_exit() {
+    // An orphan a worker left behind is reaped by steward (its subreaper) under some pid
+    // P. If the next worker gets P, it must not be taken for having exited already.
+    let env = Env::new();
+    let dir = env.dir.path().display().to_string();
+    env.write_config(&format!(
+        "[pool.maker]\nstable_after = \"100ms\"\nbackoff = {{ initial = \"1ms\", max = \"1ms\", jitter = 0.0 }}\n\
+         command = [\"sh\", \"-c\", \"(sh -c 'echo $$ > {dir}/orphan.pid; exec sleep 0.3' &); exec sleep 1000\"]\n\n\
+         [pool.victim]\ncommand = [\"sleep\", \"1000\"]\nstable_after = \"100ms\"\n\
+         backoff = {{ initial = \"1ms\", max = \"1ms\", jitter = 0.0 }}\n"
+    ));
+    let d = Daemon::start(&env);
+    let signal = |pid: i32| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    };
+    for attempt in 0..30 {
+        let maker = d.running_pids("maker")[0];
+        let victim = d.running_pids("victim")[0];
+        let orphan = wait_for(TIMEOUT, "orphan pid", || read_pid(&env.path("orphan.pid")));
+        // The orphan exits and steward reaps it.
+        wait_for(TIMEOUT, "orphan reaped", || {
+            (!std::path::Path::new(&format!("/proc/{orphan}")).exists()).then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        next_pid_will_be(orphan);
+        signal(victim);
+        // No process of our own (a `steward status`) may take the pid before the
+        // daemon has restarted the victim (1 ms of backoff).
+        std::thread::sleep(Duration::from_millis(300));
+        wait_for_or(
+            TIMEOUT,
+            "victim restarted",
+            || d.log(),
+            || {
+                d.try_status()?
+                    .pools
+                    .into_iter()
+                    .find(|p| p.name == "victim")?
+                    .workers
+                    .first()?
+                    .pid
+                    .filter(|p| *p != victim)
+            },
+        );
+        if !d
+            .log()
+            .contains(&format!("started worker victim/0 (pid {orphan})"))
+        {
+            // Another process took the pid first; make a new orphan and try again.
+            let _ = std::fs::remove_file(env.path("orphan.pid"));
+            signal(maker);
+            continue;
+        }
+        // The victim got the orphan's pid: it runs, and steward knows it runs.
+        std::thread::sleep(Duration::from_millis(800));
+        let w = d.pool("victim").workers[0].clone();
+        assert_eq!(w.pid, Some(orphan), "attempt {attempt}: {w:?}\n{}", d.log());
+        assert_eq!(w.state, "running", "{w:?}");
+        assert!(alive(orphan));
+        return;
+    }
+    panic!("the reused pid never came up in 30 attempts (a busy machine?)");
+}

@@ -150,3 +150,29 @@ fn zombies_of(parent: i32) -> Vec<i32> {
     }
     out
 }
+
+#[test]
+fn second_sigterm_kills_exec_jobs_too() {
+    let env = Env::new();
+    let dir = env.dir.path().display().to_string();
+    env.write_config(&format!(
+        "[queue.q]\n\n[pool.x]\nmode = \"exec\"\nqueues = [\"q\"]\nstop_timeout = \"60s\"\n\
+         command = [\"sh\", \"-c\", \"echo $$ > {dir}/job.pid; trap '' TERM; while :; do sleep 0.05; done\"]\n"
+    ));
+    let mut d = Daemon::start(&env);
+    d.submit("q", "{}", &[]);
+    let pid = wait_for(TIMEOUT, "job pid", || read_pid(&env.path("job.pid")));
+    d.signal("TERM");
+    d.wait_log("stopping: sent SIGTERM to the process group of job");
+    let t0 = Instant::now();
+    d.signal("TERM");
+    assert!(d.wait_exit(TIMEOUT).success(), "{}", d.log());
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "second SIGTERM took {:?}",
+        t0.elapsed()
+    );
+    assert!(!alive(pid), "the job process survived the forced stop");
+    // Killed by the forced stop itself, not left for the last-resort exit.
+    assert!(!d.log().contains("exiting anyway"), "{}", d.log());
+}

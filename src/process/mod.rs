@@ -54,6 +54,8 @@ pub struct Command {
 #[derive(Debug)]
 pub struct Child {
     pub pid: i32,
+    /// Just before the clone: no exit reaped earlier can be this child's.
+    pub began: Instant,
     pub started: Instant,
     pub stdin: Option<OwnedFd>,
     pub stdout: OwnedFd,
@@ -101,6 +103,57 @@ pub fn signal_group(pgid: i32, sig: Signal) -> io::Result<bool> {
         Ok(()) => Ok(true),
         Err(Errno::ESRCH) => Ok(false),
         Err(e) => Err(io::Error::from(e)),
+    }
+}
+
+/// Exits of children the loop does not know yet.
+///
+/// A child can exit, and be reaped, before the answer to its spawn reaches the loop; its
+/// exit is kept here until that answer comes. Exits are kept only while spawns are in
+/// flight (otherwise an unknown pid is an adopted orphan), and handed to a spawn only if
+/// they were reaped after that spawn began: a pid is reused only once its previous
+/// holder has been reaped, so an older exit with the same pid belongs to another
+/// process.
+#[derive(Debug, Default)]
+pub struct EarlyExits {
+    exits: std::collections::HashMap<i32, (Exit, Instant)>,
+}
+
+/// Early exits kept at most; the oldest go first (only orphans can fill it).
+const EARLY_EXITS_MAX: usize = 4096;
+
+impl EarlyExits {
+    /// `pid`, unknown to the loop, exited (reaped at `at`).
+    pub fn record(&mut self, pid: i32, exit: Exit, at: Instant, spawns_in_flight: usize) {
+        if spawns_in_flight == 0 {
+            self.exits.clear();
+            return;
+        }
+        if self.exits.len() >= EARLY_EXITS_MAX
+            && let Some(oldest) = self
+                .exits
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(p, _)| *p)
+        {
+            self.exits.remove(&oldest);
+        }
+        self.exits.insert(pid, (exit, at));
+    }
+
+    /// The exit of the child `pid` whose spawn began at `began`, if it was reaped already.
+    pub fn take(&mut self, pid: i32, began: Instant) -> Option<Exit> {
+        match self.exits.remove(&pid) {
+            Some((exit, at)) if at >= began => Some(exit),
+            _ => None,
+        }
+    }
+
+    /// No spawn is in flight: nothing kept can be claimed any more.
+    pub fn settle(&mut self, spawns_in_flight: usize) {
+        if spawns_in_flight == 0 {
+            self.exits.clear();
+        }
     }
 }
 
@@ -185,5 +238,48 @@ pub fn readable(fd: &impl std::os::fd::AsFd) -> bool {
             .revents()
             .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP)),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn an_early_exit_goes_to_the_spawn_it_belongs_to() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_millis(5);
+        let mut e = EarlyExits::default();
+        // Reaped after the spawn began: the child's own exit.
+        e.record(100, Exit::Code(3), later, 1);
+        assert_eq!(e.take(100, t0), Some(Exit::Code(3)));
+        assert_eq!(e.take(100, t0), None, "taken once");
+        // An orphan with the same pid, reaped before the spawn began: not the child's.
+        e.record(200, Exit::Signal(9), t0, 1);
+        assert_eq!(e.take(200, later), None);
+        // With no spawn in flight an unknown pid is an orphan and is not kept.
+        e.record(300, Exit::Code(0), later, 0);
+        assert_eq!(e.take(300, t0), None);
+        e.record(400, Exit::Code(0), later, 1);
+        e.settle(0);
+        assert_eq!(e.take(400, t0), None);
+    }
+
+    #[test]
+    fn early_exits_are_bounded() {
+        let t0 = Instant::now();
+        let mut e = EarlyExits::default();
+        for pid in 0..(EARLY_EXITS_MAX as i32 + 10) {
+            e.record(
+                pid,
+                Exit::Code(0),
+                t0 + Duration::from_micros(pid as u64),
+                1,
+            );
+        }
+        assert_eq!(e.exits.len(), EARLY_EXITS_MAX);
+        assert_eq!(e.take(0, t0), None, "the oldest went first");
+        assert!(e.take(EARLY_EXITS_MAX as i32 + 9, t0).is_some());
     }
 }

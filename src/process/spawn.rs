@@ -154,6 +154,7 @@ pub(super) fn spawn(cmd: Command, stack: &mut Stack) -> io::Result<Child> {
     // runs in the child while it shares the daemon's memory; the child resets handlers
     // and unblocks everything before exec.
     let blocked = block_all_signals()?;
+    let began = Instant::now();
     // SAFETY: CLONE_VFORK suspends this thread until the child has exec'd or exited, so
     // everything `child_main` borrows outlives its use; the stack is ours alone meanwhile.
     let cloned = unsafe {
@@ -181,6 +182,7 @@ pub(super) fn spawn(cmd: Command, stack: &mut Stack) -> io::Result<Child> {
     drop((stdin_child, stdout_w, stderr_w));
     Ok(Child {
         pid: pid.as_raw(),
+        began,
         started,
         stdin: stdin_parent,
         stdout: stdout_r,

@@ -195,6 +195,7 @@ impl Supervisor {
             let tx = self.events_tx.clone();
             let (pool_name, job_id) = (name.clone(), job.id);
             let payload = job.payload;
+            self.spawn_asked();
             self.spawner.spawn(cmd, move |result| {
                 let _ = tx.send(Event::ExecSpawned {
                     pool: pool_name,
@@ -216,6 +217,11 @@ impl Supervisor {
         result: io::Result<Child>,
     ) {
         let now = Instant::now();
+        let early = match &result {
+            Ok(child) => self.early_exits.take(child.pid, child.began),
+            Err(_) => None,
+        };
+        self.spawn_answered();
         let stop_signal = self
             .pools
             .get(&name)
@@ -284,9 +290,11 @@ impl Supervisor {
                         Some(on_close),
                     );
                 }
-                if let Some((exit, _)) = self.early_exits.remove(&pid) {
+                if let Some(exit) = early {
                     self.exec_pids.remove(&pid);
                     self.on_exec_exit(&name, lane, exit, now);
+                } else if run.killed {
+                    let _ = process::signal_group(pid, Signal::SIGKILL);
                 } else if run.stop.is_some() {
                     let _ = process::signal_group(pid, stop_signal);
                 }
@@ -502,6 +510,23 @@ impl Supervisor {
             msg.map(|m| format!("cancelling job {job}: {m}"))
                 .unwrap_or_else(|| format!("job {job} is already stopping")),
         )
+    }
+
+    /// A forced stop: SIGKILL to every job process now. Their jobs are recorded as
+    /// interrupted once the processes are gone.
+    pub(super) fn kill_exec_runs(&mut self) {
+        let now = Instant::now();
+        for pool in self.pools.values_mut() {
+            for r in pool.exec.runs.values_mut() {
+                if r.stop.is_none() {
+                    r.stop = Some((ExecStop::Shutdown, now));
+                }
+                r.killed = true;
+                if let Some(pid) = r.pid {
+                    let _ = process::signal_group(pid, Signal::SIGKILL);
+                }
+            }
+        }
     }
 
     /// Exec runs still going (the daemon waits for them before it exits).

@@ -38,9 +38,6 @@ use crate::protocol::FromWorker;
 use crate::time::after;
 use policy::{AfterExit, Exit, RestartRules, RunFacts};
 
-/// How long an exit of an unknown pid is kept, in case its spawn result is still on the
-/// way (a worker that exits within microseconds of being forked).
-const EARLY_EXIT_TTL: Duration = Duration::from_secs(10);
 /// After a forced stop (second SIGTERM), how long to wait for the kernel to deliver the
 /// last exits before leaving anyway.
 const FORCED_GRACE: Duration = Duration::from_secs(3);
@@ -279,7 +276,10 @@ pub struct Supervisor {
     pids: HashMap<i32, SlotId>,
     /// Exec-pool job processes: pid → (pool, lane).
     exec_pids: HashMap<i32, (String, u32)>,
-    early_exits: HashMap<i32, (Exit, Instant)>,
+    /// Exits of children whose spawn answer has not arrived yet.
+    early_exits: process::EarlyExits,
+    /// Spawns asked of the spawner and not answered yet.
+    spawns_in_flight: usize,
     next_id: SlotId,
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
@@ -348,7 +348,8 @@ impl Supervisor {
             slots: HashMap::new(),
             pids: HashMap::new(),
             exec_pids: HashMap::new(),
-            early_exits: HashMap::new(),
+            early_exits: process::EarlyExits::default(),
+            spawns_in_flight: 0,
             next_id: 1,
             events_tx,
             events_rx,
@@ -607,14 +608,29 @@ impl Supervisor {
                 self.on_exec_exit(&pool, lane, exit, now);
             } else {
                 // Perhaps a child whose spawn result has not arrived yet.
-                self.early_exits.insert(pid, (exit, now));
+                self.early_exits
+                    .record(pid, exit, now, self.spawns_in_flight);
             }
         }
-        self.early_exits
-            .retain(|_, (_, at)| now.duration_since(*at) < EARLY_EXIT_TTL);
+    }
+
+    /// A spawn was asked of the spawner.
+    fn spawn_asked(&mut self) {
+        self.spawns_in_flight += 1;
+    }
+
+    /// A spawn's answer arrived; with none left in flight, no early exit can be claimed.
+    fn spawn_answered(&mut self) {
+        self.spawns_in_flight = self.spawns_in_flight.saturating_sub(1);
+        self.early_exits.settle(self.spawns_in_flight);
     }
 
     fn on_spawned(&mut self, id: SlotId, result: io::Result<Child>) {
+        let early = match &result {
+            Ok(child) => self.early_exits.take(child.pid, child.began),
+            Err(_) => None,
+        };
+        self.spawn_answered();
         self.initial_pending.remove(&id);
         let now = Instant::now();
         let Some(slot) = self.slots.get_mut(&id) else {
@@ -669,7 +685,7 @@ impl Supervisor {
                 self.worker_log
                     .forward(child.stderr, origin, Stream::Stderr);
                 let stop_pending = slot.stop_pending;
-                if let Some((exit, _)) = self.early_exits.remove(&pid) {
+                if let Some(exit) = early {
                     self.pids.remove(&pid);
                     self.on_exit(id, exit, now);
                 } else if stop_pending {
@@ -951,6 +967,7 @@ impl Supervisor {
             stdin_pipe: false,
         };
         let tx = self.events_tx.clone();
+        self.spawn_asked();
         self.spawner.spawn(cmd, move |result| {
             let _ = tx.send(Event::Spawned { slot: id, result });
         });
@@ -1155,13 +1172,16 @@ impl Supervisor {
         if let Some(sd) = &mut self.shutdown {
             if sd.forced_at.is_none() {
                 sd.forced_at = Some(now);
-                tracing::warn!("second {why} while stopping: killing every worker now");
+                tracing::warn!(
+                    "second {why} while stopping: killing every worker and job process now"
+                );
                 for s in self.slots.values_mut() {
                     if let Some(pid) = s.pid {
                         s.killed = true;
                         let _ = process::signal_group(pid, Signal::SIGKILL);
                     }
                 }
+                self.kill_exec_runs();
             }
             return;
         }

@@ -36,6 +36,28 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>
     }
 }
 
+/// As [`wait_for`], with `context()` (e.g. the daemon's log) in the panic message.
+pub fn wait_for_or<T>(
+    limit: Duration,
+    what: &str,
+    context: impl Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > end {
+            panic!(
+                "timed out after {limit:?} waiting for: {what}\n{}",
+                context()
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Whether `pid` is a live process (a zombie counts as gone).
 pub fn alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
