@@ -4,6 +4,8 @@ use crate::config::{ConfigErrors, EX_CONFIG};
 
 /// sysexits.h `EX_UNAVAILABLE`: the daemon is not there to answer.
 pub const EX_UNAVAILABLE: u8 = 69;
+/// sysexits.h `EX_NOPERM`: the daemon is there, but this user may not talk to it.
+pub const EX_NOPERM: u8 = 77;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
@@ -16,6 +18,9 @@ pub enum Failure {
     /// The daemon could not be reached (exit 69).
     #[error("{0}")]
     Unavailable(String),
+    /// The user may not use the control socket (exit 77).
+    #[error("{0}")]
+    NoPermission(String),
     /// Anything else (exit 1).
     #[error("{0}")]
     Failed(String),
@@ -29,6 +34,7 @@ impl Failure {
         match self {
             Failure::Config(_) | Failure::InvalidConfig(_) => EX_CONFIG,
             Failure::Unavailable(_) => EX_UNAVAILABLE,
+            Failure::NoPermission(_) => EX_NOPERM,
             Failure::Failed(_) => 1,
             Failure::OutputClosed => 0,
         }
@@ -39,9 +45,8 @@ impl From<crate::control::client::ClientError> for Failure {
     fn from(e: crate::control::client::ClientError) -> Self {
         use crate::control::client::ClientError;
         match e {
-            ClientError::Unavailable { .. } | ClientError::PermissionDenied { .. } => {
-                Failure::Unavailable(e.to_string())
-            }
+            ClientError::Unavailable { .. } => Failure::Unavailable(e.to_string()),
+            ClientError::PermissionDenied { .. } => Failure::NoPermission(e.to_string()),
             other => Failure::Failed(other.to_string()),
         }
     }

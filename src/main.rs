@@ -7,9 +7,10 @@ use steward::error::Failure;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let daemon = cli.is_daemon();
-    if daemon {
-        steward::logging::init(cli.log_format);
+    let log_format = cli.daemon_log_format();
+    let daemon = log_format.is_some();
+    if let Some(format) = log_format {
+        steward::logging::init(format);
     }
     match cli::run(cli) {
         Ok(()) | Err(Failure::OutputClosed) => ExitCode::SUCCESS,

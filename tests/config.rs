@@ -259,3 +259,29 @@ fn values_the_kernel_would_refuse_are_refused_at_their_position() {
         );
     }
 }
+
+#[test]
+fn a_user_without_access_gets_exit_77_and_what_to_do() {
+    let env = Env::new();
+    env.write_config("");
+    let d = Daemon::start(&env);
+    // The socket is 0660 and root's; `nobody` is not in its group.
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            bin(),
+            "status",
+            "--socket",
+        ])
+        .arg(&d.socket)
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{err}");
+    assert!(
+        err.contains("permission denied") && err.contains("group steward"),
+        "{err}"
+    );
+}

@@ -214,3 +214,25 @@ fn backup_while_running_is_a_consistent_copy() {
         .unwrap();
     assert_eq!(ok, 30);
 }
+
+#[test]
+fn a_backup_is_no_more_readable_than_the_journal() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.write_config("[queue.q]\n");
+    let d = Daemon::start(&env);
+    d.submit("q", r#"{"secret": "s3cr3t"}"#, &[]);
+    let journal = env.path("state/journal.db");
+    for mode in [0o600, 0o640] {
+        std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(mode)).unwrap();
+        let dest = env.path(&format!("copy-{mode:o}.db"));
+        let out = env.run(&["backup", dest.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(got, mode, "copy mode {got:o} for a journal of {mode:o}");
+    }
+}

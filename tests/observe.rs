@@ -312,3 +312,37 @@ fn the_monitoring_listener_says_it_serves_once_and_stops_with_the_daemon() {
         "lines after `steward stopped`:\n{log}"
     );
 }
+
+#[test]
+fn a_job_shows_its_last_progress_and_consistent_times() {
+    let env = Env::new();
+    env.write_config(&jobs_config(1, "", ""));
+    let d = Daemon::start(&env);
+    d.running_pids("w");
+    // Three progress reports within a few milliseconds, then done.
+    let id = d.submit("q", r#"{"progress": [0.2, 0.5, 0.9]}"#, &[]);
+    let j = d.wait_job(id, "succeeded", TIMEOUT);
+    assert_eq!(j.progress, Some(0.9), "{j:?}");
+    assert_eq!(j.progress_message.as_deref(), Some("step 3"));
+    assert!(
+        j.run_at >= j.created_at,
+        "run at {} before created {}",
+        j.run_at,
+        j.created_at
+    );
+    let out = d.cli(&["job", &id.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("progress:  90% step 3\n"), "{text}");
+    // Progress held back by the once-a-second limit reaches the journal while the job
+    // runs, not only at its end.
+    let long = d.submit("q", r#"{"progress": [0.1, 0.3], "sleep": 4}"#, &[]);
+    wait_for(
+        Duration::from_secs(3),
+        "the latest progress of a running job",
+        || {
+            let j = d.try_job(long)?;
+            (j.state == "running" && j.progress == Some(0.3)).then_some(())
+        },
+    );
+    d.wait_job(long, "succeeded", TIMEOUT);
+}

@@ -11,6 +11,7 @@ mod journal;
 mod logs;
 mod notify;
 mod observe;
+mod packaging;
 mod reload;
 mod restart;
 mod stop;

@@ -51,8 +51,10 @@ def work(job):
         if job["id"] in cancelled:
             send({"type": "fail", "id": job["id"], "error": "cancelled", "retry": False})
             return
-        done = min(1.0, (time.monotonic() - started) / seconds)
-        send({"type": "progress", "id": job["id"], "progress": done, "message": f"{done:.0%}"})
+        elapsed = time.monotonic() - started
+        done = min(1.0, elapsed / seconds)
+        send({"type": "progress", "id": job["id"], "progress": done,
+              "message": f"{min(elapsed, seconds):.1f} of {seconds:g} s"})
     print(f"job {job['id']} done on {name}", flush=True)
     send({"type": "done", "id": job["id"], "result": {"echo": payload, "worker": name, "pid": os.getpid()}})
 

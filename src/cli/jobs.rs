@@ -252,12 +252,16 @@ fn render(j: &JobView) -> String {
         let _ = writeln!(o, "  worker:    {w}");
     }
     if let Some(p) = j.progress {
-        let _ = writeln!(
-            o,
-            "  progress:  {:.0}% {}",
-            p * 100.0,
-            j.progress_message.as_deref().unwrap_or("")
-        );
+        let pct = format!("{:.0}%", p * 100.0);
+        // A worker that says the percentage again as its message is not repeated.
+        match j.progress_message.as_deref().map(str::trim) {
+            Some(m) if !m.is_empty() && m != pct => {
+                let _ = writeln!(o, "  progress:  {pct} {m}");
+            }
+            _ => {
+                let _ = writeln!(o, "  progress:  {pct}");
+            }
+        }
     }
     let _ = writeln!(o, "  payload:   {}", j.payload);
     if let Some(r) = &j.result {

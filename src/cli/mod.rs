@@ -25,22 +25,36 @@ use crate::logging::LogFormat;
 )]
 pub struct Cli {
     /// Configuration file.
-    #[arg(long, global = true, env = "STEWARD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    #[arg(
+        long,
+        global = true,
+        env = "STEWARD_CONFIG",
+        default_value = DEFAULT_CONFIG_PATH,
+        value_name = "PATH",
+        help_heading = GLOBAL
+    )]
     pub config: PathBuf,
     /// Control socket of the daemon (default: the one named in the configuration).
-    #[arg(long, global = true, env = "STEWARD_SOCKET")]
+    #[arg(long, global = true, env = "STEWARD_SOCKET", value_name = "PATH", help_heading = GLOBAL)]
     pub socket: Option<PathBuf>,
-    /// Log output of the daemon: journald when stderr is the journal, else text.
-    #[arg(long, global = true, value_enum, default_value = "auto")]
-    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The heading of the options every command takes.
+const GLOBAL: &str = "Global options";
+
+/// The job states, as `--state` takes them.
+const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon in the foreground (this is what the systemd unit starts).
-    Daemon,
+    Daemon {
+        /// Log output: journald when stderr is connected to the journal, else text.
+        #[arg(long, value_enum, default_value = "auto", value_name = "FORMAT")]
+        log_format: LogFormat,
+    },
     /// Validate the configuration file without starting anything (exit 0 or 78).
     CheckConfig,
     /// Show the daemon, its pools and their workers.
@@ -51,18 +65,20 @@ pub enum Command {
     },
     /// Restart a pool's workers one at a time, each only after the previous one runs.
     Restart {
+        /// The pool, as named in the configuration ([pool.NAME]).
         pool: String,
         /// Return once the restart has begun instead of waiting for it to finish.
         #[arg(long)]
         no_wait: bool,
         /// Give up waiting after this long.
-        #[arg(long, default_value = "10m", value_parser = parse_duration_arg)]
+        #[arg(long, default_value = "10m", value_parser = parse_duration_arg, value_name = "DURATION")]
         timeout: Duration,
     },
     /// Re-read the configuration file and apply it; reports whether it was valid.
     Reload,
     /// Submit a job; prints its id.
     Submit {
+        /// The queue, as named in the configuration ([queue.NAME]).
         queue: String,
         /// The payload as JSON, or `-` to read it from stdin (default: {}).
         payload: Option<String>,
@@ -70,19 +86,19 @@ pub enum Command {
         #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
         priority: i64,
         /// Run no earlier than this long from now, e.g. 10m.
-        #[arg(long, value_parser = parse_duration_arg, conflicts_with = "at")]
+        #[arg(long, value_parser = parse_duration_arg, conflicts_with = "at", value_name = "DURATION")]
         delay: Option<Duration>,
         /// Run no earlier than this time (RFC 3339, e.g. 2026-11-23T18:00:00Z).
-        #[arg(long)]
+        #[arg(long, value_name = "TIME")]
         at: Option<String>,
         /// Attempts in all before the job fails (default: the queue's).
-        #[arg(long)]
+        #[arg(long, value_name = "N")]
         max_attempts: Option<u32>,
         /// Time limit of one attempt, e.g. 5m; 0 = none (default: the queue's).
-        #[arg(long, value_parser = parse_duration_arg)]
+        #[arg(long, value_parser = parse_duration_arg, value_name = "DURATION")]
         timeout: Option<Duration>,
         /// While a job with this key is queued or running in the queue, return it instead.
-        #[arg(long)]
+        #[arg(long, value_name = "KEY")]
         key: Option<String>,
         /// Wait until the job is finished; exit 0 only if it succeeded.
         #[arg(long)]
@@ -93,19 +109,24 @@ pub enum Command {
     },
     /// List jobs, newest first.
     Jobs {
-        #[arg(long)]
+        /// Only jobs of this queue.
+        #[arg(long, value_name = "QUEUE")]
         queue: Option<String>,
-        /// queued, running, succeeded, failed or cancelled.
-        #[arg(long)]
+        /// Only jobs in this state.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(STATES))]
         state: Option<String>,
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        /// How many jobs to show at most (1 to 10000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=10_000), value_name = "N")]
+        limit: u16,
+        /// Print the jobs as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Show one job: payload, result, and every attempt.
     Job {
+        /// The job's id, as `submit` printed it.
         id: i64,
+        /// Print the job as JSON.
         #[arg(long)]
         json: bool,
         /// Follow the job's progress until it ends; exit 0 only if it succeeded.
@@ -113,11 +134,18 @@ pub enum Command {
         follow: bool,
     },
     /// Cancel a job: a queued one at once, a running one on its worker.
-    Cancel { id: i64 },
+    Cancel {
+        /// The job's id.
+        id: i64,
+    },
     /// Queue a failed or cancelled job again, with a fresh attempt budget.
-    Retry { id: i64 },
+    Retry {
+        /// The job's id.
+        id: i64,
+    },
     /// Copy the job journal to DEST: a consistent snapshot, safe while steward runs.
     Backup {
+        /// Where to write the copy (a new file).
         dest: PathBuf,
         /// Replace DEST if it exists.
         #[arg(long)]
@@ -129,18 +157,21 @@ pub enum Command {
         /// A short run (smaller sizes, fewer runs), e.g. as a smoke test.
         #[arg(long)]
         quick: bool,
+        /// Print the results as JSON.
         #[arg(long)]
         json: bool,
-        /// Run only these scenarios (1–8), e.g. --only 1,4.
-        #[arg(long, value_delimiter = ',')]
+        /// Run only these scenarios, e.g. --only 1,4.
+        #[arg(long, value_delimiter = ',', value_name = "N,...")]
         only: Vec<u8>,
     },
     /// The minimal protocol worker used by `steward bench`.
     #[command(hide = true)]
     BenchWorker,
-    /// Print a shell completion script (bash, zsh, fish).
-    #[command(hide = true)]
-    Completions { shell: clap_complete::Shell },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
@@ -148,21 +179,25 @@ fn parse_duration_arg(s: &str) -> Result<Duration, String> {
 }
 
 impl Cli {
-    pub fn is_daemon(&self) -> bool {
-        matches!(self.command, Command::Daemon)
+    /// The daemon's log output, when the command is `daemon`.
+    pub fn daemon_log_format(&self) -> Option<LogFormat> {
+        match self.command {
+            Command::Daemon { log_format } => Some(log_format),
+            _ => None,
+        }
     }
 }
 
 /// Run a command; `Ok` means exit code 0.
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
-        Command::Daemon => crate::daemon::run(&cli.config),
+        Command::Daemon { .. } => crate::daemon::run(&cli.config),
         Command::CheckConfig => check_config(&cli.config),
         Command::Backup { dest, force } => backup(&cli.config, dest, *force),
         Command::Bench { quick, json, only } => crate::bench::run(*quick, *json, only),
         Command::BenchWorker => crate::bench::worker::run().map_err(Failure::Failed),
         Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut cmd = completion_command();
             let mut script = Vec::new();
             clap_complete::generate(*shell, &mut cmd, "steward", &mut script);
             out::write_bytes(&script)
@@ -176,6 +211,20 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             runtime.block_on(client_command(&cli))
         }
     }
+}
+
+/// The command tree for completion scripts: the visible commands only (completions
+/// would otherwise offer the internal `bench-worker`).
+fn completion_command() -> clap::Command {
+    let full = <Cli as clap::CommandFactory>::command();
+    let mut cmd = clap::Command::new("steward")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(full.get_about().cloned().unwrap_or_default())
+        .args(full.get_arguments().cloned());
+    for sub in full.get_subcommands().filter(|s| !s.is_hide_set()) {
+        cmd = cmd.subcommand(sub.clone());
+    }
+    cmd
 }
 
 fn check_config(path: &Path) -> Result<(), Failure> {
@@ -273,14 +322,23 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
             state,
             limit,
             json,
-        } => jobs::list(&client, queue.as_deref(), state.as_deref(), *limit, *json).await,
+        } => {
+            jobs::list(
+                &client,
+                queue.as_deref(),
+                state.as_deref(),
+                usize::from(*limit),
+                *json,
+            )
+            .await
+        }
         Command::Job {
             id, follow: true, ..
         } => jobs::wait(&client, *id).await,
         Command::Job { id, json, .. } => jobs::show(&client, *id, *json).await,
         Command::Cancel { id } => jobs::cancel(&client, *id).await,
         Command::Retry { id } => jobs::retry(&client, *id).await,
-        Command::Daemon
+        Command::Daemon { .. }
         | Command::CheckConfig
         | Command::Backup { .. }
         | Command::Bench { .. }
@@ -372,5 +430,61 @@ async fn restart(
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_argument_and_option_says_what_it_is() {
+        let cmd = Cli::command();
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            assert!(sub.get_about().is_some(), "{} has no help", sub.get_name());
+            for arg in sub.get_arguments() {
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                assert!(
+                    !help.trim().is_empty(),
+                    "`steward {} {}` has no help",
+                    sub.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn log_format_is_an_option_of_the_daemon_only() {
+        let cmd = Cli::command();
+        for sub in cmd.get_subcommands() {
+            let has = sub.get_arguments().any(|a| a.get_id() == "log_format");
+            assert_eq!(has, sub.get_name() == "daemon", "{}", sub.get_name());
+        }
+        assert!(cmd.get_arguments().all(|a| a.get_id() != "log_format"));
+    }
+
+    #[test]
+    fn completions_offer_visible_commands_and_the_states() {
+        let mut script = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut completion_command(),
+            "steward",
+            &mut script,
+        );
+        let script = String::from_utf8(script).unwrap();
+        assert!(!script.contains("bench-worker"), "internal command offered");
+        assert!(script.contains("submit") && script.contains("backup"));
+        assert!(
+            script.contains("queued running succeeded failed cancelled"),
+            "--state does not complete its values"
+        );
     }
 }

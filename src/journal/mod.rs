@@ -19,6 +19,7 @@ mod writer;
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
@@ -562,6 +563,20 @@ pub fn backup(state_dir: &Path, dest: &Path, force: bool) -> Result<BackupReport
         std::fs::remove_file(dest)
             .map_err(|e| format!("cannot replace {}: {e}", dest.display()))?;
     }
+    // The copy holds the same payloads: it is created no more readable than the journal
+    // (SQLite gives its own side files the mode of the file they belong to).
+    let mode = std::fs::metadata(&src)
+        .map_err(|e| format!("cannot read {}: {e}", src.display()))?
+        .permissions()
+        .mode()
+        & 0o666;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(dest)
+        .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(mode)))
+        .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
     let conn = Connection::open_with_flags(&src, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| format!("cannot open {}: {e}", src.display()))?;
     conn.execute_batch("PRAGMA busy_timeout = 10000;")

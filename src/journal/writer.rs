@@ -377,6 +377,8 @@ impl Writer {
     ) -> rusqlite::Result<Vec<Submitted>> {
         let mut out = Vec::with_capacity(jobs.len());
         for j in jobs {
+            // A job due now is due from its commit: it never runs "before" it was created.
+            let run_at = j.run_at_ms.max(now);
             if let Some(key) = &j.key {
                 let existing: Option<(i64, i64)> = self
                     .conn
@@ -399,7 +401,7 @@ impl Writer {
                     "INSERT INTO jobs (queue, state, priority, run_at, created_at, updated_at, max_attempts, timeout_ms, unique_key)
                      VALUES (?1, 'queued', ?2, ?3, ?4, ?4, ?5, ?6, ?7)",
                 )?
-                .execute(params![j.queue, j.priority, j.run_at_ms, now, j.max_attempts, j.timeout_ms, j.key])?;
+                .execute(params![j.queue, j.priority, run_at, now, j.max_attempts, j.timeout_ms, j.key])?;
             let id = self.conn.last_insert_rowid();
             self.conn
                 .prepare_cached("INSERT INTO job_data (job_id, payload) VALUES (?1, ?2)")?
@@ -415,7 +417,7 @@ impl Writer {
             out.push(Submitted {
                 id,
                 existing: false,
-                run_at_ms: j.run_at_ms,
+                run_at_ms: run_at,
             });
         }
         Ok(out)

@@ -250,6 +250,7 @@ impl Supervisor {
                     deadline: timeout.map(|t| after(now, t)),
                     cancel: None,
                     last_progress_write: None,
+                    unsaved_progress: None,
                 },
             );
             // Attribute the worker's output to the job before it can print anything.
@@ -301,20 +302,22 @@ impl Supervisor {
                         format!("progress for job {job}, which this worker does not hold; ignored"),
                     );
                 };
+                let progress = progress.filter(|p| p.is_finite());
                 let due = held
                     .last_progress_write
                     .is_none_or(|t| now.duration_since(t) >= PROGRESS_EVERY);
                 if due {
                     held.last_progress_write = Some(now);
-                    let token = held.token;
+                    held.unsaved_progress = None;
                     tracing::debug!(
                         JOB_ID = job,
                         "job {job} progress {:?} {}",
                         progress,
                         message.as_deref().unwrap_or("")
                     );
-                    self.journal
-                        .progress(job, token, progress.filter(|p| p.is_finite()), message);
+                    self.journal.progress(job, held.token, progress, message);
+                } else {
+                    held.unsaved_progress = Some((progress, message));
                 }
             }
             Ok(FromWorker::Done { id: job, result }) => {
@@ -327,6 +330,7 @@ impl Supervisor {
                     );
                 };
                 slot.update_current_job();
+                save_progress(&self.journal, job, &held);
                 let took = now.duration_since(held.started);
                 self.observed.metrics.job_ran(&held.queue, took);
                 tracing::debug!(JOB_ID = job, "job {job} done after {}", human(took));
@@ -353,6 +357,7 @@ impl Supervisor {
                     );
                 };
                 slot.update_current_job();
+                save_progress(&self.journal, job, &held);
                 self.observed
                     .metrics
                     .job_ran(&held.queue, now.duration_since(held.started));
@@ -475,6 +480,7 @@ impl Supervisor {
         let reason = slot.kill_reason.take();
         let name = slot.name();
         for (job, h) in held {
+            save_progress(&self.journal, job, &h);
             let outcome = match reason {
                 Some(KillReason::Hung) => Outcome::Hung {
                     reason: format!(
@@ -597,6 +603,15 @@ impl Supervisor {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
+        for (job, h) in slot.held.iter_mut() {
+            if let Some(t) = progress_due(h)
+                && now >= t
+                && let Some((progress, message)) = h.unsaved_progress.take()
+            {
+                h.last_progress_write = Some(now);
+                self.journal.progress(*job, h.token, progress, message);
+            }
+        }
         let mut kill = None;
         for (job, h) in slot.held.iter_mut() {
             match h.cancel {
@@ -671,6 +686,9 @@ impl Supervisor {
             at(expiry);
         }
         for h in slot.held.values() {
+            if let Some(t) = progress_due(h) {
+                at(t);
+            }
             match h.cancel {
                 Some((_, kill_at)) => at(kill_at),
                 None => {
@@ -761,6 +779,19 @@ impl Supervisor {
             Ok(n) => tracing::info!("deleted {n} finished jobs past their retention"),
             Err(e) => tracing::warn!("cannot delete old jobs: {e}"),
         });
+    }
+}
+
+/// When held-back progress of a job may be written.
+fn progress_due(h: &Held) -> Option<Instant> {
+    h.unsaved_progress.as_ref()?;
+    Some(after(h.last_progress_write?, PROGRESS_EVERY))
+}
+
+/// Write the progress the limit held back, before the attempt's end is written.
+fn save_progress(journal: &crate::journal::Journal, job: i64, h: &Held) {
+    if let Some((progress, message)) = h.unsaved_progress.clone() {
+        journal.progress(job, h.token, progress, message);
     }
 }
 

@@ -89,6 +89,9 @@ struct Held {
     /// `cancel` was sent; the worker is killed at the instant given.
     cancel: Option<(CancelWhy, Instant)>,
     last_progress_write: Option<Instant>,
+    /// The latest progress the once-a-second limit held back: written when its second is
+    /// up, or before the attempt's end, so the journal keeps the last word.
+    unsaved_progress: Option<(Option<f64>, Option<String>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

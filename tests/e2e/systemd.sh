@@ -17,7 +17,7 @@ OLD_DEB=$(readlink -f "${1:?usage: systemd.sh OLD.deb NEW.deb}")
 NEW_DEB=$(readlink -f "${2:?usage: systemd.sh OLD.deb NEW.deb}")
 WORK="${E2E_DIR:-/var/tmp/steward-e2e}"
 # python3 (not just python3-minimal, which lacks json) for the example workers; procps
-# (kill, for ExecReload) because the package depends on it and the container is offline.
+# for the `kill` this script sends into the container.
 PACKAGES="systemd,systemd-sysv,dbus,python3,procps"
 ROOTFS="$WORK/rootfs-bookworm-$(printf '%s' "$PACKAGES" | md5sum | cut -c1-8)"
 LIFETIME="${E2E_LIFETIME:-900}"
@@ -286,8 +286,13 @@ step7() {
         { say "service changed after a broken reload"; return 1; }
     journal_has "steward.toml:[0-9]*:[0-9]*: .*instances" ||
         { say "no positioned error in the journal"; return 1; }
+    # The daemon itself knows the attempt failed: its status line says so.
+    [[ "$(prop StatusText)" == "reload failed"* ]] ||
+        { say "STATUS= after a broken reload: $(prop StatusText)"; return 1; }
     ctr cp /root/steward.toml.good $CONF
-    ctr systemctl reload steward.service
+    ctr systemctl reload steward.service || return 1
+    [[ "$(prop StatusText)" != "reload failed"* ]] ||
+        { say "STATUS= still says the reload failed: $(prop StatusText)"; return 1; }
 }
 check "7. broken config: reload fails visibly, service stays active on the old config" step7
 

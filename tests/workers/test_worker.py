@@ -16,7 +16,7 @@ behaviour is set by each job's payload:
   result: VALUE     the result to report
   exit_once: PATH   exit (crash) unless PATH exists; create it first
   sleep_first: S    on attempt 1 only, take S seconds (heartbeating unless "silent")
-  progress: [P, …]  report these progress values (message "step N") before finishing
+  progress: [P, …]  report these progress values (message "step N") first, at once
 
 TEST_READY_DELAY in the environment: wait that many seconds before saying ready.
 """
@@ -62,6 +62,8 @@ def work(job):
     seconds = float(p.get("sleep", 0))
     if job["attempt"] == 1 and "sleep_first" in p:
         seconds = float(p["sleep_first"])
+    for n, value in enumerate(p.get("progress", [])):
+        send({"type": "progress", "id": jid, "progress": value, "message": f"step {n + 1}"})
     beat = float(p.get("beat", 0.05))
     end = time.monotonic() + seconds
     next_beat = time.monotonic() + beat
@@ -73,8 +75,6 @@ def work(job):
         if not p.get("silent") and time.monotonic() >= next_beat:
             send({"type": "heartbeat"})
             next_beat = time.monotonic() + beat
-    for n, value in enumerate(p.get("progress", [])):
-        send({"type": "progress", "id": jid, "progress": value, "message": f"step {n + 1}"})
     if "append" in p:
         with open(p["append"], "a") as f:
             f.write(f"{jid} {job['attempt']} {os.getpid()}\n")
