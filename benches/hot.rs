@@ -8,20 +8,17 @@ use std::sync::mpsc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
-use steward::config::{QueueSpec, Synchronous};
-use steward::jobs::Outcome;
-use steward::journal::{Journal, NewJob};
-use steward::protocol;
+use steward::hot::{Journal, NewJob, Outcome, QueueSpec, Synchronous, TextLayer, job_line, parse};
 
 fn codec(c: &mut Criterion) {
     let done = br#"{"type":"done","id":123456,"result":{"thumbs":[1,2,3],"ok":true}}"#;
     c.bench_function("protocol: parse a done line", |b| {
-        b.iter(|| protocol::parse(std::hint::black_box(done)))
+        b.iter(|| parse(std::hint::black_box(done)))
     });
     let payload = r#"{"file":"/srv/in/image-0001.png","sizes":[64,128,256]}"#;
     c.bench_function("protocol: write a job line", |b| {
         b.iter(|| {
-            protocol::job_line(
+            job_line(
                 123456,
                 "thumbnails",
                 1,
@@ -86,7 +83,7 @@ fn claim_finish(c: &mut Criterion) {
 fn log_line(c: &mut Criterion) {
     use tracing_subscriber::layer::SubscriberExt;
     // The line is built in full; only the write(2) is left out.
-    let layer = steward::logging::TextLayer::with_writer(false, |line| {
+    let layer = TextLayer::with_writer(false, |line| {
         std::hint::black_box(line);
     });
     let subscriber = tracing_subscriber::registry()

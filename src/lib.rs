@@ -1,21 +1,35 @@
 //! steward: a systemd-native job supervisor.
 //!
-//! The binary is a thin shell around this library: [`daemon::run`] runs the daemon,
-//! [`cli`] implements the client commands.
+//! The binary is a thin shell around this library: [`cli::run`] runs the daemon and the
+//! client commands. The control API's types and client ([`control::api`],
+//! [`control::client`]) are public: they are the JSON contract scripts and tests rely on.
+//! Everything else is private to the crate.
 
-pub mod bench;
+mod bench;
 pub mod cli;
-pub mod config;
+mod config;
 pub mod control;
-pub mod daemon;
+mod daemon;
 pub mod error;
-pub mod http;
-pub mod jobs;
-pub mod journal;
-pub mod logging;
-pub mod metrics;
-pub mod notify;
-pub mod process;
-pub mod protocol;
-pub mod supervisor;
-pub mod time;
+mod http;
+mod jobs;
+mod journal;
+mod logging;
+mod metrics;
+mod notify;
+mod process;
+mod protocol;
+mod supervisor;
+mod time;
+
+pub use logging::init as init_logging;
+
+/// What the micro-benchmarks in `benches/` measure. Not an API.
+#[doc(hidden)]
+pub mod hot {
+    pub use crate::config::{QueueSpec, Synchronous};
+    pub use crate::jobs::Outcome;
+    pub use crate::journal::{Journal, NewJob};
+    pub use crate::logging::TextLayer;
+    pub use crate::protocol::{job_line, parse};
+}

@@ -10,7 +10,7 @@ fn main() -> ExitCode {
     let log_format = cli.daemon_log_format();
     let daemon = log_format.is_some();
     if let Some(format) = log_format {
-        steward::logging::init(format);
+        steward::init_logging(format);
     }
     match cli::run(cli) {
         Ok(()) | Err(Failure::OutputClosed) => ExitCode::SUCCESS,

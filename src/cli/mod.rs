@@ -261,7 +261,7 @@ fn backup(config: &Path, dest: &Path, force: bool) -> Result<(), Failure> {
 
 /// The control socket: `--socket`/`STEWARD_SOCKET`, else the configuration's, else the
 /// default under `$RUNTIME_DIRECTORY` or /run/steward.
-pub fn socket_path(cli: &Cli) -> PathBuf {
+pub(crate) fn socket_path(cli: &Cli) -> PathBuf {
     if let Some(s) = &cli.socket {
         return s.clone();
     }

@@ -53,10 +53,6 @@ impl Client {
         }
     }
 
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
     /// Send one request and return the raw answer, whatever its status. A daemon that
     /// does not answer within [`TIMEOUT`] is reported, not waited for forever.
     pub async fn raw(

@@ -37,21 +37,21 @@ use api::{
 
 /// What every handler may use.
 #[derive(Clone)]
-pub struct State {
+pub(crate) struct State {
     /// Requests that need the supervisor loop (status, reload, restart, cancel).
-    pub requests: RequestTx,
+    pub(crate) requests: RequestTx,
     /// Submits and reads go to the journal directly.
-    pub journal: Journal,
+    pub(crate) journal: Journal,
     /// The current configuration (queues, limits), updated on reload.
-    pub config: watch::Receiver<Arc<Config>>,
-    pub supervisor: supervisor::Handle,
+    pub(crate) config: watch::Receiver<Arc<Config>>,
+    pub(crate) supervisor: supervisor::Handle,
 }
 
 /// Bind the control socket at `path` with mode 0660 (owner and group may connect).
 ///
 /// A leftover socket file from a daemon that died is removed; a socket that still
 /// answers means another daemon is running, which is an error.
-pub fn bind(path: &Path) -> Result<UnixListener, String> {
+pub(crate) fn bind(path: &Path) -> Result<UnixListener, String> {
     if let Some(dir) = path.parent().filter(|d| !d.exists()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create the socket directory {}: {e}", dir.display()))?;
@@ -74,7 +74,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, String> {
 }
 
 /// Serve the API until the task is dropped.
-pub async fn serve(listener: UnixListener, state: State) -> io::Result<()> {
+pub(crate) async fn serve(listener: UnixListener, state: State) -> io::Result<()> {
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/reload", post(reload))
@@ -224,13 +224,13 @@ impl<S: Send + Sync> FromRequestParts<S> for JobId {
 }
 
 /// Jobs in one batch, at most.
-pub const MAX_BATCH_JOBS: usize = 10_000;
+pub(crate) const MAX_BATCH_JOBS: usize = 10_000;
 /// A batch's body may be this large even when every queue takes small payloads.
 const MIN_BATCH_BODY: usize = 64 * 1024 * 1024;
 
 /// The largest body of one submit: twice the largest payload any queue accepts (JSON may
 /// be written with more spaces and escapes than steward keeps), plus 1 MiB for the rest.
-pub fn submit_body_limit(config: &Config) -> usize {
+pub(crate) fn submit_body_limit(config: &Config) -> usize {
     let payload = config
         .queues
         .values()
@@ -243,7 +243,7 @@ pub fn submit_body_limit(config: &Config) -> usize {
 }
 
 /// The largest body of a batch: 64 MiB, or one submit's limit if that is larger.
-pub fn batch_body_limit(config: &Config) -> usize {
+pub(crate) fn batch_body_limit(config: &Config) -> usize {
     submit_body_limit(config).max(MIN_BATCH_BODY)
 }
 
@@ -283,10 +283,10 @@ fn journal_error(e: JournalError) -> Response {
 }
 
 /// The most attempts a job may be given (as in the configuration).
-pub const MAX_ATTEMPTS: u32 = 1_000_000;
+pub(crate) const MAX_ATTEMPTS: u32 = 1_000_000;
 
 /// Check a submit request against the configuration and turn it into a journal row.
-pub fn new_job(
+pub(crate) fn new_job(
     r: SubmitRequest,
     config: &Config,
     now: i64,

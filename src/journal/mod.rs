@@ -152,7 +152,6 @@ pub struct Stats {
     pub queues: HashMap<String, QueueStatus>,
     /// The last write error, cleared by the next successful commit.
     pub error: Option<String>,
-    pub commits: u64,
 }
 
 impl Stats {

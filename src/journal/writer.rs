@@ -235,7 +235,6 @@ impl Writer {
                 for (q, from, to) in &moves {
                     s.moved(q, *from, *to);
                 }
-                s.commits += 1;
                 s.error = None;
             }
             let took = t0.elapsed();

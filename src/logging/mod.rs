@@ -23,7 +23,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 mod budget;
 mod text;
 
-pub use budget::{JobLines, REPORT_EVERY as JOB_LINES_REPORT_EVERY, Skipped};
+pub use budget::{JobLines, REPORT_EVERY as JOB_LINES_REPORT_EVERY};
 pub use text::TextLayer;
 
 /// Longest worker output line kept whole; longer lines are split into pieces this long.

@@ -241,8 +241,6 @@ impl Supervisor {
         match result {
             Err(e) => {
                 tracing::error!(JOB_ID = job, POOL = %name, "cannot start the process for job {job}: {e}; check the pool's command and working_dir");
-                run.exit = Some((Exit::Code(127), now));
-                run.open_streams = 0;
                 let (token, queue, attempt) = (run.token, run.queue.clone(), run.attempt);
                 if let Some(p) = self.pools.get_mut(&name) {
                     p.exec.runs.remove(&lane);

@@ -404,6 +404,8 @@ impl Supervisor {
     /// Run until stopped by SIGTERM/SIGINT. Sends `READY=1` once every pool's instances
     /// have been spawned.
     pub async fn run(mut self, mut requests: RequestRx) -> io::Result<()> {
+        // tokio's signal streams (themselves built on signal-hook-registry) wake this loop
+        // directly, with no thread of their own and no self-pipe to read.
         let mut sigchld = signal(SignalKind::child())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
