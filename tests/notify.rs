@@ -8,10 +8,12 @@ use crate::helper::*;
 #[test]
 fn ready_status_and_watchdog() {
     let env = Env::new();
-    env.write_config(
-        "[pool.w]\ncommand = [\"sleep\", \"1000\"]\ninstances = 2\nstable_after = \"200ms\"\n",
-    );
-    let notify = NotifySocket::bind(env.path("notify.sock"));
+    let port = free_port();
+    env.write_config(&format!(
+        "[http]\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [pool.w]\ncommand = [\"sleep\", \"1000\"]\ninstances = 2\nstable_after = \"200ms\"\n"
+    ));
+    let notify = NotifySocket::bind_watching(env.path("notify.sock"), env.socket());
     let path = notify.path.display().to_string();
     let d = Daemon::spawn(
         &env,
@@ -19,46 +21,92 @@ fn ready_status_and_watchdog() {
         &["--log-format", "text"],
     );
 
-    let ready_at = wait_for(TIMEOUT, "READY=1", || {
-        notify.with_line("READY=1").first().copied()
+    let ready = wait_for(TIMEOUT, "READY=1", || {
+        notify
+            .all_received()
+            .into_iter()
+            .find(|m| m.text.lines().any(|l| l == "READY=1"))
     });
-    // When READY=1 was sent, the socket answered and both workers had been spawned.
-    let s = d.status();
-    assert_eq!(s.pools[0].workers.len(), 2);
-    assert!(s.pools[0].workers.iter().all(|w| w.pid.is_some()), "{s:?}");
+    // READY=1 came after the control socket was bound and both workers were started.
     assert!(
-        notify.all().iter().any(|(_, m)| m
-            .lines()
-            .any(|l| l.starts_with("STATUS=") && l.contains("workers up"))),
-        "{:?}",
-        notify.all()
+        ready.watched_existed,
+        "READY=1 before the control socket existed"
     );
-    let _ = ready_at;
+    // The kernel's start time of each worker process is before READY=1 arrived.
+    let pids = d.status().pools[0]
+        .workers
+        .iter()
+        .map(|w| w.pid)
+        .collect::<Vec<_>>();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    for pid in pids {
+        let pid = pid.expect("a worker without a pid at READY=1");
+        let started = process_start(pid).expect("worker start time");
+        assert!(
+            started <= ready.boot,
+            "worker {pid} started {:?} after READY=1",
+            started - ready.boot
+        );
+    }
+    let log = d.log();
+    let line = log.find("steward is ready").expect("ready line");
+    assert!(
+        log.find("started worker w/0").unwrap() < line
+            && log.find("started worker w/1").unwrap() < line,
+        "{log}"
+    );
+    assert!(
+        ready
+            .text
+            .lines()
+            .any(|l| l.starts_with("STATUS=") && l.contains("workers up")),
+        "{}",
+        ready.text
+    );
 
     // Pings about every 200 ms.
-    std::thread::sleep(Duration::from_secs(2));
-    let pings = notify.with_line("WATCHDOG=1");
-    let recent: Vec<Instant> = pings
-        .iter()
-        .copied()
-        .filter(|t| t.elapsed() < Duration::from_millis(2000))
-        .collect();
+    let count_since = |t: Instant| {
+        notify
+            .with_line("WATCHDOG=1")
+            .into_iter()
+            .filter(|p| *p >= t)
+            .count()
+    };
+    let t0 = Instant::now();
+    wait_for(TIMEOUT, "a few pings", || {
+        (count_since(t0) >= 5).then_some(())
+    });
     assert!(
-        (6..=14).contains(&recent.len()),
-        "expected ~10 pings in 2 s, got {}",
-        recent.len()
+        t0.elapsed() < Duration::from_secs(3),
+        "5 pings took {:?}",
+        t0.elapsed()
     );
 
-    // A stopped loop stops pinging.
-    d.signal("STOP");
+    // The loop blocked, the rest of the daemon running: the pings stop, and the health
+    // listener (which does not wait on the loop) sees how long it has not turned.
+    let (code, body) = unix_http(&d.socket, "POST", "/v1/debug/stall?ms=2500", b"");
+    assert_eq!(code, 202, "{body}");
     std::thread::sleep(Duration::from_millis(300));
-    let before = notify.with_line("WATCHDOG=1").len();
+    let quiet = Instant::now();
     std::thread::sleep(Duration::from_millis(1200));
-    let after = notify.with_line("WATCHDOG=1").len();
-    assert_eq!(before, after, "pings arrived while the daemon was stopped");
-    d.signal("CONT");
+    assert_eq!(
+        count_since(quiet),
+        0,
+        "pings arrived while the loop was blocked"
+    );
+    let (_, body) = http_get(port, "/health/live").expect("the health listener answers");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        health["loop_last_turn_ms"].as_u64().unwrap() >= 1000,
+        "the listener does not see the loop stopped: {body}"
+    );
+    // Once it turns again, so do the pings.
+    let back = Instant::now();
     wait_for(TIMEOUT, "pings resume", || {
-        (notify.with_line("WATCHDOG=1").len() > after).then_some(())
+        (count_since(back) >= 3).then_some(())
+    });
+    wait_for(TIMEOUT, "live again", || {
+        (http_get(port, "/health/live")?.0 == 200).then_some(())
     });
 
     // The worker environment does not carry the daemon's systemd variables.

@@ -83,7 +83,10 @@ fn backoff_grows_per_formula_marks_crash_loop_and_resets_after_stable_run() {
         let w = d.try_status()?.pools[0].workers[0].clone();
         (w.state == "running").then_some(w.pid).flatten()
     });
-    std::thread::sleep(Duration::from_millis(3200));
+    wait_for(TIMEOUT, "a run longer than reset_after (3 s)", || {
+        let w = d.try_status()?.pools[0].workers[0].clone();
+        (w.pid == Some(pid) && w.uptime_secs? > 3.2).then_some(())
+    });
     let (dt, _) = time_restart(&d, pid);
     assert!(
         dt < Duration::from_millis(400 + 1500),

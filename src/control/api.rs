@@ -122,6 +122,10 @@ pub enum Request {
     Reload,
     RestartPool(String),
     Cancel(i64),
+    /// Debug builds only, for tests: block the supervision loop this long (the rest of
+    /// the daemon runs on), as a loop stuck in a long computation would be.
+    #[cfg(debug_assertions)]
+    Stall(std::time::Duration),
 }
 
 pub enum Reply {
@@ -129,6 +133,8 @@ pub enum Reply {
     Reload(ReloadReport),
     Restart(Result<String, String>),
     Cancel(Result<String, String>),
+    #[cfg(debug_assertions)]
+    Stalling,
 }
 
 pub type RequestTx = mpsc::Sender<(Request, oneshot::Sender<Reply>)>;

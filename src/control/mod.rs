@@ -84,7 +84,10 @@ pub(crate) async fn serve(listener: UnixListener, state: State) -> io::Result<()
         .route("/v1/queues", get(queues))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel))
-        .route("/v1/jobs/{id}/retry", post(retry))
+        .route("/v1/jobs/{id}/retry", post(retry));
+    #[cfg(debug_assertions)]
+    let app = app.route("/v1/debug/stall", post(stall));
+    let app = app
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Submits read their bodies themselves, with limits that follow the queues.
@@ -158,6 +161,30 @@ async fn reload(AxState(st): AxState<State>) -> Response {
         Ok(_) => unexpected(),
         Err(r) => r,
     }
+}
+
+/// Debug builds only: `POST /v1/debug/stall?ms=N` blocks the supervision loop for N ms
+/// (at most 60 s), so tests can see what stops when the loop stops and what goes on.
+#[cfg(debug_assertions)]
+async fn stall(AxState(st): AxState<State>, Query(q): Query<StallParams>) -> Response {
+    let d = std::time::Duration::from_millis(q.ms.min(60_000));
+    match ask(&st.requests, Request::Stall(d)).await {
+        Ok(Reply::Stalling) => (
+            StatusCode::ACCEPTED,
+            Json(Message {
+                message: format!("the supervision loop is blocked for {} ms", d.as_millis()),
+            }),
+        )
+            .into_response(),
+        Ok(_) => unexpected(),
+        Err(r) => r,
+    }
+}
+
+#[cfg(debug_assertions)]
+#[derive(Debug, Deserialize)]
+struct StallParams {
+    ms: u64,
 }
 
 async fn restart(AxState(st): AxState<State>, UrlPath(pool): UrlPath<String>) -> Response {

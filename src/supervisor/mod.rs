@@ -598,6 +598,16 @@ impl Supervisor {
             Request::Reload => Reply::Reload(self.reload()),
             Request::RestartPool(name) => Reply::Restart(self.restart_pool(&name)),
             Request::Cancel(job) => return self.cancel_job(job, reply),
+            #[cfg(debug_assertions)]
+            Request::Stall(d) => {
+                let _ = reply.send(Reply::Stalling);
+                tracing::warn!(
+                    "blocking the supervision loop for {} (debug route)",
+                    human(d)
+                );
+                std::thread::sleep(d.min(Duration::from_secs(60)));
+                return;
+            }
         };
         let _ = reply.send(answer);
     }

@@ -126,14 +126,42 @@ impl Env {
     }
 }
 
+/// One datagram received on a fake `NOTIFY_SOCKET`.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: Instant,
+    /// CLOCK_BOOTTIME when it arrived, comparable with process start times in /proc.
+    pub boot: Duration,
+    pub text: String,
+    /// Whether the watched path (if any) existed when it arrived.
+    pub watched_existed: bool,
+}
+
 /// Datagrams received on a fake `NOTIFY_SOCKET`.
 pub struct NotifySocket {
     pub path: PathBuf,
-    pub messages: Arc<Mutex<Vec<(Instant, String)>>>,
+    pub messages: Arc<Mutex<Vec<Received>>>,
+}
+
+/// The time since boot (CLOCK_BOOTTIME) from /proc/uptime, to 10 ms: the clock and the
+/// resolution of process start times in /proc/PID/stat.
+fn boot_clock() -> Duration {
+    let text = fs::read_to_string("/proc/uptime").expect("/proc/uptime");
+    let secs: f64 = text
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("uptime");
+    Duration::from_millis((secs * 1000.0).round() as u64)
 }
 
 impl NotifySocket {
     pub fn bind(path: PathBuf) -> NotifySocket {
+        Self::bind_watching(path, PathBuf::new())
+    }
+
+    /// Also note, for each datagram, whether `watch` existed when it arrived.
+    pub fn bind_watching(path: PathBuf, watch: PathBuf) -> NotifySocket {
         let sock = UnixDatagram::bind(&path).expect("bind notify socket");
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .expect("timeout");
@@ -143,10 +171,15 @@ impl NotifySocket {
             let mut buf = vec![0u8; 4096];
             loop {
                 match sock.recv(&mut buf) {
-                    Ok(n) => m.lock().expect("lock").push((
-                        Instant::now(),
-                        String::from_utf8_lossy(&buf[..n]).into_owned(),
-                    )),
+                    Ok(n) => {
+                        let r = Received {
+                            at: Instant::now(),
+                            boot: boot_clock(),
+                            text: String::from_utf8_lossy(&buf[..n]).into_owned(),
+                            watched_existed: !watch.as_os_str().is_empty() && watch.exists(),
+                        };
+                        m.lock().expect("lock").push(r);
+                    }
                     Err(e)
                         if e.kind() == std::io::ErrorKind::WouldBlock
                             || e.kind() == std::io::ErrorKind::TimedOut =>
@@ -162,8 +195,15 @@ impl NotifySocket {
         NotifySocket { path, messages }
     }
 
-    pub fn all(&self) -> Vec<(Instant, String)> {
+    pub fn all_received(&self) -> Vec<Received> {
         self.messages.lock().expect("lock").clone()
+    }
+
+    pub fn all(&self) -> Vec<(Instant, String)> {
+        self.all_received()
+            .into_iter()
+            .map(|r| (r.at, r.text))
+            .collect()
     }
 
     /// Messages that contain `needle` as one of their `KEY=VALUE` lines.
@@ -174,6 +214,18 @@ impl NotifySocket {
             .map(|(t, _)| t)
             .collect()
     }
+}
+
+/// When process `pid` started, on CLOCK_BOOTTIME (to the kernel's clock tick).
+pub fn process_start(pid: i32) -> Option<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // Field 22 (starttime); `rest` starts at field 3.
+    let ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    let per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    Some(Duration::from_nanos(
+        ticks * (1_000_000_000 / per_sec as u64),
+    ))
 }
 
 /// A running `steward daemon`.
@@ -455,12 +507,16 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 /// The value of the sample `name` (with its labels, e.g. `x_total{a="b"}`) in a Prometheus
-/// text exposition; 0 when there is no such sample.
-pub fn metric(text: &str, name: &str) -> f64 {
+/// text exposition, if there is such a sample.
+pub fn try_metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+}
+
+/// The value of the sample `name`; a missing sample fails the test.
+pub fn metric(text: &str, name: &str) -> f64 {
+    try_metric(text, name).unwrap_or_else(|| panic!("no sample {name} in /metrics:\n{text}"))
 }
 
 /// One HTTP/1.1 request on a Unix socket: (status code, body as text).
