@@ -204,6 +204,7 @@ async fn metrics(State(st): State<AppState>) -> Response {
         }
     }
     g.jobs.sort();
+    g.log_dropped = crate::logging::dropped();
     let body = st.observed.metrics.render(&g);
     (
         [(

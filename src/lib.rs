@@ -22,7 +22,7 @@ mod protocol;
 mod supervisor;
 mod time;
 
-pub use logging::init as init_logging;
+pub use logging::{flush as flush_logs, init as init_logging};
 
 /// What the micro-benchmarks in `benches/` measure. Not an API.
 #[doc(hidden)]

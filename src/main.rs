@@ -12,12 +12,18 @@ fn main() -> ExitCode {
     if let Some(format) = log_format {
         steward::init_logging(format);
     }
-    match cli::run(cli) {
+    let result = cli::run(cli);
+    if daemon {
+        if let Err(failure) = &result {
+            tracing::error!("{failure}");
+        }
+        // The log is written by a thread of its own: let it finish.
+        steward::flush_logs(std::time::Duration::from_secs(2));
+    }
+    match result {
         Ok(()) | Err(Failure::OutputClosed) => ExitCode::SUCCESS,
         Err(failure) => {
-            if daemon {
-                tracing::error!("{failure}");
-            } else {
+            if !daemon {
                 // stderr may be closed too; there is nowhere left to say so.
                 let _ = writeln!(std::io::stderr(), "steward: {failure}");
             }

@@ -317,6 +317,21 @@ impl Metrics {
         }
         head(
             &mut o,
+            "steward_log_lines_dropped_total",
+            "counter",
+            "Log lines dropped: source=worker (worker output, after the log output made no progress for 5 s), source=steward (steward's own, when its queue was full).",
+        );
+        for (source, n) in [
+            ("steward", gauges.log_dropped.0),
+            ("worker", gauges.log_dropped.1),
+        ] {
+            let _ = writeln!(
+                o,
+                "steward_log_lines_dropped_total{{source=\"{source}\"}} {n}"
+            );
+        }
+        head(
+            &mut o,
             "steward_watchdog_pings_total",
             "counter",
             "WATCHDOG=1 notifications sent to systemd.",
@@ -337,6 +352,8 @@ pub struct Gauges {
     pub workers: Vec<(String, String, u64)>,
     /// (queue, state, count)
     pub jobs: Vec<(String, String, u64)>,
+    /// Log lines dropped: (steward's own, worker output).
+    pub log_dropped: (u64, u64),
 }
 
 #[cfg(test)]

@@ -1,6 +1,11 @@
 //! Worker output: one log record per line, with fields, priorities and long lines split.
 
+use std::time::{Duration, Instant};
+
 use crate::helper::*;
+
+/// How long the log output may make no progress before worker lines are dropped.
+const STALL: Duration = Duration::from_secs(5);
 
 #[test]
 fn worker_lines_are_logged_with_fields() {
@@ -216,4 +221,161 @@ fn routine_job_lines_keep_to_their_budget_and_problems_are_always_logged() {
         ids_with("succeeded"),
         "each job whose start is logged has its success logged"
     );
+}
+
+/// Two processes that keep both cores busy while they live.
+struct Burners(Vec<std::process::Child>);
+
+impl Burners {
+    fn start() -> Burners {
+        Burners(
+            (0..2)
+                .map(|_| {
+                    std::process::Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .unwrap()
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Burners {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn a_burst_of_worker_output_into_a_file_loses_nothing() {
+    const LINES: usize = 200_000;
+    let env = Env::new();
+    // Three workers each print 200,000 lines of 90 bytes as fast as they can.
+    env.write_config(&format!(
+        "[pool.burst]\ninstances = 3\nstable_after = \"100ms\"\n\
+         command = [\"sh\", \"-c\", \"yes \\\"$STEWARD_INSTANCE$(printf %089d 0)\\\" | head -n {LINES}; exec sleep 1000\"]\n"
+    ));
+    let _burners = Burners::start();
+    let d = Daemon::start(&env);
+    let count = |log: &str, i: usize| {
+        let needle = format!("{i}{} POOL=burst INSTANCE={i} ", "0".repeat(89));
+        log.lines().filter(|l| l.contains(&needle)).count()
+    };
+    wait_for_or(
+        Duration::from_secs(120),
+        "every line of the three workers in the log",
+        || {
+            let log = d.log();
+            format!("{:?}", (0..3).map(|i| count(&log, i)).collect::<Vec<_>>())
+        },
+        || {
+            let log = d.log();
+            (0..3).all(|i| count(&log, i) >= LINES).then_some(())
+        },
+    );
+    let log = d.log();
+    for i in 0..3 {
+        assert_eq!(count(&log, i), LINES, "worker {i}");
+    }
+    assert!(!log.contains("dropped"), "lines were dropped");
+}
+
+#[test]
+fn a_stalled_log_output_never_stalls_supervision_and_drops_are_counted() {
+    let env = Env::new();
+    let port = free_port();
+    env.write_config(&format!(
+        "[http]\nlisten = \"127.0.0.1:{port}\"\n\n{}\n\
+         [pool.flood]\nstable_after = \"100ms\"\ncommand = [\"sh\", \"-c\", \"yes flooding the log\"]\n\n\
+         [pool.quiet]\ncommand = [\"sleep\", \"1000\"]\nstable_after = \"100ms\"\n",
+        jobs_config(1, "", "")
+    ));
+    // stderr is a pipe that nobody reads until the end.
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["daemon", "--log-format", "text", "--config"])
+        .arg(env.config_path())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(writer);
+    let mut child = cmd.spawn().unwrap();
+    let socket = env.socket();
+    let status = || {
+        let out = std::process::Command::new(bin())
+            .args(["status", "--json", "--socket"])
+            .arg(&socket)
+            .output()
+            .ok()?;
+        serde_json::from_slice::<steward::control::api::DaemonStatus>(&out.stdout).ok()
+    };
+    wait_for(TIMEOUT, "daemon running", || {
+        status().filter(|s| s.state == "running").map(|_| ())
+    });
+    // Well past the point where the output counts as stalled.
+    std::thread::sleep(STALL + Duration::from_secs(2));
+    // Supervision goes on: status answers at once, a job runs, a killed worker returns.
+    let t0 = Instant::now();
+    let s = status().expect("status answers");
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "status took {:?}",
+        t0.elapsed()
+    );
+    let quiet = s.pools.iter().find(|p| p.name == "quiet").unwrap().workers[0]
+        .pid
+        .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["submit", "q", "{}", "--wait", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(quiet),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    wait_for(TIMEOUT, "the killed worker replaced", || {
+        let p = status()?.pools.into_iter().find(|p| p.name == "quiet")?;
+        (p.workers[0].pid != Some(quiet) && p.workers[0].state == "running").then_some(())
+    });
+    // What could not be written is counted.
+    let (_, metrics) = http_get(port, "/metrics").expect("/metrics");
+    assert!(
+        metric(
+            &metrics,
+            "steward_log_lines_dropped_total{source=\"worker\"}"
+        ) > 0.0,
+        "{metrics}"
+    );
+    // Once the output moves again, the drops are reported in it.
+    let drain = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let end = Instant::now() + TIMEOUT;
+        while Instant::now() < end {
+            use std::io::Read;
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+            if String::from_utf8_lossy(&seen).contains("lines of this worker's output were dropped")
+            {
+                return true;
+            }
+        }
+        false
+    });
+    assert!(drain.join().unwrap(), "no report of the dropped lines");
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -45,6 +45,7 @@ struct Sizes {
     respawns: usize,
     restart_queued: usize,
     list_rows: usize,
+    output_lines: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -56,6 +57,7 @@ const FULL: Sizes = Sizes {
     respawns: 20,
     restart_queued: 100_000,
     list_rows: 1_000_000,
+    output_lines: 1_000_000,
 };
 
 const QUICK: Sizes = Sizes {
@@ -67,6 +69,7 @@ const QUICK: Sizes = Sizes {
     respawns: 5,
     restart_queued: 10_000,
     list_rows: 20_000,
+    output_lines: 100_000,
 };
 
 fn fail(e: impl std::fmt::Display) -> Failure {
@@ -664,6 +667,65 @@ async fn list_cost(exe: &Path, s: &Sizes) -> Result<Vec<f64>, Failure> {
     Ok(times)
 }
 
+/// Scenario 9, worker output: one worker prints lines of 90 bytes as fast as it can; lines per
+/// second until the last is in the log file, every line checked to be there.
+async fn worker_output(exe: &Path, s: &Sizes) -> Result<Vec<f64>, Failure> {
+    // Printed by the worker after its last line; not in its command, which is logged.
+    const END: &str = "steward-bench-output-end POOL=out";
+    let mut rates = Vec::new();
+    for _ in 0..s.runs {
+        let mut bed = Bed::new(exe)?;
+        let line = "x".repeat(89);
+        bed.write_config(&format!(
+            "[pool.out]\nstable_after = \"100ms\"\n\
+             command = [\"sh\", \"-c\", \"yes {line} | head -n {}; printf 'steward-bench-%s-end\\\\n' output; exec sleep 1000\"]\n",
+            s.output_lines
+        ))?;
+        let log = bed.dir.join("daemon.log");
+        let t0 = Instant::now();
+        bed.start(&[])?;
+        let mut seen = false;
+        while t0.elapsed() < Duration::from_secs(300) {
+            if tail(&log, 4096).contains(END) {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let took = t0.elapsed();
+        if !seen {
+            return Err(fail(
+                "the worker's output did not reach the log within 300 s",
+            ));
+        }
+        let text = std::fs::read_to_string(&log).map_err(fail)?;
+        let mine = format!("{line} POOL=out");
+        let lines = text.lines().filter(|l| l.contains(&mine)).count();
+        if lines != s.output_lines {
+            return Err(fail(format!(
+                "{lines} of the worker's {} lines reached the log",
+                s.output_lines
+            )));
+        }
+        rates.push(s.output_lines as f64 / took.as_secs_f64());
+        bed.stop();
+    }
+    Ok(rates)
+}
+
+/// The last `n` bytes of a file, as text.
+fn tail(path: &Path, n: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(n)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 pub fn run(quick: bool, json_out: bool, only: &[u8]) -> Result<(), Failure> {
     let want = |n: u8| only.is_empty() || only.contains(&n);
     let exe = std::env::current_exe().map_err(fail)?;
@@ -841,6 +903,22 @@ pub fn run(quick: bool, json_out: bool, only: &[u8]) -> Result<(), Failure> {
                 v,
                 "<= 20",
                 |m| m <= 20.0,
+                String::new(),
+            ));
+        }
+        if want(9) {
+            progress("9. worker output");
+            let name = format!(
+                "9. worker output: {} lines of 90 bytes into a file, none lost",
+                s.output_lines
+            );
+            let v = worker_output(&exe, s).await?;
+            out.push(summarize(
+                &name,
+                "lines/s",
+                v,
+                ">= 500000",
+                |m| m >= 500_000.0,
                 String::new(),
             ));
         }

@@ -1,18 +1,19 @@
 //! Logging: journald with structured fields under systemd, readable text on a terminal.
 //!
-//! Worker output is read line by line and re-emitted as log events with the fields
-//! `POOL`, `INSTANCE`, `WORKER_PID` and `STREAM`. The reading side never waits on the log
-//! sink: lines go through a bounded queue to one writer thread, and when that queue is
-//! full (journald is slow or stuck) lines are counted and dropped, and the count is
-//! logged once the sink catches up. A worker writing to its stdout is therefore never
-//! blocked for longer than it takes to read a pipe.
+//! Everything logged, steward's own events and its workers' output, goes to one sink
+//! thread (see `sink.rs`) that formats and writes it, so no thread that logs ever waits
+//! for journald or stderr. Worker output is read line by line and written with the
+//! fields `POOL`, `INSTANCE`, `WORKER_PID`, `STREAM` (and `JOB_ID`). When the sink cannot
+//! keep up, a worker's pipe is no longer read and the worker waits on its write, as under
+//! systemd; lines are dropped, and counted, only once the output has made no progress for
+//! `sink::STALLED_AFTER`.
 
 use std::io::IsTerminal;
 use std::os::fd::{AsFd, OwnedFd};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use tokio::io::AsyncReadExt;
 use tracing::Level;
@@ -21,15 +22,20 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 mod budget;
+mod output;
+mod record;
+mod sink;
 mod text;
 
 pub use budget::{JobLines, REPORT_EVERY as JOB_LINES_REPORT_EVERY};
-pub use text::TextLayer;
+pub use output::Output;
+pub use record::{Origin, Stream};
+pub use sink::STALLED_AFTER;
 
 /// Longest worker output line kept whole; longer lines are split into pieces this long.
 pub const MAX_LINE: usize = 16 * 1024;
-/// Worker lines queued for the writer thread before lines are dropped.
-const QUEUE: usize = 8192;
+/// Bytes read from a worker's pipe at a time.
+const READ_CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -67,95 +73,108 @@ fn stderr_is_journal() -> bool {
     }
 }
 
+static SINK: OnceLock<sink::Sink> = OnceLock::new();
+static STARTED: OnceLock<()> = OnceLock::new();
+
+/// The sink everything is logged to.
+fn sink() -> &'static sink::Sink {
+    SINK.get_or_init(sink::Sink::new)
+}
+
+/// Start the sink's writer on `output`, unless it runs already.
+fn start(output: impl FnOnce() -> Output) {
+    STARTED.get_or_init(|| {
+        if let Err(e) = sink().start(output()) {
+            let _ = writeln!(
+                std::io::stderr(),
+                "steward: cannot start the log writer: {e}"
+            );
+        }
+    });
+}
+
+use std::io::Write as _;
+
 /// Install the global subscriber. Exactly one output is used, so no line appears twice.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_env("STEWARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry();
-    match resolve(format) {
-        LogFormat::Journald => match tracing_journald::layer() {
-            Ok(layer) => {
-                let layer = layer
-                    .with_field_prefix(None)
-                    .with_syslog_identifier("steward".into())
-                    .with_priority_mappings(tracing_journald::PriorityMappings {
-                        info: tracing_journald::Priority::Informational,
-                        debug: tracing_journald::Priority::Debug,
-                        ..tracing_journald::PriorityMappings::new()
-                    });
-                registry.with(layer.with_filter(filter)).init();
-            }
+    let mut fallback = None;
+    let output = match resolve(format) {
+        LogFormat::Journald => match output::Journald::connect() {
+            Ok(j) => Output::Journald(j),
             Err(e) => {
-                registry.with(text_layer().with_filter(filter)).init();
-                tracing::warn!("cannot connect to journald ({e}); logging text to stderr instead");
+                fallback = Some(e);
+                Output::text(text_colour())
             }
         },
-        LogFormat::Json => {
-            let layer = tracing_subscriber::fmt::layer()
-                .json()
-                .flatten_event(true)
-                .with_writer(std::io::stderr);
-            registry.with(layer.with_filter(filter)).init();
-        }
-        LogFormat::Text | LogFormat::Auto => {
-            registry.with(text_layer().with_filter(filter)).init();
-        }
+        LogFormat::Json => Output::json(),
+        LogFormat::Text | LogFormat::Auto => Output::text(text_colour()),
+    };
+    start(|| output);
+    tracing_subscriber::registry()
+        .with(record::ToSink { sink: sink() }.with_filter(filter))
+        .init();
+    if let Some(e) = fallback {
+        tracing::warn!("cannot connect to journald ({e}); logging text to stderr instead");
     }
 }
 
-fn text_layer() -> text::TextLayer {
-    text::TextLayer::new(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+fn text_colour() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
-
-impl Stream {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-        }
+/// Wait (at most `limit`) until everything logged so far is written: before exiting.
+pub fn flush(limit: Duration) {
+    if STARTED.get().is_some() {
+        sink().flush(limit);
     }
 }
 
-/// Who wrote a line.
-#[derive(Debug, Clone)]
-pub struct Origin {
-    pub pool: Arc<str>,
-    pub instance: u32,
-    pub pid: i32,
-    /// The job the worker is running, when it holds exactly one (0 otherwise).
-    pub job: Arc<AtomicI64>,
+/// Log records dropped so far: (steward's own, worker lines).
+pub fn dropped() -> (u64, u64) {
+    SINK.get().map(|s| s.dropped()).unwrap_or((0, 0))
 }
 
-struct Line {
-    origin: Origin,
-    job: i64,
-    stream: Stream,
-    level: Level,
-    text: String,
+/// Turns each event into a text line, as the sink would, and hands it to `write`: for
+/// the micro-benchmark of a job line (`benches/hot.rs`).
+pub struct TextLayer {
+    ansi: bool,
+    write: fn(&str),
 }
 
-/// The queue in front of the worker-output writer thread.
+impl TextLayer {
+    pub fn with_writer(ansi: bool, write: fn(&str)) -> TextLayer {
+        TextLayer { ansi, write }
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for TextLayer {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        thread_local! {
+            static CLOCK: std::cell::RefCell<text::Clock> = std::cell::RefCell::default();
+        }
+        let e = record::capture(event);
+        let mut line = String::new();
+        CLOCK.with(|c| text::entry_line(&mut line, &mut c.borrow_mut(), self.ansi, &e));
+        (self.write)(&line);
+    }
+}
+
+/// Reads workers' output into the sink.
 #[derive(Clone)]
 pub struct WorkerLog {
-    tx: SyncSender<Line>,
+    sink: &'static sink::Sink,
 }
 
 impl WorkerLog {
     pub fn start() -> std::io::Result<WorkerLog> {
-        let (tx, rx) = mpsc::sync_channel::<Line>(QUEUE);
-        std::thread::Builder::new()
-            .name("steward-log".into())
-            .spawn(move || {
-                while let Ok(line) = rx.recv() {
-                    emit(&line);
-                }
-            })?;
-        Ok(WorkerLog { tx })
+        // Text to stderr if `init` chose nothing (tests of the library).
+        start(|| Output::text(false));
+        Ok(WorkerLog { sink: sink() })
     }
 
     /// Read `fd` (one end of a worker's stdout or stderr pipe) until it closes, logging
@@ -197,9 +216,9 @@ impl WorkerLog {
         stream: Stream,
         capture: Option<&Mutex<Capture>>,
     ) {
-        let mut buf: Vec<u8> = Vec::with_capacity(4096);
-        let mut chunk = vec![0u8; 16 * 1024];
-        let mut dropped: u64 = 0;
+        let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+        let mut chunk = vec![0u8; READ_CHUNK];
+        let mut lines = Lines::new(origin, stream);
         loop {
             let n = match pipe.read(&mut chunk).await {
                 Ok(0) | Err(_) => break,
@@ -215,54 +234,101 @@ impl WorkerLog {
             while let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') {
                 let end = start + pos;
                 for piece in buf[start..end].chunks(MAX_LINE) {
-                    self.send(piece, &origin, stream, &mut dropped);
+                    lines.add(piece);
                 }
                 start = end + 1;
             }
             buf.drain(..start);
             while buf.len() >= MAX_LINE {
                 let piece: Vec<u8> = buf.drain(..MAX_LINE).collect();
-                self.send(&piece, &origin, stream, &mut dropped);
+                lines.add(&piece);
             }
+            // Nothing more is read from the pipe until these lines have room.
+            lines.send(self.sink).await;
         }
         if !buf.is_empty() {
-            let rest = std::mem::take(&mut buf);
-            self.send(&rest, &origin, stream, &mut dropped);
+            lines.add(&buf);
         }
-        if dropped > 0 {
-            tracing::warn!(POOL = %origin.pool, INSTANCE = origin.instance, WORKER_PID = origin.pid,
-                "dropped {dropped} lines of worker output because the log sink was too slow");
+        lines.send(self.sink).await;
+        if lines.dropped > 0 {
+            tracing::warn!(POOL = %lines.origin.pool, INSTANCE = lines.origin.instance, WORKER_PID = lines.origin.pid,
+                "dropped {} lines of worker output because the log output made no progress for {}s",
+                lines.dropped, STALLED_AFTER.as_secs());
+        }
+    }
+}
+
+/// The lines of one read, on their way to the sink.
+struct Lines {
+    origin: Origin,
+    stream: Stream,
+    batch: Vec<record::WorkerLine>,
+    room: u32,
+    /// Lines dropped since the last that reached the sink.
+    dropped: u64,
+}
+
+impl Lines {
+    fn new(origin: Origin, stream: Stream) -> Lines {
+        Lines {
+            origin,
+            stream,
+            batch: Vec::new(),
+            room: 0,
+            dropped: 0,
         }
     }
 
-    fn send(&self, raw: &[u8], origin: &Origin, stream: Stream, dropped: &mut u64) {
+    fn line(&self, level: Level, text: String) -> record::WorkerLine {
+        record::WorkerLine {
+            time: SystemTime::now(),
+            level,
+            pool: self.origin.pool.clone(),
+            instance: self.origin.instance,
+            pid: self.origin.pid,
+            stream: self.stream,
+            job: self.origin.job.load(Ordering::Relaxed),
+            text,
+        }
+    }
+
+    fn add(&mut self, raw: &[u8]) {
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
         let (level, raw) = split_priority(raw);
-        if *dropped > 0 {
-            let note = Line {
-                origin: origin.clone(),
-                job: 0,
-                stream,
-                level: Level::WARN,
-                text: format!(
-                    "[steward: {dropped} lines of this worker's output were dropped because the log sink was too slow]"
-                ),
-            };
-            if self.tx.try_send(note).is_ok() {
-                *dropped = 0;
-            }
+        if level > tracing::level_filters::LevelFilter::current() {
+            return;
         }
-        let line = Line {
-            origin: origin.clone(),
-            job: origin.job.load(Ordering::Relaxed),
-            stream,
-            level,
-            text: String::from_utf8_lossy(raw).into_owned(),
-        };
-        match self.tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => *dropped += 1,
-            Err(TrySendError::Disconnected(_)) => {}
+        let line = self.line(level, String::from_utf8_lossy(raw).into_owned());
+        self.room = self.room.saturating_add(sink::cost(line.text.len()));
+        self.batch.push(line);
+    }
+
+    /// Hand the batch to the sink once it has room, or drop it if the output is stalled.
+    async fn send(&mut self, sink: &sink::Sink) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let note = (self.dropped > 0).then(|| {
+            self.line(
+                Level::WARN,
+                format!(
+                    "[steward: {} lines of this worker's output were dropped because the log output made no progress for {}s]",
+                    self.dropped,
+                    STALLED_AFTER.as_secs()
+                ),
+            )
+        });
+        let room = self
+            .room
+            .saturating_add(note.as_ref().map_or(0, |n| sink::cost(n.text.len())));
+        let batch = std::mem::take(&mut self.batch);
+        self.room = 0;
+        if sink.room_for(room).await {
+            self.dropped = 0;
+            sink.workers(note.into_iter().chain(batch));
+        } else {
+            self.dropped += batch.len() as u64;
+            sink.dropped_worker_lines(batch.len() as u64);
         }
     }
 }
@@ -322,33 +388,6 @@ pub fn split_priority(raw: &[u8]) -> (Level, &[u8]) {
         (level, &raw[3..])
     } else {
         (Level::INFO, raw)
-    }
-}
-
-fn emit(l: &Line) {
-    let (pool, inst, pid, stream, text, job) = (
-        &*l.origin.pool,
-        l.origin.instance,
-        l.origin.pid,
-        l.stream.as_str(),
-        l.text.as_str(),
-        l.job,
-    );
-    macro_rules! ev {
-        ($lvl:expr) => {
-            if job > 0 {
-                tracing::event!(target: "worker", $lvl, POOL = %pool, INSTANCE = inst, WORKER_PID = pid, STREAM = %stream, JOB_ID = job, "{}", text)
-            } else {
-                tracing::event!(target: "worker", $lvl, POOL = %pool, INSTANCE = inst, WORKER_PID = pid, STREAM = %stream, "{}", text)
-            }
-        };
-    }
-    match l.level {
-        Level::ERROR => ev!(Level::ERROR),
-        Level::WARN => ev!(Level::WARN),
-        Level::INFO => ev!(Level::INFO),
-        Level::DEBUG => ev!(Level::DEBUG),
-        Level::TRACE => ev!(Level::TRACE),
     }
 }
 

@@ -1,172 +1,193 @@
-//! The text output: one line per event,
-//! `2026-11-23T20:50:01.123456Z  INFO message KEY=value …`, coloured on a terminal.
-//!
-//! The supervisor logs its job lines on the thread that dispatches jobs, so the cost of a
-//! line is paid on the path of the jobs. This formatter does only what the format
-//! needs: the date part of the timestamp is computed once a second, the line is built in
-//! a buffer kept per thread and written with one `write(2)`.
+//! Formatting records as text lines,
+//! `2026-11-23T20:50:01.123456Z  INFO message KEY=value …` (coloured on a terminal), or
+//! as JSON lines. The sink formats whole batches into one buffer; the date part of the
+//! timestamp is computed once a second.
 
-use std::cell::RefCell;
 use std::fmt::{self, Write as _};
-use std::io::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::layer::{Context, Layer};
+use tracing::Level;
 
-/// Writes events as text lines to stderr.
-pub struct TextLayer {
-    /// Colour the level and dim the timestamp and fields (a terminal that wants colour).
-    ansi: bool,
-    /// Where finished lines go: stderr, or a test's buffer.
-    write: fn(&str),
-}
+use super::output::since_epoch;
+use super::record::{Entry, Value, WorkerLine};
 
-impl TextLayer {
-    /// Lines to stderr.
-    pub fn new(ansi: bool) -> TextLayer {
-        TextLayer {
-            ansi,
-            write: write_stderr,
-        }
-    }
-
-    /// Lines to `write` instead (benchmarks, tests).
-    pub fn with_writer(ansi: bool, write: fn(&str)) -> TextLayer {
-        TextLayer { ansi, write }
-    }
-}
-
+/// The date of the current second, kept between lines.
 #[derive(Default)]
-struct Buffers {
-    line: String,
-    fields: String,
-    /// The second the cached date was computed for, and `YYYY-MM-DDTHH:MM:SS` of it.
+pub struct Clock {
     second: Option<u64>,
     date: String,
 }
 
-thread_local! {
-    static BUFFERS: RefCell<Buffers> = RefCell::new(Buffers::default());
-}
-
-impl<S: Subscriber> Layer<S> for TextLayer {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let own = |event: &Event<'_>| {
-            let mut b = Buffers::default();
-            format_event(event, self.ansi, SystemTime::now(), &mut b);
-            (self.write)(&b.line);
-        };
-        let kept = BUFFERS.try_with(|cell| match cell.try_borrow_mut() {
-            Ok(mut b) => {
-                let b = &mut *b;
-                format_event(event, self.ansi, SystemTime::now(), b);
-                (self.write)(&b.line);
-            }
-            // An event logged while this thread is formatting one (a `Debug` impl that
-            // logs): format it into buffers of its own.
-            Err(_) => own(event),
-        });
-        // The thread is exiting and its buffers are gone.
-        if kept.is_err() {
-            own(event);
+impl Clock {
+    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` of `t`.
+    fn stamp(&mut self, out: &mut String, t: SystemTime) {
+        let (secs, micros) = since_epoch(t);
+        if self.second != Some(secs) {
+            self.date.clear();
+            write_date(&mut self.date, secs);
+            self.second = Some(secs);
         }
+        out.push_str(&self.date);
+        let _ = write!(out, ".{micros:06}Z");
     }
 }
 
-fn write_stderr(line: &str) {
-    // Nowhere to report a failed write of the log itself.
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
-}
-
-fn format_event(event: &Event<'_>, ansi: bool, now: SystemTime, b: &mut Buffers) {
-    b.line.clear();
-    b.fields.clear();
-    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let second = since.as_secs();
-    if b.second != Some(second) {
-        b.date.clear();
-        write_date(&mut b.date, second);
-        b.second = Some(second);
-    }
-    if ansi {
-        b.line.push_str("\x1b[2m");
-    }
-    b.line.push_str(&b.date);
-    let _ = write!(b.line, ".{:06}Z", since.subsec_micros());
-    if ansi {
-        b.line.push_str("\x1b[0m");
-    }
-    let level = *event.metadata().level();
-    let (name, colour) = match level {
+fn level_name(level: Level) -> (&'static str, &'static str) {
+    match level {
         Level::ERROR => ("ERROR", "\x1b[31m"),
         Level::WARN => (" WARN", "\x1b[33m"),
         Level::INFO => (" INFO", "\x1b[32m"),
         Level::DEBUG => ("DEBUG", "\x1b[34m"),
         Level::TRACE => ("TRACE", "\x1b[35m"),
-    };
-    b.line.push(' ');
+    }
+}
+
+/// Time and level, up to the message.
+fn begin(out: &mut String, clock: &mut Clock, ansi: bool, t: SystemTime, level: Level) {
     if ansi {
-        b.line.push_str(colour);
-        b.line.push_str(name);
-        b.line.push_str("\x1b[0m");
+        out.push_str("\x1b[2m");
+    }
+    clock.stamp(out, t);
+    if ansi {
+        out.push_str("\x1b[0m");
+    }
+    let (name, colour) = level_name(level);
+    out.push(' ');
+    if ansi {
+        out.push_str(colour);
+        out.push_str(name);
+        out.push_str("\x1b[0m");
     } else {
-        b.line.push_str(name);
+        out.push_str(name);
     }
-    b.line.push(' ');
-    event.record(&mut Fields {
-        message: &mut b.line,
-        fields: &mut b.fields,
+    out.push(' ');
+}
+
+/// ` NAME=value` of each field, dimmed on a terminal.
+fn fields(out: &mut String, ansi: bool, f: impl FnOnce(&mut String)) {
+    let start = out.len();
+    if ansi {
+        out.push_str("\x1b[2m");
+    }
+    let marked = out.len();
+    f(out);
+    if out.len() == marked {
+        out.truncate(start);
+    } else if ansi {
+        out.push_str("\x1b[0m");
+    }
+}
+
+/// One of steward's own records as a text line.
+pub fn entry_line(out: &mut String, clock: &mut Clock, ansi: bool, e: &Entry) {
+    begin(out, clock, ansi, e.time, e.level);
+    push_escaped(out, &e.message);
+    fields(out, ansi, |out| {
+        for (name, value) in &e.fields {
+            let _ = write!(out, " {name}=");
+            match value {
+                Value::I64(n) => {
+                    let _ = write!(out, "{n}");
+                }
+                Value::U64(n) => {
+                    let _ = write!(out, "{n}");
+                }
+                Value::F64(n) => {
+                    let _ = write!(out, "{n}");
+                }
+                Value::Bool(b) => {
+                    let _ = write!(out, "{b}");
+                }
+                Value::Str(s) => {
+                    let _ = write!(Escaped(out), "{s:?}");
+                }
+                Value::Shown(s) => push_escaped(out, s),
+            }
+        }
     });
-    if !b.fields.is_empty() {
-        if ansi {
-            b.line.push_str("\x1b[2m");
-        }
-        b.line.push_str(&b.fields);
-        if ansi {
-            b.line.push_str("\x1b[0m");
-        }
-    }
-    b.line.push('\n');
+    out.push('\n');
 }
 
-/// Puts the message into one buffer and ` NAME=value` for every other field into another.
-struct Fields<'a> {
-    message: &'a mut String,
-    fields: &'a mut String,
+/// A worker's line as a text line.
+pub fn worker_line(out: &mut String, clock: &mut Clock, ansi: bool, w: &WorkerLine) {
+    begin(out, clock, ansi, w.time, w.level);
+    push_escaped(out, &w.text);
+    fields(out, ansi, |out| {
+        let _ = write!(
+            out,
+            " POOL={} INSTANCE={} WORKER_PID={} STREAM={}",
+            w.pool,
+            w.instance,
+            w.pid,
+            w.stream.as_str()
+        );
+        if w.job > 0 {
+            let _ = write!(out, " JOB_ID={}", w.job);
+        }
+    });
+    out.push('\n');
 }
 
-impl Visit for Fields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            push_escaped(self.message, value);
-        } else {
-            let _ = write!(self.fields, " {}=", field.name());
-            let _ = write!(Escaped(self.fields), "{value:?}");
+/// A JSON string.
+fn json_str(out: &mut String, s: &str) {
+    match serde_json::to_string(s) {
+        Ok(q) => out.push_str(&q),
+        Err(_) => out.push_str("\"\""),
+    }
+}
+
+fn json_begin(out: &mut String, clock: &mut Clock, t: SystemTime, level: Level, message: &str) {
+    out.push_str("{\"timestamp\":\"");
+    clock.stamp(out, t);
+    let _ = write!(out, "\",\"level\":\"{}\",\"message\":", level.as_str());
+    json_str(out, message);
+}
+
+/// One of steward's own records as a JSON object on one line.
+pub fn entry_json(out: &mut String, clock: &mut Clock, e: &Entry) {
+    json_begin(out, clock, e.time, e.level, &e.message);
+    for (name, value) in &e.fields {
+        out.push(',');
+        json_str(out, name);
+        out.push(':');
+        match value {
+            Value::I64(n) => {
+                let _ = write!(out, "{n}");
+            }
+            Value::U64(n) => {
+                let _ = write!(out, "{n}");
+            }
+            Value::F64(n) if n.is_finite() => {
+                let _ = write!(out, "{n}");
+            }
+            Value::F64(_) => out.push_str("null"),
+            Value::Bool(b) => {
+                let _ = write!(out, "{b}");
+            }
+            Value::Str(s) | Value::Shown(s) => json_str(out, s),
         }
     }
+    out.push_str(",\"target\":");
+    json_str(out, e.target);
+    out.push_str("}\n");
+}
 
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        let _ = write!(self.fields, " {}={value}", field.name());
+/// A worker's line as a JSON object on one line.
+pub fn worker_json(out: &mut String, clock: &mut Clock, w: &WorkerLine) {
+    json_begin(out, clock, w.time, w.level, &w.text);
+    out.push_str(",\"POOL\":");
+    json_str(out, &w.pool);
+    let _ = write!(
+        out,
+        ",\"INSTANCE\":{},\"WORKER_PID\":{},\"STREAM\":\"{}\"",
+        w.instance,
+        w.pid,
+        w.stream.as_str()
+    );
+    if w.job > 0 {
+        let _ = write!(out, ",\"JOB_ID\":{}", w.job);
     }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        let _ = write!(self.fields, " {}={value}", field.name());
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        let _ = write!(self.fields, " {}={value}", field.name());
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "message" {
-            let _ = write!(Escaped(self.message), "{value:?}");
-        } else {
-            let _ = write!(self.fields, " {}=", field.name());
-            let _ = write!(Escaped(self.fields), "{value:?}");
-        }
-    }
+    out.push_str(",\"target\":\"worker\"}\n");
 }
 
 /// Text from workers and from the outside goes into lines read on terminals: control
@@ -228,32 +249,39 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
-    use tracing_subscriber::layer::SubscriberExt;
-
-    thread_local! {
-        static WRITTEN: RefCell<String> = const { RefCell::new(String::new()) };
-    }
-
-    fn capture(line: &str) {
-        WRITTEN.with(|w| w.borrow_mut().push_str(line));
-    }
-
-    fn lines_of(ansi: bool, f: impl FnOnce()) -> String {
-        WRITTEN.with(|w| w.borrow_mut().clear());
-        let layer = TextLayer::with_writer(ansi, capture);
-        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), f);
-        WRITTEN.with(|w| w.borrow().clone())
+    fn entry(level: Level, message: &str, fields: Vec<(&'static str, Value)>) -> Entry {
+        Entry {
+            time: SystemTime::now(),
+            level,
+            target: "steward::test",
+            message: message.to_string(),
+            fields,
+        }
     }
 
     #[test]
     fn a_line_has_time_level_message_and_fields() {
-        let out = lines_of(false, || {
-            let job = 42;
-            let queue = "mail";
-            tracing::info!(JOB_ID = job, QUEUE = %queue, NOTE = "a\x1bb", "job {job} succeeded");
-            tracing::warn!("second");
-        });
+        let mut out = String::new();
+        let mut clock = Clock::default();
+        let fields = vec![
+            ("JOB_ID", Value::I64(42)),
+            ("QUEUE", Value::Shown("mail".into())),
+            ("NOTE", Value::Str("a\x1bb".into())),
+        ];
+        entry_line(
+            &mut out,
+            &mut clock,
+            false,
+            &entry(Level::INFO, "job 42 succeeded", fields),
+        );
+        entry_line(
+            &mut out,
+            &mut clock,
+            false,
+            &entry(Level::WARN, "second", vec![]),
+        );
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 2, "{out:?}");
         let (time, rest) = lines[0].split_once(' ').unwrap();
@@ -269,9 +297,61 @@ mod tests {
 
     #[test]
     fn colour_only_when_asked() {
-        let out = lines_of(true, || tracing::error!(POOL = "w", "boom"));
+        let mut out = String::new();
+        let e = entry(Level::ERROR, "boom", vec![("POOL", Value::Str("w".into()))]);
+        entry_line(&mut out, &mut Clock::default(), true, &e);
         assert!(out.contains("\x1b[31mERROR\x1b[0m boom"), "{out:?}");
         assert!(out.contains("\x1b[2m POOL=\"w\"\x1b[0m"), "{out:?}");
+    }
+
+    #[test]
+    fn worker_lines_carry_their_origin_as_text_and_json() {
+        let w = WorkerLine {
+            time: SystemTime::now(),
+            level: Level::WARN,
+            pool: Arc::from("web"),
+            instance: 2,
+            pid: 4242,
+            stream: super::super::record::Stream::Stderr,
+            job: 7,
+            text: "disk \x07 slow".into(),
+        };
+        let mut out = String::new();
+        let mut clock = Clock::default();
+        worker_line(&mut out, &mut clock, false, &w);
+        assert!(
+            out.ends_with(" WARN disk \\u{7} slow POOL=web INSTANCE=2 WORKER_PID=4242 STREAM=stderr JOB_ID=7\n"),
+            "{out:?}"
+        );
+        out.clear();
+        worker_json(&mut out, &mut clock, &w);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["message"], "disk \x07 slow");
+        assert_eq!(v["level"], "WARN");
+        assert_eq!(v["INSTANCE"], 2);
+        assert_eq!(v["JOB_ID"], 7);
+        assert_eq!(v["target"], "worker");
+    }
+
+    #[test]
+    fn own_records_as_json() {
+        let mut out = String::new();
+        let e = entry(
+            Level::INFO,
+            "a \"quoted\" word",
+            vec![
+                ("JOBS", Value::U64(3)),
+                ("POOL", Value::Shown("w".into())),
+                ("X", Value::F64(f64::NAN)),
+            ],
+        );
+        entry_json(&mut out, &mut Clock::default(), &e);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["message"], "a \"quoted\" word");
+        assert_eq!(v["JOBS"], 3);
+        assert_eq!(v["POOL"], "w");
+        assert!(v["X"].is_null());
+        assert_eq!(v["target"], "steward::test");
     }
 
     #[test]
