@@ -285,3 +285,78 @@ fn a_user_without_access_gets_exit_77_and_what_to_do() {
         "{err}"
     );
 }
+
+/// A file of `n` unknown keys, about 15 bytes each.
+fn many_unknown_keys(n: usize) -> String {
+    let mut text = String::from(
+        "[daemon]\nstate_dir = \"state\"\nsocket = \"s.sock\"\n\n[pool.w]\ncommand = [\"sleep\", \"1000\"]\n",
+    );
+    for i in 0..n {
+        text.push_str(&format!("bogus{i} = 1\n"));
+    }
+    text
+}
+
+#[test]
+fn a_huge_bad_file_is_reported_quickly_and_in_part() {
+    let env = Env::new();
+    // 70,000 unknown keys (about 1 MB): every one an error.
+    std::fs::write(env.config_path(), many_unknown_keys(70_000)).unwrap();
+    let t0 = std::time::Instant::now();
+    let out = env.run(&["check-config"]);
+    let took = t0.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "check-config took {took:?}"
+    );
+    assert!(
+        err.contains("has 70000 errors"),
+        "{}",
+        &err[..err.len().min(500)]
+    );
+    assert!(
+        err.contains(":7:1: unknown key `bogus0`"),
+        "{}",
+        &err[..500]
+    );
+    assert!(
+        err.contains("and 69900 more"),
+        "{}",
+        &err[err.len().saturating_sub(500)..]
+    );
+    assert!(err.lines().count() < 120, "{} lines", err.lines().count());
+}
+
+#[test]
+fn a_reload_of_a_huge_bad_file_does_not_stop_the_loop() {
+    let env = Env::new();
+    std::fs::write(env.config_path(), many_unknown_keys(0)).unwrap();
+    let notify = NotifySocket::bind(env.path("notify.sock"));
+    let path = notify.path.display().to_string();
+    let d = Daemon::spawn(
+        &env,
+        &[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "400000")],
+        &["--log-format", "text"],
+    );
+    d.wait_running();
+    std::fs::write(env.config_path(), many_unknown_keys(70_000)).unwrap();
+    let t0 = std::time::Instant::now();
+    let out = d.cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(78));
+    // Meanwhile the loop kept turning: no gap between watchdog pings of a second.
+    let pings: Vec<std::time::Instant> = notify
+        .with_line("WATCHDOG=1")
+        .into_iter()
+        .filter(|t| *t >= t0)
+        .collect();
+    for w in pings.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap < std::time::Duration::from_secs(1),
+            "watchdog gap of {gap:?}"
+        );
+    }
+    assert_eq!(d.status().state, "running");
+}

@@ -269,16 +269,19 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// All the problems found in one configuration file.
+/// The problems found in one configuration file.
 #[derive(Debug, Clone)]
 pub struct ConfigErrors {
     pub file: PathBuf,
+    /// The first of them, in file order (at most `reader::MAX_REPORTED`).
     pub errors: Vec<ConfigError>,
+    /// How many there are in all.
+    pub total: usize,
 }
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.errors.len();
+        let n = self.total;
         write!(
             f,
             "{} has {} error{}:",
@@ -288,6 +291,9 @@ impl fmt::Display for ConfigErrors {
         )?;
         for e in &self.errors {
             write!(f, "\n  {e}")?;
+        }
+        if n > self.errors.len() {
+            write!(f, "\n  … and {} more", n - self.errors.len())?;
         }
         write!(
             f,
@@ -349,6 +355,7 @@ pub fn load(path: &Path, env: &Environment) -> Result<Config, ConfigErrors> {
                     column: 0,
                     message: format!("cannot read the configuration file: {e}{hint}"),
                 }],
+                total: 1,
             });
         }
     };
@@ -385,10 +392,14 @@ pub fn parse(text: &str, path: &Path, env: &Environment) -> Result<Config, Confi
             queues,
         }
     });
-    let errors = ctx.into_errors();
+    let (errors, total) = ctx.into_errors();
     match config {
-        Some(c) if errors.is_empty() => Ok(c),
-        _ => Err(ConfigErrors { file: path, errors }),
+        Some(c) if total == 0 => Ok(c),
+        _ => Err(ConfigErrors {
+            file: path,
+            errors,
+            total,
+        }),
     }
 }
 

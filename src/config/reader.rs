@@ -19,8 +19,13 @@ pub type Positioned = (String, Range<usize>);
 pub struct Ctx<'a> {
     text: &'a str,
     file: PathBuf,
-    errors: Vec<(usize, ConfigError)>,
+    /// Byte offset and message of each problem; positions are worked out at the end,
+    /// in one pass over the text.
+    errors: Vec<(usize, String)>,
 }
+
+/// Errors reported at most; the rest are counted.
+pub const MAX_REPORTED: usize = 100;
 
 impl<'a> Ctx<'a> {
     pub fn new(text: &'a str, file: &Path) -> Self {
@@ -44,40 +49,41 @@ impl<'a> Ctx<'a> {
     }
 
     pub fn error(&mut self, span: Range<usize>, message: String) {
-        let (line, column) = self.position(span.start);
-        self.errors.push((
-            span.start,
-            ConfigError {
-                file: self.file.clone(),
-                line,
-                column,
-                message,
-            },
-        ));
+        self.errors.push((span.start, message));
     }
 
     pub fn error_count(&self) -> usize {
         self.errors.len()
     }
 
-    /// The errors in file order.
-    pub fn into_errors(mut self) -> Vec<ConfigError> {
+    /// The first [`MAX_REPORTED`] errors in file order, and how many there are in all.
+    /// Their lines and columns (in characters, 1-based) come from one pass over the text.
+    pub fn into_errors(mut self) -> (Vec<ConfigError>, usize) {
+        let total = self.errors.len();
         self.errors.sort_by_key(|(offset, _)| *offset);
-        self.errors.into_iter().map(|(_, e)| e).collect()
-    }
-
-    /// 1-based line and column (in characters) of a byte offset.
-    fn position(&self, offset: usize) -> (usize, usize) {
-        let offset = offset.min(self.text.len());
-        let before = self.text.get(..offset).unwrap_or("");
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-        let column = before
-            .get(line_start..)
-            .map(|s| s.chars().count())
-            .unwrap_or(0)
-            + 1;
-        (line, column)
+        self.errors.truncate(MAX_REPORTED);
+        let mut out = Vec::with_capacity(self.errors.len());
+        let (mut line, mut column, mut at) = (1, 1, 0);
+        for (offset, message) in self.errors {
+            let offset = offset.min(self.text.len());
+            // Offsets come from the parser and fall on character boundaries.
+            for c in self.text.get(at..offset).unwrap_or("").chars() {
+                if c == '\n' {
+                    line += 1;
+                    column = 1;
+                } else {
+                    column += 1;
+                }
+            }
+            at = at.max(offset);
+            out.push(ConfigError {
+                file: self.file.clone(),
+                line,
+                column,
+                message,
+            });
+        }
+        (out, total)
     }
 }
 

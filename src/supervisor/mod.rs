@@ -25,7 +25,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 
-use crate::config::{self, Config, Environment, PoolSpec};
+use crate::config::{self, Config, ConfigErrors, Environment, PoolSpec};
 use crate::control::api::{
     DaemonStatus, JournalStatus, LastExit, PoolStatus, QueueStatus, ReloadReport, Reply, Request,
     RequestRx, WorkerStatus,
@@ -247,6 +247,11 @@ pub enum Event {
         lane: u32,
         job: i64,
     },
+    /// The configuration file was read again (for a reload).
+    ConfigRead {
+        result: Box<Result<Config, ConfigErrors>>,
+        reply: Option<oneshot::Sender<Reply>>,
+    },
 }
 
 /// What the control server may tell the loop directly.
@@ -434,7 +439,7 @@ impl Supervisor {
                 _ = sigchld.recv() => self.reap(),
                 _ = sigterm.recv() => self.begin_shutdown("SIGTERM"),
                 _ = sigint.recv() => self.begin_shutdown("SIGINT"),
-                _ = sighup.recv() => { self.reload(); }
+                _ = sighup.recv() => self.reload(None),
                 Some(ev) = self.events_rx.recv() => self.on_event(ev),
                 Some((req, reply)) = requests.recv() => self.on_request(req, reply),
                 _ = watchdog.tick(), if wd_every.is_some() => {
@@ -589,13 +594,14 @@ impl Supervisor {
             Event::ExecStreamClosed { pool, lane, job } => {
                 self.on_exec_stream_closed(pool, lane, job)
             }
+            Event::ConfigRead { result, reply } => self.on_config_read(*result, reply),
         }
     }
 
     fn on_request(&mut self, req: Request, reply: oneshot::Sender<Reply>) {
         let answer = match req {
             Request::Status => Reply::Status(Box::new(self.snapshot())),
-            Request::Reload => Reply::Reload(self.reload()),
+            Request::Reload => return self.reload(Some(reply)),
             Request::RestartPool(name) => Reply::Restart(self.restart_pool(&name)),
             Request::Cancel(job) => return self.cancel_job(job, reply),
             #[cfg(debug_assertions)]
@@ -1254,19 +1260,42 @@ impl Supervisor {
 
     // ----------------------------------------------------------------- reload
 
-    fn reload(&mut self) -> ReloadReport {
+    /// Read the configuration file again, off the loop (a file may be large, or on a slow
+    /// disk); [`on_config_read`](Self::on_config_read) applies it.
+    fn reload(&mut self, reply: Option<oneshot::Sender<Reply>>) {
         self.notifier.reloading();
         let path = self.config.path.clone();
         tracing::info!("reloading configuration from {}", path.display());
-        let report = match config::load(&path, &self.env) {
+        let env = self.env.clone();
+        let tx = self.events_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = Box::new(config::load(&path, &env));
+            let _ = tx.send(Event::ConfigRead { result, reply });
+        });
+    }
+
+    fn on_config_read(
+        &mut self,
+        result: Result<Config, ConfigErrors>,
+        reply: Option<oneshot::Sender<Reply>>,
+    ) {
+        let path = self.config.path.clone();
+        let report = match result {
             Err(errs) => {
                 for e in &errs.errors {
                     tracing::error!("{e}");
                 }
+                if errs.total > errs.errors.len() {
+                    tracing::error!(
+                        "… and {} more errors in {}",
+                        errs.total - errs.errors.len(),
+                        path.display()
+                    );
+                }
                 let summary = format!(
                     "reload failed: {} error{} in {}; still running the previous configuration",
-                    errs.errors.len(),
-                    if errs.errors.len() == 1 { "" } else { "s" },
+                    errs.total,
+                    if errs.total == 1 { "" } else { "s" },
                     path.display()
                 );
                 tracing::error!(
@@ -1295,7 +1324,9 @@ impl Supervisor {
         self.update_status_line();
         self.notifier.ready(&self.status_line);
         self.status_sent = self.status_line.clone();
-        report
+        if let Some(r) = reply {
+            let _ = r.send(Reply::Reload(report));
+        }
     }
 
     fn apply(&mut self, mut new: Config) -> String {
