@@ -236,3 +236,90 @@ fn a_backup_is_no_more_readable_than_the_journal() {
         assert_eq!(got, mode, "copy mode {got:o} for a journal of {mode:o}");
     }
 }
+
+#[test]
+fn a_second_daemon_is_refused_even_when_the_lock_file_is_gone() {
+    let env = Env::new();
+    env.write_config(&jobs_config(1, "", ""));
+    let d = Daemon::start(&env);
+    let id = d.submit("q", r#"{"sleep": 30}"#, &[]);
+    wait_for(TIMEOUT, "job held", || d.holder(id));
+    std::fs::remove_file(env.path("state/journal.lock")).unwrap();
+    // Another daemon on the same state directory, with a socket of its own.
+    let other = Env::new();
+    std::fs::write(
+        other.config_path(),
+        format!(
+            "[daemon]\nstate_dir = \"{}\"\nsocket = \"s.sock\"\n\n{}",
+            env.path("state").display(),
+            jobs_config(1, "", "")
+        ),
+    )
+    .unwrap();
+    let mut second = Daemon::spawn(&other, &[], &["--log-format", "text"]);
+    let log = second.log.clone();
+    let exited = wait_for_or(
+        TIMEOUT,
+        "the second daemon to refuse the journal",
+        || std::fs::read_to_string(&log).unwrap_or_default(),
+        || second.child.try_wait().ok().flatten(),
+    );
+    assert!(!exited.success());
+    let err = second.log();
+    assert!(
+        err.contains("another steward is using the journal"),
+        "{err}"
+    );
+    // The first one's job was left alone.
+    assert_eq!(d.job(id).attempts, 1);
+    assert_eq!(d.holder(id).map(|(w, _)| w), Some("w/0".to_string()));
+}
+
+#[test]
+fn journal_files_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.write_config("[queue.q]\n");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // A daemon started with the loosest umask there is.
+    let child = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "umask 000; exec \"$0\" daemon --log-format text --config \"$1\"",
+        ])
+        .arg(bin())
+        .arg(env.config_path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = KillOnDrop(child);
+    wait_for(TIMEOUT, "the socket", || {
+        env.socket().exists().then_some(())
+    });
+    let out = env.run(&["submit", "q", r#"{"secret": "s3cr3t"}"#]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&env.path("state")), 0o700);
+    for f in [
+        "journal.db",
+        "journal.db-wal",
+        "journal.db-shm",
+        "journal.lock",
+    ] {
+        assert_eq!(mode(&env.path(&format!("state/{f}"))), 0o600, "{f}");
+    }
+    drop(child);
+    // A journal left readable by anyone (an older version, a loose umask) is tightened.
+    std::fs::set_permissions(
+        env.path("state/journal.db"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let d = Daemon::start(&env);
+    assert_eq!(mode(&env.path("state/journal.db")), 0o640);
+    drop(d);
+}

@@ -304,7 +304,7 @@ fn a_stalled_log_output_never_stalls_supervision_and_drops_are_counted() {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(writer);
-    let mut child = cmd.spawn().unwrap();
+    let _child = KillOnDrop(cmd.spawn().unwrap());
     let socket = env.socket();
     let status = || {
         let out = std::process::Command::new(bin())
@@ -376,6 +376,4 @@ fn a_stalled_log_output_never_stalls_supervision_and_drops_are_counted() {
         false
     });
     assert!(drain.join().unwrap(), "no report of the dropped lines");
-    let _ = child.kill();
-    let _ = child.wait();
 }

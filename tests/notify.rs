@@ -211,3 +211,65 @@ fn an_unread_notify_socket_does_not_stall_the_daemon() {
         },
     );
 }
+
+#[test]
+fn workers_get_a_clean_environment_unless_they_inherit() {
+    let env = Env::new();
+    let dir = env.dir.path().display().to_string();
+    let pool = |name: &str, extra: &str| {
+        format!(
+            "[pool.{name}]\ncommand = [\"sh\", \"-c\", \"env > {dir}/env.$STEWARD_POOL; exec sleep 1000\"]\n\
+             env = {{ FROM_POOL = \"yes\" }}\n{extra}\n"
+        )
+    };
+    env.write_config(&format!(
+        "{}{}",
+        pool("clean", ""),
+        pool("all", "inherit_env = true")
+    ));
+    let _d = Daemon::start_with(
+        &env,
+        &[
+            ("CREDENTIALS_DIRECTORY", "/run/credentials/steward.service"),
+            ("INVOCATION_ID", "0123456789abcdef"),
+            ("DATABASE_PASSWORD", "hunter2"),
+            ("LANG", "C.UTF-8"),
+            ("TZ", "UTC"),
+        ],
+    );
+    let vars = |name: &str| -> Vec<String> {
+        let text = wait_for(TIMEOUT, "the worker's environment", || {
+            std::fs::read_to_string(env.path(&format!("env.{name}")))
+                .ok()
+                .filter(|t| t.contains("STEWARD_POOL"))
+        });
+        text.lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k.to_string()))
+            .collect()
+    };
+    let clean = vars("clean");
+    for want in [
+        "PATH",
+        "HOME",
+        "LANG",
+        "TZ",
+        "FROM_POOL",
+        "STEWARD_POOL",
+        "STEWARD_SOCKET",
+    ] {
+        assert!(clean.iter().any(|k| k == want), "no {want} in {clean:?}");
+    }
+    for not in [
+        "CREDENTIALS_DIRECTORY",
+        "INVOCATION_ID",
+        "DATABASE_PASSWORD",
+        "STEWARD_LOG",
+    ] {
+        assert!(!clean.iter().any(|k| k == not), "{not} in {clean:?}");
+    }
+    let all = vars("all");
+    for want in ["DATABASE_PASSWORD", "INVOCATION_ID", "FROM_POOL"] {
+        assert!(all.iter().any(|k| k == want), "no {want} in {all:?}");
+    }
+    assert!(!all.iter().any(|k| k == "CREDENTIALS_DIRECTORY"), "{all:?}");
+}

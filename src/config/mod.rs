@@ -221,6 +221,9 @@ pub struct PoolSpec {
     pub start_timeout: Duration,
     /// Exec pools: exit codes that fail a job at once, without retry (78 always does).
     pub no_retry_exit_codes: Vec<i32>,
+    /// Workers get the daemon's whole environment (less its private variables) instead
+    /// of the documented clean one.
+    pub inherit_env: bool,
 }
 
 impl PoolSpec {
@@ -314,6 +317,9 @@ pub struct Environment {
     pub runtime_directory: Option<PathBuf>,
     /// `$PATH`, to check that bare program names can be found.
     pub path: Option<String>,
+    /// The daemon's own environment (variables whose name and value are UTF-8), from
+    /// which workers get theirs (see `process::base_environment`).
+    pub vars: Vec<(String, String)>,
 }
 
 impl Environment {
@@ -324,10 +330,28 @@ impl Environment {
             let first = s.split(':').next().unwrap_or("").trim();
             (!first.is_empty()).then(|| PathBuf::from(first))
         }
+        let mut vars: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        // Who the workers run as, for a HOME, USER and LOGNAME the daemon was not given.
+        if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::geteuid()) {
+            let from_passwd = [
+                ("HOME", user.dir.to_string_lossy().into_owned()),
+                ("USER", user.name.clone()),
+                ("LOGNAME", user.name.clone()),
+                ("SHELL", user.shell.to_string_lossy().into_owned()),
+            ];
+            for (k, v) in from_passwd {
+                if !vars.iter().any(|(n, _)| n == k) {
+                    vars.push((k.to_string(), v));
+                }
+            }
+        }
         Environment {
             state_directory: first("STATE_DIRECTORY"),
             runtime_directory: first("RUNTIME_DIRECTORY"),
             path: std::env::var("PATH").ok(),
+            vars,
         }
     }
 }
@@ -472,6 +496,7 @@ const POOL_KEYS: &[&str] = &[
     "start_timeout",
     "mode",
     "no_retry_exit_codes",
+    "inherit_env",
 ];
 
 fn parse_journal(ctx: &mut Ctx, root: &Section) -> JournalConfig {
@@ -725,6 +750,7 @@ fn parse_pool(
         concurrency: 1,
         start_timeout: Duration::from_secs(30),
         no_retry_exit_codes: Vec::new(),
+        inherit_env: false,
     };
     if let Some((v, span)) = s.string(ctx, "mode") {
         match v.as_str() {
@@ -850,6 +876,9 @@ fn parse_pool(
     if let Some(d) = s.duration(ctx, "start_timeout") {
         spec.start_timeout = d;
     }
+    if let Some(b) = s.boolean(ctx, "inherit_env") {
+        spec.inherit_env = b;
+    }
     if let Some(list) = s.int_list(ctx, "no_retry_exit_codes", 1, 255) {
         spec.no_retry_exit_codes = list.into_iter().map(|n| n as i32).collect();
     }
@@ -941,6 +970,7 @@ mod tests {
             state_directory: None,
             runtime_directory: None,
             path: Some("/usr/bin:/bin".into()),
+            vars: Vec::new(),
         }
     }
 
@@ -963,6 +993,7 @@ mod tests {
             state_directory: Some("/var/lib/x".into()),
             runtime_directory: Some("/run/x".into()),
             path: None,
+            vars: Vec::new(),
         };
         let c = parse("", Path::new("/etc/s.toml"), &e).expect("valid");
         assert_eq!(c.daemon.state_dir, PathBuf::from("/var/lib/x"));

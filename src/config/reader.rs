@@ -318,6 +318,17 @@ impl<'t, 'i> Section<'t, 'i> {
         ok.then_some(out)
     }
 
+    pub fn boolean(&self, ctx: &mut Ctx, key: &str) -> Option<bool> {
+        let v = self.get(key)?;
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            _ => {
+                self.wrong_type(ctx, key, v, "true or false");
+                None
+            }
+        }
+    }
+
     pub fn integer(&self, ctx: &mut Ctx, key: &str, min: i64, max: i64) -> Option<i64> {
         let v = self.get(key)?;
         let DeValue::Integer(i) = v.get_ref() else {

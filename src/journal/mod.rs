@@ -19,7 +19,7 @@ mod writer;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
@@ -246,7 +246,75 @@ pub struct Journal {
 /// the writer finish every queued write.
 pub struct JournalOwner {
     thread: Option<JoinHandle<()>>,
-    _lock: Flock<File>,
+    /// Held until the daemon exits (see [`lock`]).
+    _locks: [Flock<File>; 2],
+}
+
+/// Files a daemon creates in the state directory hold job payloads: only its owner may
+/// read them, whatever the umask (SQLite gives the log and shared-memory files the mode
+/// of the database file).
+const JOURNAL_MODE: u32 = 0o600;
+
+/// Make the state directory (0700 when steward creates it) and take the journal for this
+/// daemon alone: an exclusive lock on `journal.db` itself, which no removed or replaced
+/// lock file can undo, and on `journal.lock`, which older versions lock. Both are `flock`
+/// locks; SQLite's own are `fcntl` locks, which they do not touch.
+fn lock(state_dir: &Path) -> Result<[Flock<File>; 2], String> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(|e| {
+            format!(
+                "cannot create the state directory {}: {e}",
+                state_dir.display()
+            )
+        })?;
+    let taken = || {
+        format!(
+            "another steward is using the journal in {} (only one daemon may run per state_dir)",
+            state_dir.display()
+        )
+    };
+    let open = |name: &str| {
+        let path = state_dir.join(name);
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .mode(JOURNAL_MODE)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        restrict(&f, &path)?;
+        Ok::<File, String>(f)
+    };
+    let db =
+        Flock::lock(open("journal.db")?, FlockArg::LockExclusiveNonblock).map_err(|_| taken())?;
+    let file =
+        Flock::lock(open("journal.lock")?, FlockArg::LockExclusiveNonblock).map_err(|_| taken())?;
+    for side in ["journal.db-wal", "journal.db-shm"] {
+        let p = state_dir.join(side);
+        if let Ok(f) = File::open(&p) {
+            restrict(&f, &p)?;
+        }
+    }
+    Ok([db, file])
+}
+
+/// No access for others than the owner and group (a journal made by an earlier version,
+/// or by SQLite under a loose umask, may allow more).
+fn restrict(f: &File, path: &Path) -> Result<(), String> {
+    let mode = f
+        .metadata()
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o007 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(mode & 0o770))
+            .map_err(|e| format!("cannot restrict the mode of {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 impl JournalOwner {
@@ -337,25 +405,7 @@ impl Journal {
         run_id: &str,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<(Journal, JournalOwner, Vec<Reclaimed>), String> {
-        std::fs::create_dir_all(state_dir).map_err(|e| {
-            format!(
-                "cannot create the state directory {}: {e}",
-                state_dir.display()
-            )
-        })?;
-        let lock_path = state_dir.join("journal.lock");
-        let lock_file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
-        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
-            format!(
-                "another steward is using the journal in {} (only one daemon may run per state_dir)",
-                state_dir.display()
-            )
-        })?;
+        let locks = lock(state_dir)?;
         let path = state_dir.join("journal.db");
         let mut conn = Connection::open(&path)
             .map_err(|e| format!("cannot open the job journal {}: {e}", path.display()))?;
@@ -390,7 +440,7 @@ impl Journal {
             },
             JournalOwner {
                 thread: Some(thread),
-                _lock: lock,
+                _locks: locks,
             },
             reclaimed,
         ))

@@ -35,12 +35,38 @@ pub const PRIVATE_ENV: &[&str] = &[
     "JOURNAL_STREAM",
 ];
 
+/// The variables of the daemon's environment a worker gets by default: where to find
+/// programs, who it runs as, its language and time zone. Everything else it needs comes
+/// from its pool's `env` (or `inherit_env = true`).
+pub const WORKER_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+];
+
+/// Used when the daemon's environment has no `PATH`.
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// A worker's environment before its pool's `env`: [`WORKER_ENV`] and every `LC_*` of
+/// `daemon`, or with `inherit` all of `daemon`; never [`PRIVATE_ENV`] or the daemon's
+/// `CREDENTIALS_DIRECTORY` (its secrets are its own).
+pub fn base_environment(daemon: &[(String, String)], inherit: bool) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = daemon
+        .iter()
+        .filter(|(k, _)| !PRIVATE_ENV.contains(&k.as_str()) && k != "CREDENTIALS_DIRECTORY")
+        .filter(|(k, _)| inherit || WORKER_ENV.contains(&k.as_str()) || k.starts_with("LC_"))
+        .cloned()
+        .collect();
+    if !out.iter().any(|(k, _)| k == "PATH") {
+        out.push(("PATH".into(), DEFAULT_PATH.into()));
+    }
+    out
+}
+
 /// What to start.
 #[derive(Debug)]
 pub struct Command {
     pub program: PathBuf,
     pub args: Vec<String>,
-    /// Set on top of the daemon's environment (after removing [`PRIVATE_ENV`]).
+    /// The whole environment of the child; a later entry for a name wins.
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
     /// A descriptor the child inherits under its current number (its number is passed to
@@ -264,6 +290,48 @@ mod tests {
         e.record(400, Exit::Code(0), later, 1);
         e.settle(0);
         assert_eq!(e.take(400, t0), None);
+    }
+
+    #[test]
+    fn workers_get_a_clean_environment_unless_they_inherit() {
+        let daemon: Vec<(String, String)> = [
+            ("PATH", "/bin"),
+            ("HOME", "/var/lib/steward"),
+            ("LANG", "C.UTF-8"),
+            ("LC_TIME", "en_GB.UTF-8"),
+            ("TZ", "Europe/Paris"),
+            ("CREDENTIALS_DIRECTORY", "/run/credentials/steward.service"),
+            ("NOTIFY_SOCKET", "/run/systemd/notify"),
+            ("INVOCATION_ID", "abc"),
+            ("DATABASE_PASSWORD", "hunter2"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let names = |env: Vec<(String, String)>| -> Vec<String> {
+            env.into_iter().map(|(k, _)| k).collect()
+        };
+        assert_eq!(
+            names(base_environment(&daemon, false)),
+            vec!["PATH", "HOME", "LANG", "LC_TIME", "TZ"]
+        );
+        assert_eq!(
+            names(base_environment(&daemon, true)),
+            vec![
+                "PATH",
+                "HOME",
+                "LANG",
+                "LC_TIME",
+                "TZ",
+                "INVOCATION_ID",
+                "DATABASE_PASSWORD"
+            ]
+        );
+        // No PATH at all: the usual one.
+        assert_eq!(
+            base_environment(&[], false),
+            vec![("PATH".to_string(), DEFAULT_PATH.to_string())]
+        );
     }
 
     #[test]

@@ -8,23 +8,20 @@
 //! beforehand; between `clone` and `execve` the child only makes system calls on that
 //! prepared data: it does not allocate, lock or unwind.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Instant;
 
 use nix::sched::CloneFlags;
 
-use super::{Child, Command, PRIVATE_ENV};
+use super::{Child, Command};
 
 /// The child's stack while it runs in the daemon's memory (it needs a few KiB).
 const STACK_SIZE: usize = 256 * 1024;
-
-/// Used when neither the job's environment nor the daemon's has `PATH`.
-const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// A stack for the short-lived child, reused by every spawn of one thread.
 pub(super) struct Stack(Vec<u8>);
@@ -208,7 +205,7 @@ fn resolve(program: &Path, env: &[(String, String)], cwd: &Path) -> io::Result<P
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| OsString::from(v))
         .or_else(|| std::env::var_os("PATH"))
-        .unwrap_or_else(|| OsString::from(DEFAULT_PATH));
+        .unwrap_or_else(|| OsString::from(super::DEFAULT_PATH));
     for dir in std::env::split_paths(&path) {
         let dir = if dir.as_os_str().is_empty() {
             cwd.to_path_buf()
@@ -230,34 +227,24 @@ fn resolve(program: &Path, env: &[(String, String)], cwd: &Path) -> io::Result<P
     ))
 }
 
-/// The daemon's environment without [`PRIVATE_ENV`] and with `overrides` on top, as
-/// `KEY=value` strings.
-fn environment(overrides: &[(String, String)]) -> io::Result<Vec<CString>> {
-    let overridden = |k: &OsStr| overrides.iter().any(|(o, _)| OsStr::new(o) == k);
-    let mut out = Vec::new();
-    for (k, v) in std::env::vars_os() {
-        if PRIVATE_ENV.iter().any(|p| OsStr::new(p) == k) || overridden(&k) {
-            continue;
-        }
-        let mut kv = k.into_vec();
-        kv.push(b'=');
-        kv.extend_from_slice(v.as_bytes());
-        out.push(cstring(&kv)?);
-    }
-    for (i, (k, v)) in overrides.iter().enumerate() {
+/// The child's environment as `KEY=value` strings, from the whole list it is to get; a
+/// later entry for a name wins.
+fn environment(vars: &[(String, String)]) -> io::Result<Vec<CString>> {
+    let mut last = std::collections::HashMap::with_capacity(vars.len());
+    for (i, (k, _)) in vars.iter().enumerate() {
         if k.is_empty() || k.contains('=') {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("invalid environment variable name `{k}`"),
             ));
         }
-        // A later entry for the same name wins.
-        if overrides[i + 1..].iter().any(|(o, _)| o == k) {
-            continue;
-        }
-        out.push(cstring(format!("{k}={v}").as_bytes())?);
+        last.insert(k.as_str(), i);
     }
-    Ok(out)
+    vars.iter()
+        .enumerate()
+        .filter(|(i, (k, _))| last.get(k.as_str()) == Some(i))
+        .map(|(_, (k, v))| cstring(format!("{k}={v}").as_bytes()))
+        .collect()
 }
 
 fn cstring(bytes: &[u8]) -> io::Result<CString> {
@@ -394,10 +381,10 @@ mod tests {
     }
 
     #[test]
-    fn environment_drops_private_names_and_applies_overrides_last_wins() {
+    fn environment_is_the_list_given_and_the_last_entry_wins() {
         let env = environment(&[
-            ("NOTIFY_SOCKET".into(), "/x".into()),
             ("A_STEWARD_TEST".into(), "1".into()),
+            ("B".into(), "x".into()),
             ("A_STEWARD_TEST".into(), "2".into()),
         ])
         .unwrap();
@@ -405,17 +392,9 @@ mod tests {
             .iter()
             .map(|c| c.to_string_lossy().into_owned())
             .collect();
-        assert!(strings.contains(&"A_STEWARD_TEST=2".to_string()));
-        assert!(!strings.contains(&"A_STEWARD_TEST=1".to_string()));
-        assert_eq!(
-            strings
-                .iter()
-                .filter(|s| s.starts_with("NOTIFY_SOCKET="))
-                .count(),
-            1,
-            "an explicit override is the operator's choice"
-        );
+        assert_eq!(strings, vec!["B=x", "A_STEWARD_TEST=2"]);
         assert!(environment(&[("BAD=NAME".into(), "x".into())]).is_err());
+        assert!(environment(&[("A".into(), "x\0y".into())]).is_err());
     }
 
     #[test]

@@ -154,11 +154,8 @@ impl Supervisor {
                     "job {} attempt {} starting as a process of exec pool {name} (lane {lane}) after {} in the queue",
                     job.id, job.attempt, human(Duration::from_millis(wait_ms)));
             }
-            let mut env: Vec<(String, String)> = pspec
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            let mut env = process::base_environment(&self.env.vars, pspec.inherit_env);
+            env.extend(pspec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
             env.push(("STEWARD_POOL".into(), name.clone()));
             env.push(("STEWARD_INSTANCE".into(), lane.to_string()));
             env.push(("STEWARD_SOCKET".into(), socket.clone()));

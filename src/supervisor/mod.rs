@@ -953,11 +953,8 @@ impl Supervisor {
         slot.killed = false;
         slot.reason = None;
         let spec = &slot.spec;
-        let mut env: Vec<(String, String)> = spec
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut env = process::base_environment(&self.env.vars, spec.inherit_env);
+        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.push(("STEWARD_POOL".into(), slot.pool.clone()));
         env.push(("STEWARD_INSTANCE".into(), slot.index.to_string()));
         env.push(("STEWARD_SOCKET".into(), socket));

@@ -228,6 +228,17 @@ pub fn process_start(pid: i32) -> Option<Duration> {
     ))
 }
 
+/// A child process that is killed (and reaped) when the test is done with it, even when
+/// the test fails first.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A running `steward daemon`.
 pub struct Daemon {
     pub child: Child,
