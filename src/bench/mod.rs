@@ -46,6 +46,8 @@ struct Sizes {
     restart_queued: usize,
     list_rows: usize,
     output_lines: usize,
+    delayed_jobs: usize,
+    due_jobs: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -58,6 +60,8 @@ const FULL: Sizes = Sizes {
     restart_queued: 100_000,
     list_rows: 1_000_000,
     output_lines: 1_000_000,
+    delayed_jobs: 100_000,
+    due_jobs: 20_000,
 };
 
 const QUICK: Sizes = Sizes {
@@ -70,6 +74,8 @@ const QUICK: Sizes = Sizes {
     restart_queued: 10_000,
     list_rows: 20_000,
     output_lines: 100_000,
+    delayed_jobs: 10_000,
+    due_jobs: 2_000,
 };
 
 fn fail(e: impl std::fmt::Display) -> Failure {
@@ -287,12 +293,15 @@ async fn submit_batches(
     n: usize,
     payload: serde_json::Value,
 ) -> Result<(), Failure> {
+    submit_jobs(c, n, json!({"queue": queue, "payload": payload})).await
+}
+
+/// Submit `n` copies of `job` (a submit request) in batches of 2,000.
+async fn submit_jobs(c: &Client, n: usize, job: serde_json::Value) -> Result<(), Failure> {
     let mut left = n;
     while left > 0 {
         let k = left.min(2000);
-        let jobs: Vec<serde_json::Value> = (0..k)
-            .map(|_| json!({"queue": queue, "payload": payload}))
-            .collect();
+        let jobs: Vec<serde_json::Value> = (0..k).map(|_| job.clone()).collect();
         let _: BatchResponse = c
             .call(
                 Method::POST,
@@ -667,6 +676,41 @@ async fn list_cost(exe: &Path, s: &Sizes) -> Result<Vec<f64>, Failure> {
     Ok(times)
 }
 
+/// Scenario 10: the dispatch rate of due jobs alone, and with many jobs of a higher
+/// priority delayed by an hour waiting in the same queue.
+async fn delayed_dispatch(exe: &Path, s: &Sizes) -> Result<(Vec<f64>, Vec<f64>), Failure> {
+    let (mut alone, mut beside) = (Vec::new(), Vec::new());
+    for _ in 0..s.runs {
+        for delayed in [0, s.delayed_jobs] {
+            let mut bed = Bed::new(exe)?;
+            bed.write_config(&format!(
+                "[queue.d]\n\n{}",
+                bed.worker_pool("w", "d", 4, 8, "")
+            ))?;
+            bed.start(&[])?;
+            let c = Client::new(&bed.socket());
+            submit_jobs(
+                &c,
+                delayed,
+                json!({"queue": "d", "payload": {}, "priority": 100, "delay_ms": 3_600_000}),
+            )
+            .await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let t0 = Instant::now();
+            submit_jobs(&c, s.due_jobs, json!({"queue": "d", "payload": {}})).await?;
+            wait_succeeded(&c, "d", s.due_jobs as u64, Duration::from_secs(900)).await?;
+            let rate = s.due_jobs as f64 / t0.elapsed().as_secs_f64();
+            if delayed == 0 {
+                alone.push(rate);
+            } else {
+                beside.push(rate);
+            }
+            bed.stop();
+        }
+    }
+    Ok((alone, beside))
+}
+
 /// Scenario 9, worker output: one worker prints lines of 90 bytes as fast as it can; lines per
 /// second until the last is in the log file, every line checked to be there.
 async fn worker_output(exe: &Path, s: &Sizes) -> Result<Vec<f64>, Failure> {
@@ -905,6 +949,36 @@ pub fn run(quick: bool, json_out: bool, only: &[u8]) -> Result<(), Failure> {
                 |m| m <= 20.0,
                 String::new(),
             ));
+        }
+        if want(10) {
+            progress("10. dispatch with delayed jobs waiting");
+            let (mut alone, beside) = delayed_dispatch(&exe, s).await?;
+            let base = median(&mut alone);
+            out.push(summarize(
+                &format!("10. dispatch of {} due jobs, nothing else queued", s.due_jobs),
+                "jobs/s",
+                alone,
+                "",
+                |_| true,
+                "report".into(),
+            ));
+            let name = format!(
+                "10. the same beside {} jobs delayed 1 h at a higher priority",
+                s.delayed_jobs
+            );
+            let row = summarize(
+                &name,
+                "jobs/s",
+                beside,
+                ">= 90 %",
+                |m| m >= 0.9 * base,
+                String::new(),
+            );
+            let note = format!(
+                "{:.0} % of the rate without them",
+                if base > 0.0 { 100.0 * row.median / base } else { 0.0 }
+            );
+            out.push(Outcome { note, ..row });
         }
         if want(9) {
             progress("9. worker output");

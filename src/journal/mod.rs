@@ -348,12 +348,12 @@ fn configure(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
 /// Distinct priorities stepped through before [`earliest_run_at`] scans instead.
 const PRIORITY_STEPS: usize = 64;
 
-/// The earliest `run_at` of a queued job of `queue` with `after < run_at <= until`.
+/// The earliest `run_at` of a due queued job of `queue` with `after < run_at <= until`.
 ///
-/// Queued jobs have one index, `jobs_dispatch` (queue, priority DESC, run_at, id), kept
-/// for dispatch order. Within one priority it is ordered by run time, so this takes one
-/// seek per distinct priority (most queues use one or two), and scans the queue's part of
-/// the index only when it has more than [`PRIORITY_STEPS`] of them.
+/// Due queued jobs are in `jobs_dispatch` (queue, priority DESC, run_at, id), kept for
+/// dispatch order. Within one priority it is ordered by run time, so this takes one seek
+/// per distinct priority (most queues use one or two), and scans the queue's part of the
+/// index only when it has more than [`PRIORITY_STEPS`] of them.
 pub(super) fn earliest_run_at(
     conn: &Connection,
     queue: &str,
@@ -362,12 +362,13 @@ pub(super) fn earliest_run_at(
 ) -> rusqlite::Result<Option<i64>> {
     let mut next_priority = conn.prepare_cached(
         "SELECT priority FROM jobs INDEXED BY jobs_dispatch
-         WHERE state = 'queued' AND queue = ?1 AND priority <= ?2
+         WHERE state = 'queued' AND delayed = 0 AND queue = ?1 AND priority <= ?2
          ORDER BY priority DESC LIMIT 1",
     )?;
     let mut earliest_at = conn.prepare_cached(
         "SELECT min(run_at) FROM jobs INDEXED BY jobs_dispatch
-         WHERE state = 'queued' AND queue = ?1 AND priority = ?2 AND run_at > ?3 AND run_at <= ?4",
+         WHERE state = 'queued' AND delayed = 0 AND queue = ?1 AND priority = ?2
+           AND run_at > ?3 AND run_at <= ?4",
     )?;
     let mut best: Option<i64> = None;
     let mut at_most = i64::MAX;
@@ -391,9 +392,33 @@ pub(super) fn earliest_run_at(
     }
     conn.prepare_cached(
         "SELECT min(run_at) FROM jobs INDEXED BY jobs_dispatch
-         WHERE state = 'queued' AND queue = ?1 AND run_at > ?2 AND run_at <= ?3",
+         WHERE state = 'queued' AND delayed = 0 AND queue = ?1 AND run_at > ?2 AND run_at <= ?3",
     )?
     .query_row(rusqlite::params![queue, after, until], |r| r.get(0))
+}
+
+/// The earliest run time of a delayed job of `queue` (one seek of `jobs_delayed`).
+pub(super) fn next_delayed(conn: &Connection, queue: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached(
+        "SELECT min(run_at) FROM jobs INDEXED BY jobs_delayed
+         WHERE state = 'queued' AND delayed = 1 AND queue = ?1",
+    )?
+    .query_row(rusqlite::params![queue], |r| r.get(0))
+}
+
+/// The run time of the queued job of `queue` that has been due longest at `now`: a due
+/// job, or a delayed one whose time has come and that no claim has promoted yet.
+pub(super) fn due_longest(
+    conn: &Connection,
+    queue: &str,
+    now: i64,
+) -> rusqlite::Result<Option<i64>> {
+    let due = earliest_run_at(conn, queue, i64::MIN, now)?;
+    let delayed = next_delayed(conn, queue)?.filter(|t| *t <= now);
+    Ok(match (due, delayed) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
 }
 
 impl Journal {

@@ -168,7 +168,7 @@ fn overview(conn: &Connection, queues: &[String], now: i64) -> rusqlite::Result<
         o.last_hour.insert(q.clone(), counts);
         // Waiting counts from when a job became due: a job delayed until tomorrow is not
         // waiting today.
-        if let Some(t) = super::earliest_run_at(conn, q, i64::MIN, now)? {
+        if let Some(t) = super::due_longest(conn, q, now)? {
             o.oldest_queued.insert(q.clone(), t);
         }
     }
@@ -190,29 +190,44 @@ fn list(conn: &Connection, f: &JobFilter) -> rusqlite::Result<Vec<JobView>> {
 /// The listing's query, newest first. Every state filter rides a partial index, so its
 /// cost follows the jobs in that state, not the whole journal.
 fn list_sql(f: &JobFilter) -> (String, Vec<String>) {
-    // Queued jobs are indexed for dispatch, not by id: SQLite would rather walk the whole
-    // table in id order than sort them, so it is told.
-    let hint = match f.state {
-        Some(JobState::Queued) => " INDEXED BY jobs_dispatch",
-        _ => "",
-    };
-    let mut sql = format!("SELECT {COLUMNS} FROM jobs j{hint} JOIN job_data d ON d.job_id = j.id");
     let mut args: Vec<String> = Vec::new();
-    let mut conds = Vec::new();
-    if let Some(q) = &f.queue {
-        args.push(q.clone());
-        conds.push(format!("j.queue = ?{}", args.len()));
-    }
-    if let Some(s) = f.state {
+    let queue = match &f.queue {
+        Some(q) => {
+            args.push(q.clone());
+            " AND j.queue = ?1"
+        }
+        None => "",
+    };
+    let limit = f.limit.max(1);
+    let sql = match f.state {
+        // Queued jobs are indexed for dispatch (due ones) and by run time (delayed ones),
+        // not by id: SQLite would rather walk the whole table in id order than sort them,
+        // so it is told to read both indexes.
+        Some(JobState::Queued) => format!(
+            "SELECT * FROM (
+                 SELECT {COLUMNS} FROM jobs j INDEXED BY jobs_dispatch JOIN job_data d ON d.job_id = j.id
+                 WHERE j.state = 'queued' AND j.delayed = 0{queue}
+                 UNION ALL
+                 SELECT {COLUMNS} FROM jobs j INDEXED BY jobs_delayed JOIN job_data d ON d.job_id = j.id
+                 WHERE j.state = 'queued' AND j.delayed = 1{queue})
+             ORDER BY 1 DESC LIMIT {limit}"
+        ),
         // A literal, not a parameter: only then can SQLite use the partial indexes. The
         // states are a fixed set of plain words.
-        conds.push(format!("j.state = '{}'", s.as_str()));
-    }
-    if !conds.is_empty() {
-        sql.push_str(" WHERE ");
-        sql.push_str(&conds.join(" AND "));
-    }
-    sql.push_str(&format!(" ORDER BY j.id DESC LIMIT {}", f.limit.max(1)));
+        Some(s) => format!(
+            "SELECT {COLUMNS} FROM jobs j JOIN job_data d ON d.job_id = j.id
+             WHERE j.state = '{}'{queue} ORDER BY j.id DESC LIMIT {limit}",
+            s.as_str()
+        ),
+        None if f.queue.is_some() => format!(
+            "SELECT {COLUMNS} FROM jobs j JOIN job_data d ON d.job_id = j.id
+             WHERE 1{queue} ORDER BY j.id DESC LIMIT {limit}"
+        ),
+        None => format!(
+            "SELECT {COLUMNS} FROM jobs j JOIN job_data d ON d.job_id = j.id
+             ORDER BY j.id DESC LIMIT {limit}"
+        ),
+    };
     (sql, args)
 }
 
@@ -257,6 +272,7 @@ mod tests {
         super::super::schema::migrate(&mut conn).unwrap();
         for (state, index) in [
             (JobState::Queued, "jobs_dispatch"),
+            (JobState::Queued, "jobs_delayed"),
             (JobState::Running, "jobs_running"),
             (JobState::Failed, "jobs_failed"),
             (JobState::Cancelled, "jobs_cancelled"),

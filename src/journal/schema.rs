@@ -8,7 +8,7 @@
 use rusqlite::Connection;
 
 /// Each entry upgrades the schema from version `index` to `index + 1`.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: initial schema
     r#"
     CREATE TABLE jobs (
@@ -101,6 +101,19 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_failed ON jobs(id) WHERE state = 'failed';
     CREATE INDEX jobs_cancelled ON jobs(id) WHERE state = 'cancelled';
     "#,
+    // 6: queued jobs that are not due yet wait apart. `delayed = 1` keeps them out of
+    // jobs_dispatch, so a claim never walks past future jobs (100,000 jobs delayed at a
+    // higher priority made every claim read them all), and in jobs_delayed, by run time,
+    // until a claim finds them due and clears the flag.
+    r#"
+    ALTER TABLE jobs ADD COLUMN delayed INTEGER NOT NULL DEFAULT 0;
+    UPDATE jobs SET delayed = 1
+        WHERE state = 'queued' AND run_at > CAST(strftime('%s', 'now') AS INTEGER) * 1000;
+    DROP INDEX IF EXISTS jobs_dispatch;
+    CREATE INDEX jobs_dispatch ON jobs(queue, priority DESC, run_at, id)
+        WHERE state = 'queued' AND delayed = 0;
+    CREATE INDEX jobs_delayed ON jobs(queue, run_at) WHERE state = 'queued' AND delayed = 1;
+    "#,
 ];
 
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
@@ -178,7 +191,7 @@ mod tests {
             // the earliest run time within one priority is one seek
             (
                 "SELECT min(run_at) FROM jobs INDEXED BY jobs_dispatch
-                 WHERE state = 'queued' AND queue = 'q' AND priority = 0 AND run_at > 1 AND run_at <= 5",
+                 WHERE state = 'queued' AND delayed = 0 AND queue = 'q' AND priority = 0 AND run_at > 1 AND run_at <= 5",
                 "jobs_dispatch (queue=? AND priority=? AND run_at>? AND run_at<?)",
             ),
             // steward jobs --state cancelled --queue q

@@ -397,10 +397,10 @@ impl Writer {
             }
             self.conn
                 .prepare_cached(
-                    "INSERT INTO jobs (queue, state, priority, run_at, created_at, updated_at, max_attempts, timeout_ms, unique_key)
-                     VALUES (?1, 'queued', ?2, ?3, ?4, ?4, ?5, ?6, ?7)",
+                    "INSERT INTO jobs (queue, state, priority, run_at, created_at, updated_at, max_attempts, timeout_ms, unique_key, delayed)
+                     VALUES (?1, 'queued', ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8)",
                 )?
-                .execute(params![j.queue, j.priority, run_at, now, j.max_attempts, j.timeout_ms, j.key])?;
+                .execute(params![j.queue, j.priority, run_at, now, j.max_attempts, j.timeout_ms, j.key, run_at > now])?;
             let id = self.conn.last_insert_rowid();
             self.conn
                 .prepare_cached("INSERT INTO job_data (job_id, payload) VALUES (?1, ?2)")?
@@ -434,20 +434,30 @@ impl Writer {
         // Candidates from each queue in dispatch order, then merged.
         let mut candidates: Vec<(i64, i64, i64)> = Vec::new();
         for q in queues {
+            // Delayed jobs whose time has come join the due ones (one seek of
+            // jobs_delayed when none has).
+            self.conn
+                .prepare_cached(&format!(
+                    "UPDATE jobs INDEXED BY jobs_delayed SET delayed = 0
+                     WHERE state = 'queued' AND delayed = 1 AND queue = {} AND run_at <= ?1",
+                    literal(q)
+                ))?
+                .execute(params![now])?;
             // INDEXED BY: walk the dispatch index in order and stop after n rows (left to
             // itself the planner may pick another index and sort every queued job). No parameter
             // for the queue or the limit: with either, SQLite re-prepared this statement on
             // every run once rows had changed, which cost more than the query itself. The
             // queue name is a literal (names are validated), and stepping stops after n.
+            // Every job in this index is due: future ones wait in jobs_delayed.
             let sql = format!(
                 "SELECT id, priority, run_at FROM jobs INDEXED BY jobs_dispatch
-                 WHERE state = 'queued' AND queue = {} AND run_at <= ?1
+                 WHERE state = 'queued' AND delayed = 0 AND queue = {}
                  ORDER BY priority DESC, run_at, id",
                 literal(q)
             );
             let mut stmt = self.conn.prepare_cached(&sql)?;
             let rows = stmt
-                .query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .take(n);
             for row in rows {
                 candidates.push(row?);
@@ -504,7 +514,7 @@ impl Writer {
         let mut next_run_at_ms = None;
         if jobs.len() < n {
             for q in queues {
-                if let Some(t) = super::earliest_run_at(&self.conn, q, now, i64::MAX)? {
+                if let Some(t) = super::next_delayed(&self.conn, q)? {
                     next_run_at_ms = Some(next_run_at_ms.map_or(t, |c: i64| c.min(t)));
                 }
             }
@@ -599,7 +609,8 @@ impl Writer {
             self.conn
                 .prepare_cached(
                     "UPDATE jobs SET state = ?2, tries = ?3, crashes = ?4, interruptions = ?5,
-                         run_at = COALESCE(?6, run_at), finished_at = ?7, error = ?8, updated_at = ?9, worker = NULL
+                         run_at = COALESCE(?6, run_at), finished_at = ?7, error = ?8, updated_at = ?9, worker = NULL,
+                         delayed = ?10
                      WHERE id = ?1",
                 )?
                 .execute(params![
@@ -611,7 +622,8 @@ impl Writer {
                     run_at,
                     finished_at,
                     reason,
-                    now
+                    now,
+                    run_at.is_some_and(|t| t > now)
                 ])?;
             (queue, attempt, has_key, new_state, run_at, reason)
         };
@@ -713,7 +725,7 @@ impl Writer {
         }
         self.conn.execute(
             "UPDATE jobs SET state = 'queued', tries = 0, crashes = 0, interruptions = 0, run_at = ?2,
-                 finished_at = NULL, error = NULL, updated_at = ?2 WHERE id = ?1",
+                 finished_at = NULL, error = NULL, updated_at = ?2, delayed = 0 WHERE id = ?1",
             params![id, now],
         )?;
         moves.push((queue, from, Some(JobState::Queued)));
@@ -817,7 +829,7 @@ pub(super) fn reclaim_interrupted(
             _ => (JobState::Queued, Some(reason.clone())),
         };
         tx.execute(
-            "UPDATE jobs SET state = ?2, tries = ?3, interruptions = ?4, run_at = ?5, updated_at = ?5, worker = NULL,
+            "UPDATE jobs SET state = ?2, tries = ?3, interruptions = ?4, run_at = ?5, updated_at = ?5, worker = NULL, delayed = 0,
                  error = ?6, finished_at = CASE WHEN ?2 = 'failed' THEN ?5 ELSE NULL END
              WHERE id = ?1",
                         params![id, state.as_str(), c.tries, c.interruptions, now, err],
@@ -846,9 +858,11 @@ pub(super) fn reclaim_interrupted(
 /// `jobs_running`, finished ones from `jobs_finished` (which holds queue and state, so the
 /// table is not read). With 1,000,000 finished jobs, one `GROUP BY` over the table took
 /// 1.1–1.4 s before `READY=1`; the finished index alone takes about 0.18 s.
-const STATS_SQL: [&str; 3] = [
+const STATS_SQL: [&str; 4] = [
     "SELECT queue, 'queued', count(*) FROM jobs INDEXED BY jobs_dispatch
-     WHERE state = 'queued' GROUP BY queue",
+     WHERE state = 'queued' AND delayed = 0 GROUP BY queue",
+    "SELECT queue, 'queued', count(*) FROM jobs INDEXED BY jobs_delayed
+     WHERE state = 'queued' AND delayed = 1 GROUP BY queue",
     "SELECT queue, 'running', count(*) FROM jobs INDEXED BY jobs_running
      WHERE state = 'running' GROUP BY queue",
     "SELECT queue, state, count(*) FROM jobs INDEXED BY jobs_finished
@@ -878,12 +892,13 @@ pub(super) fn initial_stats(conn: &Connection) -> rusqlite::Result<Stats> {
                     name: queue,
                     ..QueueStatus::default()
                 });
+            // Queued jobs come in two counts: due and delayed.
             match JobState::parse(&state) {
-                Some(JobState::Queued) => q.queued = n,
-                Some(JobState::Running) => q.running = n,
-                Some(JobState::Succeeded) => q.succeeded = n,
-                Some(JobState::Failed) => q.failed = n,
-                Some(JobState::Cancelled) => q.cancelled = n,
+                Some(JobState::Queued) => q.queued += n,
+                Some(JobState::Running) => q.running += n,
+                Some(JobState::Succeeded) => q.succeeded += n,
+                Some(JobState::Failed) => q.failed += n,
+                Some(JobState::Cancelled) => q.cancelled += n,
                 None => {}
             }
         }
@@ -929,7 +944,7 @@ mod tests {
             let plan = super::super::schema::query_plan(&conn, sql, []).join("; ");
             assert!(plan.contains("SCAN jobs USING"), "{plan}");
         }
-        let finished = super::super::schema::query_plan(&conn, STATS_SQL[2], []).join("; ");
+        let finished = super::super::schema::query_plan(&conn, STATS_SQL[3], []).join("; ");
         assert!(
             finished.contains("COVERING INDEX jobs_finished"),
             "{finished}"
@@ -973,6 +988,110 @@ mod tests {
                 ("c".to_string(), [0, 0, 4, 0, 0]),
             ]
         );
+    }
+
+    fn job(priority: i64, run_at_ms: i64) -> NewJob {
+        NewJob {
+            queue: "q".into(),
+            payload: "{}".into(),
+            priority,
+            run_at_ms,
+            max_attempts: 3,
+            timeout_ms: None,
+            key: None,
+        }
+    }
+
+    #[test]
+    fn delayed_jobs_wait_apart_until_due() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        let stats: Arc<Mutex<Stats>> = Arc::default();
+        let mut w = Writer::new(conn, "m".into(), "run".into(), stats, Arc::default(), false);
+        let now = 1_000_000;
+        let mut moves = Vec::new();
+        // Many jobs of a higher priority due later, one due now.
+        let later: Vec<NewJob> = (0..50).map(|_| job(100, now + 60_000)).collect();
+        w.submit(&later, now, &mut moves).unwrap();
+        let due = w.submit(&[job(0, now)], now, &mut moves).unwrap()[0].id;
+        let plan = super::super::schema::query_plan(
+            &w.conn,
+            "SELECT id FROM jobs INDEXED BY jobs_dispatch WHERE state = 'queued' AND delayed = 0 AND queue = 'q' ORDER BY priority DESC, run_at, id",
+            [],
+        )
+        .join("; ");
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+        let c = w
+            .claim(&["q".into()], 10, "w/0", 1, now, &mut moves)
+            .unwrap();
+        assert_eq!(c.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![due]);
+        assert_eq!(c.next_run_at_ms, Some(now + 60_000));
+        // Only the due job was read: the delayed ones are not in the dispatch index.
+        let in_dispatch: i64 = w
+            .conn
+            .query_row(
+                "SELECT count(*) FROM jobs INDEXED BY jobs_dispatch WHERE state = 'queued' AND delayed = 0",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(in_dispatch, 0);
+        // Their time comes: a claim promotes them, highest priority first as ever.
+        let c = w
+            .claim(&["q".into()], 10, "w/0", 1, now + 60_000, &mut moves)
+            .unwrap();
+        assert_eq!(c.jobs.len(), 10);
+        let counts = initial_stats(&w.conn).unwrap();
+        assert_eq!(counts.queues["q"].queued, 40);
+        assert_eq!(counts.queues["q"].running, 11);
+        // A retry after a failure waits apart too.
+        let j = &c.jobs[0];
+        let backoff = QueueSpec::new("q").retry_backoff;
+        let fail = Outcome::Failed {
+            error: "no".into(),
+            retry: true,
+        };
+        w.finish(
+            j.id,
+            j.token,
+            &fail,
+            &backoff,
+            None,
+            now + 60_000,
+            &mut moves,
+        )
+        .unwrap();
+        let delayed: i64 = w
+            .conn
+            .query_row("SELECT delayed FROM jobs WHERE id = ?1", [j.id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(delayed, 1);
+    }
+
+    #[test]
+    fn a_version_5_journal_moves_its_future_jobs_aside() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &super::super::schema::MIGRATIONS[..5] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 5).unwrap();
+        let far = i64::MAX / 2;
+        conn.execute_batch(&format!(
+            "INSERT INTO jobs (queue, state, run_at, created_at, updated_at, max_attempts)
+             VALUES ('q', 'queued', 1, 1, 1, 3), ('q', 'queued', {far}, 1, 1, 3);"
+        ))
+        .unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        let flags: Vec<i64> = conn
+            .prepare("SELECT delayed FROM jobs ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(flags, vec![0, 1]);
     }
 
     #[test]
