@@ -350,7 +350,10 @@ pub fn exec_outcome(
 ) -> Outcome {
     use crate::supervisor::policy::{Exit, describe_exit};
     let why = |code: i32| match last_stderr.map(str::trim).filter(|l| !l.is_empty()) {
-        Some(line) => format!("exited with code {code}: {line}"),
+        Some(line) => crate::protocol::truncate(
+            format!("exited with code {code}: {line}"),
+            crate::protocol::MAX_ERROR,
+        ),
         None => format!("exited with code {code}"),
     };
     match exit {

@@ -10,6 +10,27 @@ use serde_json::value::RawValue;
 
 /// Longest line accepted from a worker (a `done` with a large result included).
 pub const MAX_LINE: usize = 16 * 1024 * 1024;
+/// Longest error kept from a `fail` (and from an exec job's stderr): it is stored with the
+/// job and its attempt, shown by `steward status` and logged.
+pub const MAX_ERROR: usize = 4096;
+/// Longest progress message kept.
+pub const MAX_MESSAGE: usize = 1024;
+
+/// `text` cut to at most `max` bytes (at a character boundary), saying so.
+pub fn truncate(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let total = text.len();
+    let marker = format!("… [truncated: {total} bytes in all]");
+    let mut cut = max.saturating_sub(marker.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str(&marker);
+    text
+}
 
 /// A message from a worker.
 #[derive(Debug)]
@@ -70,7 +91,7 @@ pub fn parse(line: &[u8]) -> Result<FromWorker, String> {
         "progress" => FromWorker::Progress {
             id: id(&w)?,
             progress: w.progress,
-            message: w.message,
+            message: w.message.map(|m| truncate(m, MAX_MESSAGE)),
         },
         "done" => FromWorker::Done {
             id: id(&w)?,
@@ -78,7 +99,7 @@ pub fn parse(line: &[u8]) -> Result<FromWorker, String> {
         },
         "fail" => FromWorker::Fail {
             id: id(&w)?,
-            error: w.error,
+            error: w.error.map(|e| truncate(e, MAX_ERROR)),
             retry: w.retry.unwrap_or(true),
         },
         other => {
@@ -181,6 +202,23 @@ mod tests {
         assert!(parse(br#"{"type":"done"}"#).is_err());
         assert!(parse(b"\xff\xfe").unwrap_err().contains("UTF-8"));
         assert!(parse(b"  ").is_err());
+    }
+
+    #[test]
+    fn long_texts_are_cut_and_say_so() {
+        assert_eq!(truncate("short".into(), 10), "short");
+        let long = "é".repeat(5000);
+        let cut = truncate(long, MAX_ERROR);
+        assert!(cut.len() <= MAX_ERROR, "{}", cut.len());
+        assert!(cut.ends_with("… [truncated: 10000 bytes in all]"), "{cut}");
+        let line = format!(
+            r#"{{"type":"fail","id":1,"error":"{}"}}"#,
+            "x".repeat(100_000)
+        );
+        match parse(line.as_bytes()) {
+            Ok(FromWorker::Fail { error: Some(e), .. }) => assert!(e.len() <= MAX_ERROR),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -125,3 +125,71 @@ fn every_refusal_is_json_with_a_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no job with id 999999"), "{err}");
 }
+
+#[test]
+fn big_rows_are_bounded_in_lists_errors_and_results() {
+    let env = Env::new();
+    env.write_config(&format!(
+        "[queue.held]\nmax_payload = \"2MiB\"\n\n[queue.q]\nmax_payload = \"1KiB\"\n\n\
+         [pool.w]\ncommand = [\"python3\", \"{}\"]\nqueues = [\"q\"]\n",
+        test_worker()
+    ));
+    let d = Daemon::start(&env);
+    // 30 jobs of 1 MiB each that nobody takes.
+    let blob = "x".repeat(1024 * 1024);
+    let jobs: Vec<_> = (0..30)
+        .map(|i| json!({"queue": "held", "payload": {"i": i, "blob": blob}}))
+        .collect();
+    let r: steward::control::api::BatchResponse = d
+        .api("POST", "/v1/jobs/batch", Some(json!({ "jobs": jobs })))
+        .unwrap();
+    let mut ids: Vec<i64> = r.jobs.iter().map(|j| j.id).collect();
+    // A listing leaves payloads out unless asked for.
+    let (code, body) = unix_http(&d.socket, "GET", "/v1/jobs?limit=10000", b"");
+    assert_eq!(code, 200);
+    assert!(body.len() < 100_000, "{} bytes", body.len());
+    assert!(!body.contains("\"payload\""));
+    // Asked for, a page holds at most 8 MiB of them, and says where the next one starts.
+    let mut seen = Vec::new();
+    let mut path = "/v1/jobs?limit=10000&payload=true".to_string();
+    loop {
+        let (code, body) = unix_http(&d.socket, "GET", &path, b"");
+        assert_eq!(code, 200);
+        assert!(
+            body.len() < 9 * 1024 * 1024 + 200_000,
+            "a page of {} bytes",
+            body.len()
+        );
+        let page: steward::control::api::JobList = serde_json::from_str(&body).unwrap();
+        assert!(
+            page.jobs
+                .iter()
+                .all(|j| j.payload["blob"].as_str() == Some(blob.as_str()))
+        );
+        seen.extend(page.jobs.iter().map(|j| j.id));
+        match page.next {
+            Some(n) => path = format!("/v1/jobs?limit=10000&payload=true&before={n}"),
+            None => break,
+        }
+    }
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids, "every job exactly once over the pages");
+    // A 15 MiB error is kept as 4 KiB, saying how long it was.
+    let failed = d.submit("q", r#"{"fail_bytes": 15728640}"#, &[]);
+    let j = d.wait_job(failed, "failed", TIMEOUT);
+    let e = j.error.unwrap();
+    assert!(e.len() < 4500, "an error of {} bytes kept", e.len());
+    assert!(
+        e.contains("truncated: 15728640 bytes in all"),
+        "{}",
+        &e[e.len() - 80..]
+    );
+    let (_, status) = unix_http(&d.socket, "GET", "/v1/status", b"");
+    assert!(status.len() < 100_000, "status of {} bytes", status.len());
+    // A result over the queue's max_payload is not kept; the job still succeeds.
+    let big = d.submit("q", r#"{"result_bytes": 10000}"#, &[]);
+    let j = d.wait_job(big, "succeeded", TIMEOUT);
+    let kept = j.result.unwrap()["steward"].as_str().unwrap().to_string();
+    assert!(kept.contains("10002 bytes was not kept"), "{kept}");
+}

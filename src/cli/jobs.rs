@@ -155,24 +155,39 @@ pub async fn wait(client: &Client, id: i64) -> Result<(), Failure> {
     }
 }
 
-pub async fn list(
-    client: &Client,
-    queue: Option<&str>,
-    state: Option<&str>,
-    limit: usize,
-    json: bool,
-) -> Result<(), Failure> {
-    let mut path = format!("/v1/jobs?limit={limit}");
-    if let Some(q) = queue {
+pub struct ListArgs {
+    pub queue: Option<String>,
+    pub state: Option<String>,
+    pub limit: usize,
+    pub before: Option<i64>,
+    pub payload: bool,
+    pub json: bool,
+}
+
+pub async fn list(client: &Client, a: ListArgs) -> Result<(), Failure> {
+    let mut path = format!("/v1/jobs?limit={}", a.limit);
+    if let Some(q) = &a.queue {
         let _ = write!(path, "&queue={}", encode(q));
     }
-    if let Some(s) = state {
+    if let Some(s) = &a.state {
         let _ = write!(path, "&state={}", encode(s));
     }
+    if let Some(b) = a.before {
+        let _ = write!(path, "&before={b}");
+    }
+    if a.payload {
+        path.push_str("&payload=true");
+    }
     let l: JobList = client.get(&path).await?;
-    if json {
+    if a.json {
         let text =
             serde_json::to_string_pretty(&l.jobs).map_err(|e| Failure::Failed(e.to_string()))?;
+        if let Some(n) = l.next {
+            let _ = writeln!(
+                std::io::stderr(),
+                "steward: more jobs follow; the next page: --before {n}"
+            );
+        }
         return out::line(&text);
     }
     let mut o = format!(
@@ -195,6 +210,9 @@ pub async fn list(
             j.created_at,
             truncate(&detail, 60)
         );
+    }
+    if let Some(n) = l.next {
+        let _ = writeln!(o, "(more: steward jobs --before {n})");
     }
     out::print(&o)
 }

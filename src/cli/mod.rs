@@ -118,6 +118,12 @@ pub enum Command {
         /// How many jobs to show at most (1 to 10000).
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=10_000), value_name = "N")]
         limit: u16,
+        /// Only jobs older than this id (where the previous page ended).
+        #[arg(long, value_name = "ID")]
+        before: Option<i64>,
+        /// Include each job's payload (with --json).
+        #[arg(long, requires = "json")]
+        payload: bool,
         /// Print the jobs as JSON.
         #[arg(long)]
         json: bool,
@@ -321,16 +327,19 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
             queue,
             state,
             limit,
+            before,
+            payload,
             json,
         } => {
-            jobs::list(
-                &client,
-                queue.as_deref(),
-                state.as_deref(),
-                usize::from(*limit),
-                *json,
-            )
-            .await
+            let args = jobs::ListArgs {
+                queue: queue.clone(),
+                state: state.clone(),
+                limit: usize::from(*limit),
+                before: *before,
+                payload: *payload,
+                json: *json,
+            };
+            jobs::list(&client, args).await
         }
         Command::Job {
             id, follow: true, ..

@@ -148,6 +148,8 @@ pub struct JobView {
     /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
     pub state: String,
     pub priority: i64,
+    /// Left out of listings unless asked for (`payload=true`).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub payload: serde_json::Value,
     pub result: Option<serde_json::Value>,
     /// Why the job failed or was cancelled, or the last attempt's error.
@@ -234,6 +236,9 @@ pub struct BatchResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobList {
     pub jobs: Vec<JobView>,
+    /// More jobs follow: ask again with `before` set to this (the oldest id shown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

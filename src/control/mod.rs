@@ -560,6 +560,10 @@ struct ListParams {
     queue: Option<String>,
     state: Option<String>,
     limit: Option<usize>,
+    /// Only jobs older than this id: the `next` of the previous page.
+    before: Option<i64>,
+    /// Include payloads (left out by default: lists are for looking around).
+    payload: Option<bool>,
 }
 
 async fn list_jobs(
@@ -572,7 +576,7 @@ async fn list_jobs(
             return error(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "{}; the parameters are queue, state and limit (1 to 10000), e.g. ?state=failed&limit=20",
+                    "{}; the parameters are queue, state, limit (1 to 10000), before (a job id) and payload (true or false), e.g. ?state=failed&limit=20",
                     e.body_text()
                 ),
             );
@@ -596,9 +600,11 @@ async fn list_jobs(
         queue: p.queue,
         state,
         limit: p.limit.unwrap_or(50).clamp(1, 10_000),
+        before: p.before,
+        payloads: p.payload.unwrap_or(false),
     };
     match st.journal.list(filter).await {
-        Ok(jobs) => Json(JobList { jobs }).into_response(),
+        Ok((jobs, next)) => Json(JobList { jobs, next }).into_response(),
         Err(e) => journal_error(e),
     }
 }

@@ -600,7 +600,7 @@ impl Journal {
         self.reader.overview(queues, now_ms).await
     }
 
-    pub async fn list(&self, filter: JobFilter) -> Result<Vec<JobView>, JournalError> {
+    pub async fn list(&self, filter: JobFilter) -> Result<reader::Page, JournalError> {
         self.reader.list(filter).await
     }
 

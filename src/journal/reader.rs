@@ -17,7 +17,20 @@ pub struct JobFilter {
     pub queue: Option<String>,
     pub state: Option<JobState>,
     pub limit: usize,
+    /// Only jobs with a smaller id (the cursor of the previous page).
+    pub before: Option<i64>,
+    /// Include payloads.
+    pub payloads: bool,
 }
+
+/// A page of a listing holds at most this many bytes of payloads, results and errors
+/// (and at least one job).
+pub const PAGE_BYTES: usize = 8 * 1024 * 1024;
+/// Results and errors in a listing are cut to this; `steward job ID` shows them whole.
+pub const LIST_TEXT: usize = 1024;
+
+/// A page of jobs, and the cursor of the next page when there is one.
+pub type Page = (Vec<JobView>, Option<i64>);
 
 /// What `steward status` shows beyond live counts.
 #[derive(Debug, Clone, Default)]
@@ -36,10 +49,7 @@ enum Req {
         i64,
         oneshot::Sender<Result<Overview, JournalError>>,
     ),
-    List(
-        JobFilter,
-        oneshot::Sender<Result<Vec<JobView>, JournalError>>,
-    ),
+    List(JobFilter, oneshot::Sender<Result<Page, JournalError>>),
     Get(i64, oneshot::Sender<Result<JobView, JournalError>>),
 }
 
@@ -135,7 +145,7 @@ impl Reader {
         rx.await.unwrap_or(Err(JournalError::Closed))
     }
 
-    pub async fn list(&self, filter: JobFilter) -> Result<Vec<JobView>, JournalError> {
+    pub async fn list(&self, filter: JobFilter) -> Result<Page, JournalError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Req::List(filter, tx))
@@ -180,51 +190,93 @@ fn overview(conn: &Connection, queues: &[String], now: i64) -> rusqlite::Result<
     Ok(o)
 }
 
-fn list(conn: &Connection, f: &JobFilter) -> rusqlite::Result<Vec<JobView>> {
+fn list(conn: &Connection, f: &JobFilter) -> rusqlite::Result<Page> {
     let (sql, args) = list_sql(f);
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params_from_iter(args.iter()), job_from_row)?;
-    rows.collect()
+    let mut rows = stmt.query(params_from_iter(args.iter()))?;
+    let (mut jobs, mut bytes) = (Vec::new(), 0usize);
+    while let Some(r) = rows.next()? {
+        let texts: [Option<String>; 3] = [r.get(4)?, r.get(5)?, r.get(6)?];
+        let size: usize = texts.iter().flatten().map(String::len).sum::<usize>() + 256;
+        if jobs.len() >= f.limit.max(1) || (!jobs.is_empty() && bytes + size > PAGE_BYTES) {
+            let next = jobs.last().map(|j: &JobView| j.id);
+            return Ok((jobs, next));
+        }
+        bytes += size;
+        let mut job = job_from_row(r)?;
+        let [_, result, error] = texts;
+        if result.as_ref().is_some_and(|t| t.len() > LIST_TEXT) {
+            job.result = result.map(|t| serde_json::Value::String(shorten(t, job.id)));
+        }
+        job.error = error.map(|t| {
+            if t.len() > LIST_TEXT {
+                shorten(t, job.id)
+            } else {
+                t
+            }
+        });
+        jobs.push(job);
+    }
+    Ok((jobs, None))
+}
+
+/// A long text of a listing, cut with a pointer to the whole of it.
+fn shorten(text: String, id: i64) -> String {
+    let whole = text.len();
+    let mut t = crate::protocol::truncate(text, LIST_TEXT);
+    t.push_str(&format!(
+        " ({whole} bytes: steward job {id} shows it whole)"
+    ));
+    t
 }
 
 /// The listing's query, newest first. Every state filter rides a partial index, so its
 /// cost follows the jobs in that state, not the whole journal.
 fn list_sql(f: &JobFilter) -> (String, Vec<String>) {
     let mut args: Vec<String> = Vec::new();
-    let queue = match &f.queue {
-        Some(q) => {
-            args.push(q.clone());
-            " AND j.queue = ?1"
-        }
-        None => "",
+    let mut cond = String::new();
+    if let Some(q) = &f.queue {
+        args.push(q.clone());
+        cond.push_str(&format!(" AND j.queue = ?{}", args.len()));
+    }
+    if let Some(b) = f.before {
+        args.push(b.to_string());
+        cond.push_str(&format!(" AND j.id < CAST(?{} AS INTEGER)", args.len()));
+    }
+    let queue = cond.as_str();
+    // One more than asked for, to know whether another page follows.
+    let limit = f.limit.max(1) + 1;
+    let columns = if f.payloads {
+        COLUMNS.to_string()
+    } else {
+        COLUMNS.replace("d.payload", "NULL")
     };
-    let limit = f.limit.max(1);
     let sql = match f.state {
         // Queued jobs are indexed for dispatch (due ones) and by run time (delayed ones),
         // not by id: SQLite would rather walk the whole table in id order than sort them,
         // so it is told to read both indexes.
         Some(JobState::Queued) => format!(
             "SELECT * FROM (
-                 SELECT {COLUMNS} FROM jobs j INDEXED BY jobs_dispatch JOIN job_data d ON d.job_id = j.id
+                 SELECT {columns} FROM jobs j INDEXED BY jobs_dispatch JOIN job_data d ON d.job_id = j.id
                  WHERE j.state = 'queued' AND j.delayed = 0{queue}
                  UNION ALL
-                 SELECT {COLUMNS} FROM jobs j INDEXED BY jobs_delayed JOIN job_data d ON d.job_id = j.id
+                 SELECT {columns} FROM jobs j INDEXED BY jobs_delayed JOIN job_data d ON d.job_id = j.id
                  WHERE j.state = 'queued' AND j.delayed = 1{queue})
              ORDER BY 1 DESC LIMIT {limit}"
         ),
         // A literal, not a parameter: only then can SQLite use the partial indexes. The
         // states are a fixed set of plain words.
         Some(s) => format!(
-            "SELECT {COLUMNS} FROM jobs j JOIN job_data d ON d.job_id = j.id
+            "SELECT {columns} FROM jobs j JOIN job_data d ON d.job_id = j.id
              WHERE j.state = '{}'{queue} ORDER BY j.id DESC LIMIT {limit}",
             s.as_str()
         ),
-        None if f.queue.is_some() => format!(
-            "SELECT {COLUMNS} FROM jobs j JOIN job_data d ON d.job_id = j.id
+        None if !queue.is_empty() => format!(
+            "SELECT {columns} FROM jobs j JOIN job_data d ON d.job_id = j.id
              WHERE 1{queue} ORDER BY j.id DESC LIMIT {limit}"
         ),
         None => format!(
-            "SELECT {COLUMNS} FROM jobs j JOIN job_data d ON d.job_id = j.id
+            "SELECT {columns} FROM jobs j JOIN job_data d ON d.job_id = j.id
              ORDER BY j.id DESC LIMIT {limit}"
         ),
     };
@@ -277,11 +329,13 @@ mod tests {
             (JobState::Failed, "jobs_failed"),
             (JobState::Cancelled, "jobs_cancelled"),
         ] {
-            for queue in [None, Some("q".to_string())] {
+            for (queue, before) in [(None, None), (Some("q".to_string()), Some(1000))] {
                 let (sql, args) = list_sql(&JobFilter {
                     queue,
                     state: Some(state),
                     limit: 50,
+                    before,
+                    payloads: false,
                 });
                 let plan =
                     super::super::schema::query_plan(&conn, &sql, params_from_iter(args.iter()))

@@ -334,7 +334,26 @@ impl Supervisor {
                 let took = now.duration_since(held.started);
                 self.observed.metrics.job_ran(&held.queue, took);
                 tracing::debug!(JOB_ID = job, "job {job} done after {}", human(took));
-                let result = result.map(|r| r.get().to_string());
+                // A result is kept up to the queue's max_payload: what may go in may
+                // come out, and no more.
+                let limit = self
+                    .config
+                    .queues
+                    .get(&held.queue)
+                    .map_or(1024 * 1024, |q| q.max_payload);
+                let result = result.map(|r| {
+                    let r = r.get();
+                    if r.len() as u64 <= limit {
+                        r.to_string()
+                    } else {
+                        tracing::warn!(JOB_ID = job, QUEUE = %held.queue,
+                            "job {job}: its result of {} bytes is over the queue's max_payload ({limit} bytes) and was not kept", r.len());
+                        serde_json::json!({
+                            "steward": format!("the result of {} bytes was not kept: it is over the queue's max_payload of {limit} bytes", r.len())
+                        })
+                        .to_string()
+                    }
+                });
                 self.finish_job(
                     job,
                     held.token,

@@ -8,6 +8,8 @@ behaviour is set by each job's payload:
   beat: SECONDS     the heartbeat interval while sleeping (default 0.05)
   silent: true      send nothing while sleeping (to test leases)
   fail: MESSAGE     report a failure; "retry": false makes it permanent
+  fail_bytes: N     report a permanent failure whose error is N bytes long
+  result_bytes: N   succeed with a result (a string) N bytes long
   exit: CODE        exit at once (a crash while holding the job)
   ignore_cancel     keep working after "cancel"
   bogus_done: ID    first send "done" for job ID (which it does not hold)
@@ -78,8 +80,14 @@ def work(job):
     if "append" in p:
         with open(p["append"], "a") as f:
             f.write(f"{jid} {job['attempt']} {os.getpid()}\n")
+    if "fail_bytes" in p:
+        send({"type": "fail", "id": jid, "error": "e" * int(p["fail_bytes"]), "retry": False})
+        return
     if "fail" in p:
         send({"type": "fail", "id": jid, "error": p["fail"], "retry": p.get("retry", True)})
+        return
+    if "result_bytes" in p:
+        send({"type": "done", "id": jid, "result": "r" * int(p["result_bytes"])})
         return
     send({"type": "done", "id": jid, "result": p.get("result", {"ok": True, "attempt": job["attempt"]})})
 
