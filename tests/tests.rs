@@ -6,6 +6,7 @@ mod api;
 mod bench;
 mod config;
 mod exec;
+mod hostile;
 mod jobs;
 mod journal;
 mod logs;

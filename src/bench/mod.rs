@@ -90,6 +90,8 @@ struct Bed {
     /// Instants at which READY=1 arrived (the socket is drained by a thread, as a
     /// service manager would).
     ready: std::sync::mpsc::Receiver<Instant>,
+    /// Instants at which WATCHDOG=1 arrived.
+    pings: std::sync::mpsc::Receiver<Instant>,
 }
 
 impl Bed {
@@ -102,14 +104,15 @@ impl Bed {
         std::fs::create_dir_all(&dir).map_err(fail)?;
         let notify = UnixDatagram::bind(dir.join("notify.sock")).map_err(fail)?;
         let (tx, ready) = std::sync::mpsc::channel();
+        let (ping_tx, pings) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = notify.recv(&mut buf) {
-                if String::from_utf8_lossy(&buf[..n])
-                    .lines()
-                    .any(|l| l == "READY=1")
-                    && tx.send(Instant::now()).is_err()
-                {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                if text.lines().any(|l| l == "WATCHDOG=1") {
+                    let _ = ping_tx.send(Instant::now());
+                }
+                if text.lines().any(|l| l == "READY=1") && tx.send(Instant::now()).is_err() {
                     return;
                 }
             }
@@ -119,6 +122,7 @@ impl Bed {
             exe: exe.to_path_buf(),
             daemon: None,
             ready,
+            pings,
         })
     }
 
@@ -486,11 +490,18 @@ async fn dispatch_latency(exe: &Path, s: &Sizes) -> Result<(Vec<f64>, Vec<f64>),
     for _ in 0..s.runs {
         let mut bed = Bed::new(exe)?;
         let recv = bed.dir.join("recv.log");
+        // Workers get only their pool's env (and a clean base), not the daemon's.
         bed.write_config(&format!(
             "[queue.l]\n\n{}",
-            bed.worker_pool("w", "l", 4, 8, "")
+            bed.worker_pool(
+                "w",
+                "l",
+                4,
+                8,
+                &format!("env = {{ STEWARD_BENCH_RECV = \"{}\" }}", recv.display())
+            )
         ))?;
-        bed.start(&[("STEWARD_BENCH_RECV", recv.display().to_string())])?;
+        bed.start(&[])?;
         let c = Client::new(&bed.socket());
         tokio::time::sleep(Duration::from_millis(300)).await;
         let n = (200.0 * s.latency_secs) as usize;
@@ -544,10 +555,14 @@ async fn respawn(exe: &Path, s: &Sizes) -> Result<Vec<f64>, Failure> {
                 "r",
                 1,
                 1,
-                "backoff = { initial = \"0\", max = \"0\", jitter = 0.0 }\nstable_after = \"100ms\""
+                &format!(
+                    "backoff = {{ initial = \"0\", max = \"0\", jitter = 0.0 }}\nstable_after = \"100ms\"\n\
+                     env = {{ STEWARD_BENCH_START = \"{}\" }}",
+                    starts.display()
+                )
             )
         ))?;
-        bed.start(&[("STEWARD_BENCH_START", starts.display().to_string())])?;
+        bed.start(&[])?;
         let mut deltas = Vec::new();
         for _ in 0..s.respawns {
             let lines = |p: &Path| {
@@ -674,6 +689,34 @@ async fn list_cost(exe: &Path, s: &Sizes) -> Result<Vec<f64>, Failure> {
     }
     bed.stop();
     Ok(times)
+}
+
+/// Scenario 11: the daemon's resident memory after one worker wrote invalid lines as fast
+/// as it could for 10 s without reading its socket; and the longest watchdog gap meanwhile.
+async fn garbage_flood(exe: &Path, s: &Sizes) -> Result<(Vec<f64>, Vec<f64>), Failure> {
+    let (mut rss, mut gaps) = (Vec::new(), Vec::new());
+    for _ in 0..s.runs {
+        let mut bed = Bed::new(exe)?;
+        bed.write_config(&format!(
+            "[queue.f]\n\n{}",
+            bed.worker_pool("w", "f", 1, 1, "env = { STEWARD_BENCH_FLOOD = \"10\" }")
+        ))?;
+        bed.start(&[("WATCHDOG_USEC", "200000".to_string())])?;
+        let t0 = Instant::now();
+        let (mut last, mut worst) = (Instant::now(), Duration::ZERO);
+        while t0.elapsed() < Duration::from_secs(10) {
+            if bed.pings.try_recv().is_ok() {
+                worst = worst.max(last.elapsed());
+                last = Instant::now();
+                while bed.pings.try_recv().is_ok() {}
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        rss.push(bed.rss_kib() as f64 / 1024.0);
+        gaps.push(worst.as_secs_f64() * 1000.0);
+        bed.stop();
+    }
+    Ok((rss, gaps))
 }
 
 /// Scenario 10: the dispatch rate of due jobs alone, and with many jobs of a higher
@@ -979,6 +1022,26 @@ pub fn run(quick: bool, json_out: bool, only: &[u8]) -> Result<(), Failure> {
                 if base > 0.0 { 100.0 * row.median / base } else { 0.0 }
             );
             out.push(Outcome { note, ..row });
+        }
+        if want(11) {
+            progress("11. a garbage flood from one worker");
+            let (rss, gaps) = garbage_flood(&exe, s).await?;
+            out.push(summarize(
+                "11. daemon RSS after one worker wrote garbage for 10 s",
+                "MiB",
+                rss,
+                "<= 64",
+                |m| m <= 64.0,
+                String::new(),
+            ));
+            out.push(summarize(
+                "11. longest watchdog gap meanwhile (pings every 100 ms)",
+                "ms",
+                gaps,
+                "< 1000",
+                |m| m < 1000.0,
+                String::new(),
+            ));
         }
         if want(9) {
             progress("9. worker output");

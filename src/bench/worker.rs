@@ -1,6 +1,8 @@
 //! `steward bench-worker`: a minimal protocol worker, so that benchmarks measure steward
 //! and not the worker. It answers every job at once with `done` (or after `sleep_ms` of
-//! the payload), and can log when it started and when each job arrived.
+//! the payload), and can log when it started and when each job arrived. With
+//! `STEWARD_BENCH_FLOOD=SECONDS` it instead writes invalid lines as fast as it can for
+//! that long, never reading its socket (a hostile worker).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -47,6 +49,18 @@ pub fn run() -> Result<(), String> {
     let recv_log = std::env::var("STEWARD_BENCH_RECV").ok();
     out.write_all(b"{\"type\":\"ready\"}\n")
         .map_err(|e| e.to_string())?;
+    if let Some(secs) = std::env::var("STEWARD_BENCH_FLOOD")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let chunk = b"this is not a protocol message\n".repeat(2048);
+        let end = std::time::Instant::now() + Duration::from_secs(secs);
+        while std::time::Instant::now() < end {
+            out.write_all(&chunk).map_err(|e| e.to_string())?;
+        }
+        std::thread::sleep(Duration::from_secs(3600));
+        return Ok(());
+    }
     let mut reader = BufReader::with_capacity(64 * 1024, sock);
     let mut line = String::new();
     let mut pending = Vec::with_capacity(8192);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::{Event, Held, KillReason, Phase, SlotId, Supervisor, human};
+use super::{Event, Held, KillReason, Phase, SlotId, Supervisor, human, worker_io};
 use crate::config::Config;
 use crate::config::QueueSpec;
 use crate::control::api::Reply;
@@ -274,10 +274,14 @@ impl Supervisor {
         slot.last_heard = now;
         let name = slot.name();
         let (pool, index) = (slot.pool.clone(), slot.index);
-        let reject = |slot: &super::Slot, why: String| {
+        let reject = |slot: &mut super::Slot, why: String| {
+            if !slot.rejects.allow(now) {
+                return;
+            }
             tracing::warn!(POOL = %pool, INSTANCE = index, WORKER_PID = pid, "worker {name}: {why}");
+            // Not queued when the worker does not read what it was sent already.
             if let Some(c) = &slot.conn {
-                c.send(protocol::error_line(&why));
+                c.reply(protocol::error_line(&why));
             }
         };
         match msg {
@@ -392,6 +396,29 @@ impl Supervisor {
                     None => Outcome::Failed { error, retry },
                 };
                 self.finish_job(job, held.token, &held.queue, held.attempt, outcome);
+            }
+        }
+    }
+
+    /// A worker's reader counted invalid lines beyond those answered and logged.
+    pub(super) fn invalid_lines_ignored(&mut self, id: SlotId, pid: i32, ignored: u64) {
+        let Some(slot) = self.slots.get(&id).filter(|s| s.pid == Some(pid)) else {
+            return;
+        };
+        tracing::warn!(POOL = %slot.pool, INSTANCE = slot.index, WORKER_PID = pid, IGNORED = ignored,
+            "worker {} sent {ignored} more invalid lines in the last {}s; they were neither answered nor logged one by one (at most {} a second are)",
+            slot.name(), worker_io::REPORT_EVERY.as_secs(), worker_io::INVALID_PER_SECOND);
+    }
+
+    /// Every ten seconds: the lines each worker sent that steward rejected beyond what it
+    /// answers and logs.
+    pub(super) fn report_rejects(&mut self) {
+        for slot in self.slots.values_mut() {
+            let n = slot.rejects.take_suppressed();
+            if n > 0 {
+                tracing::warn!(POOL = %slot.pool, INSTANCE = slot.index, IGNORED = n,
+                    "worker {} sent {n} more lines that steward rejected (such as `done` for a job it does not hold); they were neither answered nor logged one by one",
+                    slot.name());
             }
         }
     }
@@ -572,12 +599,8 @@ impl Supervisor {
         if slot.recheck_at.is_some_and(|t| now >= t) {
             slot.recheck_at = None;
         }
-        // Whether the loop has yet to see something the worker sent: bytes in the socket
-        // (asked first), or bytes the reader took after the last line the loop handled.
-        let pending = |slot: &super::Slot| {
-            let Some(c) = &slot.conn else { return false };
-            c.unread_in_socket() || c.last_read().is_some_and(|t| t > slot.last_heard)
-        };
+        // Whether the loop has yet to see something the worker sent.
+        let pending = |slot: &super::Slot| slot.conn.as_ref().is_some_and(|c| c.input_pending());
         // Wait for pending input before acting on a deadline that passed at `due`.
         let wait = |slot: &mut super::Slot, due: Instant| -> bool {
             if now < due + PENDING_GRACE && pending(slot) {

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::MissedTickBehavior;
 
 use crate::config::{self, Config, ConfigErrors, Environment, PoolSpec};
 use crate::control::api::{
@@ -48,6 +47,10 @@ const EXTEND_EVERY: Duration = Duration::from_secs(5);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Most events handled in one turn of the loop before timers, restarts and dispatch run.
 const EVENTS_PER_TURN: usize = 256;
+/// Most control requests handled in one turn.
+const REQUESTS_PER_TURN: usize = 16;
+/// How often statuses are published and the periodic reports made.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 
 fn prune_every(config: &Config) -> Duration {
     config
@@ -156,6 +159,9 @@ struct Slot {
     last_heard: Instant,
     /// A deadline passed while the worker's input was still unread: judge it again then.
     recheck_at: Option<Instant>,
+    /// Lines of this worker that steward rejects are answered and logged at most this
+    /// often; the rest are counted and reported every ten seconds.
+    rejects: policy::RateLimit,
     /// `drain` was sent; stop once the held jobs are done or at `drain_until`.
     draining: bool,
     drain_until: Option<Instant>,
@@ -209,6 +215,14 @@ pub enum Event {
         slot: SlotId,
         pid: i32,
         msg: Result<FromWorker, String>,
+        /// The line's share of its worker's budget, given back once it is handled.
+        budget: worker_io::Budget,
+    },
+    /// A worker sent this many invalid lines beyond what is answered and logged.
+    InvalidLinesIgnored {
+        slot: SlotId,
+        pid: i32,
+        ignored: u64,
     },
     Claimed {
         slot: SlotId,
@@ -415,11 +429,12 @@ impl Supervisor {
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sighup = signal(SignalKind::hangup())?;
+        // The watchdog and the housekeeping go by the clock, checked on every turn, not as
+        // branches of the select below: a source that is always ready (a loud worker)
+        // must not keep them waiting. The pings stop only when the loop stops.
         let wd_every = self.notifier.watchdog_interval();
-        let mut watchdog = tokio::time::interval(wd_every.unwrap_or(Duration::from_secs(3600)));
-        watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
-        housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut next_ping = wd_every.map(|w| Instant::now() + w);
+        let mut next_housekeeping = Instant::now() + HOUSEKEEPING_EVERY;
 
         let now = Instant::now();
         self.reconcile(now);
@@ -433,7 +448,11 @@ impl Supervisor {
         );
 
         loop {
-            let deadline = tokio::time::Instant::from_std(self.next_deadline(Instant::now()));
+            let mut wake = self.next_deadline(Instant::now()).min(next_housekeeping);
+            if let Some(p) = next_ping {
+                wake = wake.min(p);
+            }
+            let deadline = tokio::time::Instant::from_std(wake);
             tokio::select! {
                 biased;
                 _ = sigchld.recv() => self.reap(),
@@ -442,29 +461,43 @@ impl Supervisor {
                 _ = sighup.recv() => self.reload(None),
                 Some(ev) = self.events_rx.recv() => self.on_event(ev),
                 Some((req, reply)) = requests.recv() => self.on_request(req, reply),
-                _ = watchdog.tick(), if wd_every.is_some() => {
-                    self.notifier.watchdog();
-                    self.observed.metrics.watchdog_pings.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                _ = housekeeping.tick() => {
-                    // A safety net for coalesced SIGCHLDs.
-                    self.reap();
-                    self.publish_status();
-                    self.publish_snapshot();
-                    self.report_job_lines();
-                }
                 _ = tokio::time::sleep_until(deadline) => {}
             }
-            // Take what else has arrived before the bookkeeping below, which then runs
-            // once for all of it (and frees slots claim together), and before any timer
-            // judges a worker silent: a line already here is not silence.
+            // Take what else has arrived, a bounded amount of each source, before the
+            // bookkeeping below, which then runs once for all of it (and frees slots
+            // claim together), and before any timer judges a worker silent: a line
+            // already here is not silence.
             for _ in 0..EVENTS_PER_TURN {
                 match self.events_rx.try_recv() {
                     Ok(ev) => self.on_event(ev),
                     Err(_) => break,
                 }
             }
+            for _ in 0..REQUESTS_PER_TURN {
+                match requests.try_recv() {
+                    Ok((req, reply)) => self.on_request(req, reply),
+                    Err(_) => break,
+                }
+            }
             let now = Instant::now();
+            if let (Some(every), Some(at)) = (wd_every, next_ping)
+                && now >= at
+            {
+                self.notifier.watchdog();
+                self.observed
+                    .metrics
+                    .watchdog_pings
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                next_ping = Some(now + every);
+            }
+            if now >= next_housekeeping {
+                next_housekeeping = now + HOUSEKEEPING_EVERY;
+                // A safety net for coalesced SIGCHLDs.
+                self.reap();
+                self.publish_status();
+                self.publish_snapshot();
+                self.report_job_lines();
+            }
             self.observed.turned();
             self.on_timers(now);
             self.reconcile(now);
@@ -562,7 +595,18 @@ impl Supervisor {
     fn on_event(&mut self, ev: Event) {
         match ev {
             Event::Spawned { slot, result } => self.on_spawned(slot, result),
-            Event::FromWorker { slot, pid, msg } => self.on_worker_line(slot, pid, msg),
+            Event::FromWorker {
+                slot,
+                pid,
+                msg,
+                budget,
+            } => {
+                self.on_worker_line(slot, pid, msg);
+                drop(budget);
+            }
+            Event::InvalidLinesIgnored { slot, pid, ignored } => {
+                self.invalid_lines_ignored(slot, pid, ignored)
+            }
             Event::Claimed {
                 slot,
                 pid,
@@ -926,6 +970,7 @@ impl Supervisor {
                 claiming: 0,
                 last_heard: Instant::now(),
                 recheck_at: None,
+                rejects: policy::RateLimit::new(worker_io::INVALID_PER_SECOND, Instant::now()),
                 draining: false,
                 drain_until: None,
                 kill_reason: None,
@@ -1231,6 +1276,7 @@ impl Supervisor {
             return;
         }
         self.next_lines_report = now + crate::logging::JOB_LINES_REPORT_EVERY;
+        self.report_rejects();
         let skipped = self.job_lines.take_skipped();
         if skipped.starts == 0 && skipped.submits == 0 {
             return;

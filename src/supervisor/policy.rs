@@ -181,6 +181,47 @@ pub fn should_kill(now: Instant, kill_at: Instant, already_killed: bool) -> bool
     !already_killed && now >= kill_at
 }
 
+/// At most `per_second` of something a second, in bursts of up to twice that; what
+/// goes beyond is counted, to be reported now and then instead of one by one.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    per_second: f64,
+    tokens: f64,
+    refilled: Instant,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    pub fn new(per_second: u32, now: Instant) -> RateLimit {
+        let per_second = f64::from(per_second.max(1));
+        RateLimit {
+            per_second,
+            tokens: 2.0 * per_second,
+            refilled: now,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether one more may go now; if not, it is counted.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(2.0 * self.per_second);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// How many were held back since the last call.
+    pub fn take_suppressed(&mut self) -> u64 {
+        std::mem::take(&mut self.suppressed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,6 +396,26 @@ mod tests {
             after_exit(&r, 2, crash(0)),
             AfterExit::Fail { level: 3, .. }
         ));
+    }
+
+    #[test]
+    fn a_rate_limit_allows_bursts_then_a_steady_rate_and_counts_the_rest() {
+        let t0 = Instant::now();
+        let mut r = RateLimit::new(10, t0);
+        let burst = (0..100).filter(|_| r.allow(t0)).count();
+        assert_eq!(burst, 20);
+        assert_eq!(r.take_suppressed(), 80);
+        assert_eq!(r.take_suppressed(), 0);
+        // One second later: ten more.
+        let t1 = t0 + Duration::from_secs(1);
+        let next = (0..100).filter(|_| r.allow(t1)).count();
+        assert_eq!(next, 10);
+        assert_eq!(r.take_suppressed(), 90);
+        // A long quiet spell refills only up to the burst.
+        let t2 = t1 + Duration::from_secs(3600);
+        assert_eq!((0..100).filter(|_| r.allow(t2)).count(), 20);
+        // A clock that seems to go back refills nothing and does not panic.
+        assert!(!r.allow(t0));
     }
 
     #[test]

@@ -1,6 +1,16 @@
 //! The two tasks behind each protocol worker's socket: one reads lines and hands them to
 //! the loop as events, one writes the lines the loop queues. The loop never waits on a
-//! worker's socket.
+//! worker's socket, and no worker can make it hold more than a bounded amount:
+//!
+//! - heartbeats are not handed over at all: the read itself renews the worker's leases;
+//! - every other line needs room in the worker's budget ([`IN_FLIGHT`] bytes) until the
+//!   loop has handled it; without room the reader stops reading, so a worker that writes
+//!   faster than the loop can follow waits on its own writes;
+//! - lines that are not valid protocol messages reach the loop at most
+//!   [`INVALID_PER_SECOND`] a second; the rest are counted and reported every
+//!   [`REPORT_EVERY`];
+//! - error replies to a worker that does not read its socket are not queued once
+//!   [`REPLY_BACKLOG`] bytes wait unsent.
 //!
 //! The loop judges a worker silent (hung, or too slow to say `ready`) only after looking
 //! at what has arrived: [`Conn::last_read`] is when the reader task last took bytes from
@@ -10,32 +20,65 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+use super::policy::RateLimit;
 use super::{Event, SlotId};
-use crate::protocol::{self, MAX_LINE};
+use crate::protocol::{self, FromWorker, MAX_LINE};
 
 /// Bytes of queued lines gathered into one write, at most (one line may exceed it).
 const WRITE_BATCH: usize = 64 * 1024;
+/// What one worker's lines may hold of the loop's queue until handled: twice the longest
+/// line. Each line counts its length and [`LINE_COST`].
+pub const IN_FLIGHT: usize = 2 * MAX_LINE;
+/// What a line counts beyond its text (its event), so that many tiny lines are bounded
+/// too (at most 8,192 in flight).
+const LINE_COST: usize = 4096;
+/// Invalid lines of one worker handed to the loop (answered and logged) per second.
+pub const INVALID_PER_SECOND: u32 = 10;
+/// How often the invalid lines beyond that are reported.
+pub const REPORT_EVERY: Duration = Duration::from_secs(10);
+/// Error replies wait unsent for a worker up to this many bytes; beyond, none are queued.
+pub const REPLY_BACKLOG: usize = 64 * 1024;
+
+/// A line's share of its worker's budget, given back when the loop is done with it.
+pub type Budget = OwnedSemaphorePermit;
 
 /// Our side of a protocol worker's socket, as the loop holds it.
 pub struct Conn {
     /// Lines to send to the worker.
     lines: mpsc::UnboundedSender<String>,
+    /// Bytes queued for the worker and not yet written to its socket.
+    unsent: Arc<AtomicUsize>,
     /// When the reader task last got bytes from the worker (see [`stamp`]); 0: never.
     last_read: Arc<AtomicU64>,
+    /// The stamp of the last read whose every line the reader has dealt with (handed to
+    /// the loop, or a heartbeat).
+    settled: Arc<AtomicU64>,
     /// A duplicate of the socket, only to ask whether unread bytes are waiting in it.
     probe: Option<OwnedFd>,
 }
 
 impl Conn {
+    /// Queue a line for the worker (jobs, cancels, drains: bounded by what it holds).
     pub fn send(&self, line: String) {
+        self.unsent.fetch_add(line.len(), Ordering::Relaxed);
         let _ = self.lines.send(line);
+    }
+
+    /// Queue an error reply, unless [`REPLY_BACKLOG`] bytes already wait unsent (the
+    /// worker is not reading): `false` then, and nothing is queued.
+    pub fn reply(&self, line: String) -> bool {
+        if self.unsent.load(Ordering::Relaxed) > REPLY_BACKLOG {
+            return false;
+        }
+        self.send(line);
+        true
     }
 
     /// When the reader task last took bytes from the worker (whole lines or not). Ask
@@ -48,6 +91,13 @@ impl Conn {
     /// Whether bytes from the worker are waiting in the socket, unread.
     pub fn unread_in_socket(&self) -> bool {
         self.probe.as_ref().is_some_and(crate::process::readable)
+    }
+
+    /// Whether the worker sent something that has not reached the loop yet: bytes in
+    /// the socket (asked first), or a read the reader is still dealing with.
+    pub fn input_pending(&self) -> bool {
+        self.unread_in_socket()
+            || self.last_read.load(Ordering::SeqCst) > self.settled.load(Ordering::SeqCst)
     }
 }
 
@@ -79,6 +129,9 @@ pub fn start(
     let (read_half, mut write_half) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let last_read = Arc::new(AtomicU64::new(0));
+    let settled = Arc::new(AtomicU64::new(0));
+    let unsent = Arc::new(AtomicUsize::new(0));
+    let written = unsent.clone();
     tokio::spawn(async move {
         while let Some(mut out) = rx.recv().await {
             // Lines queued together (the jobs of one claim) go out in one write.
@@ -91,9 +144,19 @@ pub fn start(
             if write_half.write_all(out.as_bytes()).await.is_err() {
                 break;
             }
+            written.fetch_sub(out.len(), Ordering::Relaxed);
         }
     });
+    let mut reader = Reader {
+        slot,
+        pid,
+        events,
+        budget: Arc::new(Semaphore::new(IN_FLIGHT)),
+        invalid: RateLimit::new(INVALID_PER_SECOND, Instant::now()),
+        next_report: Instant::now() + REPORT_EVERY,
+    };
     let stamped = last_read.clone();
+    let dealt_with = settled.clone();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 64 * 1024];
         let mut line: Vec<u8> = Vec::new();
@@ -104,11 +167,15 @@ pub fn start(
             }
             // Stamped before the read, so that whoever finds the socket empty (see
             // `Conn`) and then looks at the stamp sees this read's.
-            stamped.store(stamp(Instant::now()), Ordering::SeqCst);
+            let this_read = stamp(Instant::now());
+            stamped.store(this_read, Ordering::SeqCst);
             let n = match read_half.try_read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    dealt_with.store(this_read, Ordering::SeqCst);
+                    continue;
+                }
                 Err(_) => break,
             };
             let mut rest = &buf[..n];
@@ -135,19 +202,77 @@ pub fn start(
                     } else {
                         protocol::parse(&line)
                     };
+                    let len = line.len();
                     oversized = false;
                     line.clear();
-                    if events.send(Event::FromWorker { slot, pid, msg }).is_err() {
+                    if !reader.hand_over(msg, len).await {
                         return;
                     }
                 }
             }
+            // A partial line left over is not silence: it waits for its end.
+            if line.is_empty() {
+                dealt_with.store(this_read, Ordering::SeqCst);
+            }
         }
+        reader.report();
     });
     Conn {
         lines: tx,
+        unsent,
         last_read,
+        settled,
         probe,
+    }
+}
+
+/// What the reader task knows beyond the bytes it reads.
+struct Reader {
+    slot: SlotId,
+    pid: i32,
+    events: mpsc::UnboundedSender<Event>,
+    budget: Arc<Semaphore>,
+    invalid: RateLimit,
+    next_report: Instant,
+}
+
+impl Reader {
+    /// Hand one line to the loop, once it has room; `false` when the loop is gone.
+    async fn hand_over(&mut self, msg: Result<FromWorker, String>, len: usize) -> bool {
+        let now = Instant::now();
+        if now >= self.next_report {
+            self.report();
+        }
+        match &msg {
+            // Its read has renewed the leases already: nothing for the loop to do.
+            Ok(FromWorker::Heartbeat) => return true,
+            Err(_) if !self.invalid.allow(now) => return true,
+            _ => {}
+        }
+        let cost = u32::try_from((len + LINE_COST).min(IN_FLIGHT)).unwrap_or(u32::MAX);
+        let Ok(budget) = self.budget.clone().acquire_many_owned(cost).await else {
+            return false;
+        };
+        let ev = Event::FromWorker {
+            slot: self.slot,
+            pid: self.pid,
+            msg,
+            budget,
+        };
+        self.events.send(ev).is_ok()
+    }
+
+    /// Say how many invalid lines were left out since the last report, if any.
+    fn report(&mut self) {
+        self.next_report = Instant::now() + REPORT_EVERY;
+        let ignored = self.invalid.take_suppressed();
+        if ignored > 0 {
+            let _ = self.events.send(Event::InvalidLinesIgnored {
+                slot: self.slot,
+                pid: self.pid,
+                ignored,
+            });
+        }
     }
 }
 
