@@ -21,6 +21,8 @@ use crate::supervisor::Supervisor;
 pub fn run(config_path: &Path) -> Result<(), Failure> {
     let env = Environment::from_process();
     let config = config::load(config_path, &env).map_err(Failure::Config)?;
+    let (limit, children) = process::raise_descriptor_limit();
+    tracing::debug!("open files: up to {limit} for steward, {children} for its workers");
     if let Err(e) = process::become_subreaper() {
         tracing::warn!(
             "cannot become a child subreaper ({e}); orphans of workers will not be reaped by steward"

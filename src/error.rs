@@ -45,7 +45,9 @@ impl From<crate::control::client::ClientError> for Failure {
     fn from(e: crate::control::client::ClientError) -> Self {
         use crate::control::client::ClientError;
         match e {
-            ClientError::Unavailable { .. } => Failure::Unavailable(e.to_string()),
+            ClientError::Unavailable { .. } | ClientError::Timeout { .. } => {
+                Failure::Unavailable(e.to_string())
+            }
             ClientError::PermissionDenied { .. } => Failure::NoPermission(e.to_string()),
             other => Failure::Failed(other.to_string()),
         }

@@ -28,6 +28,9 @@ use crate::metrics::{Gauges, Metrics};
 /// second).
 pub const LOOP_STALE: Duration = Duration::from_secs(5);
 const RETRY_BIND: Duration = Duration::from_secs(10);
+/// Monitoring connections at once, at most (and no more than an eighth of the
+/// descriptors).
+const MAX_CONNECTIONS: usize = 64;
 
 /// A pool as health sees it.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -46,6 +49,8 @@ pub struct PoolHealth {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub pools: Vec<PoolHealth>,
+    /// Trouble of the daemon itself (processes that cannot be started), for the reasons.
+    pub trouble: Vec<String>,
 }
 
 /// Shared between the loop, the journal writer and the HTTP handlers.
@@ -82,6 +87,14 @@ impl Observed {
             .unwrap_or_default()
     }
 
+    /// The daemon's own trouble as last published by the loop.
+    pub fn trouble(&self) -> Vec<String> {
+        self.snapshot
+            .lock()
+            .map(|s| s.trouble.clone())
+            .unwrap_or_default()
+    }
+
     fn loop_age(&self) -> Duration {
         let last = Duration::from_millis(self.tick.load(Ordering::Relaxed));
         self.started.elapsed().saturating_sub(last)
@@ -113,8 +126,12 @@ pub fn judge(
     loop_age: Duration,
     journal_error: Option<String>,
     pools: Vec<PoolHealth>,
+    trouble: Vec<String>,
 ) -> HealthReport {
     let mut reasons = Vec::new();
+    if probe != Probe::Live {
+        reasons.extend(trouble);
+    }
     if loop_age > LOOP_STALE {
         reasons.push(format!(
             "the supervisor loop has not turned for {:.1}s",
@@ -163,7 +180,13 @@ struct AppState {
 
 async fn probe(st: &AppState, p: Probe) -> Response {
     let pools = st.observed.pools();
-    let report = judge(p, st.observed.loop_age(), st.journal.stats().error, pools);
+    let report = judge(
+        p,
+        st.observed.loop_age(),
+        st.journal.stats().error,
+        pools,
+        st.observed.trouble(),
+    );
     let code = if report.reasons.is_empty() {
         StatusCode::OK
     } else {
@@ -258,18 +281,13 @@ pub async fn run(mut config: watch::Receiver<Arc<Config>>, observed: Observed, j
                 }
             }
         };
-        if let Err(e) = axum::serve(listener, app.clone())
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!("the monitoring listener on {addr} failed: {e}");
-            tokio::time::sleep(RETRY_BIND).await;
-        }
+        let max = crate::server::max_connections(MAX_CONNECTIONS, 8);
+        crate::server::serve(listener, app.clone(), max, shutdown).await;
         // The daemon is stopping (the configuration's sender is gone): so is the listener.
         if config.has_changed().is_err() {
             return;
         }
-        // Either the address changed (loop to bind the new one) or the listener failed.
+        // The address changed: loop to bind the new one.
         let _ = config.borrow_and_update();
     }
 }
@@ -293,24 +311,31 @@ mod tests {
     fn probes() {
         let ok = Duration::from_millis(100);
         assert_eq!(
-            judge(Probe::Health, ok, None, vec![pool(2, 0, 0)]).status,
+            judge(Probe::Health, ok, None, vec![pool(2, 0, 0)], vec![]).status,
             "ok"
         );
-        let r = judge(Probe::Health, ok, None, vec![pool(1, 1, 0)]);
+        let r = judge(Probe::Health, ok, None, vec![pool(1, 1, 0)], vec![]);
         assert_eq!(r.reasons, vec!["pool web has 1 crash-looping workers"]);
         assert_eq!(
-            judge(Probe::Live, ok, Some("full".into()), vec![pool(0, 2, 0)]).status,
+            judge(
+                Probe::Live,
+                ok,
+                Some("full".into()),
+                vec![pool(0, 2, 0)],
+                vec![]
+            )
+            .status,
             "ok"
         );
-        let r = judge(Probe::Ready, ok, None, vec![pool(0, 0, 0)]);
+        let r = judge(Probe::Ready, ok, None, vec![pool(0, 0, 0)], vec![]);
         assert_eq!(r.reasons, vec!["pool web has no running worker"]);
         assert_eq!(
-            judge(Probe::Ready, ok, None, vec![pool(1, 1, 0)]).status,
+            judge(Probe::Ready, ok, None, vec![pool(1, 1, 0)], vec![]).status,
             "ok"
         );
-        let r = judge(Probe::Health, ok, Some("disk full".into()), vec![]);
+        let r = judge(Probe::Health, ok, Some("disk full".into()), vec![], vec![]);
         assert!(r.reasons[0].contains("journal does not accept writes: disk full"));
-        let r = judge(Probe::Live, Duration::from_secs(9), None, vec![]);
+        let r = judge(Probe::Live, Duration::from_secs(9), None, vec![], vec![]);
         assert!(r.reasons[0].contains("has not turned for 9.0s"));
     }
 }

@@ -19,6 +19,7 @@ mod metrics;
 mod notify;
 mod process;
 mod protocol;
+mod server;
 mod supervisor;
 mod time;
 

@@ -105,3 +105,202 @@ fn a_garbage_flood_from_a_worker_that_reads() {
 fn a_heartbeat_flood_from_three_workers() {
     flood("heartbeat", false, 3);
 }
+
+/// The test's own limit on open files raised to its hard limit (it opens hundreds).
+fn raise_own_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// `steward daemon` on `env`'s config with at most `nofile` open files.
+fn limited_daemon(env: &Env, nofile: u32) -> KillOnDrop {
+    let log = std::fs::File::create(env.path("daemon.log")).unwrap();
+    let child = std::process::Command::new("prlimit")
+        .arg(format!("--nofile={nofile}:{nofile}"))
+        .arg(bin())
+        .args(["daemon", "--log-format", "text", "--config"])
+        .arg(env.config_path())
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("prlimit (util-linux)");
+    KillOnDrop(child)
+}
+
+/// Children of `parent` running `sleep 1000`.
+fn sleepers(parent: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmd == b"sleep\x001000\x00" {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if ppid == Some(parent) {
+                out.push(pid);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn idle_connections_cannot_take_the_descriptors_supervision_needs() {
+    raise_own_limit();
+    let env = Env::new();
+    let port = free_port();
+    env.write_config(&format!(
+        "[http]\nlisten = \"127.0.0.1:{port}\"\n\n[queue.e]\n\n\
+         [pool.x]\nmode = \"exec\"\nqueues = [\"e\"]\ninstances = 2\n\
+         command = [\"sh\", \"-c\", \"sleep 0.3; echo '{{\\\"ok\\\": true}}'\"]\n\n\
+         [pool.p]\ncommand = [\"sleep\", \"1000\"]\ninstances = 2\nstable_after = \"100ms\"\n\
+         backoff = {{ initial = \"100ms\", max = \"100ms\" }}\n"
+    ));
+    let child = limited_daemon(&env, 256);
+    let daemon = child.0.id() as i32;
+    let cli = |args: &[&str]| {
+        std::process::Command::new(bin())
+            .args(args)
+            .arg("--socket")
+            .arg(env.socket())
+            .output()
+            .unwrap()
+    };
+    wait_for(TIMEOUT, "the daemon running", || {
+        cli(&["status"]).status.success().then_some(())
+    });
+    // Jobs that become due while the connections below are held.
+    let ids: Vec<String> = (0..6)
+        .map(|_| {
+            let out = cli(&["submit", "e", "{}", "--delay", "2s"]);
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .collect();
+    // 150 idle TCP connections to the monitoring listener, 150 to the control socket:
+    // well over what either accepts at once, within what their backlogs (128) hold.
+    let tcp: Vec<_> = (0..150)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let unix: Vec<_> = (0..150)
+        .map(|_| std::os::unix::net::UnixStream::connect(env.socket()).unwrap())
+        .collect();
+    let held_since = Instant::now();
+    // A killed worker comes back.
+    let before = wait_for(TIMEOUT, "two workers", || {
+        let s = sleepers(daemon);
+        (s.len() == 2).then_some(s)
+    });
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(before[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    wait_for(TIMEOUT, "the killed worker replaced", || {
+        let s = sleepers(daemon);
+        (s.len() == 2 && !s.contains(&before[0])).then_some(())
+    });
+    // The control socket is full of idle clients: the CLI says so instead of hanging.
+    let t0 = Instant::now();
+    let out = cli(&["status", "--request-timeout", "2s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(err.contains("did not answer within 2s"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    // The daemon ends idle connections by itself.
+    let mut first = unix.into_iter().next().unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    use std::io::Read;
+    let n = first.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "an idle connection was not closed");
+    assert!(
+        held_since.elapsed() < Duration::from_secs(15),
+        "closed after {:?}",
+        held_since.elapsed()
+    );
+    // Once the clients go, everything answers again, and every job ran once.
+    drop(tcp);
+    drop(first);
+    wait_for(TIMEOUT, "status answers", || {
+        cli(&["status"]).status.success().then_some(())
+    });
+    for id in ids {
+        let j = wait_for(TIMEOUT, "the job done", || {
+            let out = cli(&["job", &id, "--json"]);
+            let j: steward::control::api::JobView = serde_json::from_slice(&out.stdout).ok()?;
+            (j.state == "succeeded").then_some(j)
+        });
+        assert_eq!(j.tries, 1, "{j:?}");
+    }
+    let (code, body) = wait_for(TIMEOUT, "/health", || http_get(port, "/health"));
+    assert_eq!(code, 200, "{body}");
+}
+
+#[test]
+fn a_process_that_cannot_be_started_for_want_of_descriptors_costs_its_job_nothing() {
+    let env = Env::new();
+    env.write_config(
+        "[queue.e]\nmax_attempts = 2\n\n[pool.x]\nmode = \"exec\"\nqueues = [\"e\"]\ninstances = 8\n\
+         command = [\"sh\", \"-c\", \"sleep 0.3; echo '{\\\"ok\\\": true}'\"]\n",
+    );
+    // Room for the daemon and a few job processes, not eight.
+    let _child = limited_daemon(&env, 28);
+    let cli = |args: &[&str]| {
+        std::process::Command::new(bin())
+            .args(args)
+            .arg("--socket")
+            .arg(env.socket())
+            .output()
+            .unwrap()
+    };
+    wait_for(TIMEOUT, "the daemon running", || {
+        cli(&["status"]).status.success().then_some(())
+    });
+    let jobs: Vec<serde_json::Value> = (0..24).map(|_| serde_json::json!({"queue": "e"})).collect();
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--unix-socket"])
+        .arg(env.socket())
+        .args([
+            "-d",
+            &serde_json::json!({ "jobs": jobs }).to_string(),
+            "http://localhost/v1/jobs/batch",
+        ])
+        .output();
+    let ids: Vec<i64> = match out {
+        Ok(o) if o.status.success() => {
+            let r: steward::control::api::BatchResponse =
+                serde_json::from_slice(&o.stdout).unwrap();
+            r.jobs.iter().map(|j| j.id).collect()
+        }
+        _ => (0..24)
+            .map(|_| {
+                let o = cli(&["submit", "e", "{}"]);
+                String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+            })
+            .collect(),
+    };
+    for id in ids {
+        let j = wait_for(Duration::from_secs(60), "the job done", || {
+            let out = cli(&["job", &id.to_string(), "--json"]);
+            let j: steward::control::api::JobView = serde_json::from_slice(&out.stdout).ok()?;
+            (j.state == "succeeded" || j.state == "failed").then_some(j)
+        });
+        assert_eq!(j.state, "succeeded", "{j:?}");
+        assert_eq!(j.tries, 1, "{j:?}");
+    }
+    let log = std::fs::read_to_string(env.path("daemon.log")).unwrap();
+    assert!(
+        log.contains("goes back to its queue without using an attempt"),
+        "the limit was never hit, so this test tested nothing:\n{log}"
+    );
+}

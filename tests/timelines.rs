@@ -105,12 +105,13 @@ fn a_slow_start_during_a_daemon_pause_is_not_a_start_timeout() {
     env.write_config(&jobs_config(
         3,
         "",
-        "start_timeout = \"2s\"\nenv = { TEST_READY_DELAY = \"1\" }",
+        "start_timeout = \"5s\"\nenv = { TEST_READY_DELAY = \"1\" }",
     ));
     let d = Daemon::start(&env);
-    // The workers say `ready` after 1 s, while the daemon is paused past their 2 s.
+    // The workers say `ready` after a second (more on a loaded machine), while the
+    // daemon is paused past their 5 s.
     d.signal("STOP");
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(8));
     d.signal("CONT");
     let pids = d.running_pids("w");
     assert_eq!(pids.len(), 3);

@@ -37,6 +37,17 @@ pub struct Cli {
     /// Control socket of the daemon (default: the one named in the configuration).
     #[arg(long, global = true, env = "STEWARD_SOCKET", value_name = "PATH", help_heading = GLOBAL)]
     pub socket: Option<PathBuf>,
+    /// How long to wait for each answer of the daemon.
+    #[arg(
+        long,
+        global = true,
+        env = "STEWARD_REQUEST_TIMEOUT",
+        default_value = "30s",
+        value_parser = parse_duration_arg,
+        value_name = "DURATION",
+        help_heading = GLOBAL
+    )]
+    pub request_timeout: Duration,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -279,7 +290,10 @@ pub(crate) fn socket_path(cli: &Cli) -> PathBuf {
 }
 
 async fn client_command(cli: &Cli) -> Result<(), Failure> {
-    let client = Client::new(&socket_path(cli));
+    let client = Client::with_timeout(
+        &socket_path(cli),
+        cli.request_timeout.max(Duration::from_millis(1)),
+    );
     match &cli.command {
         Command::Status { json } => {
             let s: DaemonStatus = client.get("/v1/status").await?;

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use super::api::ApiError;
 
-/// How long a client waits for one answer.
+/// How long a client waits for one answer, unless told otherwise (`--request-timeout`).
 pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Why a request failed, in words an operator can act on.
@@ -35,10 +35,20 @@ pub enum ClientError {
     },
     #[error("talking to steward at {path} failed: {detail}")]
     Protocol { path: PathBuf, detail: String },
+    /// No answer in time (the daemon stuck or overloaded, or its socket's backlog full).
+    #[error(
+        "steward at {path} did not answer within {}s: it may be stuck or overloaded (see systemctl status steward and journalctl -u steward); --request-timeout sets how long to wait",
+        after.as_secs_f64()
+    )]
+    Timeout {
+        path: PathBuf,
+        after: std::time::Duration,
+    },
 }
 
 pub struct Client {
     socket: PathBuf,
+    timeout: std::time::Duration,
 }
 
 pub struct RawResponse {
@@ -48,68 +58,45 @@ pub struct RawResponse {
 
 impl Client {
     pub fn new(socket: &Path) -> Client {
+        Self::with_timeout(socket, TIMEOUT)
+    }
+
+    /// A client that waits at most `timeout` for each answer.
+    pub fn with_timeout(socket: &Path, timeout: std::time::Duration) -> Client {
         Client {
             socket: socket.to_path_buf(),
+            timeout,
         }
     }
 
     /// Send one request and return the raw answer, whatever its status. A daemon that
-    /// does not answer within [`TIMEOUT`] is reported, not waited for forever.
+    /// does not answer within the client's timeout is reported, not waited for forever:
+    /// the exchange runs on a thread of its own, since connecting to a socket whose
+    /// backlog is full blocks however the socket is set up.
     pub async fn raw(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<RawResponse, ClientError> {
-        // One request per connection, blocking: a CLI process makes one call at a time,
-        // and this is measurably cheaper to start than an async HTTP stack.
-        let mut stream = UnixStream::connect(&self.socket).map_err(|e| match e.kind() {
-            io::ErrorKind::PermissionDenied => ClientError::PermissionDenied {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (socket, timeout, path) = (self.socket.clone(), self.timeout, path.to_string());
+        let worker = std::thread::Builder::new()
+            .name("steward-request".into())
+            .spawn(move || {
+                let _ = tx.send(exchange(&socket, timeout, method, &path, body));
+            });
+        if worker.is_err() {
+            return Err(ClientError::Protocol {
                 path: self.socket.clone(),
-            },
-            _ => ClientError::Unavailable {
-                path: self.socket.clone(),
-                source: e,
-            },
-        })?;
-        let proto = |detail: String| ClientError::Protocol {
-            path: self.socket.clone(),
-            detail,
-        };
-        let timed_out = |e: io::Error| {
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) {
-                proto(format!(
-                    "no answer within {}s; steward may be stuck (see journalctl -u steward; systemctl restart steward)",
-                    TIMEOUT.as_secs()
-                ))
-            } else {
-                proto(e.to_string())
-            }
-        };
-        stream
-            .set_read_timeout(Some(TIMEOUT))
-            .and_then(|()| stream.set_write_timeout(Some(TIMEOUT)))
-            .map_err(|e| proto(e.to_string()))?;
-        let body = body.unwrap_or_default();
-        let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        request.extend_from_slice(&body);
-        // The daemon may refuse a request (a body over its limit) and close before it has
-        // read all of it: the write then fails, but its answer is there to be read.
-        let sent = stream.write_all(&request);
-        let mut answer = Vec::new();
-        let read = stream.read_to_end(&mut answer);
-        match (sent, read) {
-            (Err(e), _) if answer.is_empty() => Err(timed_out(e)),
-            (_, Err(e)) if answer.is_empty() => Err(timed_out(e)),
-            _ => parse_response(&answer).map_err(proto),
+                detail: "cannot start a thread for the request".into(),
+            });
         }
+        rx.recv_timeout(self.timeout)
+            .unwrap_or(Err(ClientError::Timeout {
+                path: self.socket.clone(),
+                after: self.timeout,
+            }))
     }
 
     /// Send a request and decode a successful JSON answer; an error status becomes
@@ -162,6 +149,65 @@ fn api_message(status: StatusCode, body: &[u8]) -> String {
             shown.push('…');
         }
         format!("steward answered {status}: {shown}")
+    }
+}
+
+/// One request and its answer, blocking, on a connection of its own.
+fn exchange(
+    socket: &Path,
+    timeout: std::time::Duration,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<RawResponse, ClientError> {
+    // One request per connection, blocking: a CLI process makes one call at a time,
+    // and this is measurably cheaper to start than an async HTTP stack.
+    let mut stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
+        io::ErrorKind::PermissionDenied => ClientError::PermissionDenied {
+            path: socket.to_path_buf(),
+        },
+        _ => ClientError::Unavailable {
+            path: socket.to_path_buf(),
+            source: e,
+        },
+    })?;
+    let proto = |detail: String| ClientError::Protocol {
+        path: socket.to_path_buf(),
+        detail,
+    };
+    let timed_out = |e: io::Error| {
+        if matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            ClientError::Timeout {
+                path: socket.to_path_buf(),
+                after: timeout,
+            }
+        } else {
+            proto(e.to_string())
+        }
+    };
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| proto(e.to_string()))?;
+    let body = body.unwrap_or_default();
+    let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+    request.extend_from_slice(&body);
+    // The daemon may refuse a request (a body over its limit) and close before it has
+    // read all of it: the write then fails, but its answer is there to be read.
+    let sent = stream.write_all(&request);
+    let mut answer = Vec::new();
+    let read = stream.read_to_end(&mut answer);
+    match (sent, read) {
+        (Err(e), _) if answer.is_empty() => Err(timed_out(e)),
+        (_, Err(e)) if answer.is_empty() => Err(timed_out(e)),
+        _ => parse_response(&answer).map_err(proto),
     }
 }
 

@@ -73,6 +73,9 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, String> {
     Ok(listener)
 }
 
+/// Control connections at once, at most (and no more than a quarter of the descriptors).
+const MAX_CONNECTIONS: usize = 128;
+
 /// Serve the API until the task is dropped.
 pub(crate) async fn serve(listener: UnixListener, state: State) -> io::Result<()> {
     let app = Router::new()
@@ -93,7 +96,9 @@ pub(crate) async fn serve(listener: UnixListener, state: State) -> io::Result<()
         // Submits read their bodies themselves, with limits that follow the queues.
         .layer(DefaultBodyLimit::disable())
         .with_state(state);
-    axum::serve(listener, app).await
+    let max = crate::server::max_connections(MAX_CONNECTIONS, 4);
+    crate::server::serve(listener, app, max, std::future::pending()).await;
+    Ok(())
 }
 
 async fn ask(tx: &RequestTx, req: Request) -> Result<Reply, Response> {

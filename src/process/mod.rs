@@ -183,6 +183,40 @@ impl EarlyExits {
     }
 }
 
+/// The soft limit on open descriptors the daemon started with: what its children get
+/// back (0: leave theirs as the daemon's).
+static CHILD_NOFILE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Raise the daemon's soft limit on open descriptors to the hard one, as systemd's own
+/// services do (a unit's default soft limit is 1,024, the hard one 524,288), while its
+/// children get the limit it started with: programs that use `select(2)` break on
+/// descriptors above 1,024. Returns (the limit now, the one children get).
+pub fn raise_descriptor_limit() -> (u64, u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return (0, 0);
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        CHILD_NOFILE.store(soft, std::sync::atomic::Ordering::Relaxed);
+        return (hard, soft);
+    }
+    (soft, soft)
+}
+
+/// Whether an error of a spawn is the system running short (descriptors, processes,
+/// memory) rather than anything about the program or its job.
+pub fn is_resource_shortage(e: &io::Error) -> bool {
+    let errno = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<spawn::SpawnError>())
+        .map(|s| s.errno)
+        .or_else(|| e.raw_os_error());
+    matches!(
+        errno,
+        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM)
+    )
+}
+
 /// Make this process the reaper of its workers' orphans.
 pub fn become_subreaper() -> io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)

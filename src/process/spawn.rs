@@ -32,6 +32,27 @@ impl Stack {
     }
 }
 
+/// A step of the child that failed, with its errno (kept, so that a shortage of
+/// descriptors or memory can be told from a wrong program).
+#[derive(Debug)]
+pub struct SpawnError {
+    step: i32,
+    pub errno: i32,
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {}",
+            Step::from_i32(self.step),
+            io::Error::from_raw_os_error(self.errno)
+        )
+    }
+}
+
+impl std::error::Error for SpawnError {}
+
 /// What failed in the child before `execve` replaced it; reported to the parent through
 /// memory they share until then.
 #[derive(Clone, Copy)]
@@ -43,6 +64,7 @@ enum Step {
     Redirect,
     KeepDescriptor,
     Directory,
+    Limit,
     Exec,
 }
 
@@ -55,6 +77,7 @@ impl Step {
             4 => "cannot connect its standard input/output",
             5 => "cannot pass it the worker socket",
             6 => "cannot change to its working directory",
+            7 => "cannot set its limit on open files",
             _ => "cannot execute the program",
         }
     }
@@ -97,6 +120,15 @@ pub(super) fn spawn(cmd: Command, stack: &mut Stack) -> io::Result<Child> {
         ));
     }
     let parent = std::process::id() as libc::pid_t;
+    // The soft limit on open files the child gets back (see raise_descriptor_limit).
+    let nofile = super::CHILD_NOFILE.load(Ordering::Relaxed);
+    let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(_, h)| h)
+        .unwrap_or(nofile);
+    let limit = libc::rlimit {
+        rlim_cur: nofile,
+        rlim_max: hard,
+    };
     let failed_step = AtomicI32::new(0);
     let failed_errno = AtomicI32::new(0);
 
@@ -142,6 +174,9 @@ pub(super) fn spawn(cmd: Command, stack: &mut Stack) -> io::Result<Child> {
             if libc::chdir(cwd.as_ptr()) != 0 {
                 return fail(Step::Directory);
             }
+            if nofile > 0 && libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return fail(Step::Limit);
+            }
             libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
             fail(Step::Exec)
         }
@@ -170,11 +205,9 @@ pub(super) fn spawn(cmd: Command, stack: &mut Stack) -> io::Result<Child> {
     if step != 0 {
         // The child has exited; collect it unless the supervisor's reaper already did.
         let _ = nix::sys::wait::waitpid(pid, None);
-        let os = io::Error::from_raw_os_error(failed_errno.load(Ordering::Relaxed));
-        return Err(io::Error::new(
-            os.kind(),
-            format!("{}: {os}", Step::from_i32(step)),
-        ));
+        let errno = failed_errno.load(Ordering::Relaxed);
+        let kind = io::Error::from_raw_os_error(errno).kind();
+        return Err(io::Error::new(kind, SpawnError { step, errno }));
     }
     drop((stdin_child, stdout_w, stderr_w));
     Ok(Child {

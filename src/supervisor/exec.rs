@@ -62,6 +62,8 @@ pub(super) struct ExecLanes {
     pub runs: std::collections::BTreeMap<u32, ExecRun>,
     /// Jobs asked of the journal and not answered yet.
     pub claiming: usize,
+    /// A job process could not be started for want of resources: no claims until then.
+    pub resources_wait: Option<Instant>,
 }
 
 impl Supervisor {
@@ -75,7 +77,10 @@ impl Supervisor {
             let Some(pool) = self.pools.get(&name) else {
                 continue;
             };
-            if !pool.spec.is_exec() || pool.removing {
+            if !pool.spec.is_exec()
+                || pool.removing
+                || pool.exec.resources_wait.is_some_and(|t| Instant::now() < t)
+            {
                 continue;
             }
             let busy = pool.exec.runs.len() + pool.exec.claiming;
@@ -224,6 +229,11 @@ impl Supervisor {
             .get(&name)
             .map(|p| p.spec.stop_signal)
             .unwrap_or(Signal::SIGTERM);
+        if result.is_ok()
+            && let Some(p) = self.pools.get_mut(&name)
+        {
+            p.exec.resources_wait = None;
+        }
         let run = self
             .pools
             .get_mut(&name)
@@ -237,11 +247,26 @@ impl Supervisor {
         };
         match result {
             Err(e) => {
-                tracing::error!(JOB_ID = job, POOL = %name, "cannot start the process for job {job}: {e}; check the pool's command and working_dir");
                 let (token, queue, attempt) = (run.token, run.queue.clone(), run.attempt);
+                let shortage = process::is_resource_shortage(&e);
                 if let Some(p) = self.pools.get_mut(&name) {
                     p.exec.runs.remove(&lane);
+                    if shortage {
+                        // steward's trouble, not the job's: it waits, its attempts intact.
+                        if p.exec.resources_wait.is_none() {
+                            tracing::warn!(JOB_ID = job, POOL = %name,
+                                "cannot start the process for job {job}: {e}; the job goes back to its queue without using an attempt, and pool {name} takes no jobs for {}s",
+                                super::RESOURCE_RETRY.as_secs());
+                        }
+                        p.exec.resources_wait = Some(now + super::RESOURCE_RETRY);
+                    }
                 }
+                if shortage {
+                    self.short_of_resources(&e, now);
+                    self.finish_job(job, token, &queue, attempt, Outcome::Released);
+                    return;
+                }
+                tracing::error!(JOB_ID = job, POOL = %name, "cannot start the process for job {job}: {e}; check the pool's command and working_dir");
                 let outcome = Outcome::Failed {
                     error: format!("could not start the job process: {e}"),
                     retry: true,
@@ -471,6 +496,9 @@ impl Supervisor {
         let mut next: Option<Instant> = None;
         let mut at = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         for pool in self.pools.values() {
+            if let Some(t) = pool.exec.resources_wait {
+                at(t);
+            }
             if let Some(sd) = &self.shutdown
                 && !pool.exec.runs.is_empty()
             {

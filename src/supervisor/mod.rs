@@ -49,6 +49,10 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const EVENTS_PER_TURN: usize = 256;
 /// Most control requests handled in one turn.
 const REQUESTS_PER_TURN: usize = 16;
+/// How soon a spawn that failed for want of resources is tried again.
+const RESOURCE_RETRY: Duration = Duration::from_secs(1);
+/// How long after the last such failure `/health` still reports it.
+const SHORTAGE_SHOWN: Duration = Duration::from_secs(10);
 /// How often statuses are published and the periodic reports made.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 
@@ -302,6 +306,8 @@ pub struct Supervisor {
     early_exits: process::EarlyExits,
     /// Spawns asked of the spawner and not answered yet.
     spawns_in_flight: usize,
+    /// The last spawn that failed for want of resources, and when.
+    shortage: Option<(String, Instant)>,
     next_id: SlotId,
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
@@ -372,6 +378,7 @@ impl Supervisor {
             exec_pids: HashMap::new(),
             early_exits: process::EarlyExits::default(),
             spawns_in_flight: 0,
+            shortage: None,
             next_id: 1,
             events_tx,
             events_rx,
@@ -758,17 +765,52 @@ impl Supervisor {
                     self.request_stop(id, retire, now);
                 }
             }
-            Err(e) => {
-                slot.pending_conn = None;
-                tracing::error!(POOL = %slot.pool, INSTANCE = slot.index,
-                    "cannot start worker {}: {e} (command: {}); check the pool's command and working_dir",
-                    slot.name(), slot.spec.command.join(" "));
-                slot.run_started = Some(now);
-                slot.run_started_wall = Some(SystemTime::now());
-                let description = format!("could not start: {e}");
-                self.after_run(id, Exit::Code(127), description, now);
-            }
+            Err(e) => self.spawn_failed(id, e, now),
         }
+    }
+
+    /// A worker could not be started. For want of descriptors, processes or memory that
+    /// is steward's trouble, not the worker's: it tries again shortly, its backoff level
+    /// untouched, and `/health` says why. Anything else is an unstable exit.
+    fn spawn_failed(&mut self, id: SlotId, e: io::Error, now: Instant) {
+        self.initial_pending.remove(&id);
+        let shortage = process::is_resource_shortage(&e);
+        if shortage {
+            self.short_of_resources(&e, now);
+        }
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        slot.pending_conn = None;
+        if shortage {
+            let reason = format!("waiting for resources: {e}");
+            if slot.reason.as_deref() != Some(reason.as_str()) {
+                tracing::warn!(POOL = %slot.pool, INSTANCE = slot.index,
+                    "cannot start worker {}: {e}; trying again every {}s (the backoff level is not raised: this is not the worker's fault)",
+                    slot.name(), RESOURCE_RETRY.as_secs());
+            }
+            slot.phase = Phase::BackingOff;
+            slot.backoff_until = Some(now + RESOURCE_RETRY);
+            slot.reason = Some(reason);
+            return;
+        }
+        tracing::error!(POOL = %slot.pool, INSTANCE = slot.index,
+            "cannot start worker {}: {e} (command: {}); check the pool's command and working_dir",
+            slot.name(), slot.spec.command.join(" "));
+        slot.run_started = Some(now);
+        slot.run_started_wall = Some(SystemTime::now());
+        let description = format!("could not start: {e}");
+        self.after_run(id, Exit::Code(127), description, now);
+    }
+
+    /// Remember that a spawn failed for want of resources, for `/health`.
+    pub(super) fn short_of_resources(&mut self, e: &io::Error, now: Instant) {
+        self.shortage = Some((
+            format!(
+                "cannot start processes: {e}; workers and jobs wait for it to pass (see LimitNOFILE= and TasksMax= of the unit)"
+            ),
+            now,
+        ));
     }
 
     fn on_exit(&mut self, id: SlotId, exit: Exit, now: Instant) {
@@ -1018,7 +1060,8 @@ impl Supervisor {
                     inherit_fd = Some(OwnedFd::from(theirs));
                     slot.pending_conn = Some(ours);
                 }
-                Err(e) => tracing::error!("cannot create a socket for worker {}: {e}", slot.name()),
+                // Without its socket the worker cannot take jobs: not started.
+                Err(e) => return self.spawn_failed(id, e, Instant::now()),
             }
         }
         let cmd = process::Command {
@@ -1683,8 +1726,16 @@ impl Supervisor {
                 h
             })
             .collect();
+        let trouble = self
+            .shortage
+            .as_ref()
+            .filter(|(_, at)| at.elapsed() < SHORTAGE_SHOWN)
+            .map(|(why, _)| why.clone())
+            .into_iter()
+            .collect();
         if let Ok(mut snap) = self.observed.snapshot.lock() {
             snap.pools = pools;
+            snap.trouble = trouble;
         }
     }
 

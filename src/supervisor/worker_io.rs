@@ -62,6 +62,9 @@ pub struct Conn {
     settled: Arc<AtomicU64>,
     /// A duplicate of the socket, only to ask whether unread bytes are waiting in it.
     probe: Option<OwnedFd>,
+    /// The worker's budget: while a line handed to the loop is not handled, its share
+    /// is taken.
+    budget: Arc<Semaphore>,
 }
 
 impl Conn {
@@ -93,11 +96,15 @@ impl Conn {
         self.probe.as_ref().is_some_and(crate::process::readable)
     }
 
-    /// Whether the worker sent something that has not reached the loop yet: bytes in
-    /// the socket (asked first), or a read the reader is still dealing with.
+    /// Whether the worker sent something the loop has not handled yet. Asked in the
+    /// order the reader works, so that nothing slips between two looks: bytes still in
+    /// the socket (the reader stamps before it reads), then a read the reader has not
+    /// dealt with yet (it settles a read after handing over its lines), then lines handed
+    /// over and not handled (each holds its share of the budget until then).
     pub fn input_pending(&self) -> bool {
         self.unread_in_socket()
             || self.last_read.load(Ordering::SeqCst) > self.settled.load(Ordering::SeqCst)
+            || self.budget.available_permits() < IN_FLIGHT
     }
 }
 
@@ -147,11 +154,12 @@ pub fn start(
             written.fetch_sub(out.len(), Ordering::Relaxed);
         }
     });
+    let budget = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut reader = Reader {
         slot,
         pid,
         events,
-        budget: Arc::new(Semaphore::new(IN_FLIGHT)),
+        budget: budget.clone(),
         invalid: RateLimit::new(INVALID_PER_SECOND, Instant::now()),
         next_report: Instant::now() + REPORT_EVERY,
     };
@@ -223,6 +231,7 @@ pub fn start(
         last_read,
         settled,
         probe,
+        budget,
     }
 }
 
