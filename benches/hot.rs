@@ -32,8 +32,14 @@ fn codec(c: &mut Criterion) {
 fn claim_finish(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     // synchronous = normal: measure the writer's work, not the disk's fsync.
-    let (journal, owner, _) =
-        Journal::open(dir.path(), Synchronous::Normal, "bench", Arc::default()).expect("journal");
+    let (journal, owner, _) = Journal::open(
+        dir.path(),
+        Synchronous::Normal,
+        "bench",
+        Arc::default(),
+        false,
+    )
+    .expect("journal");
     let jobs: Vec<NewJob> = (0..50_000)
         .map(|_| NewJob {
             queue: "q".into(),

@@ -10,7 +10,7 @@ use crate::config::{self, Environment};
 use crate::control;
 use crate::error::Failure;
 use crate::http::Observed;
-use crate::journal::Journal;
+use crate::journal::{Journal, OpenError};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::process;
@@ -18,7 +18,7 @@ use crate::supervisor::Supervisor;
 
 /// Run the daemon until it is stopped. Returns only once every worker is gone and every
 /// job state change is committed.
-pub fn run(config_path: &Path) -> Result<(), Failure> {
+pub fn run(config_path: &Path, accept_damaged: bool) -> Result<(), Failure> {
     let env = Environment::from_process();
     let config = config::load(config_path, &env).map_err(Failure::Config)?;
     let (limit, children) = process::raise_descriptor_limit();
@@ -35,8 +35,12 @@ pub fn run(config_path: &Path) -> Result<(), Failure> {
         config.journal.synchronous,
         &run_id,
         metrics.clone(),
+        accept_damaged,
     )
-    .map_err(Failure::Failed)?;
+    .map_err(|e| match e {
+        OpenError::Damaged(e) => Failure::DamagedJournal(e),
+        OpenError::Failed(e) => Failure::Failed(e),
+    })?;
     metrics.jobs_reclaimed("daemon_restart", reclaimed.len() as u64);
     for r in &reclaimed {
         tracing::warn!(JOB_ID = r.id, QUEUE = %r.queue, ATTEMPT = r.attempt,

@@ -4,6 +4,9 @@ use crate::config::{ConfigErrors, EX_CONFIG};
 
 /// sysexits.h `EX_UNAVAILABLE`: the daemon is not there to answer.
 pub const EX_UNAVAILABLE: u8 = 69;
+/// sysexits.h `EX_DATAERR`: the job journal is damaged; the daemon will not start on it
+/// without being told to (the unit does not restart on it).
+pub const EX_DATAERR: u8 = 65;
 /// sysexits.h `EX_NOPERM`: the daemon is there, but this user may not talk to it.
 pub const EX_NOPERM: u8 = 77;
 
@@ -21,6 +24,9 @@ pub enum Failure {
     /// The user may not use the control socket (exit 77).
     #[error("{0}")]
     NoPermission(String),
+    /// The job journal is damaged (exit 65).
+    #[error("{0}")]
+    DamagedJournal(String),
     /// Anything else (exit 1).
     #[error("{0}")]
     Failed(String),
@@ -35,6 +41,7 @@ impl Failure {
             Failure::Config(_) | Failure::InvalidConfig(_) => EX_CONFIG,
             Failure::Unavailable(_) => EX_UNAVAILABLE,
             Failure::NoPermission(_) => EX_NOPERM,
+            Failure::DamagedJournal(_) => EX_DATAERR,
             Failure::Failed(_) => 1,
             Failure::OutputClosed => 0,
         }

@@ -140,7 +140,7 @@ pub fn judge(
     }
     if probe != Probe::Live {
         if let Some(e) = &journal_error {
-            reasons.push(format!("the journal does not accept writes: {e}"));
+            reasons.push(e.clone());
         }
         for p in &pools {
             if probe == Probe::Health {
@@ -183,7 +183,7 @@ async fn probe(st: &AppState, p: Probe) -> Response {
     let report = judge(
         p,
         st.observed.loop_age(),
-        st.journal.stats().error,
+        st.journal.stats().problem(),
         pools,
         st.observed.trouble(),
     );
@@ -333,8 +333,14 @@ mod tests {
             judge(Probe::Ready, ok, None, vec![pool(1, 1, 0)], vec![]).status,
             "ok"
         );
-        let r = judge(Probe::Health, ok, Some("disk full".into()), vec![], vec![]);
-        assert!(r.reasons[0].contains("journal does not accept writes: disk full"));
+        let r = judge(
+            Probe::Health,
+            ok,
+            Some("the disk is full".into()),
+            vec![],
+            vec![],
+        );
+        assert_eq!(r.reasons, vec!["the disk is full"]);
         let r = judge(Probe::Live, Duration::from_secs(9), None, vec![], vec![]);
         assert!(r.reasons[0].contains("has not turned for 9.0s"));
     }

@@ -5,6 +5,7 @@ mod helper;
 mod api;
 mod bench;
 mod config;
+mod damage;
 mod exec;
 mod hostile;
 mod jobs;

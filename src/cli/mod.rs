@@ -65,6 +65,11 @@ pub enum Command {
         /// Log output: journald when stderr is connected to the journal, else text.
         #[arg(long, value_enum, default_value = "auto", value_name = "FORMAT")]
         log_format: LogFormat,
+        /// Start even if the job journal is damaged: its files are moved to a
+        /// damaged-TIME directory in the state directory, and the jobs that can still be
+        /// read from them make up the new journal.
+        #[arg(long)]
+        accept_damaged_journal: bool,
     },
     /// Validate the configuration file without starting anything (exit 0 or 78).
     CheckConfig,
@@ -168,6 +173,12 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Put a backup in place of the job journal, with steward stopped. The journal's
+    /// files are moved to a replaced-TIME directory in the state directory, not deleted.
+    Restore {
+        /// The copy to restore, as written by `steward backup`.
+        backup: PathBuf,
+    },
     /// Measure steward on this machine with a private daemon (nothing of the host's
     /// steward is touched); prints medians over several runs.
     Bench {
@@ -199,7 +210,7 @@ impl Cli {
     /// The daemon's log output, when the command is `daemon`.
     pub fn daemon_log_format(&self) -> Option<LogFormat> {
         match self.command {
-            Command::Daemon { log_format } => Some(log_format),
+            Command::Daemon { log_format, .. } => Some(log_format),
             _ => None,
         }
     }
@@ -208,7 +219,11 @@ impl Cli {
 /// Run a command; `Ok` means exit code 0.
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
-        Command::Daemon { .. } => crate::daemon::run(&cli.config),
+        Command::Daemon {
+            accept_damaged_journal,
+            ..
+        } => crate::daemon::run(&cli.config, *accept_damaged_journal),
+        Command::Restore { backup } => restore(&cli.config, backup),
         Command::CheckConfig => check_config(&cli.config),
         Command::Backup { dest, force } => backup(&cli.config, dest, *force),
         Command::Bench { quick, json, only } => crate::bench::run(*quick, *json, only),
@@ -261,13 +276,27 @@ fn check_config(path: &Path) -> Result<(), Failure> {
     ))
 }
 
-fn backup(config: &Path, dest: &Path, force: bool) -> Result<(), Failure> {
+/// The state directory the configuration names (or the default).
+fn state_dir(config: &Path) -> PathBuf {
     let env = Environment::from_process();
-    let state_dir = config::daemon_settings(config, &env)
+    config::daemon_settings(config, &env)
         .or_else(|| config::daemon_settings(Path::new("/dev/null"), &env))
         .map(|d| d.state_dir)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/steward"));
-    let r = crate::journal::backup(&state_dir, dest, force).map_err(Failure::Failed)?;
+        .unwrap_or_else(|| PathBuf::from("/var/lib/steward"))
+}
+
+fn restore(config: &Path, backup: &Path) -> Result<(), Failure> {
+    let r = crate::journal::restore(&state_dir(config), backup).map_err(Failure::Failed)?;
+    out::line(&format!(
+        "{} restored: {} jobs; the journal it replaced is in {}",
+        backup.display(),
+        r.jobs,
+        r.aside.display()
+    ))
+}
+
+fn backup(config: &Path, dest: &Path, force: bool) -> Result<(), Failure> {
+    let r = crate::journal::backup(&state_dir(config), dest, force).map_err(Failure::Failed)?;
     out::line(&format!(
         "{}: {} jobs, {:.1} MiB, integrity checked",
         dest.display(),
@@ -364,6 +393,7 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
         Command::Daemon { .. }
         | Command::CheckConfig
         | Command::Backup { .. }
+        | Command::Restore { .. }
         | Command::Bench { .. }
         | Command::BenchWorker
         | Command::Completions { .. } => Ok(()),

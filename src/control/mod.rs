@@ -307,7 +307,11 @@ async fn read_body(body: Body, limit: usize, what: &str) -> Result<Bytes, Respon
 fn journal_error(e: JournalError) -> Response {
     let code = match e {
         JournalError::Full { .. } => StatusCode::INSUFFICIENT_STORAGE,
-        JournalError::Io { .. } | JournalError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        JournalError::Io { .. }
+        | JournalError::Read { .. }
+        | JournalError::Damaged { .. }
+        | JournalError::Refused(_)
+        | JournalError::Closed => StatusCode::SERVICE_UNAVAILABLE,
         JournalError::NotFound(_) => StatusCode::NOT_FOUND,
         JournalError::Invalid(_) => StatusCode::CONFLICT,
     };

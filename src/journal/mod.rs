@@ -12,7 +12,9 @@
 //! applied only if its token is still the current one and the job is still running, so a
 //! stale attempt can never overwrite a newer one.
 
+mod damage;
 mod reader;
+mod salvage;
 mod schema;
 mod syncer;
 mod writer;
@@ -47,6 +49,17 @@ pub enum JournalError {
         "cannot write the job journal {path}: {detail} (jobs already accepted are safe; see journalctl -u steward)"
     )]
     Io { path: PathBuf, detail: String },
+    #[error(
+        "cannot read the job journal {path}: {detail} (jobs already accepted are safe; see journalctl -u steward)"
+    )]
+    Read { path: PathBuf, detail: String },
+    #[error(
+        "the job journal {path} is damaged ({detail}); steward goes on supervising but accepts no new jobs: stop it, then restore the last backup with `steward restore FILE`, or start it with `steward daemon --accept-damaged-journal` to keep what can be read"
+    )]
+    Damaged { path: PathBuf, detail: String },
+    /// Submits while the journal is damaged (the text says why).
+    #[error("{0}")]
+    Refused(String),
     #[error("no job with id {0}")]
     NotFound(i64),
     #[error("{0}")]
@@ -152,9 +165,37 @@ pub struct Stats {
     pub queues: HashMap<String, QueueStatus>,
     /// The last write error, cleared by the next successful commit.
     pub error: Option<String>,
+    /// Damage found in the journal while running; it stays until a restart.
+    pub damaged: Option<String>,
 }
 
 impl Stats {
+    /// What is wrong with the journal, the worst first.
+    pub fn problem(&self) -> Option<String> {
+        self.damaged.clone().or_else(|| self.error.clone())
+    }
+
+    /// Jobs in the journal, in every state.
+    pub fn jobs(&self) -> u64 {
+        self.queues
+            .values()
+            .map(|q| q.queued + q.running + q.succeeded + q.failed + q.cancelled)
+            .sum()
+    }
+
+    /// Record damage (the first report stays, and is logged once).
+    pub(crate) fn damage(stats: &Mutex<Stats>, err: &JournalError) {
+        if !matches!(err, JournalError::Damaged { .. }) {
+            return;
+        }
+        if let Ok(mut s) = stats.lock()
+            && s.damaged.is_none()
+        {
+            s.damaged = Some(err.to_string());
+            tracing::error!("{err}");
+        }
+    }
+
     fn moved(&mut self, queue: &str, from: Option<JobState>, to: Option<JobState>) {
         let q = self
             .queues
@@ -256,10 +297,11 @@ pub struct JournalOwner {
 const JOURNAL_MODE: u32 = 0o600;
 
 /// Make the state directory (0700 when steward creates it) and take the journal for this
-/// daemon alone: an exclusive lock on `journal.db` itself, which no removed or replaced
-/// lock file can undo, and on `journal.lock`, which older versions lock. Both are `flock`
-/// locks; SQLite's own are `fcntl` locks, which they do not touch.
-fn lock(state_dir: &Path) -> Result<[Flock<File>; 2], String> {
+/// daemon alone: an exclusive lock on `journal.lock`, which older versions lock, and on
+/// `journal.db` itself, which no removed or replaced lock file can undo. Both are `flock`
+/// locks; SQLite's own are `fcntl` locks, which they do not touch. Also returns the size
+/// of `journal.db` as it was found (`None`: there was none), before it is created.
+fn lock(state_dir: &Path) -> Result<([Flock<File>; 2], Option<u64>), String> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -270,36 +312,47 @@ fn lock(state_dir: &Path) -> Result<[Flock<File>; 2], String> {
                 state_dir.display()
             )
         })?;
-    let taken = || {
-        format!(
-            "another steward is using the journal in {} (only one daemon may run per state_dir)",
-            state_dir.display()
-        )
-    };
-    let open = |name: &str| {
-        let path = state_dir.join(name);
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .mode(JOURNAL_MODE)
-            .open(&path)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        restrict(&f, &path)?;
-        Ok::<File, String>(f)
-    };
-    let db =
-        Flock::lock(open("journal.db")?, FlockArg::LockExclusiveNonblock).map_err(|_| taken())?;
-    let file =
-        Flock::lock(open("journal.lock")?, FlockArg::LockExclusiveNonblock).map_err(|_| taken())?;
+    let file = Flock::lock(
+        open_private(&state_dir.join("journal.lock"))?,
+        FlockArg::LockExclusiveNonblock,
+    )
+    .map_err(|_| taken(state_dir))?;
+    let db_path = state_dir.join("journal.db");
+    let db_len = std::fs::metadata(&db_path).ok().map(|m| m.len());
+    let db = lock_db(&db_path)?;
     for side in ["journal.db-wal", "journal.db-shm"] {
         let p = state_dir.join(side);
         if let Ok(f) = File::open(&p) {
             restrict(&f, &p)?;
         }
     }
-    Ok([db, file])
+    Ok(([db, file], db_len))
+}
+
+fn taken(state_dir: &Path) -> String {
+    format!(
+        "another steward is using the journal in {} (only one daemon may run per state_dir)",
+        state_dir.display()
+    )
+}
+
+/// Open (creating it if need be) a file of the journal, no more readable than it should be.
+fn open_private(path: &Path) -> Result<File, String> {
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(JOURNAL_MODE)
+        .open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    restrict(&f, path)?;
+    Ok(f)
+}
+
+fn lock_db(path: &Path) -> Result<Flock<File>, String> {
+    Flock::lock(open_private(path)?, FlockArg::LockExclusiveNonblock)
+        .map_err(|_| taken(path.parent().unwrap_or(Path::new("."))))
 }
 
 /// No access for others than the owner and group (a journal made by an earlier version,
@@ -421,17 +474,162 @@ pub(super) fn due_longest(
     })
 }
 
+/// Why the journal could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// It is damaged, and the daemon was not told to start anyway.
+    Damaged(String),
+    Failed(String),
+}
+
+impl From<String> for OpenError {
+    fn from(s: String) -> Self {
+        OpenError::Failed(s)
+    }
+}
+
+/// How long the integrity check at start may take; a larger journal is checked the rest
+/// of the way in the background while the daemon runs.
+const START_CHECK: Duration = Duration::from_secs(10);
+
+/// How far the check at start got.
+enum Checked {
+    Whole,
+    Unfinished,
+}
+
+/// SQLite's `quick_check` (every page and row readable and well formed; no index
+/// comparison), stopped after `budget`.
+fn quick_check(conn: &Connection, budget: Option<Duration>) -> Result<Checked, String> {
+    let (done, wait) = mpsc::channel::<()>();
+    if let Some(budget) = budget {
+        let handle = conn.get_interrupt_handle();
+        std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(budget) {
+                handle.interrupt();
+            }
+        });
+    }
+    let rows: rusqlite::Result<Vec<String>> = conn
+        .prepare("PRAGMA quick_check(10)")
+        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect());
+    drop(done);
+    match rows {
+        Ok(rows) if rows == ["ok"] => Ok(Checked::Whole),
+        Ok(rows) => Err(format!("its integrity check found: {}", rows.join("; "))),
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) => {
+            Ok(Checked::Unfinished)
+        }
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) => {
+            Err("journal.db is not a journal (not an SQLite database)".into())
+        }
+        Err(e) => Err(format!("its integrity check failed: {e}")),
+    }
+}
+
+/// The checks SQLite can make at start: every page readable, and a journal that held
+/// jobs when it was closed still holding them.
+fn check_at_start(path: &Path, record: Option<&damage::Record>) -> Result<Checked, String> {
+    // With a log present, read-only: closing the connection must not checkpoint the log
+    // into a journal that may be refused. Without one, read-write, so that the log and
+    // index this connection makes are removed again when it closes.
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let flags = if Path::new(&wal).exists() {
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+    } else {
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+    };
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| format!("it cannot be opened: {e}"))?;
+    let checked = quick_check(&conn, Some(START_CHECK))?;
+    if let Some(r) = record.filter(|r| r.clean && r.jobs > 0) {
+        let jobs: i64 = conn
+            .query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
+            .unwrap_or(0);
+        if jobs == 0 {
+            return Err(format!(
+                "it holds no jobs, but it held {} when steward last closed it",
+                r.jobs
+            ));
+        }
+    }
+    Ok(checked)
+}
+
+/// Finish an integrity check cut short at start, on a connection of its own.
+fn check_in_background(path: PathBuf, stats: Arc<Mutex<Stats>>) {
+    let run = move || {
+        let started = std::time::Instant::now();
+        let result = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| e.to_string())
+            .and_then(|c| quick_check(&c, None));
+        match result {
+            Ok(_) => tracing::info!(
+                "the integrity check of the job journal finished in {:.0}s: no damage",
+                started.elapsed().as_secs_f64()
+            ),
+            Err(detail) => Stats::damage(
+                &stats,
+                &JournalError::Damaged {
+                    path: path.clone(),
+                    detail,
+                },
+            ),
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("steward-check".into())
+        .spawn(run)
+    {
+        tracing::warn!("cannot finish the integrity check of the job journal: {e}");
+    }
+}
+
 impl Journal {
-    /// Open (or create) `<state_dir>/journal.db`, migrate it, and reclaim every job left
-    /// `running` by an earlier run of the daemon.
+    /// Open (or create) `<state_dir>/journal.db`, check it for damage, migrate it, and
+    /// reclaim every job left `running` by an earlier run of the daemon. A damaged
+    /// journal is refused unless `accept_damaged`: then its files are moved aside and
+    /// what can be read of it becomes the journal.
     pub fn open(
         state_dir: &Path,
         sync: Synchronous,
         run_id: &str,
         metrics: Arc<crate::metrics::Metrics>,
-    ) -> Result<(Journal, JournalOwner, Vec<Reclaimed>), String> {
-        let locks = lock(state_dir)?;
+        accept_damaged: bool,
+    ) -> Result<(Journal, JournalOwner, Vec<Reclaimed>), OpenError> {
+        let (mut locks, db_len) = lock(state_dir)?;
         let path = state_dir.join("journal.db");
+        let record = damage::read_record(state_dir);
+        let mut found = damage::inspect(state_dir, record.as_ref(), db_len);
+        let mut unfinished = false;
+        if found.is_empty() && db_len.is_some_and(|l| l > 0) {
+            match check_at_start(&path, record.as_ref()) {
+                Ok(Checked::Whole) => {}
+                Ok(Checked::Unfinished) => unfinished = true,
+                Err(e) => found.push(e),
+            }
+        }
+        if !found.is_empty() {
+            let what = found.join("; ");
+            if !accept_damaged {
+                return Err(OpenError::Damaged(format!(
+                    "the job journal {} is damaged: {what}. Nothing was changed. Restore the last backup with `steward restore FILE` (made by `steward backup`), or start once with `steward daemon --accept-damaged-journal` to move the damaged files aside and keep the jobs that can still be read",
+                    path.display()
+                )));
+            }
+            let aside = salvage::set_aside(state_dir, "damaged")?;
+            let got = salvage::salvage(&aside, &path)?;
+            // The lock on journal.db went with the file that was moved.
+            locks[0] = lock_db(&path)?;
+            tracing::warn!(
+                "the job journal {} was damaged: {what}. Its files were moved to {}; {}",
+                path.display(),
+                aside.display(),
+                got.describe()
+            );
+            unfinished = false;
+        }
         let mut conn = Connection::open(&path)
             .map_err(|e| format!("cannot open the job journal {}: {e}", path.display()))?;
         configure(&conn, sync)
@@ -441,8 +639,23 @@ impl Journal {
             .map_err(|e| format!("cannot reclaim interrupted jobs in {}: {e}", path.display()))?;
         let stats = writer::initial_stats(&conn)
             .map_err(|e| format!("cannot count jobs in {}: {e}", path.display()))?;
+        damage::write_record(
+            state_dir,
+            &damage::Record {
+                clean: false,
+                boot: damage::boot_id(),
+                jobs: stats.jobs(),
+            },
+        )?;
         let stats = Arc::new(Mutex::new(stats));
-        let reader = reader::Reader::start(&path)?;
+        if unfinished {
+            tracing::info!(
+                "the integrity check of the job journal did not finish within {}s; it goes on in the background",
+                START_CHECK.as_secs()
+            );
+            check_in_background(path.clone(), stats.clone());
+        }
+        let reader = reader::Reader::start(&path, stats.clone())?;
         let (tx, rx) = mpsc::channel();
         let w = writer::Writer::new(
             conn,
@@ -498,6 +711,11 @@ impl Journal {
         jobs: Vec<NewJob>,
         reply: impl FnOnce(Result<Vec<Submitted>, JournalError>) + Send + 'static,
     ) {
+        // A damaged journal may lose what it is given: nothing new is accepted.
+        if let Some(detail) = self.stats.lock().ok().and_then(|s| s.damaged.clone()) {
+            reply(Err(JournalError::Refused(detail)));
+            return;
+        }
         self.send(Op::Submit {
             jobs,
             reply: Box::new(reply),
@@ -685,6 +903,101 @@ pub fn backup(state_dir: &Path, dest: &Path, force: bool) -> Result<BackupReport
     Ok(BackupReport { bytes, jobs })
 }
 
+/// What a restore did.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub jobs: i64,
+    /// Where the files it replaced are.
+    pub aside: PathBuf,
+}
+
+/// Put `backup` in place of the journal in `state_dir`, with the daemon stopped. The
+/// copy is checked first; the journal's files are moved aside, not deleted; files made
+/// as root belong to the owner of the state directory, as the daemon's own do.
+pub fn restore(state_dir: &Path, backup: &Path) -> Result<Restored, String> {
+    let copy = Connection::open_with_flags(backup, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| format!("cannot open {}: {e}", backup.display()))?;
+    let bad = |why: String| format!("{} cannot be restored: {why}", backup.display());
+    quick_check(&copy, None).map_err(bad)?;
+    let version: i64 = copy
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| bad(e.to_string()))?;
+    if version == 0 || version > schema::VERSION {
+        return Err(bad(if version == 0 {
+            "it is not a steward journal".into()
+        } else {
+            format!(
+                "it was written by a newer steward (schema {version}, this one knows {})",
+                schema::VERSION
+            )
+        }));
+    }
+    let jobs: i64 = copy
+        .query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
+        .map_err(|e| bad(e.to_string()))?;
+    drop(copy);
+    if !state_dir.is_dir() {
+        return Err(format!(
+            "there is no state directory {} (is [daemon] state_dir right?)",
+            state_dir.display()
+        ));
+    }
+    let (_locks, _) = lock(state_dir).map_err(|e| {
+        format!("cannot restore while steward runs: {e}; stop it first (systemctl stop steward)")
+    })?;
+    let aside = salvage::set_aside(state_dir, "replaced")?;
+    let dest = state_dir.join("journal.db");
+    let tmp = state_dir.join("journal.db.restoring");
+    let put = || -> std::io::Result<()> {
+        let mut from = File::open(backup)?;
+        let mut to = File::options()
+            .write(true)
+            .create_new(true)
+            .mode(JOURNAL_MODE)
+            .open(&tmp)?;
+        std::io::copy(&mut from, &mut to)?;
+        to.sync_all()?;
+        std::fs::rename(&tmp, &dest)?;
+        File::open(state_dir)?.sync_all()
+    };
+    put().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!(
+            "cannot copy {} to {}: {e} (the journal it was to replace is in {})",
+            backup.display(),
+            dest.display(),
+            aside.display()
+        )
+    })?;
+    damage::write_record(
+        state_dir,
+        &damage::Record {
+            clean: true,
+            boot: damage::boot_id(),
+            jobs: jobs.max(0) as u64,
+        },
+    )?;
+    if nix::unistd::geteuid().is_root() {
+        let owner = std::fs::metadata(state_dir)
+            .map_err(|e| format!("cannot read {}: {e}", state_dir.display()))?;
+        use std::os::unix::fs::MetadataExt;
+        for p in [
+            dest.clone(),
+            state_dir.join(damage::STATE_FILE),
+            aside.clone(),
+        ] {
+            std::os::unix::fs::chown(&p, Some(owner.uid()), Some(owner.gid())).map_err(|e| {
+                format!(
+                    "cannot give {} to the owner of {}: {e}",
+                    p.display(),
+                    state_dir.display()
+                )
+            })?;
+        }
+    }
+    Ok(Restored { jobs, aside })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -711,7 +1024,7 @@ mod tests {
     fn a_submit_is_refused_when_its_commit_cannot_be_flushed() {
         let dir = tempfile::tempdir().unwrap();
         let (j, owner, _) =
-            Journal::open(dir.path(), Synchronous::Full, "run", Arc::default()).unwrap();
+            Journal::open(dir.path(), Synchronous::Full, "run", Arc::default(), false).unwrap();
         assert!(submit_one(&j).is_ok());
         // The flusher finds the log gone: the change is committed but cannot be made
         // durable, so the caller must not be told it was kept.

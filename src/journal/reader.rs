@@ -2,13 +2,12 @@
 //! beside the writer without waiting for it).
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params_from_iter};
 use tokio::sync::oneshot;
 
-use super::writer::map_err as map_reader_err;
-use super::{JournalError, ms_to_rfc3339};
+use super::{JournalError, Stats, ms_to_rfc3339};
 use crate::control::api::{AttemptView, JobView};
 use crate::jobs::JobState;
 
@@ -90,8 +89,19 @@ fn job_from_row(r: &Row) -> rusqlite::Result<JobView> {
     })
 }
 
+/// A failed read: damage is recorded (it turns `/health` unhealthy and stops submits);
+/// anything else is a read error, said as such.
+fn read_err(e: rusqlite::Error, path: &Path, stats: &Mutex<Stats>) -> JournalError {
+    let err = match super::writer::map_err(e, path) {
+        JournalError::Io { path, detail } => JournalError::Read { path, detail },
+        other => other,
+    };
+    Stats::damage(stats, &err);
+    err
+}
+
 impl Reader {
-    pub fn start(path: &Path) -> Result<Reader, String> {
+    pub fn start(path: &Path, stats: Arc<Mutex<Stats>>) -> Result<Reader, String> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -104,6 +114,7 @@ impl Reader {
         })?;
         let _ = conn.execute_batch("PRAGMA busy_timeout = 5000;");
         let path = path.to_path_buf();
+        let map_reader_err = move |e, path: &Path| read_err(e, path, &stats);
         let (tx, rx) = mpsc::channel::<Req>();
         std::thread::Builder::new()
             .name("steward-reader".into())

@@ -37,6 +37,10 @@ pub(super) fn map_err(e: rusqlite::Error, path: &Path) -> JournalError {
         Some(ErrorCode::DiskFull) => JournalError::Full {
             path: path.to_path_buf(),
         },
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => JournalError::Damaged {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        },
         _ => JournalError::Io {
             path: path.to_path_buf(),
             detail: e.to_string(),
@@ -205,6 +209,21 @@ impl Writer {
             let _ = f.join();
         }
         let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);");
+        // Nothing more is written: the log may now go (SQLite removes it when the last
+        // connection closes) without that being a sign of damage at the next start.
+        let jobs = self
+            .conn
+            .query_row("SELECT count(*) FROM jobs", [], |r| r.get::<_, i64>(0));
+        if let (Ok(jobs), Some(dir)) = (jobs, self.path.parent()) {
+            let record = super::damage::Record {
+                clean: true,
+                boot: super::damage::boot_id(),
+                jobs: jobs.max(0) as u64,
+            };
+            if let Err(e) = super::damage::write_record(dir, &record) {
+                tracing::warn!("{e}");
+            }
+        }
     }
 
     fn apply_batch(&mut self, batch: Vec<Op>) {
@@ -302,6 +321,7 @@ impl Writer {
 
     /// A transaction failed: refuse new submissions, keep completions for a retry.
     fn failed(&mut self, batch: Vec<Op>, err: JournalError) {
+        Stats::damage(&self.stats, &err);
         let first_failure = self
             .stats
             .lock()

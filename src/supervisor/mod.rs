@@ -1569,7 +1569,9 @@ impl Supervisor {
                 "; {queued} queued, {running} running; {} failed/h",
                 self.failures.len()
             ));
-            if stats.error.is_some() {
+            if stats.damaged.is_some() {
+                line.push_str("; JOURNAL DAMAGED, NOT ACCEPTING JOBS");
+            } else if stats.error.is_some() {
                 line.push_str("; JOURNAL WRITE FAILING");
             }
         }
@@ -1686,7 +1688,7 @@ impl Supervisor {
             journal: Some(JournalStatus {
                 path: self.journal.path().display().to_string(),
                 size_bytes: self.journal.size_bytes(),
-                error: self.journal.stats().error,
+                error: self.journal.stats().problem(),
             }),
         }
     }
