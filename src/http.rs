@@ -215,7 +215,7 @@ async fn metrics(State(st): State<AppState>) -> Response {
             g.workers.push((p.name.clone(), state.clone(), *n));
         }
     }
-    for q in st.journal.stats().queues.values() {
+    for (name, q) in &st.journal.stats().queues {
         for (state, n) in [
             ("queued", q.queued),
             ("running", q.running),
@@ -223,7 +223,7 @@ async fn metrics(State(st): State<AppState>) -> Response {
             ("failed", q.failed),
             ("cancelled", q.cancelled),
         ] {
-            g.jobs.push((q.name.clone(), state.to_string(), n));
+            g.jobs.push((name.clone(), state.to_string(), n));
         }
     }
     g.jobs.sort();

@@ -9,50 +9,12 @@
 use std::time::Duration;
 
 use crate::config::RetryBackoff;
-use crate::supervisor::policy::{exponential, with_jitter};
+use crate::time::{exponential, with_jitter};
 
 pub const QUARANTINE_AFTER_CRASHES: u32 = 3;
 pub const MAX_INTERRUPTIONS: u32 = 10;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobState {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl JobState {
-    pub const ALL: [JobState; 5] = [
-        JobState::Queued,
-        JobState::Running,
-        JobState::Succeeded,
-        JobState::Failed,
-        JobState::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Queued => "queued",
-            JobState::Running => "running",
-            JobState::Succeeded => "succeeded",
-            JobState::Failed => "failed",
-            JobState::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<JobState> {
-        JobState::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            JobState::Succeeded | JobState::Failed | JobState::Cancelled
-        )
-    }
-}
+pub use crate::model::JobState;
 
 /// How one attempt ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -343,12 +305,12 @@ mod tests {
 /// (`EX_CONFIG`) or a code in `no_retry` fails at once. Any other code (75, `EX_TEMPFAIL`,
 /// included) is a failed attempt, retried per the queue. A signal is a crash.
 pub fn exec_outcome(
-    exit: crate::supervisor::policy::Exit,
+    exit: crate::model::Exit,
     no_retry: &[i32],
     last_stdout: Option<&str>,
     last_stderr: Option<&str>,
 ) -> Outcome {
-    use crate::supervisor::policy::{Exit, describe_exit};
+    use crate::model::{Exit, describe_exit};
     let why = |code: i32| match last_stderr.map(str::trim).filter(|l| !l.is_empty()) {
         Some(line) => crate::protocol::truncate(
             format!("exited with code {code}: {line}"),
@@ -380,7 +342,7 @@ pub fn exec_outcome(
 #[cfg(test)]
 mod exec_tests {
     use super::*;
-    use crate::supervisor::policy::Exit;
+    use crate::model::Exit;
 
     #[test]
     fn exit_codes_map_to_outcomes() {

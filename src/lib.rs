@@ -5,6 +5,7 @@
 //! [`control::client`]) are public: they are the JSON contract scripts and tests rely on.
 //! Everything else is private to the crate.
 
+mod api;
 mod bench;
 pub mod cli;
 mod config;
@@ -16,10 +17,12 @@ mod jobs;
 mod journal;
 mod logging;
 mod metrics;
+mod model;
 mod notify;
 mod process;
 mod protocol;
 mod server;
+mod stdout;
 mod supervisor;
 mod time;
 

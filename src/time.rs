@@ -68,6 +68,25 @@ pub fn rfc3339_secs(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// `min(max, initial × multiplier^(n-1))` for n ≥ 1 (n = 0 counts as 1).
+pub fn exponential(initial: Duration, max: Duration, multiplier: f64, n: u32) -> Duration {
+    let n = n.max(1);
+    let factor = multiplier.powi((n - 1).min(1024) as i32);
+    let secs = initial.as_secs_f64() * factor;
+    if !secs.is_finite() || secs >= max.as_secs_f64() {
+        max
+    } else {
+        Duration::from_secs_f64(secs).min(max)
+    }
+}
+
+/// Adds up to `jitter × base` to `base`; `random` is uniform in [0, 1). Never less than base.
+pub fn with_jitter(base: Duration, jitter: f64, random: f64) -> Duration {
+    let r = random.clamp(0.0, 1.0);
+    let extra = base.as_secs_f64() * jitter.max(0.0) * r;
+    base + Duration::from_secs_f64(if extra.is_finite() { extra } else { 0.0 })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

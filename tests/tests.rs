@@ -10,6 +10,7 @@ mod exec;
 mod hostile;
 mod jobs;
 mod journal;
+mod layers;
 mod logs;
 mod notify;
 mod observe;

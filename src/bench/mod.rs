@@ -17,7 +17,7 @@ use hyper::Method;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::control::api::{BatchResponse, DaemonStatus, SubmitResponse};
+use crate::api::{BatchResponse, DaemonStatus, SubmitResponse};
 use crate::control::client::Client;
 use crate::error::Failure;
 use worker::now_us;
@@ -271,7 +271,7 @@ async fn status(c: &Client) -> Result<DaemonStatus, Failure> {
 }
 
 async fn succeeded(c: &Client, queue: &str) -> Result<u64, Failure> {
-    let q: Vec<crate::control::api::QueueStatus> = c.get("/v1/queues").await.map_err(fail)?;
+    let q: Vec<crate::api::QueueStatus> = c.get("/v1/queues").await.map_err(fail)?;
     Ok(q.iter()
         .find(|q| q.name == queue)
         .map(|q| q.succeeded)
@@ -1062,7 +1062,7 @@ pub fn run(quick: bool, json_out: bool, only: &[u8]) -> Result<(), Failure> {
         Ok::<(), Failure>(())
     })?;
     if json_out {
-        return crate::cli::out::line(&serde_json::to_string_pretty(&out).map_err(fail)?);
+        return crate::stdout::line(&serde_json::to_string_pretty(&out).map_err(fail)?);
     }
     let mut table = format!(
         "{:<66} {:>12} {:>23} {:>10} {:>4}\n",
@@ -1101,5 +1101,5 @@ pub fn run(quick: bool, json_out: bool, only: &[u8]) -> Result<(), Failure> {
             .map(|n| n.get())
             .unwrap_or(0)
     );
-    crate::cli::out::print(&table)
+    crate::stdout::print(&table)
 }

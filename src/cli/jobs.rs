@@ -7,7 +7,7 @@ use std::time::Duration;
 use hyper::Method;
 
 use super::out;
-use crate::control::api::{JobList, JobView, Message, SubmitRequest, SubmitResponse};
+use crate::api::{JobList, JobView, Message, SubmitRequest, SubmitResponse};
 use crate::control::client::Client;
 use crate::error::Failure;
 

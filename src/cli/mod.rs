@@ -2,7 +2,7 @@
 //! to a running daemon over its control socket.
 
 mod jobs;
-pub(crate) mod out;
+pub(crate) use crate::stdout as out;
 mod status;
 
 use std::path::{Path, PathBuf};
@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use hyper::Method;
 
+use crate::api::{DaemonStatus, Message, ReloadReport};
 use crate::config::{self, DEFAULT_CONFIG_PATH, Environment};
-use crate::control::api::{DaemonStatus, Message, ReloadReport};
 use crate::control::client::{Client, ClientError};
 use crate::error::Failure;
 use crate::logging::LogFormat;

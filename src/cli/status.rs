@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::control::api::{DaemonStatus, WorkerStatus};
+use crate::api::{DaemonStatus, WorkerStatus};
 
 /// "3m 10s", "2h 5m", "4d 3h".
 pub fn format_secs(secs: f64) -> String {

@@ -14,6 +14,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The most attempts a job may be given, in the configuration and in a submit.
+pub const MAX_ATTEMPTS: u32 = 1_000_000;
+
 use nix::sys::signal::Signal;
 
 use reader::{Ctx, Section};
@@ -590,12 +593,7 @@ fn parse_queues(ctx: &mut Ctx, root: &Section) -> BTreeMap<String, QueueSpec> {
     let mut queues = BTreeMap::new();
     for (name, s) in named_tables(ctx, root, "queue") {
         let mut q = QueueSpec::new(&name);
-        if let Some(n) = s.integer(
-            ctx,
-            "max_attempts",
-            1,
-            i64::from(crate::control::MAX_ATTEMPTS),
-        ) {
+        if let Some(n) = s.integer(ctx, "max_attempts", 1, i64::from(MAX_ATTEMPTS)) {
             q.max_attempts = n as u32;
         }
         if let Some(b) = s.table(ctx, "retry_backoff") {

@@ -9,7 +9,7 @@ use hyper::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::api::ApiError;
+use crate::api::ApiError;
 
 /// How long a client waits for one answer, unless told otherwise (`--request-timeout`).
 pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

@@ -5,8 +5,12 @@
 //! each request is passed to the supervisor loop, which owns all live state, and its
 //! answer is sent back.
 
-pub mod api;
+/// The JSON contract of the socket (see [`crate::api`]), where clients find it.
+pub mod api {
+    pub use crate::api::*;
+}
 pub mod client;
+mod views;
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -26,14 +30,14 @@ use serde::Deserialize;
 use tokio::net::UnixListener;
 use tokio::sync::{oneshot, watch};
 
+use crate::api::{
+    ApiError, BatchRequest, BatchResponse, JobList, Message, SubmitRequest, SubmitResponse,
+};
 use crate::config::Config;
 use crate::jobs::JobState;
 use crate::journal::{JobFilter, Journal, JournalError, NewJob, now_ms};
 use crate::supervisor;
-use api::{
-    ApiError, BatchRequest, BatchResponse, JobList, Message, Reply, Request, RequestTx,
-    SubmitRequest, SubmitResponse,
-};
+use crate::supervisor::{Reply, Request, RequestTx};
 
 /// What every handler may use.
 #[derive(Clone)]
@@ -318,8 +322,7 @@ fn journal_error(e: JournalError) -> Response {
     error(code, e.to_string())
 }
 
-/// The most attempts a job may be given (as in the configuration).
-pub(crate) const MAX_ATTEMPTS: u32 = 1_000_000;
+use crate::config::MAX_ATTEMPTS;
 
 /// Check a submit request against the configuration and turn it into a journal row.
 pub(crate) fn new_job(
@@ -613,7 +616,11 @@ async fn list_jobs(
         payloads: p.payload.unwrap_or(false),
     };
     match st.journal.list(filter).await {
-        Ok((jobs, next)) => Json(JobList { jobs, next }).into_response(),
+        Ok((jobs, next)) => Json(JobList {
+            jobs: jobs.into_iter().map(views::job).collect(),
+            next,
+        })
+        .into_response(),
         Err(e) => journal_error(e),
     }
 }
@@ -621,14 +628,20 @@ async fn list_jobs(
 /// Job counts per queue and state, from the journal's in-memory counts (cheap enough to
 /// poll often).
 async fn queues(AxState(st): AxState<State>) -> Response {
-    let mut q: Vec<api::QueueStatus> = st.journal.stats().queues.into_values().collect();
+    let mut q: Vec<api::QueueStatus> = st
+        .journal
+        .stats()
+        .queues
+        .into_iter()
+        .map(|(name, counts)| api::QueueStatus::new(name, counts))
+        .collect();
     q.sort_by(|a, b| a.name.cmp(&b.name));
     Json(q).into_response()
 }
 
 async fn get_job(AxState(st): AxState<State>, JobId(id): JobId) -> Response {
     match st.journal.get(id).await {
-        Ok(job) => Json(job).into_response(),
+        Ok(job) => Json(views::job(job)).into_response(),
         Err(e) => journal_error(e),
     }
 }

@@ -31,8 +31,8 @@ use nix::fcntl::{Flock, FlockArg};
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::config::{RetryBackoff, Synchronous};
-use crate::control::api::{JobView, QueueStatus};
 use crate::jobs::{JobState, Outcome};
+use crate::model::{JobRecord, QueueCounts};
 
 pub use reader::{JobFilter, Overview};
 
@@ -162,7 +162,7 @@ pub enum CancelResult {
 /// Counts kept up to date by the writer after each commit.
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
-    pub queues: HashMap<String, QueueStatus>,
+    pub queues: HashMap<String, QueueCounts>,
     /// The last write error, cleared by the next successful commit.
     pub error: Option<String>,
     /// Damage found in the journal while running; it stays until a restart.
@@ -177,10 +177,7 @@ impl Stats {
 
     /// Jobs in the journal, in every state.
     pub fn jobs(&self) -> u64 {
-        self.queues
-            .values()
-            .map(|q| q.queued + q.running + q.succeeded + q.failed + q.cancelled)
-            .sum()
+        self.queues.values().map(QueueCounts::total).sum()
     }
 
     /// Record damage (the first report stays, and is logged once).
@@ -197,13 +194,7 @@ impl Stats {
     }
 
     fn moved(&mut self, queue: &str, from: Option<JobState>, to: Option<JobState>) {
-        let q = self
-            .queues
-            .entry(queue.to_string())
-            .or_insert_with(|| QueueStatus {
-                name: queue.to_string(),
-                ..QueueStatus::default()
-            });
+        let q = self.queues.entry(queue.to_string()).or_default();
         match from {
             Some(JobState::Queued) => q.queued = q.queued.saturating_sub(1),
             Some(JobState::Running) => q.running = q.running.saturating_sub(1),
@@ -474,6 +465,16 @@ pub(super) fn due_longest(
     })
 }
 
+/// This machine, as leases name it: `/etc/machine-id`, else the host name.
+fn host_id() -> String {
+    ["/etc/machine-id", "/proc/sys/kernel/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .find(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// Why the journal could not be opened.
 #[derive(Debug)]
 pub enum OpenError {
@@ -635,6 +636,14 @@ impl Journal {
         configure(&conn, sync)
             .map_err(|e| format!("cannot configure the job journal {}: {e}", path.display()))?;
         schema::migrate(&mut conn)?;
+        let owner = writer::Owner {
+            run_id: run_id.to_string(),
+            host: host_id(),
+            boot_id: damage::boot_id(),
+            pid: std::process::id(),
+        };
+        writer::register_run(&conn, &owner, now_ms())
+            .map_err(|e| format!("cannot record this run in {}: {e}", path.display()))?;
         let reclaimed = writer::reclaim_interrupted(&mut conn, run_id)
             .map_err(|e| format!("cannot reclaim interrupted jobs in {}: {e}", path.display()))?;
         let stats = writer::initial_stats(&conn)
@@ -660,7 +669,7 @@ impl Journal {
         let w = writer::Writer::new(
             conn,
             path.clone(),
-            run_id.to_string(),
+            owner,
             stats.clone(),
             metrics,
             sync == Synchronous::Full,
@@ -822,7 +831,7 @@ impl Journal {
         self.reader.list(filter).await
     }
 
-    pub async fn get(&self, id: i64) -> Result<JobView, JournalError> {
+    pub async fn get(&self, id: i64) -> Result<JobRecord, JournalError> {
         self.reader.get(id).await
     }
 }

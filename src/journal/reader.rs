@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex, mpsc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params_from_iter};
 use tokio::sync::oneshot;
 
-use super::{JournalError, Stats, ms_to_rfc3339};
-use crate::control::api::{AttemptView, JobView};
+use super::{JournalError, Stats};
 use crate::jobs::JobState;
+use crate::model::{AttemptRecord, JobRecord};
 
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
@@ -29,7 +29,7 @@ pub const PAGE_BYTES: usize = 8 * 1024 * 1024;
 pub const LIST_TEXT: usize = 1024;
 
 /// A page of jobs, and the cursor of the next page when there is one.
-pub type Page = (Vec<JobView>, Option<i64>);
+pub type Page = (Vec<JobRecord>, Option<i64>);
 
 /// What `steward status` shows beyond live counts.
 #[derive(Debug, Clone, Default)]
@@ -49,7 +49,7 @@ enum Req {
         oneshot::Sender<Result<Overview, JournalError>>,
     ),
     List(JobFilter, oneshot::Sender<Result<Page, JournalError>>),
-    Get(i64, oneshot::Sender<Result<JobView, JournalError>>),
+    Get(i64, oneshot::Sender<Result<JobRecord, JournalError>>),
 }
 
 #[derive(Clone)]
@@ -60,18 +60,23 @@ pub struct Reader {
 const COLUMNS: &str = "j.id, j.queue, j.state, j.priority, d.payload, d.result, j.error, j.attempts, j.tries, j.max_attempts,
      j.crashes, j.interruptions, j.unique_key, j.created_at, j.run_at, j.finished_at, j.worker, j.progress, j.progress_message";
 
-fn json(text: Option<String>) -> Option<serde_json::Value> {
-    text.map(|t| serde_json::from_str(&t).unwrap_or(serde_json::Value::String(t)))
-}
-
-fn job_from_row(r: &Row) -> rusqlite::Result<JobView> {
-    Ok(JobView {
+fn job_from_row(r: &Row) -> rusqlite::Result<JobRecord> {
+    let state: String = r.get(2)?;
+    let state = JobState::parse(&state).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            2,
+            rusqlite::types::Type::Text,
+            format!("unknown job state {state:?}").into(),
+        )
+    })?;
+    Ok(JobRecord {
         id: r.get(0)?,
         queue: r.get(1)?,
-        state: r.get(2)?,
+        state,
         priority: r.get(3)?,
-        payload: json(r.get(4)?).unwrap_or(serde_json::Value::Null),
-        result: json(r.get(5)?),
+        payload: r.get(4)?,
+        result: r.get(5)?,
+        result_cut: false,
         error: r.get(6)?,
         attempts: r.get(7)?,
         tries: r.get(8)?,
@@ -79,9 +84,9 @@ fn job_from_row(r: &Row) -> rusqlite::Result<JobView> {
         crashes: r.get(10)?,
         interruptions: r.get(11)?,
         key: r.get(12)?,
-        created_at: ms_to_rfc3339(r.get(13)?),
-        run_at: ms_to_rfc3339(r.get(14)?),
-        finished_at: r.get::<_, Option<i64>>(15)?.map(ms_to_rfc3339),
+        created_ms: r.get(13)?,
+        run_at_ms: r.get(14)?,
+        finished_ms: r.get(15)?,
         worker: r.get(16)?,
         progress: r.get(17)?,
         progress_message: r.get(18)?,
@@ -164,7 +169,7 @@ impl Reader {
         rx.await.unwrap_or(Err(JournalError::Closed))
     }
 
-    pub async fn get(&self, id: i64) -> Result<JobView, JournalError> {
+    pub async fn get(&self, id: i64) -> Result<JobRecord, JournalError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Req::Get(id, tx))
@@ -210,14 +215,15 @@ fn list(conn: &Connection, f: &JobFilter) -> rusqlite::Result<Page> {
         let texts: [Option<String>; 3] = [r.get(4)?, r.get(5)?, r.get(6)?];
         let size: usize = texts.iter().flatten().map(String::len).sum::<usize>() + 256;
         if jobs.len() >= f.limit.max(1) || (!jobs.is_empty() && bytes + size > PAGE_BYTES) {
-            let next = jobs.last().map(|j: &JobView| j.id);
+            let next = jobs.last().map(|j: &JobRecord| j.id);
             return Ok((jobs, next));
         }
         bytes += size;
         let mut job = job_from_row(r)?;
         let [_, result, error] = texts;
         if result.as_ref().is_some_and(|t| t.len() > LIST_TEXT) {
-            job.result = result.map(|t| serde_json::Value::String(shorten(t, job.id)));
+            job.result = result.map(|t| shorten(t, job.id));
+            job.result_cut = true;
         }
         job.error = error.map(|t| {
             if t.len() > LIST_TEXT {
@@ -294,7 +300,7 @@ fn list_sql(f: &JobFilter) -> (String, Vec<String>) {
     (sql, args)
 }
 
-fn get(conn: &Connection, id: i64) -> rusqlite::Result<Option<JobView>> {
+fn get(conn: &Connection, id: i64) -> rusqlite::Result<Option<JobRecord>> {
     let sql =
         format!("SELECT {COLUMNS} FROM jobs j JOIN job_data d ON d.job_id = j.id WHERE j.id = ?1");
     let Some(mut job) = conn
@@ -309,12 +315,12 @@ fn get(conn: &Connection, id: i64) -> rusqlite::Result<Option<JobView>> {
          FROM attempts WHERE job_id = ?1 ORDER BY attempt",
     )?;
     let rows = stmt.query_map([id], |r| {
-        Ok(AttemptView {
+        Ok(AttemptRecord {
             attempt: r.get(0)?,
             worker: r.get(1)?,
             pid: r.get(2)?,
-            started_at: r.get::<_, Option<i64>>(3)?.map(ms_to_rfc3339),
-            ended_at: r.get::<_, Option<i64>>(4)?.map(ms_to_rfc3339),
+            started_ms: r.get(3)?,
+            ended_ms: r.get(4)?,
             outcome: r.get(5)?,
             error: r.get(6)?,
             stdout: r.get(7)?,

@@ -114,6 +114,23 @@ pub(super) const MIGRATIONS: &[&str] = &[
         WHERE state = 'queued' AND delayed = 0;
     CREATE INDEX jobs_delayed ON jobs(queue, run_at) WHERE state = 'queued' AND delayed = 1;
     "#,
+    // Leases name their owner: the daemon run (`jobs.run_id`, there since the start) on
+    // a host, and when they were taken. Each run has a row with its own lease, renewed
+    // while it lives; jobs are reclaimed because their owner is gone, not because they
+    // are `running` when a daemon starts.
+    r#"
+    CREATE TABLE runs (
+        run_id           TEXT    PRIMARY KEY,
+        host             TEXT    NOT NULL,
+        boot_id          TEXT,
+        pid              INTEGER,
+        started_at       INTEGER NOT NULL,
+        lease_expires_at INTEGER NOT NULL,
+        stopped_at       INTEGER
+    );
+    ALTER TABLE jobs ADD COLUMN lease_host TEXT;
+    ALTER TABLE jobs ADD COLUMN claimed_at INTEGER;
+    "#,
 ];
 
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

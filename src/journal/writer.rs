@@ -12,7 +12,6 @@ use super::{
     CancelResult, Claimed, Finished, JournalError, Leased, NewJob, Op, Reclaimed, Stats, Submitted,
     now_ms,
 };
-use crate::control::api::QueueStatus;
 use crate::jobs::{self, Counters, JobState, Next, Outcome};
 
 /// Free the unique key of job ?1, if it has one. By the key's primary key: job_keys has
@@ -92,7 +91,9 @@ type Moves = Vec<(String, Option<JobState>, Option<JobState>)>;
 pub(super) struct Writer {
     conn: Connection,
     path: PathBuf,
-    run_id: String,
+    owner: Owner,
+    /// When the run's lease is renewed next.
+    renew_at: Instant,
     stats: Arc<Mutex<Stats>>,
     metrics: Arc<crate::metrics::Metrics>,
     /// Completions whose commit failed; retried until they land.
@@ -107,7 +108,7 @@ impl Writer {
     pub fn new(
         conn: Connection,
         path: PathBuf,
-        run_id: String,
+        owner: Owner,
         stats: Arc<Mutex<Stats>>,
         metrics: Arc<crate::metrics::Metrics>,
         flush: bool,
@@ -117,7 +118,8 @@ impl Writer {
         Writer {
             conn,
             path,
-            run_id,
+            owner,
+            renew_at: Instant::now() + RUN_RENEW,
             stats,
             metrics,
             pending: Vec::new(),
@@ -172,10 +174,12 @@ impl Writer {
         };
         loop {
             let mut batch = std::mem::take(&mut self.pending);
+            self.renew_if_due();
             let first = if batch.is_empty() {
-                match rx.recv() {
+                match rx.recv_timeout(self.renew_at.saturating_duration_since(Instant::now())) {
                     Ok(op) => Some(op),
-                    Err(_) => break,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             } else {
                 match rx.recv_timeout(RETRY_EVERY) {
@@ -208,6 +212,12 @@ impl Writer {
         if let Some(f) = flusher {
             let _ = f.join();
         }
+        // This run is over: its lease ends now.
+        let now = now_ms();
+        let _ = self.conn.execute(
+            "UPDATE runs SET stopped_at = ?2, lease_expires_at = ?2 WHERE run_id = ?1",
+            params![self.owner.run_id, now],
+        );
         let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);");
         // Nothing more is written: the log may now go (SQLite removes it when the last
         // connection closes) without that being a sign of damage at the next start.
@@ -223,6 +233,23 @@ impl Writer {
             if let Err(e) = super::damage::write_record(dir, &record) {
                 tracing::warn!("{e}");
             }
+        }
+    }
+
+    /// Renew this run's lease when it is due (a failure is retried at the next turn; on
+    /// one host nothing reads the lease while the journal's lock is held).
+    fn renew_if_due(&mut self) {
+        let now = Instant::now();
+        if now < self.renew_at {
+            return;
+        }
+        self.renew_at = now + RUN_RENEW;
+        let expires = now_ms().saturating_add(RUN_TTL.as_millis() as i64);
+        if let Err(e) = self.conn.execute(
+            "UPDATE runs SET lease_expires_at = ?2 WHERE run_id = ?1 AND stopped_at IS NULL",
+            params![self.owner.run_id, expires],
+        ) {
+            tracing::debug!("cannot renew this run's lease in the journal: {e}");
         }
     }
 
@@ -493,10 +520,10 @@ impl Writer {
                 .prepare_cached(
                     "UPDATE jobs SET state = 'running', attempts = attempts + 1, tries = tries + 1,
                          lease_token = lease_token + 1, worker = ?2, run_id = ?3, updated_at = ?4,
-                         progress = NULL, progress_message = NULL
+                         claimed_at = ?4, lease_host = ?5, progress = NULL, progress_message = NULL
                      WHERE id = ?1",
                 )?
-                .execute(params![id, worker, self.run_id, now])?;
+                .execute(params![id, worker, self.owner.run_id, now, self.owner.host])?;
             let (queue, attempt, token, timeout_ms, created_ms, payload): (
                 String,
                 u32,
@@ -800,9 +827,54 @@ impl Writer {
     }
 }
 
-/// Every job still `running` belongs to a daemon run that is gone: its worker died with
-/// it. Put each back in its queue at once (interruptions do not use up attempts) and
-/// record the interruption in its history.
+/// How long a run's lease lasts without a renewal, and how often it is renewed.
+pub(super) const RUN_TTL: Duration = Duration::from_secs(30);
+const RUN_RENEW: Duration = Duration::from_secs(10);
+
+/// Who this daemon run is, as its leases name it.
+#[derive(Debug, Clone)]
+pub(crate) struct Owner {
+    pub run_id: String,
+    /// The machine (`/etc/machine-id`, else the host name).
+    pub host: String,
+    pub boot_id: String,
+    pub pid: u32,
+}
+
+/// Register `me` as a live run with a lease of [`RUN_TTL`]. The caller holds the
+/// journal's exclusive lock, so every other run is over: each is marked stopped, and its
+/// lease ends now if it had not already.
+pub(super) fn register_run(conn: &Connection, me: &Owner, now: i64) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE runs SET stopped_at = coalesce(stopped_at, ?2), lease_expires_at = min(lease_expires_at, ?2)
+         WHERE run_id != ?1",
+        params![me.run_id, now],
+    )?;
+    conn.execute(
+        "INSERT INTO runs (run_id, host, boot_id, pid, started_at, lease_expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            me.run_id,
+            me.host,
+            me.boot_id,
+            me.pid,
+            now,
+            now.saturating_add(RUN_TTL.as_millis() as i64)
+        ],
+    )?;
+    // The runs of the past are kept for the story of their jobs: the latest 100, and any
+    // that still owns a job.
+    conn.execute(
+        "DELETE FROM runs WHERE run_id NOT IN (SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 100)
+           AND NOT EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_running WHERE state = 'running' AND jobs.run_id = runs.run_id)",
+        [],
+    )?;
+    Ok(())
+}
+
+/// Every job still `running` whose owner run is gone (stopped, or its lease expired): its
+/// worker died with it. Put each back in its queue at once (interruptions do not use up
+/// attempts) and record the interruption in its history.
 pub(super) fn reclaim_interrupted(
     conn: &mut Connection,
     run_id: &str,
@@ -812,9 +884,12 @@ pub(super) fn reclaim_interrupted(
     let mut rows = Vec::new();
     {
         let mut stmt = tx.prepare(
-            "SELECT id, queue, attempts, tries, crashes, interruptions, max_attempts, worker, run_id FROM jobs WHERE state = 'running'",
+            "SELECT id, queue, attempts, tries, crashes, interruptions, max_attempts, worker, run_id
+             FROM jobs INDEXED BY jobs_running
+             WHERE state = 'running' AND (run_id IS NULL OR (run_id != ?1 AND NOT EXISTS (
+                 SELECT 1 FROM runs r WHERE r.run_id = jobs.run_id AND r.stopped_at IS NULL AND r.lease_expires_at > ?2)))",
         )?;
-        let it = stmt.query_map([], |r| {
+        let it = stmt.query_map(params![run_id, now], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
@@ -905,13 +980,7 @@ pub(super) fn initial_stats(conn: &Connection) -> rusqlite::Result<Stats> {
         for row in rows {
             let (queue, state, n) = row?;
             let n = n.max(0) as u64;
-            let q = stats
-                .queues
-                .entry(queue.clone())
-                .or_insert_with(|| QueueStatus {
-                    name: queue,
-                    ..QueueStatus::default()
-                });
+            let q = stats.queues.entry(queue).or_default();
             // Queued jobs come in two counts: due and delayed.
             match JobState::parse(&state) {
                 Some(JobState::Queued) => q.queued += n,
@@ -991,10 +1060,10 @@ mod tests {
         let stats = initial_stats(&conn).unwrap();
         let mut got: Vec<(String, [u64; 5])> = stats
             .queues
-            .values()
-            .map(|q| {
+            .iter()
+            .map(|(name, q)| {
                 (
-                    q.name.clone(),
+                    name.clone(),
                     [q.queued, q.running, q.succeeded, q.failed, q.cancelled],
                 )
             })
@@ -1022,12 +1091,82 @@ mod tests {
         }
     }
 
+    fn owner(run: &str) -> Owner {
+        Owner {
+            run_id: run.into(),
+            host: "host-a".into(),
+            boot_id: "boot".into(),
+            pid: 1,
+        }
+    }
+
+    #[test]
+    fn leases_name_their_owner_and_only_a_gone_owner_loses_them() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        let t0 = 1_000_000;
+        register_run(&conn, &owner("first"), t0).unwrap();
+        let stats: Arc<Mutex<Stats>> = Arc::default();
+        let mut w = Writer::new(
+            conn,
+            "m".into(),
+            owner("first"),
+            stats,
+            Arc::default(),
+            false,
+        );
+        let mut moves = Vec::new();
+        w.submit(&[job(0, t0), job(0, t0)], t0, &mut moves).unwrap();
+        let c = w
+            .claim(&["q".into()], 1, "w/0", 7, t0 + 5, &mut moves)
+            .unwrap();
+        let id = c.jobs[0].id;
+        let (run, host, claimed): (String, String, i64) = w
+            .conn
+            .query_row(
+                "SELECT run_id, lease_host, claimed_at FROM jobs WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (run.as_str(), host.as_str(), claimed),
+            ("first", "host-a", t0 + 5)
+        );
+        let mut conn = w.conn;
+        // The run that owns the lease is alive, and it is not someone else's to take.
+        assert!(reclaim_interrupted(&mut conn, "first").unwrap().is_empty());
+        // A later run that holds the journal: the first one is over (killed: it never
+        // said so), and its lease goes with it, once.
+        register_run(&conn, &owner("second"), t0 + 10).unwrap();
+        let (stopped, expires): (Option<i64>, i64) = conn
+            .query_row(
+                "SELECT stopped_at, lease_expires_at FROM runs WHERE run_id = 'first'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((stopped, expires), (Some(t0 + 10), t0 + 10));
+        let back = reclaim_interrupted(&mut conn, "second").unwrap();
+        assert_eq!(back.iter().map(|r| r.id).collect::<Vec<_>>(), vec![id]);
+        assert_eq!(back[0].now, JobState::Queued);
+        assert!(reclaim_interrupted(&mut conn, "second").unwrap().is_empty());
+        let alive: i64 = conn
+            .query_row(
+                "SELECT lease_expires_at FROM runs WHERE run_id = 'second' AND stopped_at IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(alive, t0 + 10 + RUN_TTL.as_millis() as i64);
+    }
+
     #[test]
     fn delayed_jobs_wait_apart_until_due() {
         let mut conn = Connection::open_in_memory().unwrap();
         super::super::schema::migrate(&mut conn).unwrap();
         let stats: Arc<Mutex<Stats>> = Arc::default();
-        let mut w = Writer::new(conn, "m".into(), "run".into(), stats, Arc::default(), false);
+        let mut w = Writer::new(conn, "m".into(), owner("run"), stats, Arc::default(), false);
         let now = 1_000_000;
         let mut moves = Vec::new();
         // Many jobs of a higher priority due later, one due now.
@@ -1137,7 +1276,7 @@ mod tests {
         let mut w = Writer::new(
             conn,
             path,
-            "run".into(),
+            owner("run"),
             Arc::default(),
             Arc::default(),
             false,

@@ -19,7 +19,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid;
 
-use crate::supervisor::policy::Exit;
+use crate::model::Exit;
 
 mod spawn;
 

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::Reply;
 use super::{Event, Held, KillReason, Phase, SlotId, Supervisor, human, worker_io};
 use crate::config::Config;
 use crate::config::QueueSpec;
-use crate::control::api::Reply;
 use crate::jobs::{JobState, Outcome};
 use crate::journal::{CancelResult, Claimed, Finished, JournalError, now_ms};
 use crate::process;

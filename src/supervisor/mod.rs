@@ -11,7 +11,10 @@
 mod dispatch;
 mod exec;
 pub mod policy;
+mod requests;
 mod worker_io;
+
+pub use requests::{Reply, Request, RequestRx, RequestTx};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
@@ -24,11 +27,10 @@ use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::config::{self, Config, ConfigErrors, Environment, PoolSpec};
-use crate::control::api::{
-    DaemonStatus, JournalStatus, LastExit, PoolStatus, QueueStatus, ReloadReport, Reply, Request,
-    RequestRx, WorkerStatus,
+use crate::api::{
+    DaemonStatus, JournalStatus, LastExit, PoolStatus, QueueStatus, ReloadReport, WorkerStatus,
 };
+use crate::config::{self, Config, ConfigErrors, Environment, PoolSpec};
 use crate::journal::{Claimed, Finished, Journal, JournalError};
 use crate::logging::{JobLines, Origin, Stream, WorkerLog};
 use crate::notify::Notifier;
@@ -1752,8 +1754,8 @@ impl Supervisor {
         names
             .into_iter()
             .map(|name| {
-                let mut q = stats.queues.get(&name).cloned().unwrap_or_default();
-                q.name = name.clone();
+                let counts = stats.queues.get(&name).copied().unwrap_or_default();
+                let mut q = QueueStatus::new(name.clone(), counts);
                 q.pools = self
                     .pools
                     .iter()

@@ -12,18 +12,8 @@ use crate::config::{Backoff, RestartPolicy};
 /// (sysexits.h `EX_CONFIG`).
 pub const WORKER_EX_CONFIG: i32 = 78;
 
-/// How one run of a worker ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    Code(i32),
-    Signal(i32),
-}
-
-impl Exit {
-    pub fn is_clean(self) -> bool {
-        self == Exit::Code(0)
-    }
-}
+pub use crate::model::{Exit, describe_exit, signal_name};
+pub use crate::time::{exponential, with_jitter};
 
 /// What the policy needs to know about a pool.
 #[derive(Debug, Clone)]
@@ -66,25 +56,6 @@ pub enum AfterExit {
 /// `min(max, initial × multiplier^(level-1))`.
 pub fn base_delay(b: &Backoff, level: u32) -> Duration {
     exponential(b.initial, b.max, b.multiplier, level)
-}
-
-/// `min(max, initial × multiplier^(n-1))` for n ≥ 1 (n = 0 counts as 1).
-pub fn exponential(initial: Duration, max: Duration, multiplier: f64, n: u32) -> Duration {
-    let n = n.max(1);
-    let factor = multiplier.powi((n - 1).min(1024) as i32);
-    let secs = initial.as_secs_f64() * factor;
-    if !secs.is_finite() || secs >= max.as_secs_f64() {
-        max
-    } else {
-        Duration::from_secs_f64(secs).min(max)
-    }
-}
-
-/// Adds up to `jitter × base` to `base`; `random` is uniform in [0, 1). Never less than base.
-pub fn with_jitter(base: Duration, jitter: f64, random: f64) -> Duration {
-    let r = random.clamp(0.0, 1.0);
-    let extra = base.as_secs_f64() * jitter.max(0.0) * r;
-    base + Duration::from_secs_f64(if extra.is_finite() { extra } else { 0.0 })
 }
 
 /// Decide what happens after a worker exits on its own.
@@ -146,20 +117,6 @@ pub fn after_exit(rules: &RestartRules, level: u32, run: RunFacts) -> AfterExit 
         level,
         crash_looping: level >= rules.crash_loop_after,
     }
-}
-
-/// "exit code 3" / "killed by SIGKILL".
-pub fn describe_exit(exit: Exit) -> String {
-    match exit {
-        Exit::Code(c) => format!("exit code {c}"),
-        Exit::Signal(s) => format!("killed by {}", signal_name(s)),
-    }
-}
-
-pub fn signal_name(sig: i32) -> String {
-    nix::sys::signal::Signal::try_from(sig)
-        .map(|s| s.as_str().to_string())
-        .unwrap_or_else(|_| format!("signal {sig}"))
 }
 
 /// When a worker asked to stop at `asked_at` gets SIGKILL: after its own `stop_timeout`,

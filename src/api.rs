@@ -1,10 +1,10 @@
-//! The control API's messages: what the socket serves and what the CLI reads.
+//! The control API's messages: what the socket serves and what the CLI reads. Data only:
+//! it uses no other module of steward but the domain (`model`).
 //!
 //! These types are the JSON contract of `GET /v1/status` and friends (and of
 //! `steward status --json`); add fields, do not rename them.
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DaemonStatus {
@@ -115,30 +115,6 @@ pub struct Message {
 pub struct ApiError {
     pub error: String,
 }
-
-/// A request from the socket to the supervisor loop.
-pub enum Request {
-    Status,
-    Reload,
-    RestartPool(String),
-    Cancel(i64),
-    /// Debug builds only, for tests: block the supervision loop this long (the rest of
-    /// the daemon runs on), as a loop stuck in a long computation would be.
-    #[cfg(debug_assertions)]
-    Stall(std::time::Duration),
-}
-
-pub enum Reply {
-    Status(Box<DaemonStatus>),
-    Reload(ReloadReport),
-    Restart(Result<String, String>),
-    Cancel(Result<String, String>),
-    #[cfg(debug_assertions)]
-    Stalling,
-}
-
-pub type RequestTx = mpsc::Sender<(Request, oneshot::Sender<Reply>)>;
-pub type RequestRx = mpsc::Receiver<(Request, oneshot::Sender<Reply>)>;
 
 /// One job as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -260,4 +236,20 @@ pub struct QueueStatus {
     pub oldest_queued_secs: Option<f64>,
     /// Pools taking jobs from this queue.
     pub pools: Vec<String>,
+}
+
+impl QueueStatus {
+    /// A queue's counts, before the figures only the daemon knows (last hour, oldest
+    /// wait, pools) are added.
+    pub fn new(name: String, c: crate::model::QueueCounts) -> QueueStatus {
+        QueueStatus {
+            name,
+            queued: c.queued,
+            running: c.running,
+            succeeded: c.succeeded,
+            failed: c.failed,
+            cancelled: c.cancelled,
+            ..QueueStatus::default()
+        }
+    }
 }
