@@ -8,7 +8,7 @@ use std::sync::mpsc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
-use steward::hot::{Journal, NewJob, Outcome, QueueSpec, Synchronous, TextLayer, job_line, parse};
+use steward::hot::{NewJob, Outcome, QueueSpec, Synchronous, TextLayer, job_line, parse};
 
 fn codec(c: &mut Criterion) {
     let done = br#"{"type":"done","id":123456,"result":{"thumbs":[1,2,3],"ok":true}}"#;
@@ -32,7 +32,7 @@ fn codec(c: &mut Criterion) {
 fn claim_finish(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     // synchronous = normal: measure the writer's work, not the disk's fsync.
-    let (journal, owner, _) = Journal::open(
+    let (journal, owner, _) = steward::hot::open_journal(
         dir.path(),
         Synchronous::Normal,
         "bench",

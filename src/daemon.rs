@@ -10,7 +10,7 @@ use crate::config::{self, Environment};
 use crate::control;
 use crate::error::Failure;
 use crate::http::Observed;
-use crate::journal::{Journal, OpenError};
+use crate::journal::{self, OpenError};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::process;
@@ -30,7 +30,7 @@ pub fn run(config_path: &Path, accept_damaged: bool) -> Result<(), Failure> {
     }
     let run_id = format!("{:016x}", rand::random::<u64>());
     let metrics = Arc::new(Metrics::default());
-    let (journal, owner, reclaimed) = Journal::open(
+    let (journal, owner, reclaimed) = journal::sqlite::open(
         &config.daemon.state_dir,
         config.journal.synchronous,
         &run_id,

@@ -33,7 +33,8 @@ pub use logging::{flush as flush_logs, init as init_logging};
 pub mod hot {
     pub use crate::config::{QueueSpec, Synchronous};
     pub use crate::jobs::Outcome;
-    pub use crate::journal::{Journal, NewJob};
+    pub use crate::journal::NewJob;
+    pub use crate::journal::sqlite::open as open_journal;
     pub use crate::logging::TextLayer;
     pub use crate::protocol::{job_line, parse};
 }

@@ -16,9 +16,14 @@ fn peak_rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// One flood at a time: each measures its daemon's watchdog gaps on 2 cores, and three
+/// floods at once would measure each other.
+static ONE_FLOOD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Flood for 10 s with `mode` from `floods` workers beside a pool running ordinary jobs;
 /// check the bounds.
 fn flood(mode: &str, read: bool, floods: u32) {
+    let _one = ONE_FLOOD.lock().unwrap_or_else(|e| e.into_inner());
     let env = Env::new();
     env.write_config(&format!(
         "{}\n[queue.noise]\n\n[pool.flood]\ncommand = [\"python3\", \"{}/tests/workers/flood.py\"]\n\

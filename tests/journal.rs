@@ -323,3 +323,43 @@ fn journal_files_are_private_whatever_the_umask() {
     assert_eq!(mode(&env.path("state/journal.db")), 0o640);
     drop(d);
 }
+
+#[test]
+fn a_run_s_lease_is_renewed_while_its_loop_turns_and_ends_with_it() {
+    let env = Env::new();
+    env.write_config("[queue.q]\n");
+    let mut d = Daemon::start(&env);
+    let db = rusqlite::Connection::open_with_flags(
+        env.path("state/journal.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let lease = || -> (i64, Option<i64>) {
+        db.query_row(
+            "SELECT lease_expires_at, stopped_at FROM runs ORDER BY started_at DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    };
+    let (first, stopped) = lease();
+    assert_eq!(stopped, None);
+    // Renewed every 10 s while the loop turns.
+    let renewed = wait_for(Duration::from_secs(25), "a renewal", || {
+        let (now, _) = lease();
+        (now > first).then_some(now)
+    });
+    // A loop that does not turn does not renew, though every other thread runs.
+    let (code, _) = unix_http(&d.socket, "POST", "/v1/debug/stall?ms=12000", b"");
+    assert_eq!(code, 202);
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(lease().0, renewed, "renewed while the loop was blocked");
+    wait_for(Duration::from_secs(25), "a renewal after the stall", || {
+        (lease().0 > renewed).then_some(())
+    });
+    // A clean stop ends the lease.
+    d.signal("TERM");
+    d.wait_exit(TIMEOUT);
+    let (expires, stopped) = lease();
+    assert_eq!(stopped, Some(expires));
+}

@@ -152,7 +152,7 @@ async fn status(AxState(st): AxState<State>) -> Response {
                         id,
                         queue,
                         error,
-                        finished_at: at.map(crate::journal::ms_to_rfc3339),
+                        finished_at: at.map(crate::time::rfc3339_ms),
                     })
                     .collect();
             }

@@ -444,6 +444,8 @@ impl Supervisor {
         let wd_every = self.notifier.watchdog_interval();
         let mut next_ping = wd_every.map(|w| Instant::now() + w);
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING_EVERY;
+        // The run's lease in the journal lives while this loop turns.
+        let mut next_renewal = Instant::now() + crate::journal::RENEW_EVERY;
 
         let now = Instant::now();
         self.reconcile(now);
@@ -506,6 +508,10 @@ impl Supervisor {
                 self.publish_status();
                 self.publish_snapshot();
                 self.report_job_lines();
+            }
+            if now >= next_renewal {
+                next_renewal = now + crate::journal::RENEW_EVERY;
+                self.journal.renew();
             }
             self.observed.turned();
             self.on_timers(now);
@@ -1688,7 +1694,7 @@ impl Supervisor {
             queues: self.queue_statuses(),
             recent_failures: Vec::new(),
             journal: Some(JournalStatus {
-                path: self.journal.path().display().to_string(),
+                path: self.journal.location(),
                 size_bytes: self.journal.size_bytes(),
                 error: self.journal.stats().problem(),
             }),

@@ -53,7 +53,7 @@ pub(crate) fn fail_op(op: Op, e: JournalError) {
         Op::Submit { reply, .. } => reply(Err(e)),
         Op::Claim { reply, .. } => reply(Err(e)),
         Op::Finish { reply, .. } => reply(Err(e)),
-        Op::Progress { .. } => {}
+        Op::Progress { .. } | Op::Renew => {}
         Op::Cancel { reply, .. } => reply(Err(e)),
         Op::Retry { reply, .. } => reply(Err(e)),
         Op::Prune { reply, .. } => reply(Err(e)),
@@ -78,7 +78,7 @@ pub(super) fn deliver(op: Op, res: Res) {
         (Op::Cancel { reply, .. }, Res::Cancel(r)) => reply(r),
         (Op::Retry { reply, .. }, Res::Retry(r)) => reply(r),
         (Op::Prune { reply, .. }, Res::Prune(r)) => reply(r),
-        (Op::Progress { .. }, Res::Progress) => {}
+        (Op::Progress { .. } | Op::Renew, Res::Progress) => {}
         (op, _) => fail_op(
             op,
             JournalError::Invalid("internal error: mismatched journal reply".into()),
@@ -92,8 +92,6 @@ pub(super) struct Writer {
     conn: Connection,
     path: PathBuf,
     owner: Owner,
-    /// When the run's lease is renewed next.
-    renew_at: Instant,
     stats: Arc<Mutex<Stats>>,
     metrics: Arc<crate::metrics::Metrics>,
     /// Completions whose commit failed; retried until they land.
@@ -119,7 +117,6 @@ impl Writer {
             conn,
             path,
             owner,
-            renew_at: Instant::now() + RUN_RENEW,
             stats,
             metrics,
             pending: Vec::new(),
@@ -174,12 +171,10 @@ impl Writer {
         };
         loop {
             let mut batch = std::mem::take(&mut self.pending);
-            self.renew_if_due();
             let first = if batch.is_empty() {
-                match rx.recv_timeout(self.renew_at.saturating_duration_since(Instant::now())) {
+                match rx.recv() {
                     Ok(op) => Some(op),
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => break,
+                    Err(_) => break,
                 }
             } else {
                 match rx.recv_timeout(RETRY_EVERY) {
@@ -233,23 +228,6 @@ impl Writer {
             if let Err(e) = super::damage::write_record(dir, &record) {
                 tracing::warn!("{e}");
             }
-        }
-    }
-
-    /// Renew this run's lease when it is due (a failure is retried at the next turn; on
-    /// one host nothing reads the lease while the journal's lock is held).
-    fn renew_if_due(&mut self) {
-        let now = Instant::now();
-        if now < self.renew_at {
-            return;
-        }
-        self.renew_at = now + RUN_RENEW;
-        let expires = now_ms().saturating_add(RUN_TTL.as_millis() as i64);
-        if let Err(e) = self.conn.execute(
-            "UPDATE runs SET lease_expires_at = ?2 WHERE run_id = ?1 AND stopped_at IS NULL",
-            params![self.owner.run_id, expires],
-        ) {
-            tracing::debug!("cannot renew this run's lease in the journal: {e}");
         }
     }
 
@@ -412,6 +390,17 @@ impl Writer {
             ),
             Op::Retry { id, .. } => Res::Retry(self.retry(*id, now, moves)?),
             Op::Prune { rules, .. } => Res::Prune(Ok(self.prune(rules, moves)?)),
+            Op::Renew => {
+                self.conn
+                    .prepare_cached(
+                        "UPDATE runs SET lease_expires_at = ?2 WHERE run_id = ?1 AND stopped_at IS NULL",
+                    )?
+                    .execute(params![
+                        self.owner.run_id,
+                        now.saturating_add(RUN_TTL.as_millis() as i64)
+                    ])?;
+                Res::Progress
+            }
         })
     }
 
@@ -827,9 +816,9 @@ impl Writer {
     }
 }
 
-/// How long a run's lease lasts without a renewal, and how often it is renewed.
+/// How long a run's lease lasts without a renewal (the supervisor renews it every
+/// [`crate::journal::RENEW_EVERY`] while its loop turns).
 pub(super) const RUN_TTL: Duration = Duration::from_secs(30);
-const RUN_RENEW: Duration = Duration::from_secs(10);
 
 /// Who this daemon run is, as its leases name it.
 #[derive(Debug, Clone)]

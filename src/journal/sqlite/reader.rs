@@ -5,51 +5,16 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params_from_iter};
-use tokio::sync::oneshot;
 
-use super::{JournalError, Stats};
+use super::{JobFilter, JournalError, Overview, Page, Reply, Stats};
 use crate::jobs::JobState;
+use crate::journal::{LIST_TEXT, PAGE_BYTES};
 use crate::model::{AttemptRecord, JobRecord};
 
-#[derive(Debug, Clone, Default)]
-pub struct JobFilter {
-    pub queue: Option<String>,
-    pub state: Option<JobState>,
-    pub limit: usize,
-    /// Only jobs with a smaller id (the cursor of the previous page).
-    pub before: Option<i64>,
-    /// Include payloads.
-    pub payloads: bool,
-}
-
-/// A page of a listing holds at most this many bytes of payloads, results and errors
-/// (and at least one job).
-pub const PAGE_BYTES: usize = 8 * 1024 * 1024;
-/// Results and errors in a listing are cut to this; `steward job ID` shows them whole.
-pub const LIST_TEXT: usize = 1024;
-
-/// A page of jobs, and the cursor of the next page when there is one.
-pub type Page = (Vec<JobRecord>, Option<i64>);
-
-/// What `steward status` shows beyond live counts.
-#[derive(Debug, Clone, Default)]
-pub struct Overview {
-    /// queue → (succeeded, failed) finished in the last hour
-    pub last_hour: std::collections::HashMap<String, (u64, u64)>,
-    /// queue → run_at (ms) of its queued job that has been due longest
-    pub oldest_queued: std::collections::HashMap<String, i64>,
-    /// The latest failed jobs: (id, queue, error, finished_at ms)
-    pub recent_failures: Vec<(i64, String, Option<String>, Option<i64>)>,
-}
-
 enum Req {
-    Overview(
-        Vec<String>,
-        i64,
-        oneshot::Sender<Result<Overview, JournalError>>,
-    ),
-    List(JobFilter, oneshot::Sender<Result<Page, JournalError>>),
-    Get(i64, oneshot::Sender<Result<JobRecord, JournalError>>),
+    Overview(Vec<String>, i64, Reply<Overview>),
+    List(JobFilter, Reply<Page>),
+    Get(i64, Reply<JobRecord>),
 }
 
 #[derive(Clone)]
@@ -127,16 +92,15 @@ impl Reader {
                 while let Ok(req) = rx.recv() {
                     match req {
                         Req::Overview(queues, now, reply) => {
-                            let _ = reply.send(
+                            reply(
                                 overview(&conn, &queues, now).map_err(|e| map_reader_err(e, &path)),
                             );
                         }
                         Req::List(f, reply) => {
-                            let _ =
-                                reply.send(list(&conn, &f).map_err(|e| map_reader_err(e, &path)));
+                            reply(list(&conn, &f).map_err(|e| map_reader_err(e, &path)));
                         }
                         Req::Get(id, reply) => {
-                            let _ = reply.send(match get(&conn, id) {
+                            reply(match get(&conn, id) {
                                 Ok(Some(j)) => Ok(j),
                                 Ok(None) => Err(JournalError::NotFound(id)),
                                 Err(e) => Err(map_reader_err(e, &path)),
@@ -149,32 +113,27 @@ impl Reader {
         Ok(Reader { tx })
     }
 
-    pub async fn overview(
-        &self,
-        queues: Vec<String>,
-        now_ms: i64,
-    ) -> Result<Overview, JournalError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Req::Overview(queues, now_ms, tx))
-            .map_err(|_| JournalError::Closed)?;
-        rx.await.unwrap_or(Err(JournalError::Closed))
+    fn ask(&self, req: Req) {
+        if let Err(mpsc::SendError(req)) = self.tx.send(req) {
+            let reply = match req {
+                Req::Overview(_, _, reply) => return reply(Err(JournalError::Closed)),
+                Req::List(_, reply) => return reply(Err(JournalError::Closed)),
+                Req::Get(_, reply) => reply,
+            };
+            reply(Err(JournalError::Closed));
+        }
     }
 
-    pub async fn list(&self, filter: JobFilter) -> Result<Page, JournalError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Req::List(filter, tx))
-            .map_err(|_| JournalError::Closed)?;
-        rx.await.unwrap_or(Err(JournalError::Closed))
+    pub fn overview(&self, queues: Vec<String>, now_ms: i64, reply: Reply<Overview>) {
+        self.ask(Req::Overview(queues, now_ms, reply));
     }
 
-    pub async fn get(&self, id: i64) -> Result<JobRecord, JournalError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Req::Get(id, tx))
-            .map_err(|_| JournalError::Closed)?;
-        rx.await.unwrap_or(Err(JournalError::Closed))
+    pub fn list(&self, filter: JobFilter, reply: Reply<Page>) {
+        self.ask(Req::List(filter, reply));
+    }
+
+    pub fn get(&self, id: i64, reply: Reply<JobRecord>) {
+        self.ask(Req::Get(id, reply));
     }
 }
 
