@@ -14,43 +14,21 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tokio::io::AsyncWriteExt;
 
+use super::exec_run::{Effect, ExecRun, ExecStop, Input, Shutdown};
 use super::policy::Exit;
 use super::{Event, Supervisor, drain_end, human};
 use crate::jobs::{self, Outcome};
 use crate::journal::{AttemptOutput, Claimed, JournalError, now_ms};
 use crate::logging::{Capture, Origin, Stream};
 use crate::process::{self, Child};
-use crate::time::after;
 
-/// After the process exits, how long to wait for its output pipes to close (a
-/// grandchild may hold them) before recording the outcome anyway.
-const DRAIN_OUTPUT: Duration = Duration::from_secs(2);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ExecStop {
-    Timeout,
-    Cancelled,
-    Shutdown,
-}
-
-/// One job process of an exec pool.
-pub(super) struct ExecRun {
+/// One job process of an exec pool: the job, and its run's state machine.
+pub(super) struct Lane {
     pub job: i64,
     pub token: i64,
     pub attempt: u32,
     pub queue: String,
-    pub pid: Option<i32>,
-    /// When the process started (until then, when the job was claimed).
-    pub started: Instant,
-    /// The job's time limit; its deadline runs from the process start.
-    pub timeout: Option<Duration>,
-    pub deadline: Option<Instant>,
-    /// Why and when the stop signal was sent, and when SIGKILL follows.
-    pub stop: Option<(ExecStop, Instant)>,
-    pub killed: bool,
-    pub exit: Option<(Exit, Instant)>,
-    /// stdout and stderr not closed yet.
-    pub open_streams: u8,
+    pub run: ExecRun,
     pub stdout: Arc<Mutex<Capture>>,
     pub stderr: Arc<Mutex<Capture>>,
 }
@@ -59,7 +37,7 @@ pub(super) struct ExecRun {
 #[derive(Default)]
 pub(super) struct ExecLanes {
     /// Running job processes by lane.
-    pub runs: std::collections::BTreeMap<u32, ExecRun>,
+    pub runs: std::collections::BTreeMap<u32, Lane>,
     /// Jobs asked of the journal and not answered yet.
     pub claiming: usize,
     /// A job process could not be started for want of resources: no claims until then.
@@ -177,19 +155,12 @@ impl Supervisor {
             };
             pool.exec.runs.insert(
                 lane,
-                ExecRun {
+                Lane {
                     job: job.id,
                     token: job.token,
                     attempt: job.attempt,
                     queue: job.queue.clone(),
-                    pid: None,
-                    started: now,
-                    timeout,
-                    deadline: None,
-                    stop: None,
-                    killed: false,
-                    exit: None,
-                    open_streams: 2,
+                    run: ExecRun::new(now, timeout, pspec.stop_timeout),
                     stdout: Arc::default(),
                     stderr: Arc::default(),
                 },
@@ -224,11 +195,6 @@ impl Supervisor {
             Err(_) => None,
         };
         self.spawn_answered();
-        let stop_signal = self
-            .pools
-            .get(&name)
-            .map(|p| p.spec.stop_signal)
-            .unwrap_or(Signal::SIGTERM);
         if result.is_ok()
             && let Some(p) = self.pools.get_mut(&name)
         {
@@ -275,9 +241,7 @@ impl Supervisor {
             }
             Ok(child) => {
                 let pid = child.pid;
-                run.pid = Some(pid);
-                run.started = child.started;
-                run.deadline = run.timeout.map(|t| after(child.started, t));
+                let started = child.started;
                 self.exec_pids.insert(pid, (name.clone(), lane));
                 if let Some(stdin) = child.stdin {
                     tokio::spawn(async move {
@@ -310,209 +274,180 @@ impl Supervisor {
                         Some(on_close),
                     );
                 }
+                self.exec_step(&name, lane, Input::Spawned { pid, started }, now);
                 if let Some(exit) = early {
                     self.exec_pids.remove(&pid);
                     self.on_exec_exit(&name, lane, exit, now);
-                } else if run.killed {
-                    let _ = process::signal_group(pid, Signal::SIGKILL);
-                } else if run.stop.is_some() {
-                    let _ = process::signal_group(pid, stop_signal);
                 }
             }
         }
     }
 
     pub(super) fn on_exec_exit(&mut self, name: &str, lane: u32, exit: Exit, now: Instant) {
-        if let Some(run) = self
-            .pools
-            .get_mut(name)
-            .and_then(|p| p.exec.runs.get_mut(&lane))
-        {
-            run.exit = Some((exit, now));
-        }
-        self.try_complete_exec(name, lane, now);
+        self.exec_step(name, lane, Input::Exited(exit), now);
     }
 
     pub(super) fn on_exec_stream_closed(&mut self, name: String, lane: u32, job: i64) {
-        if let Some(run) = self
+        let ours = self
             .pools
-            .get_mut(&name)
-            .and_then(|p| p.exec.runs.get_mut(&lane))
-            && run.job == job
-        {
-            run.open_streams = run.open_streams.saturating_sub(1);
+            .get(&name)
+            .and_then(|p| p.exec.runs.get(&lane))
+            .is_some_and(|l| l.job == job);
+        if ours {
+            self.exec_step(&name, lane, Input::StreamClosed, Instant::now());
         }
-        self.try_complete_exec(&name, lane, Instant::now());
     }
 
-    /// Record the outcome once the process is gone and its output read (or given up on).
-    fn try_complete_exec(&mut self, name: &str, lane: u32, now: Instant) {
+    /// What the daemon's stop means for the runs of pool `name`, if it is stopping.
+    fn exec_shutdown(&self, name: &str) -> Option<Shutdown> {
+        let sd = self.shutdown.as_ref()?;
+        let pool = self.pools.get(name)?;
+        Some(Shutdown {
+            drain_until: drain_end(sd.started, sd.deadline, pool.spec.stop_timeout),
+            deadline: sd.deadline,
+        })
+    }
+
+    /// Feed one input to a run's machine and carry out its effects: the only way a run
+    /// changes. Returns what a stop it began did, if it began one.
+    fn exec_step(&mut self, name: &str, lane: u32, input: Input, now: Instant) -> Option<String> {
+        let shutdown = self.exec_shutdown(name);
+        let pool = self.pools.get_mut(name)?;
+        let sig = pool.spec.stop_signal;
+        let l = pool.exec.runs.get_mut(&lane)?;
+        let mut said = None;
+        let effects = l.run.step(input, now, shutdown);
+        let job = l.job;
+        for effect in effects {
+            match effect {
+                Effect::Signal { pid } => {
+                    let _ = process::signal_group(pid, sig);
+                }
+                Effect::Kill { pid } => {
+                    let _ = process::signal_group(pid, Signal::SIGKILL);
+                }
+                Effect::Stopping { why, pid, kill_at } => {
+                    let msg = format!(
+                        "sent {} to the process group of job {job} (pid {}); SIGKILL in {}",
+                        sig.as_str(),
+                        pid.map(|p| p.to_string())
+                            .unwrap_or_else(|| "starting".into()),
+                        human(kill_at.saturating_duration_since(now))
+                    );
+                    match why {
+                        ExecStop::Timeout => {
+                            tracing::warn!(POOL = %name, "job ran past its timeout: {msg}")
+                        }
+                        ExecStop::Shutdown => tracing::info!(POOL = %name, "stopping: {msg}"),
+                        // Said by whoever cancelled.
+                        ExecStop::Cancelled => {}
+                    }
+                    said = Some(msg);
+                }
+                Effect::Escalated { pid } => {
+                    tracing::warn!(JOB_ID = job, POOL = %name, "job {job} (pid {pid}) did not stop; sending SIGKILL to its process group");
+                }
+                Effect::Complete { exit, stopped } => {
+                    self.complete_exec(name, lane, exit, stopped, now);
+                    return said;
+                }
+            }
+        }
+        said
+    }
+
+    /// Record the outcome of a run whose process is gone and whose output is read.
+    fn complete_exec(
+        &mut self,
+        name: &str,
+        lane: u32,
+        exit: Exit,
+        stopped: Option<ExecStop>,
+        now: Instant,
+    ) {
         let Some(pool) = self.pools.get_mut(name) else {
             return;
         };
-        let ready = pool.exec.runs.get(&lane).is_some_and(|r| {
-            r.exit
-                .is_some_and(|(_, at)| r.open_streams == 0 || now >= at + DRAIN_OUTPUT)
-        });
-        if !ready {
-            return;
-        }
-        let Some(run) = pool.exec.runs.remove(&lane) else {
+        let Some(l) = pool.exec.runs.remove(&lane) else {
             return;
         };
         let no_retry = pool.spec.no_retry_exit_codes.clone();
-        let Some((exit, _)) = run.exit else { return };
-        let (out_tail, out_last) = run
+        let (out_tail, out_last) = l
             .stdout
             .lock()
             .map(|c| (c.text(), c.last_line()))
             .unwrap_or_default();
-        let (err_tail, err_last) = run
+        let (err_tail, err_last) = l
             .stderr
             .lock()
             .map(|c| (c.text(), c.last_line()))
             .unwrap_or_default();
-        let ran = now.duration_since(run.started);
-        let outcome = match run.stop {
-            Some((ExecStop::Timeout, _)) => Outcome::TimedOut {
+        let ran = now.saturating_duration_since(l.run.started);
+        let outcome = match stopped {
+            Some(ExecStop::Timeout) => Outcome::TimedOut {
                 reason: format!(
                     "ran past its timeout and was stopped ({})",
                     super::policy::describe_exit(exit)
                 ),
             },
-            Some((ExecStop::Cancelled, _)) => Outcome::Cancelled {
+            Some(ExecStop::Cancelled) => Outcome::Cancelled {
                 reason: format!(
                     "cancelled; the process was stopped ({})",
                     super::policy::describe_exit(exit)
                 ),
             },
-            Some((ExecStop::Shutdown, _)) => Outcome::Interrupted {
+            Some(ExecStop::Shutdown) => Outcome::Interrupted {
                 reason: "steward stopped while the job process ran".to_string(),
             },
             None => jobs::exec_outcome(exit, &no_retry, out_last.as_deref(), err_last.as_deref()),
         };
-        self.observed.metrics.job_ran(&run.queue, ran);
+        self.observed.metrics.job_ran(&l.queue, ran);
         if matches!(outcome, Outcome::Crashed { .. }) {
             self.observed.metrics.jobs_reclaimed("worker_exit", 1);
         }
-        tracing::debug!(JOB_ID = run.job, POOL = %name, "job {} process ended: {} after {}", run.job, super::policy::describe_exit(exit), human(ran));
+        tracing::debug!(JOB_ID = l.job, POOL = %name, "job {} process ended: {} after {}", l.job, super::policy::describe_exit(exit), human(ran));
         let output = AttemptOutput {
             worker: Some(format!("{name}/{lane}")),
-            pid: run.pid,
+            pid: l.run.pid(),
             stdout_tail: out_tail,
             stderr_tail: err_tail,
         };
-        self.finish_job_with(
-            run.job,
-            run.token,
-            &run.queue,
-            run.attempt,
-            outcome,
-            Some(output),
-        );
+        self.finish_job_with(l.job, l.token, &l.queue, l.attempt, outcome, Some(output));
     }
 
-    /// Send the stop signal to a run's process group; SIGKILL follows at `kill_at`.
-    fn stop_exec(&mut self, name: &str, lane: u32, why: ExecStop, now: Instant) -> Option<String> {
-        let pool = self.pools.get_mut(name)?;
-        let (sig, timeout) = (pool.spec.stop_signal, pool.spec.stop_timeout);
-        let kill_at = match self.shutdown.as_ref() {
-            Some(sd) => after(now, timeout).min(sd.deadline),
-            None => after(now, timeout),
-        };
-        let run = pool.exec.runs.get_mut(&lane)?;
-        if run.stop.is_some() || run.exit.is_some() {
-            return None;
-        }
-        run.stop = Some((why, kill_at));
-        if let Some(pid) = run.pid {
-            let _ = process::signal_group(pid, sig);
-        }
-        Some(format!(
-            "sent {} to the process group of job {} (pid {}); SIGKILL in {}",
-            sig.as_str(),
-            run.job,
-            run.pid
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "starting".into()),
-            human(kill_at.saturating_duration_since(now))
-        ))
-    }
-
-    /// Timeouts, stop escalation, output drain and the shutdown drain of exec runs.
+    /// Whatever the clock makes due for exec runs: timeouts, stop escalation, the end of
+    /// an output drain, the shutdown drain.
     pub(super) fn exec_timers(&mut self, now: Instant) {
-        let mut todo: Vec<(String, u32, u8)> = Vec::new();
-        for (name, pool) in &self.pools {
-            let drain_until = self
-                .shutdown
-                .as_ref()
-                .map(|sd| drain_end(sd.started, sd.deadline, pool.spec.stop_timeout));
-            for (&lane, r) in &pool.exec.runs {
-                if r.exit.is_some() {
-                    todo.push((name.clone(), lane, 0));
-                } else if let Some((_, kill_at)) = r.stop {
-                    if now >= kill_at && !r.killed {
-                        todo.push((name.clone(), lane, 1));
-                    }
-                } else if r.deadline.is_some_and(|d| now >= d) {
-                    todo.push((name.clone(), lane, 2));
-                } else if drain_until.is_some_and(|d| now >= d) {
-                    todo.push((name.clone(), lane, 3));
-                }
-            }
-        }
-        for (name, lane, what) in todo {
-            match what {
-                0 => self.try_complete_exec(&name, lane, now),
-                1 => {
-                    if let Some(r) = self
-                        .pools
-                        .get_mut(&name)
-                        .and_then(|p| p.exec.runs.get_mut(&lane))
-                    {
-                        r.killed = true;
-                        if let Some(pid) = r.pid {
-                            tracing::warn!(JOB_ID = r.job, POOL = %name, "job {} (pid {pid}) did not stop; sending SIGKILL to its process group", r.job);
-                            let _ = process::signal_group(pid, Signal::SIGKILL);
-                        }
-                    }
-                }
-                2 => {
-                    if let Some(msg) = self.stop_exec(&name, lane, ExecStop::Timeout, now) {
-                        tracing::warn!(POOL = %name, "job ran past its timeout: {msg}");
-                    }
-                }
-                _ => {
-                    if let Some(msg) = self.stop_exec(&name, lane, ExecStop::Shutdown, now) {
-                        tracing::info!(POOL = %name, "stopping: {msg}");
-                    }
-                }
-            }
+        let due: Vec<(String, u32)> = self
+            .pools
+            .iter()
+            .flat_map(|(name, pool)| {
+                let shutdown = self.exec_shutdown(name);
+                pool.exec
+                    .runs
+                    .iter()
+                    .filter(move |(_, l)| l.run.deadline(shutdown).is_some_and(|d| now >= d))
+                    .map(|(&lane, _)| (name.clone(), lane))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (name, lane) in due {
+            self.exec_step(&name, lane, Input::Tick, now);
         }
     }
 
-    /// The earliest exec deadline, for the loop's timer.
+    /// The earliest exec deadline, for the loop's timer: each run's own, from its state.
     pub(super) fn exec_deadline(&self) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut at = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
-        for pool in self.pools.values() {
+        for (name, pool) in &self.pools {
             if let Some(t) = pool.exec.resources_wait {
                 at(t);
             }
-            if let Some(sd) = &self.shutdown
-                && !pool.exec.runs.is_empty()
-            {
-                at(drain_end(sd.started, sd.deadline, pool.spec.stop_timeout));
-            }
-            for r in pool.exec.runs.values() {
-                if let Some((_, t)) = r.exit {
-                    at(t + DRAIN_OUTPUT);
-                } else if let Some((_, kill_at)) = r.stop {
-                    if !r.killed {
-                        at(kill_at);
-                    }
-                } else if let Some(d) = r.deadline {
-                    at(d);
+            let shutdown = self.exec_shutdown(name);
+            for l in pool.exec.runs.values() {
+                if let Some(t) = l.run.deadline(shutdown) {
+                    at(t);
                 }
             }
         }
@@ -521,14 +456,28 @@ impl Supervisor {
 
     /// `steward cancel` for a job running in an exec pool: stop its process.
     pub(super) fn cancel_exec(&mut self, job: i64) -> Option<String> {
-        let found = self.pools.iter().find_map(|(n, p)| {
+        let (name, lane, stopping) = self.pools.iter().find_map(|(n, p)| {
             p.exec
                 .runs
                 .iter()
-                .find(|(_, r)| r.job == job)
-                .map(|(l, _)| (n.clone(), *l))
+                .find(|(_, l)| l.job == job)
+                .map(|(lane, l)| {
+                    (
+                        n.clone(),
+                        *lane,
+                        !matches!(
+                            l.run.phase,
+                            super::exec_run::Phase::Starting
+                                | super::exec_run::Phase::Running { .. }
+                        ),
+                    )
+                })
         })?;
-        let msg = self.stop_exec(&found.0, found.1, ExecStop::Cancelled, Instant::now());
+        let msg = if stopping {
+            None
+        } else {
+            self.exec_step(&name, lane, Input::Cancel, Instant::now())
+        };
         Some(
             msg.map(|m| format!("cancelling job {job}: {m}"))
                 .unwrap_or_else(|| format!("job {job} is already stopping")),
@@ -539,16 +488,13 @@ impl Supervisor {
     /// interrupted once the processes are gone.
     pub(super) fn kill_exec_runs(&mut self) {
         let now = Instant::now();
-        for pool in self.pools.values_mut() {
-            for r in pool.exec.runs.values_mut() {
-                if r.stop.is_none() {
-                    r.stop = Some((ExecStop::Shutdown, now));
-                }
-                r.killed = true;
-                if let Some(pid) = r.pid {
-                    let _ = process::signal_group(pid, Signal::SIGKILL);
-                }
-            }
+        let lanes: Vec<(String, u32)> = self
+            .pools
+            .iter()
+            .flat_map(|(n, p)| p.exec.runs.keys().map(move |l| (n.clone(), *l)))
+            .collect();
+        for (name, lane) in lanes {
+            self.exec_step(&name, lane, Input::Kill, now);
         }
     }
 

@@ -10,6 +10,7 @@
 
 mod dispatch;
 mod exec;
+mod exec_run;
 pub mod policy;
 mod requests;
 mod worker_io;
@@ -1634,14 +1635,11 @@ impl Supervisor {
                 for (&lane, r) in &pool.exec.runs {
                     workers.push(WorkerStatus {
                         instance: lane,
-                        state: if r.stop.is_some() {
-                            "stopping"
-                        } else {
-                            "running"
-                        }
-                        .to_string(),
-                        pid: r.pid,
-                        uptime_secs: Some(now.duration_since(r.started).as_secs_f64()),
+                        state: r.run.state_name().to_string(),
+                        pid: r.run.pid(),
+                        uptime_secs: Some(
+                            now.saturating_duration_since(r.run.started).as_secs_f64(),
+                        ),
                         restarts: 0,
                         unstable_exits: 0,
                         next_restart_in_secs: None,
