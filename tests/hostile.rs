@@ -119,7 +119,7 @@ fn raise_own_limit() {
     }
 }
 
-/// `steward daemon` on `env`'s config with at most `nofile` open files.
+/// `steward daemon` on `env`'s config with at most `nofile` open files, once it answers.
 fn limited_daemon(env: &Env, nofile: u32) -> KillOnDrop {
     let log = std::fs::File::create(env.path("daemon.log")).unwrap();
     let child = std::process::Command::new("prlimit")
@@ -132,7 +132,21 @@ fn limited_daemon(env: &Env, nofile: u32) -> KillOnDrop {
         .stderr(log)
         .spawn()
         .expect("prlimit (util-linux)");
-    KillOnDrop(child)
+    let child = KillOnDrop(child);
+    wait_for(TIMEOUT, "the daemon running", || {
+        cli(env, &["status"]).status.success().then_some(())
+    });
+    child
+}
+
+/// `steward <args>` against `env`'s daemon (the CLI runs without the daemon's limit).
+fn cli(env: &Env, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin())
+        .args(args)
+        .arg("--socket")
+        .arg(env.socket())
+        .output()
+        .unwrap()
 }
 
 /// Children of `parent` running `sleep 1000`.
@@ -172,17 +186,7 @@ fn idle_connections_cannot_take_the_descriptors_supervision_needs() {
     ));
     let child = limited_daemon(&env, 256);
     let daemon = child.0.id() as i32;
-    let cli = |args: &[&str]| {
-        std::process::Command::new(bin())
-            .args(args)
-            .arg("--socket")
-            .arg(env.socket())
-            .output()
-            .unwrap()
-    };
-    wait_for(TIMEOUT, "the daemon running", || {
-        cli(&["status"]).status.success().then_some(())
-    });
+    let cli = |args: &[&str]| cli(&env, args);
     // Jobs that become due while the connections below are held.
     let ids: Vec<String> = (0..6)
         .map(|_| {
@@ -260,17 +264,7 @@ fn a_process_that_cannot_be_started_for_want_of_descriptors_costs_its_job_nothin
     );
     // Room for the daemon and a few job processes, not eight.
     let _child = limited_daemon(&env, 28);
-    let cli = |args: &[&str]| {
-        std::process::Command::new(bin())
-            .args(args)
-            .arg("--socket")
-            .arg(env.socket())
-            .output()
-            .unwrap()
-    };
-    wait_for(TIMEOUT, "the daemon running", || {
-        cli(&["status"]).status.success().then_some(())
-    });
+    let cli = |args: &[&str]| cli(&env, args);
     let jobs: Vec<serde_json::Value> = (0..24).map(|_| serde_json::json!({"queue": "e"})).collect();
     let out = std::process::Command::new("curl")
         .args(["-s", "--unix-socket"])
