@@ -111,6 +111,13 @@ fn a_heartbeat_flood_from_three_workers() {
     flood("heartbeat", false, 3);
 }
 
+/// Heartbeats written by `yes`: the socket never runs dry, so a reader that only stops
+/// when it does would hold a runtime thread for the whole flood.
+#[test]
+fn a_heartbeat_flood_faster_than_steward_can_read() {
+    flood("heartbeat-yes", false, 3);
+}
+
 /// The test's own limit on open files raised to its hard limit (it opens hundreds).
 fn raise_own_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};

@@ -2,6 +2,8 @@
 //! the loop as events, one writes the lines the loop queues. The loop never waits on a
 //! worker's socket, and no worker can make it hold more than a bounded amount:
 //!
+//! - the reader gives way to the runtime after every [`YIELD_EVERY`] bytes, so a
+//!   socket that never runs dry cannot hold a runtime thread;
 //! - heartbeats are not handed over at all: the read itself renews the worker's leases;
 //! - every other line needs room in the worker's budget ([`IN_FLIGHT`] bytes) until the
 //!   loop has handled it; without room the reader stops reading, so a worker that writes
@@ -31,6 +33,9 @@ use super::policy::RateLimit;
 use super::{Event, SlotId};
 use crate::protocol::{self, FromWorker, MAX_LINE};
 
+/// Bytes the reader task handles before it lets the runtime's other tasks and its
+/// timers run (it does at once when the socket runs dry).
+const YIELD_EVERY: usize = 64 * 1024;
 /// Bytes of queued lines gathered into one write, at most (one line may exceed it).
 const WRITE_BATCH: usize = 64 * 1024;
 /// What one worker's lines may hold of the loop's queue until handled: twice the longest
@@ -169,6 +174,7 @@ pub fn start(
         let mut buf = vec![0u8; 64 * 1024];
         let mut line: Vec<u8> = Vec::new();
         let mut oversized = false;
+        let mut since_yield = 0usize;
         loop {
             if read_half.readable().await.is_err() {
                 break;
@@ -182,6 +188,7 @@ pub fn start(
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     dealt_with.store(this_read, Ordering::SeqCst);
+                    since_yield = 0;
                     continue;
                 }
                 Err(_) => break,
@@ -221,6 +228,14 @@ pub fn start(
             // A partial line left over is not silence: it waits for its end.
             if line.is_empty() {
                 dealt_with.store(this_read, Ordering::SeqCst);
+            }
+            // Waiting for readiness does not count against the task's share of the
+            // runtime, so a socket that never runs dry would hold this thread for good:
+            // give way after every YIELD_EVERY bytes.
+            since_yield += n;
+            if since_yield >= YIELD_EVERY {
+                since_yield = 0;
+                tokio::task::yield_now().await;
             }
         }
         reader.report();
