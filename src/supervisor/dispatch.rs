@@ -12,27 +12,19 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::Reply;
-use super::{Event, Held, KillReason, Phase, SlotId, Supervisor, human, worker_io};
-use crate::config::Config;
+use super::held::{self, CANCEL_GRACE, CancelWhy, Held};
+use super::worker::{Facts, Input, KillReason};
+use super::{Event, Slot, SlotId, Supervisor, human, worker_io};
 use crate::config::QueueSpec;
 use crate::jobs::{JobState, Outcome};
 use crate::journal::{CancelResult, Claimed, Finished, JournalError, now_ms};
-use crate::process;
 use crate::protocol::{self, FromWorker};
 use crate::time::{after, ms_after, rfc3339_ms};
 
-/// Grace given to a worker to give up a job after `cancel`, before it is killed.
-pub const CANCEL_GRACE: Duration = Duration::from_secs(10);
-/// Progress is written to the journal at most this often per job.
-const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Idle workers look for due jobs at least this often, whatever the hints say.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// The lease of a job whose queue is no longer configured.
 const DEFAULT_LEASE: Duration = Duration::from_secs(60);
-/// How long past a deadline the judgment may wait for a worker's unread input.
-const PENDING_GRACE: Duration = Duration::from_secs(5);
-/// How often a deadline waiting for unread input is looked at again.
-const RECHECK: Duration = Duration::from_millis(50);
 
 /// Whether a queue may have due jobs, as far as the loop knows.
 #[derive(Debug, Default, Clone)]
@@ -115,15 +107,10 @@ impl Supervisor {
             let Some(slot) = self.slots.get(&id) else {
                 continue;
             };
-            if !slot.spec.is_protocol()
-                || slot.phase != Phase::Running
-                || slot.draining
-                || slot.conn.is_none()
-                || slot.kill_reason.is_some()
-            {
+            if !slot.spec.is_protocol() || !slot.run.takes_jobs() || slot.conn.is_none() {
                 continue;
             }
-            let Some(pid) = slot.pid else { continue };
+            let Some(pid) = slot.run.pid() else { continue };
             let used = slot.held.len() + slot.claiming;
             let free = (slot.spec.concurrency as usize).saturating_sub(used);
             if free == 0 {
@@ -198,13 +185,10 @@ impl Supervisor {
             }
         };
         self.note_claim(asked, &epochs, &claimed);
-        let usable = self.slots.get(&id).is_some_and(|s| {
-            s.pid == Some(pid)
-                && s.phase == Phase::Running
-                && !s.draining
-                && s.conn.is_some()
-                && s.kill_reason.is_none()
-        }) && self.shutdown.is_none();
+        let usable =
+            self.slots.get(&id).is_some_and(|s| {
+                s.run.pid() == Some(pid) && s.run.takes_jobs() && s.conn.is_some()
+            }) && self.shutdown.is_none();
         for job in claimed.jobs {
             let spec = self.queue_spec(&job.queue);
             if !usable {
@@ -242,16 +226,7 @@ impl Supervisor {
             }
             slot.held.insert(
                 job.id,
-                Held {
-                    queue: job.queue,
-                    attempt: job.attempt,
-                    token: job.token,
-                    started: now,
-                    deadline: timeout.map(|t| after(now, t)),
-                    cancel: None,
-                    last_progress_write: None,
-                    unsaved_progress: None,
-                },
+                Held::new(job.queue, job.attempt, job.token, now, timeout),
             );
             // Attribute the worker's output to the job before it can print anything.
             slot.update_current_job();
@@ -267,7 +242,7 @@ impl Supervisor {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
-        if slot.pid != Some(pid) {
+        if slot.run.pid() != Some(pid) {
             return;
         }
         // Any line renews the leases the worker holds.
@@ -287,12 +262,9 @@ impl Supervisor {
         match msg {
             Err(e) => reject(slot, format!("invalid line ignored: {e}")),
             Ok(FromWorker::Ready) => {
-                if slot.phase == Phase::Starting {
-                    slot.phase = Phase::Running;
-                    slot.became_ready = true;
-                    slot.crash_looping = false;
-                    tracing::info!(POOL = %pool, INSTANCE = index, WORKER_PID = pid, "worker {name} is ready for jobs");
-                }
+                let shutdown = self.shutdown.as_ref().map(|s| s.deadline);
+                let effects = slot.run.step(Input::Ready, now, shutdown);
+                self.carry_out(id, effects, now, "");
             }
             Ok(FromWorker::Heartbeat) => {}
             Ok(FromWorker::Progress {
@@ -307,12 +279,7 @@ impl Supervisor {
                     );
                 };
                 let progress = progress.filter(|p| p.is_finite());
-                let due = held
-                    .last_progress_write
-                    .is_none_or(|t| now.duration_since(t) >= PROGRESS_EVERY);
-                if due {
-                    held.last_progress_write = Some(now);
-                    held.unsaved_progress = None;
+                if let Some((progress, message)) = held.progress(now, (progress, message)) {
                     tracing::debug!(
                         JOB_ID = job,
                         "job {job} progress {:?} {}",
@@ -320,8 +287,6 @@ impl Supervisor {
                         message.as_deref().unwrap_or("")
                     );
                     self.journal.progress(job, held.token, progress, message);
-                } else {
-                    held.unsaved_progress = Some((progress, message));
                 }
             }
             Ok(FromWorker::Done { id: job, result }) => {
@@ -387,10 +352,10 @@ impl Supervisor {
                 let error = error
                     .unwrap_or_else(|| "the worker reported a failure without a message".into());
                 let outcome = match held.cancel {
-                    Some((super::CancelWhy::Cancelled, _)) => Outcome::Cancelled {
+                    Some((CancelWhy::Cancelled, _)) => Outcome::Cancelled {
                         reason: format!("cancelled by steward cancel; worker said: {error}"),
                     },
-                    Some((super::CancelWhy::Timeout, _)) => Outcome::TimedOut {
+                    Some((CancelWhy::Timeout, _)) => Outcome::TimedOut {
                         reason: format!("timed out; worker said: {error}"),
                     },
                     None => Outcome::Failed { error, retry },
@@ -402,7 +367,7 @@ impl Supervisor {
 
     /// A worker's reader counted invalid lines beyond those answered and logged.
     pub(super) fn invalid_lines_ignored(&mut self, id: SlotId, pid: i32, ignored: u64) {
-        let Some(slot) = self.slots.get(&id).filter(|s| s.pid == Some(pid)) else {
+        let Some(slot) = self.slots.get(&id).filter(|s| s.run.pid() == Some(pid)) else {
             return;
         };
         tracing::warn!(POOL = %slot.pool, INSTANCE = slot.index, WORKER_PID = pid, IGNORED = ignored,
@@ -516,19 +481,25 @@ impl Supervisor {
     }
 
     /// The worker of slot `id` is gone: every job it held is reclaimed at once.
-    pub(super) fn reclaim_held(&mut self, id: SlotId, description: &str, deliberate: bool) {
+    pub(super) fn reclaim_held(
+        &mut self,
+        id: SlotId,
+        description: &str,
+        deliberate: bool,
+        killed_for: Option<KillReason>,
+    ) {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
         let held = std::mem::take(&mut slot.held);
         slot.update_current_job();
         slot.conn = None;
-        let reason = slot.kill_reason.take();
+        let reason = killed_for;
         let name = slot.name();
         for (job, h) in held {
             save_progress(&self.journal, job, &h);
             let outcome = match reason {
-                Some(KillReason::Hung) => Outcome::Hung {
+                Some(KillReason::Hung { .. }) => Outcome::Hung {
                     reason: format!(
                         "worker {name} sent nothing for longer than its lease and was killed"
                     ),
@@ -566,192 +537,85 @@ impl Supervisor {
         }
     }
 
-    /// Kill a protocol worker's process group at once, remembering why.
-    fn kill_worker(&mut self, id: SlotId, why: KillReason, message: String) {
+    /// What is due for the jobs slot `id` holds: held-back progress written, and
+    /// `cancel` sent to jobs past their time limit.
+    pub(super) fn job_timers(&mut self, id: SlotId, now: Instant) {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
-        if slot.kill_reason.is_some() {
-            return;
-        }
-        let Some(pid) = slot.pid else { return };
-        tracing::error!(POOL = %slot.pool, INSTANCE = slot.index, WORKER_PID = pid, "worker {} (pid {pid}) {message}; killing it", slot.name());
-        slot.kill_reason = Some(why);
-        let _ = process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
-    }
-
-    /// Protocol deadlines of one slot: start timeout, lease, job timeouts, cancel grace,
-    /// and the end of a drain.
-    ///
-    /// A worker is judged silent only after what it sent has been looked at: bytes
-    /// waiting in its socket, or taken by its reader but not yet a whole line, are not
-    /// silence. For the lease they count as hearing from the worker. For the other
-    /// deadlines (which lines do not extend) the judgment waits for them to be read, for
-    /// at most [`PENDING_GRACE`] past the deadline.
-    pub(super) fn protocol_timers(&mut self, id: SlotId, now: Instant) {
-        let config = &self.config;
-        let Some(slot) = self.slots.get_mut(&id) else {
-            return;
-        };
-        if !slot.spec.is_protocol() || slot.pid.is_none() || slot.kill_reason.is_some() {
-            return;
-        }
-        if slot.recheck_at.is_some_and(|t| now >= t) {
-            slot.recheck_at = None;
-        }
-        // Whether the loop has yet to see something the worker sent.
-        let pending = |slot: &super::Slot| slot.conn.as_ref().is_some_and(|c| c.input_pending());
-        // Wait for pending input before acting on a deadline that passed at `due`.
-        let wait = |slot: &mut super::Slot, due: Instant| -> bool {
-            if now < due + PENDING_GRACE && pending(slot) {
-                slot.recheck_at = Some(now + RECHECK);
-                true
-            } else {
-                false
-            }
-        };
-        if slot.phase == Phase::Starting
-            && let Some(t) = slot.run_started
-            && now >= after(t, slot.spec.start_timeout)
-        {
-            if wait(slot, after(t, slot.spec.start_timeout)) {
-                return;
-            }
-            let limit = slot.spec.start_timeout;
-            return self.kill_worker(
-                id,
-                KillReason::StartTimeout,
-                format!(
-                    "did not send {{\"type\":\"ready\"}} within {}",
-                    human(limit)
-                ),
-            );
-        }
-        if let Some((expiry, lease)) = lease_expiry(config, slot, heard(slot))
-            && now >= expiry
-        {
-            if slot.conn.as_ref().is_some_and(|c| c.unread_in_socket()) {
-                // Bytes are waiting in the socket: the worker has spoken.
-                slot.last_heard = now;
-            } else if lease_expiry(config, slot, heard(slot)).is_some_and(|(e, _)| now >= e) {
-                // Still expired with the reader's latest stamp, read after the socket.
-                return self.kill_worker(
-                    id,
-                    KillReason::Hung,
-                    format!("held jobs but sent nothing for {} (lease)", human(lease)),
-                );
-            }
-        }
-        let Some(slot) = self.slots.get_mut(&id) else {
-            return;
-        };
-        for (job, h) in slot.held.iter_mut() {
-            if let Some(t) = progress_due(h)
-                && now >= t
-                && let Some((progress, message)) = h.unsaved_progress.take()
-            {
-                h.last_progress_write = Some(now);
-                self.journal.progress(*job, h.token, progress, message);
-            }
-        }
-        let mut kill = None;
-        for (job, h) in slot.held.iter_mut() {
-            match h.cancel {
-                None if h.deadline.is_some_and(|d| now >= d) => {
-                    h.cancel = Some((super::CancelWhy::Timeout, now + CANCEL_GRACE));
-                    tracing::warn!(JOB_ID = *job, QUEUE = %h.queue, ATTEMPT = h.attempt,
-                        "job {job} ran past its timeout ({}); sent cancel to worker {}", human(now.duration_since(h.started)), format_args!("{}/{}", slot.pool, slot.index));
+        let name = slot.name();
+        for due in held::take_due(&mut slot.held, now) {
+            match due {
+                held::Due::SaveProgress {
+                    job,
+                    progress: (progress, message),
+                } => {
+                    if let Some(h) = slot.held.get(&job) {
+                        self.journal.progress(job, h.token, progress, message);
+                    }
+                }
+                held::Due::Cancel { job, ran_for } => {
+                    if let Some(h) = slot.held.get(&job) {
+                        tracing::warn!(JOB_ID = job, QUEUE = %h.queue, ATTEMPT = h.attempt,
+                            "job {job} ran past its timeout ({}); sent cancel to worker {name}", human(ran_for));
+                    }
                     if let Some(c) = &slot.conn {
-                        c.send(protocol::cancel_line(*job));
+                        c.send(protocol::cancel_line(job));
                     }
                 }
-                Some((why, kill_at)) if now >= kill_at && kill.is_none() => {
-                    kill = Some((
-                        match why {
-                            super::CancelWhy::Timeout => KillReason::JobTimeout(*job),
-                            super::CancelWhy::Cancelled => KillReason::Cancelled(*job),
-                        },
-                        kill_at,
-                    ));
-                }
-                _ => {}
             }
-        }
-        if let Some((k, due)) = kill {
-            if wait(slot, due) {
-                return;
-            }
-            let job = match k {
-                KillReason::JobTimeout(j) | KillReason::Cancelled(j) => j,
-                _ => 0,
-            };
-            return self.kill_worker(
-                id,
-                k,
-                format!(
-                    "did not give up job {job} within {}s of `cancel`",
-                    CANCEL_GRACE.as_secs()
-                ),
-            );
-        }
-        if slot.draining {
-            let ended = slot.drain_until.filter(|t| now >= *t);
-            if !slot.held.is_empty() {
-                match ended {
-                    None => return,
-                    Some(t) if wait(slot, t) => return,
-                    Some(_) => {}
-                }
-            }
-            let retire = slot.retire;
-            self.stop_now(id, retire, now);
         }
     }
 
-    /// The earliest protocol deadline of a slot, for the loop's timer (derived from the
-    /// same state as [`protocol_timers`](Self::protocol_timers) acts on).
-    pub(super) fn protocol_deadline(&self, slot: &super::Slot) -> Option<Instant> {
-        if !slot.spec.is_protocol() || slot.pid.is_none() || slot.kill_reason.is_some() {
-            return None;
+    /// What slot `s`'s machine needs to know for its deadline: whether it holds jobs, when
+    /// its first lease runs out (from its last sign of life as the loop knows it), and
+    /// the first grace after `cancel` to end. Cheap: no look at its socket.
+    pub(super) fn facts(&self, s: &Slot, _now: Instant) -> Facts {
+        if !s.spec.is_protocol() {
+            return Facts::default();
         }
-        let mut next: Option<Instant> = None;
-        let mut at = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
-        if let Some(t) = slot.recheck_at {
-            at(t);
+        Facts {
+            holds_jobs: !s.held.is_empty(),
+            input_pending: false,
+            lease: self.lease_expiry(s, heard(s)),
+            job_kill: held::kill_due(&s.held),
         }
-        if slot.phase == Phase::Starting
-            && let Some(t) = slot.run_started
-        {
-            at(after(t, slot.spec.start_timeout));
+    }
+
+    /// The same facts for a judgment, once a deadline has come: what the worker sent is
+    /// looked at first. Bytes waiting in its socket are a sign of life for its leases; for
+    /// the other deadlines (which lines do not extend) they mean the judgment waits for
+    /// them to be read.
+    pub(super) fn judged_facts(&mut self, id: SlotId, now: Instant) -> Facts {
+        let Some(slot) = self.slots.get(&id) else {
+            return Facts::default();
+        };
+        if !slot.spec.is_protocol() {
+            return Facts::default();
         }
-        if let Some((expiry, _)) = lease_expiry(&self.config, slot, heard(slot)) {
-            at(expiry);
-        }
-        for h in slot.held.values() {
-            if let Some(t) = progress_due(h) {
-                at(t);
-            }
-            match h.cancel {
-                Some((_, kill_at)) => at(kill_at),
-                None => {
-                    if let Some(d) = h.deadline {
-                        at(d)
-                    }
+        let mut facts = self.facts(slot, now);
+        let unread = slot.conn.as_ref().is_some_and(|c| c.unread_in_socket());
+        facts.input_pending = unread || slot.conn.as_ref().is_some_and(|c| c.input_pending());
+        if facts.lease.is_some_and(|(expiry, _)| now >= expiry) {
+            if unread {
+                // Bytes are waiting in the socket: the worker has spoken.
+                if let Some(slot) = self.slots.get_mut(&id) {
+                    slot.last_heard = now;
                 }
             }
-        }
-        if slot.draining {
-            if slot.held.is_empty() {
-                at(Instant::now());
-            } else if let Some(t) = slot.drain_until {
-                at(t);
+            // Judged again with the reader's latest stamp, read after the socket.
+            if let Some(slot) = self.slots.get(&id) {
+                facts.lease = self.lease_expiry(slot, heard(slot));
             }
         }
-        next.map(|t| match slot.recheck_at {
-            // A passed deadline waiting for input is looked at again at `recheck_at`,
-            // not on every turn.
-            Some(r) if t < r => r,
-            _ => t,
+        facts
+    }
+
+    /// When the first of the leases `s` holds runs out, and that lease's length.
+    fn lease_expiry(&self, s: &Slot, heard: Instant) -> Option<(Instant, Duration)> {
+        let queues = &self.config.queues;
+        held::lease_expiry(&s.held, heard, |q| {
+            queues.get(q).map(|q| q.lease).unwrap_or(DEFAULT_LEASE)
         })
     }
 
@@ -767,11 +631,10 @@ impl Supervisor {
         for slot in self.slots.values_mut() {
             let name = slot.name();
             if let Some(h) = slot.held.get_mut(&job) {
-                if h.cancel.is_none() {
-                    h.cancel = Some((super::CancelWhy::Cancelled, now + CANCEL_GRACE));
-                    if let Some(c) = &slot.conn {
-                        c.send(protocol::cancel_line(job));
-                    }
+                if h.cancel(CancelWhy::Cancelled, now)
+                    && let Some(c) = &slot.conn
+                {
+                    c.send(protocol::cancel_line(job));
                 }
                 tracing::info!(JOB_ID = job, QUEUE = %h.queue, ATTEMPT = h.attempt, "cancelling job {job} on worker {name}");
                 let _ = reply.send(Reply::Cancel(Ok(format!(
@@ -824,12 +687,6 @@ impl Supervisor {
     }
 }
 
-/// When held-back progress of a job may be written.
-fn progress_due(h: &Held) -> Option<Instant> {
-    h.unsaved_progress.as_ref()?;
-    Some(after(h.last_progress_write?, PROGRESS_EVERY))
-}
-
 /// Write the progress the limit held back, before the attempt's end is written.
 fn save_progress(journal: &crate::journal::Journal, job: i64, h: &Held) {
     if let Some((progress, message)) = h.unsaved_progress.clone() {
@@ -838,33 +695,11 @@ fn save_progress(journal: &crate::journal::Journal, job: i64, h: &Held) {
 }
 
 /// The worker's last sign of life: a line the loop handled, or bytes its reader took.
-fn heard(slot: &super::Slot) -> Instant {
+fn heard(slot: &Slot) -> Instant {
     match slot.conn.as_ref().and_then(|c| c.last_read()) {
         Some(t) => t.max(slot.last_heard),
         None => slot.last_heard,
     }
-}
-
-/// When the first of the leases a worker holds runs out, and that lease's length. Each
-/// lease runs from its job's dispatch or from `heard` (the worker's last sign of life),
-/// whichever is later: an idle worker holds nothing, so its silence before a job counts
-/// for nothing.
-fn lease_expiry(
-    config: &Config,
-    slot: &super::Slot,
-    heard: Instant,
-) -> Option<(Instant, Duration)> {
-    slot.held
-        .values()
-        .map(|h| {
-            let lease = config
-                .queues
-                .get(&h.queue)
-                .map(|q| q.lease)
-                .unwrap_or(DEFAULT_LEASE);
-            (after(h.started.max(heard), lease), lease)
-        })
-        .min()
 }
 
 impl super::Slot {

@@ -16,7 +16,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::exec_run::{Effect, ExecRun, ExecStop, Input, Shutdown};
 use super::policy::Exit;
-use super::{Event, Supervisor, drain_end, human};
+use super::worker::{RESOURCE_RETRY, drain_end};
+use super::{Event, Supervisor, human};
 use crate::jobs::{self, Outcome};
 use crate::journal::{AttemptOutput, Claimed, JournalError, now_ms};
 use crate::logging::{Capture, Origin, Stream};
@@ -222,9 +223,9 @@ impl Supervisor {
                         if p.exec.resources_wait.is_none() {
                             tracing::warn!(JOB_ID = job, POOL = %name,
                                 "cannot start the process for job {job}: {e}; the job goes back to its queue without using an attempt, and pool {name} takes no jobs for {}s",
-                                super::RESOURCE_RETRY.as_secs());
+                                RESOURCE_RETRY.as_secs());
                         }
-                        p.exec.resources_wait = Some(now + super::RESOURCE_RETRY);
+                        p.exec.resources_wait = Some(now + RESOURCE_RETRY);
                     }
                 }
                 if shortage {

@@ -3,7 +3,9 @@
 //! Pools, worker slots, pids and timers live here and nowhere else. Everything that
 //! happens reaches the loop as an event (a child exited, a spawn finished, a signal, a
 //! control request, a timer) and the loop answers with effects (spawn, signal a process
-//! group, notify systemd). The decisions themselves are in [`policy`].
+//! group, notify systemd). Each slot's lifecycle is a state machine ([`worker`]; exec
+//! runs: [`exec_run`]) whose transitions are pure; this module carries out the effects
+//! they ask for. The restart decisions themselves are in [`policy`].
 //!
 //! A worker *slot* is one instance of a pool (`web/0`, `web/1`, ...). A slot outlives the
 //! processes it runs: it is started, exits, backs off and is started again.
@@ -11,8 +13,10 @@
 mod dispatch;
 mod exec;
 mod exec_run;
+mod held;
 pub mod policy;
 mod requests;
+mod worker;
 mod worker_io;
 
 pub use requests::{Reply, Request, RequestRx, RequestTx};
@@ -38,7 +42,9 @@ use crate::notify::Notifier;
 use crate::process::{self, Child, Spawner};
 use crate::protocol::FromWorker;
 use crate::time::after;
-use policy::{AfterExit, Exit, RestartRules, RunFacts};
+use held::Held;
+use policy::{AfterExit, Exit};
+use worker::{Effect, Input, KillReason, Retire, Rules, Worker};
 
 /// After a forced stop (second SIGTERM), how long to wait for the kernel to deliver the
 /// last exits before leaving anyway.
@@ -52,8 +58,6 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const EVENTS_PER_TURN: usize = 256;
 /// Most control requests handled in one turn.
 const REQUESTS_PER_TURN: usize = 16;
-/// How soon a spawn that failed for want of resources is tried again.
-const RESOURCE_RETRY: Duration = Duration::from_secs(1);
 /// How long after the last such failure `/health` still reports it.
 const SHORTAGE_SHOWN: Duration = Duration::from_secs(10);
 /// How often statuses are published and the periodic reports made.
@@ -72,85 +76,16 @@ fn prune_every(config: &Config) -> Duration {
 
 type SlotId = u64;
 
-/// Why steward killed a protocol worker outright.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KillReason {
-    StartTimeout,
-    Hung,
-    JobTimeout(i64),
-    Cancelled(i64),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CancelWhy {
-    Timeout,
-    Cancelled,
-}
-
-/// A job held by a worker, under a lease.
-#[derive(Debug)]
-struct Held {
-    queue: String,
-    attempt: u32,
-    /// The fencing token of this lease.
-    token: i64,
-    started: Instant,
-    deadline: Option<Instant>,
-    /// `cancel` was sent; the worker is killed at the instant given.
-    cancel: Option<(CancelWhy, Instant)>,
-    last_progress_write: Option<Instant>,
-    /// The latest progress the once-a-second limit held back: written when its second is
-    /// up, or before the attempt's end, so the journal keeps the last word.
-    unsaved_progress: Option<(Option<f64>, Option<String>)>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Fork/exec requested, result not back yet.
-    Spawning,
-    /// Process up, not yet counted as running (plain worker: before `stable_after`).
-    Starting,
-    Running,
-    BackingOff,
-    Stopping,
-    Stopped,
-    Failed,
-}
-
-/// What to do with a slot once its process is gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Retire {
-    /// Nothing: it stays (stopped, failed, or restarting by policy).
-    Keep,
-    /// Start it again with the pool's current spec (rolling restart).
-    Replace,
-    /// Remove it (scale down, pool removed, shutdown).
-    Remove,
-}
-
 struct Slot {
     pool: String,
     index: u32,
     /// The spec this slot's process was started with.
     spec: Arc<PoolSpec>,
     generation: u64,
-    phase: Phase,
-    pid: Option<i32>,
-    run_started: Option<Instant>,
-    run_started_wall: Option<SystemTime>,
-    became_ready: bool,
-    /// Consecutive unstable exits (the backoff level).
-    level: u32,
+    /// The slot's lifecycle: its state, backoff level and what happens once it stops.
+    run: Worker,
     restarts: u64,
     ever_started: bool,
-    backoff_until: Option<Instant>,
-    crash_looping: bool,
-    stop_asked: Option<Instant>,
-    kill_at: Option<Instant>,
-    killed: bool,
-    /// A stop was requested while the spawn was in flight.
-    stop_pending: bool,
-    retire: Retire,
     last_exit: Option<LastExit>,
     reason: Option<String>,
     /// Protocol workers: our side of the worker's socket.
@@ -164,15 +99,9 @@ struct Slot {
     /// When the loop last handled a line from the worker (its process start before the
     /// first one). Each held job's lease runs from the later of this and its dispatch.
     last_heard: Instant,
-    /// A deadline passed while the worker's input was still unread: judge it again then.
-    recheck_at: Option<Instant>,
     /// Lines of this worker that steward rejects are answered and logged at most this
     /// often; the rest are counted and reported every ten seconds.
     rejects: policy::RateLimit,
-    /// `drain` was sent; stop once the held jobs are done or at `drain_until`.
-    draining: bool,
-    drain_until: Option<Instant>,
-    kill_reason: Option<KillReason>,
     /// The job whose output this worker's log lines belong to (0: none or several).
     current_job: Arc<AtomicI64>,
 }
@@ -180,18 +109,6 @@ struct Slot {
 impl Slot {
     fn name(&self) -> String {
         format!("{}/{}", self.pool, self.index)
-    }
-
-    fn state_name(&self) -> &'static str {
-        match self.phase {
-            Phase::Spawning | Phase::Starting => "starting",
-            Phase::Running => "running",
-            Phase::BackingOff if self.crash_looping => "crash-looping",
-            Phase::BackingOff => "backing-off",
-            Phase::Stopping => "stopping",
-            Phase::Stopped => "stopped",
-            Phase::Failed => "failed",
-        }
     }
 }
 
@@ -339,13 +256,6 @@ pub struct Supervisor {
     job_lines: Arc<JobLines>,
     /// When the count of job lines left out is next reported.
     next_lines_report: Instant,
-}
-
-/// When a drain during shutdown must end: early enough to leave the stop signal its
-/// `stop_timeout`, but never using more than half of what is left of the budget for that.
-fn drain_end(now: Instant, deadline: Instant, stop_timeout: Duration) -> Instant {
-    let left = deadline.saturating_duration_since(now);
-    after(now, left - stop_timeout.min(left / 2))
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -572,16 +482,11 @@ impl Supervisor {
     fn next_deadline(&self, now: Instant) -> Instant {
         let mut next = now + Duration::from_secs(3600);
         for s in self.slots.values() {
-            let t = match s.phase {
-                Phase::Starting => s.run_started.map(|t| after(t, s.spec.stable_after)),
-                Phase::BackingOff => s.backoff_until,
-                Phase::Stopping if !s.killed => s.kill_at,
-                _ => None,
-            };
-            if let Some(t) = t {
-                next = next.min(t);
-            }
-            if let Some(t) = self.protocol_deadline(s) {
+            let facts = self.facts(s, now);
+            for t in [s.run.deadline(&facts, now), held::deadline(&s.held)]
+                .into_iter()
+                .flatten()
+            {
                 next = next.min(t);
             }
         }
@@ -714,67 +619,64 @@ impl Supervisor {
         self.spawn_answered();
         self.initial_pending.remove(&id);
         let now = Instant::now();
+        let shutdown = self.shutdown_deadline();
         let Some(slot) = self.slots.get_mut(&id) else {
             if let Ok(child) = result {
                 let _ = process::signal_group(child.pid, Signal::SIGKILL);
             }
             return;
         };
-        match result {
-            Ok(child) => {
-                let pid = child.pid;
-                slot.pid = Some(pid);
-                slot.run_started = Some(child.started);
-                slot.run_started_wall = Some(SystemTime::now());
-                slot.phase = Phase::Starting;
-                slot.became_ready = false;
-                slot.last_heard = child.started;
-                slot.recheck_at = None;
-                if let Some(ours) = slot.pending_conn.take() {
-                    // A duplicate of our end, to look for unread input before judging the
-                    // worker silent; without it only what the reader took is seen.
-                    let probe = ours.try_clone().ok().map(OwnedFd::from);
-                    match ours
-                        .set_nonblocking(true)
-                        .and_then(|()| tokio::net::UnixStream::from_std(ours))
-                    {
-                        Ok(stream) => {
-                            slot.conn = Some(worker_io::start(
-                                stream,
-                                probe,
-                                id,
-                                pid,
-                                self.events_tx.clone(),
-                            ))
-                        }
-                        Err(e) => {
-                            tracing::error!("cannot use the socket of worker {}: {e}", slot.name())
-                        }
-                    }
+        let child = match result {
+            Ok(child) => child,
+            Err(e) => return self.spawn_failed(id, e, now),
+        };
+        let pid = child.pid;
+        slot.last_heard = child.started;
+        if let Some(ours) = slot.pending_conn.take() {
+            // A duplicate of our end, to look for unread input before judging the worker
+            // silent; without it only what the reader took is seen.
+            let probe = ours.try_clone().ok().map(OwnedFd::from);
+            match ours
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::UnixStream::from_std(ours))
+            {
+                Ok(stream) => {
+                    slot.conn = Some(worker_io::start(
+                        stream,
+                        probe,
+                        id,
+                        pid,
+                        self.events_tx.clone(),
+                    ))
                 }
-                self.pids.insert(pid, id);
-                let origin = Origin {
-                    pool: Arc::from(slot.pool.as_str()),
-                    instance: slot.index,
-                    pid,
-                    job: slot.current_job.clone(),
-                };
-                tracing::info!(POOL = %slot.pool, INSTANCE = slot.index, WORKER_PID = pid,
-                    "started worker {} (pid {pid}): {}", slot.name(), slot.spec.command.join(" "));
-                self.worker_log
-                    .forward(child.stdout, origin.clone(), Stream::Stdout);
-                self.worker_log
-                    .forward(child.stderr, origin, Stream::Stderr);
-                let stop_pending = slot.stop_pending;
-                if let Some(exit) = early {
-                    self.pids.remove(&pid);
-                    self.on_exit(id, exit, now);
-                } else if stop_pending {
-                    let retire = slot.retire;
-                    self.request_stop(id, retire, now);
-                }
+                Err(e) => tracing::error!("cannot use the socket of worker {}: {e}", slot.name()),
             }
-            Err(e) => self.spawn_failed(id, e, now),
+        }
+        self.pids.insert(pid, id);
+        let origin = Origin {
+            pool: Arc::from(slot.pool.as_str()),
+            instance: slot.index,
+            pid,
+            job: slot.current_job.clone(),
+        };
+        tracing::info!(POOL = %slot.pool, INSTANCE = slot.index, WORKER_PID = pid,
+            "started worker {} (pid {pid}): {}", slot.name(), slot.spec.command.join(" "));
+        self.worker_log
+            .forward(child.stdout, origin.clone(), Stream::Stdout);
+        self.worker_log
+            .forward(child.stderr, origin, Stream::Stderr);
+        let effects = slot.run.step(
+            Input::Spawned {
+                pid,
+                started: child.started,
+            },
+            now,
+            shutdown,
+        );
+        self.carry_out(id, effects, now, "");
+        if let Some(exit) = early {
+            self.pids.remove(&pid);
+            self.on_exit(id, exit, now);
         }
     }
 
@@ -787,27 +689,18 @@ impl Supervisor {
         if shortage {
             self.short_of_resources(&e, now);
         }
+        let shutdown = self.shutdown_deadline();
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
         slot.pending_conn = None;
         if shortage {
-            let reason = format!("waiting for resources: {e}");
-            if slot.reason.as_deref() != Some(reason.as_str()) {
-                tracing::warn!(POOL = %slot.pool, INSTANCE = slot.index,
-                    "cannot start worker {}: {e}; trying again every {}s (the backoff level is not raised: this is not the worker's fault)",
-                    slot.name(), RESOURCE_RETRY.as_secs());
-            }
-            slot.phase = Phase::BackingOff;
-            slot.backoff_until = Some(now + RESOURCE_RETRY);
-            slot.reason = Some(reason);
-            return;
+            let effects = slot.run.step(Input::ShortOfResources, now, shutdown);
+            return self.carry_out(id, effects, now, &e.to_string());
         }
         tracing::error!(POOL = %slot.pool, INSTANCE = slot.index,
             "cannot start worker {}: {e} (command: {}); check the pool's command and working_dir",
             slot.name(), slot.spec.command.join(" "));
-        slot.run_started = Some(now);
-        slot.run_started_wall = Some(SystemTime::now());
         let description = format!("could not start: {e}");
         self.after_run(id, Exit::Code(127), description, now);
     }
@@ -829,15 +722,120 @@ impl Supervisor {
     /// A run of slot `id` is over, either because its process exited or because it
     /// could not be started at all.
     fn after_run(&mut self, id: SlotId, exit: Exit, description: String, now: Instant) {
-        let shutting_down = self.shutdown.is_some();
+        let shutdown = self.shutdown_deadline();
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
-        let ran_for = slot
-            .run_started
-            .map(|t| now.duration_since(t))
-            .unwrap_or_default();
-        let pid = slot.pid.take();
+        let jitter = rand::random::<f64>();
+        let effects = slot.run.step(Input::Exited { exit, jitter }, now, shutdown);
+        self.carry_out(id, effects, now, &description);
+    }
+
+    /// The end of the stop budget, while steward stops.
+    fn shutdown_deadline(&self) -> Option<Instant> {
+        self.shutdown.as_ref().map(|s| s.deadline)
+    }
+
+    /// Carry out what slot `id`'s machine asked for. `detail`: what the input was about
+    /// (the exit's description, the error of a spawn), for the log.
+    fn carry_out(&mut self, id: SlotId, effects: Vec<Effect>, now: Instant, detail: &str) {
+        for effect in effects {
+            let Some(slot) = self.slots.get_mut(&id) else {
+                return;
+            };
+            let (name, pool, index) = (slot.name(), slot.pool.clone(), slot.index);
+            match effect {
+                Effect::Spawn => self.spawn_slot(id),
+                Effect::Signal { pid, kill_at } => {
+                    let sig = slot.spec.stop_signal;
+                    tracing::info!(POOL = %pool, INSTANCE = index,
+                        "stopping worker {name} (pid {pid}) with {}; SIGKILL in {} if it is still there",
+                        sig.as_str(), human(kill_at.saturating_duration_since(now)));
+                    if let Err(e) = process::signal_group(pid, sig) {
+                        tracing::warn!("cannot signal worker {name} (pid {pid}): {e}");
+                    }
+                }
+                Effect::Escalate { pid, waited } => {
+                    tracing::warn!(POOL = %pool, INSTANCE = index,
+                        "worker {name} (pid {pid}) did not exit {} after {}; sending SIGKILL to its process group",
+                        human(waited), slot.spec.stop_signal.as_str());
+                    let _ = process::signal_group(pid, Signal::SIGKILL);
+                }
+                Effect::Kill { pid } => {
+                    let _ = process::signal_group(pid, Signal::SIGKILL);
+                }
+                Effect::KillFor { pid, why } => {
+                    let message = match why {
+                        KillReason::StartTimeout => format!(
+                            "did not send {{\"type\":\"ready\"}} within {}",
+                            human(slot.spec.start_timeout)
+                        ),
+                        KillReason::Hung { lease } => {
+                            format!("held jobs but sent nothing for {} (lease)", human(lease))
+                        }
+                        KillReason::JobTimeout(job) | KillReason::Cancelled(job) => format!(
+                            "did not give up job {job} within {}s of `cancel`",
+                            held::CANCEL_GRACE.as_secs()
+                        ),
+                    };
+                    tracing::error!(POOL = %pool, INSTANCE = index, WORKER_PID = pid,
+                        "worker {name} (pid {pid}) {message}; killing it");
+                    let _ = process::signal_group(pid, Signal::SIGKILL);
+                }
+                Effect::Drain { until } => {
+                    tracing::info!(POOL = %pool, INSTANCE = index,
+                        "draining worker {name}: waiting up to {} for its {} jobs before stopping it",
+                        human(until.saturating_duration_since(now)), slot.held.len());
+                    if let Some(c) = &slot.conn {
+                        c.send(crate::protocol::drain_line());
+                    }
+                }
+                Effect::Up { pid } => {
+                    if slot.spec.is_protocol() {
+                        tracing::info!(POOL = %pool, INSTANCE = index, WORKER_PID = pid,
+                            "worker {name} is ready for jobs");
+                    } else {
+                        tracing::info!(POOL = %pool, INSTANCE = index, "worker {name} is running");
+                    }
+                }
+                Effect::WaitForResources { retry_at } => {
+                    let reason = format!("waiting for resources: {detail}");
+                    if slot.reason.as_deref() != Some(reason.as_str()) {
+                        tracing::warn!(POOL = %pool, INSTANCE = index,
+                            "cannot start worker {name}: {detail}; trying again every {} (the backoff level is not raised: this is not the worker's fault)",
+                            human(retry_at.saturating_duration_since(now)));
+                    }
+                    slot.reason = Some(reason);
+                }
+                Effect::Exited {
+                    exit,
+                    pid,
+                    ran_for,
+                    deliberate,
+                    killed_for,
+                    next,
+                } => self.exited(id, exit, pid, ran_for, deliberate, killed_for, next, detail),
+                Effect::Retire(retire) => self.finish_stop(id, retire),
+            }
+        }
+    }
+
+    /// A run is over: record and log it, and reclaim the jobs it held.
+    #[allow(clippy::too_many_arguments)]
+    fn exited(
+        &mut self,
+        id: SlotId,
+        exit: Exit,
+        pid: Option<i32>,
+        ran_for: Duration,
+        deliberate: bool,
+        killed_for: Option<KillReason>,
+        next: Option<AfterExit>,
+        description: &str,
+    ) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
         slot.last_exit = Some(LastExit {
             code: match exit {
                 Exit::Code(c) => Some(c),
@@ -847,56 +845,32 @@ impl Supervisor {
                 Exit::Signal(s) => Some(policy::signal_name(s)),
                 Exit::Code(_) => None,
             },
-            description: description.clone(),
+            description: description.to_string(),
             at: rfc3339(SystemTime::now()),
             ran_secs: ran_for.as_secs_f64(),
         });
         let name = slot.name();
         let (pool, index) = (slot.pool.clone(), slot.index);
+        let restart = slot.spec.restart;
         let pid_s = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-        let deliberate = slot.phase == Phase::Stopping
-            || slot.stop_pending
-            || slot.retire != Retire::Keep
-            || shutting_down;
-        slot.draining = false;
-        slot.drain_until = None;
-        if slot.kill_reason == Some(KillReason::StartTimeout) {
-            slot.kill_reason = None;
-        }
-        self.reclaim_held(id, &format!("exited ({description})"), deliberate);
+        self.reclaim_held(
+            id,
+            &format!("exited ({description})"),
+            deliberate,
+            killed_for,
+        );
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
-
-        if deliberate {
-            tracing::info!(POOL = %pool, INSTANCE = index, "worker {name}{pid_s} stopped: {description} after {}", human(ran_for));
-            self.finish_stop(id);
-            return;
-        }
-
-        let rules = RestartRules {
-            restart: slot.spec.restart,
-            backoff: slot.spec.backoff.clone(),
-            crash_loop_after: slot.spec.crash_loop_after,
-            give_up_after: slot.spec.give_up_after,
-            stable_after: slot.spec.stable_after,
-        };
-        let run = RunFacts {
-            exit,
-            ran_for,
-            became_ready: slot.became_ready,
-        };
-        match policy::after_exit(&rules, slot.level, run) {
-            AfterExit::Restart {
+        match next {
+            None => {
+                tracing::info!(POOL = %pool, INSTANCE = index, "worker {name}{pid_s} stopped: {description} after {}", human(ran_for));
+            }
+            Some(AfterExit::Restart {
                 delay,
                 level,
                 crash_looping,
-            } => {
-                let delay = policy::with_jitter(delay, rules.backoff.jitter, rand::random::<f64>());
-                slot.level = level;
-                slot.phase = Phase::BackingOff;
-                slot.backoff_until = Some(after(now, delay));
-                slot.crash_looping = crash_looping;
+            }) => {
                 if crash_looping {
                     tracing::error!(POOL = %pool, INSTANCE = index,
                         "worker {name}{pid_s} is crash-looping: {description} after {}, {level} unstable exits in a row; next restart in {}. Read its output with: journalctl -u steward POOL={pool}",
@@ -910,19 +884,15 @@ impl Supervisor {
                         human(ran_for), human(delay));
                 }
             }
-            AfterExit::Stop { level } => {
-                slot.level = level;
-                slot.phase = Phase::Stopped;
+            Some(AfterExit::Stop { .. }) => {
                 slot.reason = Some(format!(
                     "exited: {description}; restart = \"{}\"",
-                    rules.restart.as_str()
+                    restart.as_str()
                 ));
                 tracing::info!(POOL = %pool, INSTANCE = index,
-                    "worker {name}{pid_s} exited: {description}; not restarted (restart = \"{}\")", rules.restart.as_str());
+                    "worker {name}{pid_s} exited: {description}; not restarted (restart = \"{}\")", restart.as_str());
             }
-            AfterExit::Fail { level, reason } => {
-                slot.level = level;
-                slot.phase = Phase::Failed;
+            Some(AfterExit::Fail { reason, .. }) => {
                 slot.reason = Some(reason.clone());
                 tracing::error!(POOL = %pool, INSTANCE = index,
                     "worker {name}{pid_s} failed: {reason}; it will not be restarted until `steward restart {pool}` or a reload that changes the pool");
@@ -932,47 +902,31 @@ impl Supervisor {
 
     // ----------------------------------------------------------------- timers
 
+    /// Act on every deadline that has come: each slot's machine is ticked only when its
+    /// own deadline (derived from its state) has passed.
     fn on_timers(&mut self, now: Instant) {
+        let shutdown = self.shutdown_deadline();
         let ids: Vec<SlotId> = self.slots.keys().copied().collect();
         for id in ids {
+            let Some(slot) = self.slots.get(&id) else {
+                continue;
+            };
+            if held::deadline(&slot.held).is_some_and(|t| now >= t) {
+                self.job_timers(id, now);
+            }
+            let Some(slot) = self.slots.get(&id) else {
+                continue;
+            };
+            let facts = self.facts(slot, now);
+            if slot.run.deadline(&facts, now).is_none_or(|t| now < t) {
+                continue;
+            }
+            let facts = self.judged_facts(id, now);
             let Some(slot) = self.slots.get_mut(&id) else {
                 continue;
             };
-            match slot.phase {
-                Phase::Starting
-                    if !slot.spec.is_protocol()
-                        && slot
-                            .run_started
-                            .is_some_and(|t| now >= after(t, slot.spec.stable_after)) =>
-                {
-                    slot.phase = Phase::Running;
-                    slot.became_ready = true;
-                    slot.crash_looping = false;
-                    tracing::info!(POOL = %slot.pool, INSTANCE = slot.index, "worker {} is running", slot.name());
-                }
-                Phase::BackingOff if slot.backoff_until.is_some_and(|t| now >= t) => {
-                    self.spawn_slot(id)
-                }
-                Phase::Stopping => {
-                    if let (Some(kill_at), Some(pid)) = (slot.kill_at, slot.pid)
-                        && policy::should_kill(now, kill_at, slot.killed)
-                    {
-                        {
-                            slot.killed = true;
-                            let waited = slot
-                                .stop_asked
-                                .map(|t| now.duration_since(t))
-                                .unwrap_or_default();
-                            tracing::warn!(POOL = %slot.pool, INSTANCE = slot.index,
-                                "worker {} (pid {pid}) did not exit {} after {}; sending SIGKILL to its process group",
-                                slot.name(), human(waited), slot.spec.stop_signal.as_str());
-                            let _ = process::signal_group(pid, Signal::SIGKILL);
-                        }
-                    }
-                }
-                _ => {}
-            }
-            self.protocol_timers(id, now);
+            let effects = slot.run.step(Input::Tick(facts), now, shutdown);
+            self.carry_out(id, effects, now, "");
         }
         self.exec_timers(now);
         if let Some(sd) = &mut self.shutdown
@@ -998,21 +952,9 @@ impl Supervisor {
                 index,
                 spec: pool.spec.clone(),
                 generation: pool.generation,
-                phase: Phase::Stopped,
-                pid: None,
-                run_started: None,
-                run_started_wall: None,
-                became_ready: false,
-                level: 0,
+                run: Worker::new(Rules::of(&pool.spec)),
                 restarts: 0,
                 ever_started: false,
-                backoff_until: None,
-                crash_looping: false,
-                stop_asked: None,
-                kill_at: None,
-                killed: false,
-                stop_pending: false,
-                retire: Retire::Keep,
                 last_exit: None,
                 reason: None,
                 conn: None,
@@ -1020,11 +962,7 @@ impl Supervisor {
                 held: BTreeMap::new(),
                 claiming: 0,
                 last_heard: Instant::now(),
-                recheck_at: None,
                 rejects: policy::RateLimit::new(worker_io::INVALID_PER_SECOND, Instant::now()),
-                draining: false,
-                drain_until: None,
-                kill_reason: None,
                 current_job: Arc::new(AtomicI64::new(0)),
             },
         );
@@ -1041,13 +979,9 @@ impl Supervisor {
             self.observed.metrics.worker_restarted(&slot.pool);
         }
         slot.ever_started = true;
-        slot.phase = Phase::Spawning;
-        slot.backoff_until = None;
-        slot.stop_pending = false;
-        slot.stop_asked = None;
-        slot.kill_at = None;
-        slot.killed = false;
+        slot.run.spawning();
         slot.reason = None;
+        slot.pending_conn = None;
         let spec = &slot.spec;
         let mut env = process::base_environment(&self.env.vars, spec.inherit_env);
         env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -1055,14 +989,9 @@ impl Supervisor {
         env.push(("STEWARD_INSTANCE".into(), slot.index.to_string()));
         env.push(("STEWARD_SOCKET".into(), socket));
         let mut inherit_fd: Option<OwnedFd> = None;
-        let protocol = spec.is_protocol();
         let command = spec.command.clone();
         let cwd = spec.working_dir.clone();
-        slot.pending_conn = None;
-        slot.kill_reason = None;
-        slot.draining = false;
-        slot.drain_until = None;
-        if protocol {
+        if spec.is_protocol() {
             match std::os::unix::net::UnixStream::pair() {
                 Ok((ours, theirs)) => {
                     env.push(("STEWARD_FD".into(), theirs.as_raw_fd().to_string()));
@@ -1092,90 +1021,21 @@ impl Supervisor {
     /// worker holding jobs is sent `drain` first and stopped once they are done (or at
     /// the end of its drain time: `stop_timeout`, cut short by the shutdown budget).
     fn request_stop(&mut self, id: SlotId, retire: Retire, now: Instant) {
-        let shutdown_deadline = self.shutdown.as_ref().map(|s| s.deadline);
+        let shutdown = self.shutdown_deadline();
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
-        if slot.draining {
-            if slot.retire != Retire::Remove {
-                slot.retire = retire;
-            }
-            if let Some(d) = shutdown_deadline {
-                let end = drain_end(now, d, slot.spec.stop_timeout);
-                slot.drain_until = Some(slot.drain_until.map_or(end, |u| u.min(end)));
-            }
-            return;
-        }
-        if slot.phase == Phase::Running && !slot.held.is_empty() && slot.conn.is_some() {
-            if slot.retire != Retire::Remove {
-                slot.retire = retire;
-            }
-            // Stopping steward: drain within the shutdown budget. Restarting or removing
-            // one worker: drain for up to its stop_timeout.
-            let until = match shutdown_deadline {
-                Some(d) => drain_end(now, d, slot.spec.stop_timeout),
-                None => after(now, slot.spec.stop_timeout),
-            };
-            slot.draining = true;
-            slot.drain_until = Some(until);
-            tracing::info!(POOL = %slot.pool, INSTANCE = slot.index,
-                "draining worker {}: waiting up to {} for its {} jobs before stopping it",
-                slot.name(), human(until.saturating_duration_since(now)), slot.held.len());
-            if let Some(c) = &slot.conn {
-                c.send(crate::protocol::drain_line());
-            }
-            return;
-        }
-        self.stop_now(id, retire, now);
+        let drain = slot.spec.is_protocol() && !slot.held.is_empty() && slot.conn.is_some();
+        let effects = slot.run.step(Input::Stop { retire, drain }, now, shutdown);
+        self.carry_out(id, effects, now, "");
     }
 
-    /// Send the stop signal now (no drain).
-    fn stop_now(&mut self, id: SlotId, retire: Retire, now: Instant) {
-        let shutdown_deadline = self.shutdown.as_ref().map(|s| s.deadline);
+    /// Slot `id` has no process any more and was asked to stop: apply `retire`.
+    fn finish_stop(&mut self, id: SlotId, retire: Retire) {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
-        slot.draining = false;
-        if slot.retire != Retire::Remove {
-            slot.retire = retire;
-        }
-        match slot.phase {
-            Phase::Spawning => slot.stop_pending = true,
-            Phase::Starting | Phase::Running => {
-                let Some(pid) = slot.pid else {
-                    return;
-                };
-                let sig = slot.spec.stop_signal;
-                let kill_at = policy::kill_deadline(now, slot.spec.stop_timeout, shutdown_deadline);
-                slot.phase = Phase::Stopping;
-                slot.stop_asked = Some(now);
-                slot.kill_at = Some(kill_at);
-                slot.killed = false;
-                tracing::info!(POOL = %slot.pool, INSTANCE = slot.index,
-                    "stopping worker {} (pid {pid}) with {}; SIGKILL in {} if it is still there",
-                    slot.name(), sig.as_str(), human(kill_at.saturating_duration_since(now)));
-                if let Err(e) = process::signal_group(pid, sig) {
-                    tracing::warn!("cannot signal worker {} (pid {pid}): {e}", slot.name());
-                }
-            }
-            Phase::Stopping => {
-                if let (Some(d), Some(k)) = (shutdown_deadline, slot.kill_at) {
-                    slot.kill_at = Some(k.min(d));
-                }
-            }
-            Phase::BackingOff | Phase::Stopped | Phase::Failed => self.finish_stop(id),
-        }
-    }
-
-    /// Slot `id` has no process any more: apply its `retire`.
-    fn finish_stop(&mut self, id: SlotId) {
-        let Some(slot) = self.slots.get_mut(&id) else {
-            return;
-        };
-        slot.pid = None;
-        slot.stop_pending = false;
-        slot.kill_at = None;
-        match slot.retire {
+        match retire {
             Retire::Remove => {
                 let (pool, index) = (slot.pool.clone(), slot.index);
                 self.slots.remove(&id);
@@ -1187,20 +1047,14 @@ impl Supervisor {
             }
             Retire::Replace => {
                 let Some(pool) = self.pools.get(&slot.pool) else {
-                    slot.retire = Retire::Remove;
-                    return self.finish_stop(id);
+                    return self.finish_stop(id, Retire::Remove);
                 };
                 slot.spec = pool.spec.clone();
                 slot.generation = pool.generation;
-                slot.level = 0;
-                slot.crash_looping = false;
-                slot.retire = Retire::Keep;
+                slot.run.replaced(Rules::of(&pool.spec));
                 self.spawn_slot(id);
             }
-            Retire::Keep => {
-                slot.phase = Phase::Stopped;
-                slot.reason = Some("stopped by steward".into());
-            }
+            Retire::Keep => slot.reason = Some("stopped by steward".into()),
         }
     }
 
@@ -1263,16 +1117,12 @@ impl Supervisor {
                 if index >= instances {
                     continue;
                 }
-                if s.retire == Retire::Replace
-                    || (s.generation == generation
-                        && matches!(
-                            s.phase,
-                            Phase::Spawning | Phase::Starting | Phase::BackingOff | Phase::Failed
-                        ))
+                if s.run.retire == Retire::Replace
+                    || (s.generation == generation && s.run.coming_up())
                 {
                     busy = true;
                 }
-                if s.generation < generation && s.retire == Retire::Keep && outdated.is_none() {
+                if s.generation < generation && s.run.retire == Retire::Keep && outdated.is_none() {
                     outdated = Some(*id);
                 }
             }
@@ -1290,10 +1140,11 @@ impl Supervisor {
                 tracing::warn!(
                     "second {why} while stopping: killing every worker and job process now"
                 );
-                for s in self.slots.values_mut() {
-                    if let Some(pid) = s.pid {
-                        s.killed = true;
-                        let _ = process::signal_group(pid, Signal::SIGKILL);
+                let ids: Vec<SlotId> = self.slots.keys().copied().collect();
+                for id in ids {
+                    if let Some(slot) = self.slots.get_mut(&id) {
+                        let effects = slot.run.step(Input::Kill, now, Some(now));
+                        self.carry_out(id, effects, now, "");
                     }
                 }
                 self.kill_exec_runs();
@@ -1301,7 +1152,11 @@ impl Supervisor {
             return;
         }
         let budget = self.config.daemon.shutdown_timeout;
-        let live = self.slots.values().filter(|s| s.pid.is_some()).count();
+        let live = self
+            .slots
+            .values()
+            .filter(|s| s.run.pid().is_some())
+            .count();
         tracing::info!(
             "received {why}: stopping {live} workers (budget {})",
             human(budget)
@@ -1537,7 +1392,11 @@ impl Supervisor {
 
     fn update_status_line(&mut self) {
         if self.shutdown.is_some() {
-            let live = self.slots.values().filter(|s| s.pid.is_some()).count();
+            let live = self
+                .slots
+                .values()
+                .filter(|s| s.run.pid().is_some())
+                .count();
             self.status_line = format!("stopping: {live} workers left");
             return;
         }
@@ -1549,11 +1408,11 @@ impl Supervisor {
         {
             total += pool.spec.instances;
             for id in pool.slots.values() {
-                match self.slots.get(id).map(|s| (s.phase, s.crash_looping)) {
-                    Some((Phase::Running, _)) => running += 1,
-                    Some((Phase::BackingOff, true)) => looping += 1,
-                    Some((Phase::BackingOff, false)) => backing += 1,
-                    Some((Phase::Failed, _)) => failed += 1,
+                match self.slots.get(id).map(|s| s.run.state_name()) {
+                    Some("running") => running += 1,
+                    Some("crash-looping") => looping += 1,
+                    Some("backing-off") => backing += 1,
+                    Some("failed") => failed += 1,
                     _ => {}
                 }
             }
@@ -1611,20 +1470,20 @@ impl Supervisor {
                     .filter_map(|id| self.slots.get(id))
                     .map(|s| WorkerStatus {
                         instance: s.index,
-                        state: s.state_name().to_string(),
-                        pid: s.pid,
+                        state: s.run.state_name().to_string(),
+                        pid: s.run.pid(),
                         uptime_secs: s
-                            .pid
-                            .and(s.run_started)
-                            .map(|t| now.duration_since(t).as_secs_f64()),
+                            .run
+                            .since()
+                            .map(|t| now.saturating_duration_since(t).as_secs_f64()),
                         restarts: s.restarts,
-                        unstable_exits: s.level,
-                        next_restart_in_secs: (s.phase == Phase::BackingOff)
-                            .then(|| {
-                                s.backoff_until
-                                    .map(|t| t.saturating_duration_since(now).as_secs_f64())
-                            })
-                            .flatten(),
+                        unstable_exits: s.run.level,
+                        next_restart_in_secs: match s.run.phase {
+                            worker::Phase::BackingOff { until, .. } => {
+                                Some(until.saturating_duration_since(now).as_secs_f64())
+                            }
+                            _ => None,
+                        },
                         last_exit: s.last_exit.clone(),
                         reason: s.reason.clone(),
                         generation: s.generation,
@@ -1723,13 +1582,14 @@ impl Supervisor {
                         .insert("running".into(), pool.exec.runs.len() as u64);
                 }
                 for s in pool.slots.values().filter_map(|id| self.slots.get(id)) {
-                    match (s.phase, s.crash_looping) {
-                        (Phase::Running, _) => h.running += 1,
-                        (Phase::BackingOff, true) => h.crash_looping += 1,
-                        (Phase::Failed, _) => h.failed += 1,
+                    let state = s.run.state_name();
+                    match state {
+                        "running" => h.running += 1,
+                        "crash-looping" => h.crash_looping += 1,
+                        "failed" => h.failed += 1,
                         _ => {}
                     }
-                    *h.states.entry(s.state_name().to_string()).or_default() += 1;
+                    *h.states.entry(state.to_string()).or_default() += 1;
                 }
                 h
             })
