@@ -17,6 +17,7 @@
 //!
 //! [`sqlite`] is the store: the embedded default.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::HashMap;

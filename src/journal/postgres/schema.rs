@@ -1,0 +1,292 @@
+//! The PostgreSQL journal's schema, versioned in `<schema>.meta`, and its migrations.
+//!
+//! Every table lives in one schema of the operator's choosing (`steward` by default).
+//! Migrations run in one transaction under an advisory lock on the schema's name, so
+//! that several daemons starting together apply each exactly once, and a daemon older
+//! than the schema refuses to touch it.
+//!
+//! Hot rows are narrow: `jobs` holds what dispatch needs, payloads and results live in
+//! `job_data`. Jobs due later (`scheduled`) wait apart from due ones (`queued`), so a
+//! claim never walks past future rows.
+
+use tokio_postgres::Client;
+
+/// Each entry upgrades the schema from version `index` to `index + 1`; `{s}` is the
+/// schema's (quoted) name.
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs, their data and attempts; hosts and their leases; submits from SQL.
+    r#"
+    CREATE TABLE {s}.jobs (
+        id               bigserial PRIMARY KEY,
+        queue            text        NOT NULL,
+        state            text        NOT NULL,
+        priority         bigint      NOT NULL DEFAULT 0,
+        run_at           timestamptz NOT NULL,
+        created_at       timestamptz NOT NULL DEFAULT now(),
+        updated_at       timestamptz NOT NULL DEFAULT now(),
+        finished_at      timestamptz,
+        attempts         integer     NOT NULL DEFAULT 0,
+        tries            integer     NOT NULL DEFAULT 0,
+        crashes          integer     NOT NULL DEFAULT 0,
+        interruptions    integer     NOT NULL DEFAULT 0,
+        max_attempts     integer     NOT NULL,
+        timeout_ms       bigint,
+        unique_key       text,
+        lease_token      bigint      NOT NULL DEFAULT 0,
+        lease_host       text,
+        lease_run        text,
+        worker           text,
+        claimed_at       timestamptz,
+        error            text,
+        progress         double precision,
+        progress_message text,
+        CONSTRAINT jobs_state CHECK (state IN
+            ('queued', 'scheduled', 'running', 'succeeded', 'failed', 'cancelled'))
+    ) WITH (fillfactor = 80);
+    CREATE INDEX jobs_dispatch ON {s}.jobs (queue, priority DESC, run_at, id)
+        WHERE state = 'queued';
+    CREATE INDEX jobs_scheduled ON {s}.jobs (run_at) WHERE state = 'scheduled';
+    CREATE INDEX jobs_running ON {s}.jobs (lease_run) WHERE state = 'running';
+    CREATE UNIQUE INDEX jobs_unique ON {s}.jobs (queue, unique_key)
+        WHERE unique_key IS NOT NULL AND state IN ('queued', 'scheduled', 'running');
+    CREATE INDEX jobs_finished ON {s}.jobs (queue, state, finished_at)
+        WHERE finished_at IS NOT NULL;
+    CREATE TABLE {s}.job_data (
+        job_id  bigint PRIMARY KEY REFERENCES {s}.jobs (id) ON DELETE CASCADE,
+        payload jsonb NOT NULL,
+        result  jsonb
+    );
+    CREATE TABLE {s}.attempts (
+        job_id      bigint  NOT NULL REFERENCES {s}.jobs (id) ON DELETE CASCADE,
+        attempt     integer NOT NULL,
+        host        text,
+        worker      text,
+        pid         integer,
+        started_at  timestamptz,
+        ended_at    timestamptz,
+        outcome     text,
+        error       text,
+        stdout_tail text,
+        stderr_tail text,
+        PRIMARY KEY (job_id, attempt)
+    );
+    CREATE TABLE {s}.hosts (
+        run_id           text PRIMARY KEY,
+        host             text        NOT NULL,
+        boot_id          text,
+        pid              integer,
+        version          text,
+        started_at       timestamptz NOT NULL DEFAULT now(),
+        lease_expires_at timestamptz NOT NULL
+    );
+    CREATE INDEX hosts_host ON {s}.hosts (host);
+    CREATE FUNCTION {s}.submit(
+        queue        text,
+        payload      jsonb,
+        priority     bigint      DEFAULT 0,
+        run_at       timestamptz DEFAULT now(),
+        max_attempts integer     DEFAULT 3,
+        unique_key   text        DEFAULT NULL
+    ) RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $fn$
+    #variable_conflict use_column
+    DECLARE
+        job bigint;
+    BEGIN
+        IF submit.queue IS NULL OR submit.queue !~ '^[A-Za-z0-9_-]{1,64}$' THEN
+            RAISE EXCEPTION 'steward.submit: queue must be 1 to 64 letters, digits, - or _, not %', quote_nullable(submit.queue)
+                USING ERRCODE = '22023';
+        END IF;
+        IF submit.payload IS NULL THEN
+            RAISE EXCEPTION 'steward.submit: payload must be a JSON value, not NULL'
+                USING ERRCODE = '22023';
+        END IF;
+        IF pg_column_size(submit.payload) > 64 * 1024 * 1024 THEN
+            RAISE EXCEPTION 'steward.submit: payload of % bytes is over 64 MiB', pg_column_size(submit.payload)
+                USING ERRCODE = '54000';
+        END IF;
+        IF submit.max_attempts IS NULL OR submit.max_attempts < 1 OR submit.max_attempts > {max_attempts} THEN
+            RAISE EXCEPTION 'steward.submit: max_attempts must be 1 to {max_attempts}, not %', quote_nullable(submit.max_attempts)
+                USING ERRCODE = '22023';
+        END IF;
+        IF submit.run_at IS NULL OR submit.run_at > now() + interval '100 years' THEN
+            RAISE EXCEPTION 'steward.submit: run_at must be given and at most 100 years from now'
+                USING ERRCODE = '22023';
+        END IF;
+        IF length(submit.unique_key) > 1024 THEN
+            RAISE EXCEPTION 'steward.submit: unique_key must be at most 1024 characters'
+                USING ERRCODE = '22023';
+        END IF;
+        LOOP
+            IF submit.unique_key IS NOT NULL THEN
+                SELECT j.id INTO job FROM {s}.jobs j
+                    WHERE j.queue = submit.queue AND j.unique_key = submit.unique_key
+                      AND j.state IN ('queued', 'scheduled', 'running');
+                IF FOUND THEN
+                    RETURN job;
+                END IF;
+            END IF;
+            -- A submit with the same key that commits first wins; this one then returns
+            -- its id.
+            INSERT INTO {s}.jobs (queue, state, priority, run_at, max_attempts, unique_key)
+                VALUES (submit.queue,
+                        CASE WHEN submit.run_at > now() THEN 'scheduled' ELSE 'queued' END,
+                        coalesce(submit.priority, 0), submit.run_at, submit.max_attempts,
+                        submit.unique_key)
+                ON CONFLICT (queue, unique_key)
+                    WHERE unique_key IS NOT NULL AND state IN ('queued', 'scheduled', 'running')
+                    DO NOTHING
+                RETURNING id INTO job;
+            EXIT WHEN job IS NOT NULL;
+        END LOOP;
+        INSERT INTO {s}.job_data (job_id, payload) VALUES (job, submit.payload);
+        RETURN job;
+    END
+    $fn$;
+    "#,
+];
+
+/// The schema version this build knows.
+pub const VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Why the schema could not be brought to [`VERSION`].
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(
+        "the journal schema {schema} is at version {found}, made by a newer steward (this one knows up to version {VERSION}): upgrade steward on this host; nothing was changed"
+    )]
+    Newer { schema: String, found: i32 },
+    #[error(
+        "the database role may not create or change the schema {schema} ({detail}): give the role steward connects as a schema of its own, e.g. CREATE SCHEMA {schema} AUTHORIZATION <role>"
+    )]
+    Privileges { schema: String, detail: String },
+    #[error("cannot prepare the journal schema {schema}: {detail}")]
+    Other { schema: String, detail: String },
+}
+
+/// A schema name steward accepts: an SQL identifier that needs no quoting (lower-case
+/// letters, digits and `_`, starting with a letter or `_`, at most 63 bytes).
+pub fn check_schema_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    if !first_ok
+        || name.len() > 63
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(format!(
+            "schema must be 1 to 63 lower-case letters, digits or _, starting with a letter or _, not {name:?}"
+        ));
+    }
+    Ok(())
+}
+
+fn sql(template: &str, schema: &str) -> String {
+    template
+        .replace("{s}", schema)
+        .replace("{max_attempts}", &crate::config::MAX_ATTEMPTS.to_string())
+}
+
+/// Bring `schema` to [`VERSION`], creating it if need be: the version it had before.
+pub async fn migrate(client: &mut Client, schema: &str) -> Result<i32, MigrateError> {
+    check_schema_name(schema).map_err(|detail| MigrateError::Other {
+        schema: schema.to_string(),
+        detail,
+    })?;
+    let err = |e: tokio_postgres::Error| classify(schema, e);
+    let tx = client.transaction().await.map_err(err)?;
+    // One daemon at a time; the others wait here and then find the work done.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('steward schema ' || $1, 0))",
+        &[&schema],
+    )
+    .await
+    .map_err(err)?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         CREATE TABLE IF NOT EXISTS {schema}.meta (name text PRIMARY KEY, value text NOT NULL);"
+    ))
+    .await
+    .map_err(err)?;
+    let found: i32 = match tx
+        .query_opt(
+            &format!("SELECT value FROM {schema}.meta WHERE name = 'schema_version'"),
+            &[],
+        )
+        .await
+        .map_err(err)?
+    {
+        Some(row) => {
+            let v: String = row.get(0);
+            v.parse().map_err(|_| MigrateError::Other {
+                schema: schema.to_string(),
+                detail: format!("{schema}.meta holds schema_version {v:?}, which is not a number"),
+            })?
+        }
+        None => 0,
+    };
+    if found > VERSION {
+        return Err(MigrateError::Newer {
+            schema: schema.to_string(),
+            found,
+        });
+    }
+    for m in MIGRATIONS.iter().skip(usize::try_from(found).unwrap_or(0)) {
+        tx.batch_execute(&sql(m, schema)).await.map_err(err)?;
+    }
+    tx.execute(
+        &format!(
+            "INSERT INTO {schema}.meta (name, value) VALUES ('schema_version', $1)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+        ),
+        &[&VERSION.to_string()],
+    )
+    .await
+    .map_err(err)?;
+    tx.commit().await.map_err(err)?;
+    Ok(found)
+}
+
+fn classify(schema: &str, e: tokio_postgres::Error) -> MigrateError {
+    let detail = super::describe(&e);
+    if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+        MigrateError::Privileges {
+            schema: schema.to_string(),
+            detail,
+        }
+    } else {
+        MigrateError::Other {
+            schema: schema.to_string(),
+            detail,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_need_no_quoting_and_are_bounded() {
+        for ok in ["steward", "_x", "steward_2", &"a".repeat(63)] {
+            assert!(check_schema_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Steward",
+            "2x",
+            "a-b",
+            "a b",
+            "x;drop",
+            "é",
+            &"a".repeat(64),
+        ] {
+            assert!(check_schema_name(bad).is_err(), "{bad}");
+        }
+    }
+}
