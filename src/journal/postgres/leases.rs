@@ -1,0 +1,622 @@
+//! Claiming, finishing and rescuing jobs in the PostgreSQL journal: the statements that
+//! make a lease safe when many hosts share one queue.
+//!
+//! - A claim takes due jobs with `FOR NO KEY UPDATE SKIP LOCKED`, so daemons claiming at
+//!   once never wait for each other or take the same job, and bumps each job's
+//!   `lease_token`.
+//! - Every later write is fenced on `(id, lease_token, running)`: a write from an attempt
+//!   that lost its lease changes nothing.
+//! - Jobs held by a run whose host lease expired are rescued by whichever live daemon
+//!   gets to the host row first (`SKIP LOCKED` again: no leader), counted as
+//!   interruptions as on one host.
+//!
+//! Retry and quarantine decisions are `jobs::after_attempt`'s, as with SQLite. All times
+//! are the database's clock.
+
+use tokio_postgres::Client;
+
+use super::describe;
+use crate::config::RetryBackoff;
+use crate::jobs::{self, Counters, JobState, Next, Outcome};
+use crate::journal::{Claimed, Finished, Leased};
+
+/// Who takes a lease: the daemon run and its host, and the worker it is for.
+pub struct Taker<'a> {
+    pub host: &'a str,
+    pub run_id: &'a str,
+    pub worker: &'a str,
+    pub pid: i32,
+}
+
+/// Most scheduled jobs made due in one claim (the rest on the next).
+const PROMOTE_AT_MOST: i64 = 1000;
+
+fn err(what: &str) -> impl Fn(tokio_postgres::Error) -> String + '_ {
+    move |e| format!("cannot {what} in the PostgreSQL journal: {}", describe(&e))
+}
+
+/// Lease up to `n` due jobs of `queues` to `taker`, in dispatch order (priority, run
+/// time, id).
+pub async fn claim(
+    client: &Client,
+    schema: &str,
+    queues: &[String],
+    n: usize,
+    taker: &Taker<'_>,
+) -> Result<Claimed, String> {
+    let n = i64::try_from(n).unwrap_or(i64::MAX);
+    // Scheduled jobs whose time has come join the due ones; they wait apart until then,
+    // so that the claim below never walks past future rows.
+    client
+        .execute(
+            &format!(
+                "UPDATE {schema}.jobs SET state = 'queued', updated_at = now() WHERE id IN (
+                     SELECT id FROM {schema}.jobs
+                     WHERE state = 'scheduled' AND run_at <= now() AND queue = ANY($1)
+                     ORDER BY run_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            ),
+            &[&queues, &PROMOTE_AT_MOST],
+        )
+        .await
+        .map_err(err("make scheduled jobs due"))?;
+    let rows = client
+        .query(
+            &format!(
+                "WITH c AS MATERIALIZED (
+                     SELECT id FROM {schema}.jobs
+                     WHERE state = 'queued' AND queue = ANY($1)
+                     ORDER BY priority DESC, run_at, id
+                     LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED),
+                 u AS (
+                     UPDATE {schema}.jobs j SET state = 'running', attempts = j.attempts + 1,
+                         tries = j.tries + 1, lease_token = j.lease_token + 1,
+                         lease_host = $3, lease_run = $4, worker = $5, claimed_at = now(),
+                         updated_at = now(), progress = NULL, progress_message = NULL
+                     FROM c WHERE j.id = c.id
+                     RETURNING j.id, j.queue, j.attempts, j.lease_token, j.timeout_ms,
+                         j.created_at, j.priority, j.run_at),
+                 a AS (
+                     INSERT INTO {schema}.attempts (job_id, attempt, host, worker, pid, started_at)
+                     SELECT id, attempts, $3, $5, $6, now() FROM u)
+                 SELECT u.id, u.queue, u.attempts, u.lease_token, u.timeout_ms,
+                     (extract(epoch FROM u.created_at) * 1000)::bigint, d.payload::text
+                 FROM u JOIN {schema}.job_data d ON d.job_id = u.id
+                 ORDER BY u.priority DESC, u.run_at, u.id"
+            ),
+            &[
+                &queues,
+                &n,
+                &taker.host,
+                &taker.run_id,
+                &taker.worker,
+                &taker.pid,
+            ],
+        )
+        .await
+        .map_err(err("claim jobs"))?;
+    let jobs: Vec<Leased> = rows
+        .iter()
+        .map(|r| Leased {
+            id: r.get(0),
+            queue: r.get(1),
+            attempt: u32::try_from(r.get::<_, i32>(2)).unwrap_or(0),
+            token: r.get(3),
+            timeout_ms: r.get(4),
+            created_ms: r.get(5),
+            payload: r.get(6),
+        })
+        .collect();
+    let mut next_run_at_ms = None;
+    if (jobs.len() as i64) < n {
+        next_run_at_ms = client
+            .query_one(
+                &format!(
+                    "SELECT (extract(epoch FROM min(run_at)) * 1000)::bigint FROM {schema}.jobs
+                     WHERE state = 'scheduled' AND queue = ANY($1)"
+                ),
+                &[&queues],
+            )
+            .await
+            .map_err(err("look for scheduled jobs"))?
+            .get(0);
+    }
+    Ok(Claimed {
+        jobs,
+        next_run_at_ms,
+    })
+}
+
+/// The state a decision puts a job in, and how many ms from now it runs again.
+fn next_state(next: &Next) -> (JobState, Option<i64>) {
+    match next {
+        Next::Succeeded => (JobState::Succeeded, None),
+        Next::Cancelled => (JobState::Cancelled, None),
+        Next::Failed { .. } => (JobState::Failed, None),
+        Next::Queued { delay } => (
+            JobState::Queued,
+            Some(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+        ),
+    }
+}
+
+/// End an attempt if `token` is still the job's lease; the next state follows
+/// `jobs::after_attempt`.
+pub async fn finish(
+    client: &mut Client,
+    schema: &str,
+    id: i64,
+    token: i64,
+    outcome: &Outcome,
+    backoff: &RetryBackoff,
+) -> Result<Finished, String> {
+    let e = err("finish a job");
+    let tx = client.transaction().await.map_err(&e)?;
+    let Some(row) = tx
+        .query_opt(
+            &format!(
+                "SELECT tries, crashes, interruptions, max_attempts, attempts FROM {schema}.jobs
+                 WHERE id = $1 AND lease_token = $2 AND state = 'running' FOR NO KEY UPDATE"
+            ),
+            &[&id, &token],
+        )
+        .await
+        .map_err(&e)?
+    else {
+        return Ok(Finished::Stale);
+    };
+    let count = |i: usize| u32::try_from(row.get::<_, i32>(i)).unwrap_or(0);
+    let counters = Counters {
+        tries: count(0),
+        crashes: count(1),
+        interruptions: count(2),
+        max_attempts: count(3),
+    };
+    let attempt: i32 = row.get(4);
+    let (c, next) = jobs::after_attempt(counters, outcome, backoff, rand::random::<f64>());
+    let (state, delay_ms) = next_state(&next);
+    let reason = match &next {
+        Next::Failed { reason } => Some(reason.clone()),
+        Next::Succeeded => None,
+        _ => outcome.error().map(str::to_string),
+    };
+    let stored_state = match delay_ms {
+        Some(ms) if ms > 0 => "scheduled",
+        _ => state.as_str(),
+    };
+    let to_i32 = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+    let run_at_ms: i64 = tx
+        .query_one(
+            &format!(
+                "UPDATE {schema}.jobs SET state = $2, tries = $3, crashes = $4, interruptions = $5,
+                     run_at = CASE WHEN $6::bigint IS NULL THEN run_at
+                                   ELSE now() + make_interval(secs => $6::bigint / 1000.0) END,
+                     finished_at = CASE WHEN $7 THEN now() END,
+                     error = $8, updated_at = now(), worker = NULL, lease_host = NULL, lease_run = NULL
+                 WHERE id = $1
+                 RETURNING (extract(epoch FROM run_at) * 1000)::bigint"
+            ),
+            &[
+                &id,
+                &stored_state,
+                &to_i32(c.tries),
+                &to_i32(c.crashes),
+                &to_i32(c.interruptions),
+                &delay_ms,
+                &state.is_final(),
+                &reason,
+            ],
+        )
+        .await
+        .map_err(&e)?
+        .get(0);
+    if let Outcome::Succeeded { result: Some(r) } = outcome {
+        tx.execute(
+            &format!("UPDATE {schema}.job_data SET result = $2::text::jsonb WHERE job_id = $1"),
+            &[&id, r],
+        )
+        .await
+        .map_err(&e)?;
+    }
+    tx.execute(
+        &format!(
+            "UPDATE {schema}.attempts SET ended_at = now(), outcome = $3, error = $4
+             WHERE job_id = $1 AND attempt = $2"
+        ),
+        &[&id, &attempt, &outcome.as_str(), &outcome.error()],
+    )
+    .await
+    .map_err(&e)?;
+    tx.commit().await.map_err(&e)?;
+    Ok(Finished::Applied {
+        state,
+        run_at_ms,
+        reason,
+    })
+}
+
+/// A job taken back from a run whose host lease expired.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rescued {
+    pub id: i64,
+    pub queue: String,
+    pub host: String,
+    pub now: JobState,
+}
+
+/// Take back the jobs of up to 16 runs whose host lease has expired (runs another daemon
+/// is rescuing are skipped), and forget those runs.
+pub async fn rescue(
+    client: &mut Client,
+    schema: &str,
+    backoff_of: impl Fn(&str) -> RetryBackoff,
+) -> Result<Vec<Rescued>, String> {
+    let e = err("rescue the jobs of expired hosts");
+    let tx = client.transaction().await.map_err(&e)?;
+    let dead = tx
+        .query(
+            &format!(
+                "SELECT run_id, host FROM {schema}.hosts WHERE lease_expires_at < now()
+                 ORDER BY lease_expires_at LIMIT 16 FOR UPDATE SKIP LOCKED"
+            ),
+            &[],
+        )
+        .await
+        .map_err(&e)?;
+    if dead.is_empty() {
+        return Ok(Vec::new());
+    }
+    let runs: Vec<String> = dead.iter().map(|r| r.get(0)).collect();
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT id, queue, tries, crashes, interruptions, max_attempts, attempts, lease_host
+                 FROM {schema}.jobs WHERE state = 'running' AND lease_run = ANY($1)
+                 ORDER BY id FOR NO KEY UPDATE"
+            ),
+            &[&runs],
+        )
+        .await
+        .map_err(&e)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let id: i64 = r.get(0);
+        let queue: String = r.get(1);
+        let count = |i: usize| u32::try_from(r.get::<_, i32>(i)).unwrap_or(0);
+        let counters = Counters {
+            tries: count(2),
+            crashes: count(3),
+            interruptions: count(4),
+            max_attempts: count(5),
+        };
+        let attempt: i32 = r.get(6);
+        let host: String = r.get::<_, Option<String>>(7).unwrap_or_default();
+        let outcome = Outcome::Interrupted {
+            reason: format!("the lease of host {host} expired while the job ran there"),
+        };
+        let (c, next) =
+            jobs::after_attempt(counters, &outcome, &backoff_of(&queue), rand::random());
+        let (state, delay_ms) = next_state(&next);
+        let stored = match delay_ms {
+            Some(ms) if ms > 0 => "scheduled",
+            _ => state.as_str(),
+        };
+        let reason = match &next {
+            Next::Failed { reason } => Some(reason.clone()),
+            _ => outcome.error().map(str::to_string),
+        };
+        let to_i32 = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+        tx.execute(
+            &format!(
+                "UPDATE {schema}.jobs SET state = $2, tries = $3, crashes = $4, interruptions = $5,
+                     run_at = CASE WHEN $6::bigint IS NULL THEN run_at
+                                   ELSE now() + make_interval(secs => $6::bigint / 1000.0) END,
+                     finished_at = CASE WHEN $7 THEN now() END, error = $8, updated_at = now(),
+                     worker = NULL, lease_host = NULL, lease_run = NULL
+                 WHERE id = $1"
+            ),
+            &[
+                &id,
+                &stored,
+                &to_i32(c.tries),
+                &to_i32(c.crashes),
+                &to_i32(c.interruptions),
+                &delay_ms,
+                &state.is_final(),
+                &reason,
+            ],
+        )
+        .await
+        .map_err(&e)?;
+        tx.execute(
+            &format!(
+                "UPDATE {schema}.attempts SET ended_at = now(), outcome = $3, error = $4
+                 WHERE job_id = $1 AND attempt = $2"
+            ),
+            &[&id, &attempt, &outcome.as_str(), &outcome.error()],
+        )
+        .await
+        .map_err(&e)?;
+        out.push(Rescued {
+            id,
+            queue,
+            host,
+            now: state,
+        });
+    }
+    tx.execute(
+        &format!("DELETE FROM {schema}.hosts WHERE run_id = ANY($1)"),
+        &[&runs],
+    )
+    .await
+    .map_err(&e)?;
+    tx.commit().await.map_err(&e)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use super::super::test_cluster::Cluster;
+    use super::super::{connect, register, schema::migrate};
+    use super::*;
+
+    const S: &str = "steward";
+
+    fn backoff() -> RetryBackoff {
+        RetryBackoff {
+            initial: Duration::from_secs(60),
+            max: Duration::from_secs(60),
+            multiplier: 2.0,
+            jitter: 0.0,
+        }
+    }
+
+    fn taker<'a>(host: &'a str, run_id: &'a str) -> Taker<'a> {
+        Taker {
+            host,
+            run_id,
+            worker: "w/0",
+            pid: 1,
+        }
+    }
+
+    async fn with_jobs(pg: &Cluster, n: usize) -> Client {
+        let mut c = connect(&pg.url()).await.unwrap();
+        migrate(&mut c, S).await.unwrap();
+        c.execute(
+            "SELECT steward.submit('q', to_jsonb(i)) FROM generate_series(1, $1::int) i",
+            &[&(n as i32)],
+        )
+        .await
+        .unwrap();
+        c
+    }
+
+    #[tokio::test]
+    async fn daemons_claiming_at_once_never_take_the_same_job() {
+        let Some(pg) = Cluster::start() else { return };
+        with_jobs(&pg, 300).await;
+        let q = vec!["q".to_string()];
+        let mut tasks = Vec::new();
+        for h in 0..3 {
+            let url = pg.url();
+            let q = q.clone();
+            tasks.push(tokio::spawn(async move {
+                let c = connect(&url).await.unwrap();
+                let host = format!("h{h}");
+                let mut got = Vec::new();
+                loop {
+                    let claimed = claim(&c, S, &q, 7, &taker(&host, &host)).await.unwrap();
+                    if claimed.jobs.is_empty() {
+                        return got;
+                    }
+                    got.extend(claimed.jobs.into_iter().map(|j| (j.id, j.token)));
+                }
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        let ids: HashSet<i64> = all.iter().map(|(id, _)| *id).collect();
+        assert_eq!(all.len(), 300, "a job was taken twice or not at all");
+        assert_eq!(ids.len(), 300);
+        assert!(all.iter().all(|(_, token)| *token == 1));
+    }
+
+    #[tokio::test]
+    async fn a_claim_follows_priority_and_leaves_future_jobs_alone() {
+        let Some(pg) = Cluster::start() else { return };
+        let c = with_jobs(&pg, 0).await;
+        let submit = |sql: &'static str| c.query_one(sql, &[]);
+        let low: i64 = submit("SELECT steward.submit('q', '1')")
+            .await
+            .unwrap()
+            .get(0);
+        let high: i64 = submit("SELECT steward.submit('q', '2', priority => 5)")
+            .await
+            .unwrap()
+            .get(0);
+        submit(
+            "SELECT steward.submit('q', '3', priority => 9, run_at => now() + interval '1 hour')",
+        )
+        .await
+        .unwrap();
+        let q = vec!["q".to_string()];
+        let claimed = claim(&c, S, &q, 10, &taker("h", "r")).await.unwrap();
+        let ids: Vec<i64> = claimed.jobs.iter().map(|j| j.id).collect();
+        assert_eq!(ids, vec![high, low]);
+        assert_eq!(claimed.jobs[0].payload, "2");
+        let next = claimed.next_run_at_ms.expect("the scheduled job's time");
+        let in_ms = next - crate::time::now_ms();
+        assert!((3_500_000..=3_600_000).contains(&in_ms), "{in_ms}");
+    }
+
+    #[tokio::test]
+    async fn writes_are_fenced_by_the_lease_token() {
+        let Some(pg) = Cluster::start() else { return };
+        let mut c = with_jobs(&pg, 1).await;
+        let q = vec!["q".to_string()];
+        let job = claim(&c, S, &q, 1, &taker("h", "r")).await.unwrap().jobs[0].clone();
+        let done = Outcome::Succeeded {
+            result: Some("{\"ok\":true}".into()),
+        };
+        // A token of an earlier lease changes nothing.
+        let stale = finish(&mut c, S, job.id, job.token - 1, &done, &backoff()).await;
+        assert!(matches!(stale, Ok(Finished::Stale)), "{stale:?}");
+        let ok = finish(&mut c, S, job.id, job.token, &done, &backoff()).await;
+        assert!(
+            matches!(
+                ok,
+                Ok(Finished::Applied {
+                    state: JobState::Succeeded,
+                    ..
+                })
+            ),
+            "{ok:?}"
+        );
+        // The same completion again: the job is no longer running.
+        let again = finish(&mut c, S, job.id, job.token, &done, &backoff()).await;
+        assert!(matches!(again, Ok(Finished::Stale)), "{again:?}");
+        let row = c
+            .query_one(
+                "SELECT j.state, d.result::text, a.outcome FROM steward.jobs j
+                 JOIN steward.job_data d ON d.job_id = j.id
+                 JOIN steward.attempts a ON a.job_id = j.id WHERE j.id = $1",
+                &[&job.id],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), "succeeded");
+        assert_eq!(row.get::<_, String>(1), "{\"ok\": true}");
+        assert_eq!(row.get::<_, String>(2), "succeeded");
+    }
+
+    #[tokio::test]
+    async fn a_failure_to_retry_waits_its_backoff_apart_from_due_jobs() {
+        let Some(pg) = Cluster::start() else { return };
+        let mut c = with_jobs(&pg, 1).await;
+        let q = vec!["q".to_string()];
+        let job = claim(&c, S, &q, 1, &taker("h", "r")).await.unwrap().jobs[0].clone();
+        let fail = Outcome::Failed {
+            error: "boom".into(),
+            retry: true,
+        };
+        let r = finish(&mut c, S, job.id, job.token, &fail, &backoff())
+            .await
+            .unwrap();
+        let Finished::Applied {
+            state: JobState::Queued,
+            run_at_ms,
+            ..
+        } = r
+        else {
+            panic!("{r:?}")
+        };
+        let in_ms = run_at_ms - crate::time::now_ms();
+        assert!((55_000..=60_000).contains(&in_ms), "{in_ms}");
+        let state: String = c
+            .query_one("SELECT state FROM steward.jobs WHERE id = $1", &[&job.id])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(state, "scheduled");
+        assert!(
+            claim(&c, S, &q, 1, &taker("h", "r"))
+                .await
+                .unwrap()
+                .jobs
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dead_hosts_jobs_are_rescued_once_and_its_late_writes_rejected() {
+        let Some(pg) = Cluster::start() else { return };
+        let mut c = with_jobs(&pg, 5).await;
+        let q = vec!["q".to_string()];
+        register(&mut c, S, "vm-7", "run-a", "b", Duration::from_millis(200))
+            .await
+            .unwrap();
+        register(&mut c, S, "vm-8", "run-b", "b", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let held = claim(&c, S, &q, 3, &taker("vm-7", "run-a"))
+            .await
+            .unwrap()
+            .jobs;
+        let alive = claim(&c, S, &q, 1, &taker("vm-8", "run-b"))
+            .await
+            .unwrap()
+            .jobs;
+        // Nothing to rescue while every lease is current.
+        assert!(rescue(&mut c, S, |_| backoff()).await.unwrap().is_empty());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let mut other = connect(&pg.url()).await.unwrap();
+        let (a, b) = tokio::join!(
+            rescue(&mut c, S, |_| backoff()),
+            rescue(&mut other, S, |_| backoff())
+        );
+        let mut rescued = a.unwrap();
+        rescued.extend(b.unwrap());
+        let mut ids: Vec<i64> = rescued.iter().map(|r| r.id).collect();
+        ids.sort();
+        let mut want: Vec<i64> = held.iter().map(|j| j.id).collect();
+        want.sort();
+        assert_eq!(ids, want, "each job rescued exactly once");
+        assert!(
+            rescued
+                .iter()
+                .all(|r| r.now == JobState::Queued && r.host == "vm-7")
+        );
+        // The dead run's late completion is rejected by its token.
+        let done = Outcome::Succeeded { result: None };
+        let late = finish(&mut c, S, held[0].id, held[0].token, &done, &backoff()).await;
+        assert!(matches!(late, Ok(Finished::Stale)), "{late:?}");
+        // The live host's job is untouched, and the rescued ones run again (attempt 2).
+        let state: String = c
+            .query_one(
+                "SELECT state FROM steward.jobs WHERE id = $1",
+                &[&alive[0].id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(state, "running");
+        let again = claim(&c, S, &q, 10, &taker("vm-8", "run-b"))
+            .await
+            .unwrap()
+            .jobs;
+        let retaken: Vec<&Leased> = again.iter().filter(|j| want.contains(&j.id)).collect();
+        assert_eq!(retaken.len(), 3);
+        assert!(retaken.iter().all(|j| j.attempt == 2 && j.token == 2));
+        // Now that another attempt holds it, the dead run's write is still rejected.
+        let late = finish(&mut c, S, held[1].id, held[1].token, &done, &backoff()).await;
+        assert!(matches!(late, Ok(Finished::Stale)), "{late:?}");
+        let state: String = c
+            .query_one(
+                "SELECT state FROM steward.jobs WHERE id = $1",
+                &[&held[1].id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(state, "running");
+        let row = c
+            .query_one(
+                "SELECT interruptions, tries FROM steward.jobs WHERE id = $1",
+                &[&held[0].id],
+            )
+            .await
+            .unwrap();
+        assert_eq!((row.get::<_, i32>(0), row.get::<_, i32>(1)), (1, 1));
+        let hosts: i64 = c
+            .query_one("SELECT count(*) FROM steward.hosts", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(hosts, 1, "the dead run is forgotten");
+    }
+}
