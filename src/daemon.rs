@@ -16,6 +16,21 @@ use crate::notify::Notifier;
 use crate::process;
 use crate::supervisor::Supervisor;
 
+/// What keeps a journal open until the daemon's last write.
+enum Owner {
+    Sqlite(journal::sqlite::JournalOwner),
+    Postgres(journal::postgres::store::Owner),
+}
+
+impl Owner {
+    fn close(self) {
+        match self {
+            Owner::Sqlite(o) => o.close(),
+            Owner::Postgres(o) => o.close(),
+        }
+    }
+}
+
 /// Run the daemon until it is stopped. Returns only once every worker is gone and every
 /// job state change is committed.
 pub fn run(config_path: &Path, accept_damaged: bool) -> Result<(), Failure> {
@@ -30,17 +45,37 @@ pub fn run(config_path: &Path, accept_damaged: bool) -> Result<(), Failure> {
     }
     let run_id = format!("{:016x}", rand::random::<u64>());
     let metrics = Arc::new(Metrics::default());
-    let (journal, owner, reclaimed) = journal::sqlite::open(
-        &config.daemon.state_dir,
-        config.journal.synchronous,
-        &run_id,
-        metrics.clone(),
-        accept_damaged,
-    )
-    .map_err(|e| match e {
-        OpenError::Damaged(e) => Failure::DamagedJournal(e),
-        OpenError::Failed(e) => Failure::Failed(e),
-    })?;
+    let (journal, owner, reclaimed) = match &config.journal.backend {
+        config::Backend::Sqlite => {
+            let (journal, owner, reclaimed) = journal::sqlite::open(
+                &config.daemon.state_dir,
+                config.journal.synchronous,
+                &run_id,
+                metrics.clone(),
+                accept_damaged,
+            )
+            .map_err(|e| match e {
+                OpenError::Damaged(e) => Failure::DamagedJournal(e),
+                OpenError::Failed(e) => Failure::Failed(e),
+            })?;
+            (journal, Owner::Sqlite(owner), reclaimed)
+        }
+        config::Backend::Postgres(pg) => {
+            let url = pg.url.read(&env).map_err(Failure::Failed)?;
+            let (journal, owner, reclaimed) = journal::postgres::store::open(
+                journal::postgres::store::Options {
+                    url,
+                    schema: pg.schema.clone(),
+                    host: pg.host.clone(),
+                    run_id: run_id.clone(),
+                    boot_id: crate::process::boot_id(),
+                },
+                metrics.clone(),
+            )
+            .map_err(Failure::Failed)?;
+            (journal, Owner::Postgres(owner), reclaimed)
+        }
+    };
     metrics.jobs_reclaimed("daemon_restart", reclaimed.len() as u64);
     for r in &reclaimed {
         tracing::warn!(JOB_ID = r.id, QUEUE = %r.queue, ATTEMPT = r.attempt,

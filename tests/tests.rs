@@ -15,6 +15,7 @@ mod logs;
 mod notify;
 mod observe;
 mod packaging;
+mod postgres;
 mod reload;
 mod restart;
 mod stop;

@@ -87,6 +87,82 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct JournalConfig {
     pub synchronous: Synchronous,
+    pub backend: Backend,
+}
+
+/// Where the jobs are kept.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Backend {
+    /// `journal.db` in the state directory: one host.
+    Sqlite,
+    /// A PostgreSQL database that many hosts share.
+    Postgres(PostgresConfig),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresConfig {
+    /// Where the connection URL comes from: given inline, or read from a file at start
+    /// (so that the secret is not in the configuration).
+    pub url: UrlSource,
+    /// The schema all of steward's tables live in.
+    pub schema: String,
+    /// This host's name in the shared journal.
+    pub host: String,
+}
+
+#[derive(Clone, PartialEq)]
+pub enum UrlSource {
+    Inline(String),
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for UrlSource {
+    // Never the URL itself: it may hold a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UrlSource::Inline(_) => write!(f, "Inline(..)"),
+            UrlSource::File(p) => write!(f, "File({})", p.display()),
+        }
+    }
+}
+
+/// The most a connection URL (or its file) may hold.
+pub const MAX_URL: usize = 4096;
+
+impl UrlSource {
+    /// The URL: read from its file, if it is in one (`$CREDENTIALS_DIRECTORY` first for
+    /// a relative name).
+    pub fn read(&self, env: &Environment) -> Result<String, String> {
+        match self {
+            UrlSource::Inline(u) => Ok(u.clone()),
+            UrlSource::File(p) => {
+                let path = match (&env.credentials_directory, p.is_relative()) {
+                    (Some(dir), true) => dir.join(p),
+                    (None, true) => {
+                        return Err(format!(
+                            "journal.url_file = {:?} is relative, which names a credential, but steward has no $CREDENTIALS_DIRECTORY (LoadCredential= in the unit): give an absolute path",
+                            p.display().to_string()
+                        ));
+                    }
+                    _ => p.clone(),
+                };
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    format!(
+                        "cannot read the PostgreSQL URL from {}: {e} (journal.url_file)",
+                        path.display()
+                    )
+                })?;
+                let url = text.trim();
+                if url.is_empty() || url.len() > MAX_URL {
+                    return Err(format!(
+                        "{} must hold one PostgreSQL URL of at most {MAX_URL} bytes (journal.url_file)",
+                        path.display()
+                    ));
+                }
+                Ok(url.to_string())
+            }
+        }
+    }
 }
 
 /// Retry backoff of a queue: the delay before attempt n+1 after n counted failures.
@@ -143,6 +219,8 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     /// The whole budget for a graceful stop: draining, stop signals, escalation.
     pub shutdown_timeout: Duration,
+    /// This host's name in a journal that many hosts share.
+    pub host: String,
 }
 
 /// What the daemon does when a worker exits on its own.
@@ -318,6 +396,8 @@ pub struct Environment {
     pub state_directory: Option<PathBuf>,
     /// `$RUNTIME_DIRECTORY` as systemd sets it (first entry if several).
     pub runtime_directory: Option<PathBuf>,
+    /// `$CREDENTIALS_DIRECTORY` as systemd sets it (`LoadCredential=`).
+    pub credentials_directory: Option<PathBuf>,
     /// `$PATH`, to check that bare program names can be found.
     pub path: Option<String>,
     /// The daemon's own environment (variables whose name and value are UTF-8), from
@@ -353,6 +433,7 @@ impl Environment {
         Environment {
             state_directory: first("STATE_DIRECTORY"),
             runtime_directory: first("RUNTIME_DIRECTORY"),
+            credentials_directory: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
             path: std::env::var("PATH").ok(),
             vars,
         }
@@ -400,7 +481,7 @@ pub fn parse(text: &str, path: &Path, env: &Environment) -> Result<Config, Confi
     let config = ctx.parse_document().map(|root| {
         let root = Section::root(&root);
         let daemon = parse_daemon(&mut ctx, &root, &base, env);
-        let journal = parse_journal(&mut ctx, &root);
+        let journal = parse_journal(&mut ctx, &root, daemon.host.clone());
         let http = parse_http(&mut ctx, &root);
         let log = parse_log(&mut ctx, &root);
         let queues = parse_queues(&mut ctx, &root);
@@ -457,6 +538,7 @@ fn parse_daemon(ctx: &mut Ctx, root: &Section, base: &Path, env: &Environment) -
             .map(|r| r.join("steward.sock"))
             .unwrap_or_else(|| PathBuf::from("/run/steward/steward.sock")),
         shutdown_timeout: Duration::from_secs(60),
+        host: hostname(),
     };
     let Some(s) = root.table(ctx, "daemon") else {
         return d;
@@ -478,7 +560,17 @@ fn parse_daemon(ctx: &mut Ctx, root: &Section, base: &Path, env: &Environment) -
     if let Some(t) = s.duration(ctx, "shutdown_timeout") {
         d.shutdown_timeout = t;
     }
-    s.finish(ctx, &["state_dir", "socket", "shutdown_timeout"]);
+    if let Some((h, span)) = s.string(ctx, "host") {
+        if valid_host(&h) {
+            d.host = h;
+        } else {
+            ctx.error(
+                span,
+                format!("daemon.host `{h}` is not allowed: use letters, digits, `-`, `_` and `.` (at most 253)"),
+            );
+        }
+    }
+    s.finish(ctx, &["state_dir", "socket", "shutdown_timeout", "host"]);
     d
 }
 
@@ -502,13 +594,92 @@ const POOL_KEYS: &[&str] = &[
     "inherit_env",
 ];
 
-fn parse_journal(ctx: &mut Ctx, root: &Section) -> JournalConfig {
+/// This machine's name: the kernel's host name, or `localhost` without one.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| valid_host(h))
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// A host name as the shared journal records it: letters, digits, `-`, `_` and `.`, at
+/// most 253 bytes.
+fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn parse_journal(ctx: &mut Ctx, root: &Section, host: String) -> JournalConfig {
     let mut j = JournalConfig {
         synchronous: Synchronous::Full,
+        backend: Backend::Sqlite,
     };
     let Some(s) = root.table(ctx, "journal") else {
         return j;
     };
+    let backend = s.string(ctx, "backend");
+    let url = s.string(ctx, "url");
+    let url_file = s
+        .string(ctx, "url_file")
+        .map(|(p, span)| (PathBuf::from(p), span));
+    let schema = s.string(ctx, "schema");
+    match backend.as_ref().map(|(b, span)| (b.as_str(), span.clone())) {
+        None | Some(("sqlite", _)) => {
+            for (key, span) in [
+                ("url", url.as_ref().map(|u| u.1.clone())),
+                ("url_file", url_file.as_ref().map(|u| u.1.clone())),
+                ("schema", schema.as_ref().map(|u| u.1.clone())),
+            ] {
+                if let Some(span) = span {
+                    ctx.error(
+                        span,
+                        format!("journal.{key} is for backend = \"postgres\"; the journal is SQLite here (set backend = \"postgres\" or remove {key})"),
+                    );
+                }
+            }
+        }
+        Some(("postgres", span)) => {
+            let source = match (url, url_file) {
+                (Some((u, span)), None) => {
+                    if u.trim().is_empty() || u.len() > MAX_URL {
+                        ctx.error(span, format!("journal.url must be a PostgreSQL URL of at most {MAX_URL} bytes"));
+                    }
+                    Some(UrlSource::Inline(u))
+                }
+                (None, Some((p, _))) => Some(UrlSource::File(p)),
+                (Some((_, span)), Some(_)) => {
+                    ctx.error(span, "give journal.url or journal.url_file, not both".to_string());
+                    None
+                }
+                (None, None) => {
+                    ctx.error(
+                        span,
+                        "backend = \"postgres\" needs the database: url_file = \"/etc/steward/postgres-url\" (a file, mode 0600, holding the URL) or url = \"postgres://...\"".to_string(),
+                    );
+                    None
+                }
+            };
+            let schema = match schema {
+                Some((name, span)) => {
+                    if let Err(e) = check_schema_name(&name) {
+                        ctx.error(span, format!("journal.{e}"));
+                    }
+                    name
+                }
+                None => "steward".to_string(),
+            };
+            if let Some(url) = source {
+                j.backend = Backend::Postgres(PostgresConfig { url, schema, host });
+            }
+        }
+        Some((other, span)) => ctx.error(
+            span,
+            format!("journal.backend = \"{other}\" is not a backend: use \"sqlite\" (one host, the default) or \"postgres\" (many hosts on one database)"),
+        ),
+    }
     if let Some((v, span)) = s.string(ctx, "synchronous") {
         match v.as_str() {
             "full" => j.synchronous = Synchronous::Full,
@@ -519,7 +690,10 @@ fn parse_journal(ctx: &mut Ctx, root: &Section) -> JournalConfig {
             ),
         }
     }
-    s.finish(ctx, &["synchronous"]);
+    s.finish(
+        ctx,
+        &["synchronous", "backend", "url", "url_file", "schema"],
+    );
     j
 }
 
@@ -917,6 +1091,26 @@ pub fn env_name_problem(name: &str) -> Option<String> {
     }
 }
 
+/// A schema name steward accepts: an SQL identifier that needs no quoting (lower-case
+/// letters, digits and `_`, starting with a letter or `_`, at most 63 bytes).
+pub fn check_schema_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    if !first_ok
+        || name.len() > 63
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(format!(
+            "schema must be 1 to 63 lower-case letters, digits or _, starting with a letter or _, not {name:?}"
+        ));
+    }
+    Ok(())
+}
+
 /// Pool and queue names appear in paths, URLs and journal fields: keep them simple.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -963,9 +1157,29 @@ fn find_in_path(program: &str, path: Option<&str>) -> Option<PathBuf> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn schema_names_need_no_quoting_and_are_bounded() {
+        for ok in ["steward", "_x", "steward_2", &"a".repeat(63)] {
+            assert!(check_schema_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Steward",
+            "2x",
+            "a-b",
+            "a b",
+            "x;drop",
+            "é",
+            &"a".repeat(64),
+        ] {
+            assert!(check_schema_name(bad).is_err(), "{bad}");
+        }
+    }
+
     fn env() -> Environment {
         Environment {
             state_directory: None,
+            credentials_directory: None,
             runtime_directory: None,
             path: Some("/usr/bin:/bin".into()),
             vars: Vec::new(),
@@ -990,6 +1204,7 @@ mod tests {
         let e = Environment {
             state_directory: Some("/var/lib/x".into()),
             runtime_directory: Some("/run/x".into()),
+            credentials_directory: None,
             path: None,
             vars: Vec::new(),
         };

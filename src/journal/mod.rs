@@ -238,6 +238,16 @@ pub const PAGE_BYTES: usize = 8 * 1024 * 1024;
 /// Results and errors in a listing are cut to this; `steward job ID` shows them whole.
 pub const LIST_TEXT: usize = 1024;
 
+/// A long text of a listing, cut with a pointer to the whole of it.
+pub(crate) fn shorten(text: String, id: i64) -> String {
+    let whole = text.len();
+    let mut t = crate::protocol::truncate(text, LIST_TEXT);
+    t.push_str(&format!(
+        " ({whole} bytes: steward job {id} shows it whole)"
+    ));
+    t
+}
+
 /// A page of jobs, and the cursor of the next page when there is one.
 pub type Page = (Vec<JobRecord>, Option<i64>);
 

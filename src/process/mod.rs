@@ -301,6 +301,13 @@ pub fn readable(fd: &impl std::os::fd::AsFd) -> bool {
     }
 }
 
+/// This boot's id, or "" where the kernel does not tell.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,9 @@ use crate::time::{after, ms_after, rfc3339_ms};
 
 /// Idle workers look for due jobs at least this often, whatever the hints say.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// The same with a journal that other hosts and programs add jobs to, unseen by this
+/// daemon: idle workers look every second.
+pub const SHARED_SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// The lease of a job whose queue is no longer configured.
 const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
@@ -97,7 +100,11 @@ impl Supervisor {
             }
         }
         if now >= self.next_sweep {
-            self.next_sweep = now + SWEEP_EVERY;
+            self.next_sweep = now
+                + match self.config.journal.backend {
+                    crate::config::Backend::Sqlite => SWEEP_EVERY,
+                    crate::config::Backend::Postgres(_) => SHARED_SWEEP_EVERY,
+                };
             for q in self.config.queues.keys() {
                 self.hints.entry(q.clone()).or_default().ready = true;
             }

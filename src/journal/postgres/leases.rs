@@ -18,7 +18,7 @@ use tokio_postgres::Client;
 use super::describe;
 use crate::config::RetryBackoff;
 use crate::jobs::{self, Counters, JobState, Next, Outcome};
-use crate::journal::{Claimed, Finished, Leased};
+use crate::journal::{AttemptOutput, Claimed, Finished, Leased};
 
 /// Who takes a lease: the daemon run and its host, and the worker it is for.
 pub struct Taker<'a> {
@@ -148,6 +148,7 @@ pub async fn finish(
     token: i64,
     outcome: &Outcome,
     backoff: &RetryBackoff,
+    output: Option<&AttemptOutput>,
 ) -> Result<Finished, String> {
     let e = err("finish a job");
     let tx = client.transaction().await.map_err(&e)?;
@@ -226,6 +227,18 @@ pub async fn finish(
     )
     .await
     .map_err(&e)?;
+    if let Some(o) = output {
+        tx.execute(
+            &format!(
+                "UPDATE {schema}.attempts SET worker = COALESCE($3, worker), pid = COALESCE($4, pid),
+                     stdout_tail = $5, stderr_tail = $6
+                 WHERE job_id = $1 AND attempt = $2"
+            ),
+            &[&id, &attempt, &o.worker, &o.pid, &o.stdout_tail, &o.stderr_tail],
+        )
+        .await
+        .map_err(&e)?;
+    }
     tx.commit().await.map_err(&e)?;
     Ok(Finished::Applied {
         state,
@@ -245,11 +258,9 @@ pub struct Rescued {
 
 /// Take back the jobs of up to 16 runs whose host lease has expired (runs another daemon
 /// is rescuing are skipped), and forget those runs.
-pub async fn rescue(
-    client: &mut Client,
-    schema: &str,
-    backoff_of: impl Fn(&str) -> RetryBackoff,
-) -> Result<Vec<Rescued>, String> {
+pub async fn rescue(client: &mut Client, schema: &str) -> Result<Vec<Rescued>, String> {
+    // An interruption runs again at once: no backoff applies.
+    let backoff = crate::config::QueueSpec::new("").retry_backoff;
     let e = err("rescue the jobs of expired hosts");
     let tx = client.transaction().await.map_err(&e)?;
     let dead = tx
@@ -293,8 +304,7 @@ pub async fn rescue(
         let outcome = Outcome::Interrupted {
             reason: format!("the lease of host {host} expired while the job ran there"),
         };
-        let (c, next) =
-            jobs::after_attempt(counters, &outcome, &backoff_of(&queue), rand::random());
+        let (c, next) = jobs::after_attempt(counters, &outcome, &backoff, rand::random());
         let (state, delay_ms) = next_state(&next);
         let stored = match delay_ms {
             Some(ms) if ms > 0 => "scheduled",
@@ -464,9 +474,9 @@ mod tests {
             result: Some("{\"ok\":true}".into()),
         };
         // A token of an earlier lease changes nothing.
-        let stale = finish(&mut c, S, job.id, job.token - 1, &done, &backoff()).await;
+        let stale = finish(&mut c, S, job.id, job.token - 1, &done, &backoff(), None).await;
         assert!(matches!(stale, Ok(Finished::Stale)), "{stale:?}");
-        let ok = finish(&mut c, S, job.id, job.token, &done, &backoff()).await;
+        let ok = finish(&mut c, S, job.id, job.token, &done, &backoff(), None).await;
         assert!(
             matches!(
                 ok,
@@ -478,7 +488,7 @@ mod tests {
             "{ok:?}"
         );
         // The same completion again: the job is no longer running.
-        let again = finish(&mut c, S, job.id, job.token, &done, &backoff()).await;
+        let again = finish(&mut c, S, job.id, job.token, &done, &backoff(), None).await;
         assert!(matches!(again, Ok(Finished::Stale)), "{again:?}");
         let row = c
             .query_one(
@@ -504,7 +514,7 @@ mod tests {
             error: "boom".into(),
             retry: true,
         };
-        let r = finish(&mut c, S, job.id, job.token, &fail, &backoff())
+        let r = finish(&mut c, S, job.id, job.token, &fail, &backoff(), None)
             .await
             .unwrap();
         let Finished::Applied {
@@ -552,13 +562,10 @@ mod tests {
             .unwrap()
             .jobs;
         // Nothing to rescue while every lease is current.
-        assert!(rescue(&mut c, S, |_| backoff()).await.unwrap().is_empty());
+        assert!(rescue(&mut c, S).await.unwrap().is_empty());
         tokio::time::sleep(Duration::from_millis(400)).await;
         let mut other = connect(&pg.url()).await.unwrap();
-        let (a, b) = tokio::join!(
-            rescue(&mut c, S, |_| backoff()),
-            rescue(&mut other, S, |_| backoff())
-        );
+        let (a, b) = tokio::join!(rescue(&mut c, S), rescue(&mut other, S));
         let mut rescued = a.unwrap();
         rescued.extend(b.unwrap());
         let mut ids: Vec<i64> = rescued.iter().map(|r| r.id).collect();
@@ -573,7 +580,16 @@ mod tests {
         );
         // The dead run's late completion is rejected by its token.
         let done = Outcome::Succeeded { result: None };
-        let late = finish(&mut c, S, held[0].id, held[0].token, &done, &backoff()).await;
+        let late = finish(
+            &mut c,
+            S,
+            held[0].id,
+            held[0].token,
+            &done,
+            &backoff(),
+            None,
+        )
+        .await;
         assert!(matches!(late, Ok(Finished::Stale)), "{late:?}");
         // The live host's job is untouched, and the rescued ones run again (attempt 2).
         let state: String = c
@@ -593,7 +609,16 @@ mod tests {
         assert_eq!(retaken.len(), 3);
         assert!(retaken.iter().all(|j| j.attempt == 2 && j.token == 2));
         // Now that another attempt holds it, the dead run's write is still rejected.
-        let late = finish(&mut c, S, held[1].id, held[1].token, &done, &backoff()).await;
+        let late = finish(
+            &mut c,
+            S,
+            held[1].id,
+            held[1].token,
+            &done,
+            &backoff(),
+            None,
+        )
+        .await;
         assert!(matches!(late, Ok(Finished::Stale)), "{late:?}");
         let state: String = c
             .query_one(

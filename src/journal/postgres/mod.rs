@@ -1,15 +1,15 @@
-//! The PostgreSQL journal, for many hosts sharing one queue.
+//! The PostgreSQL journal, for many hosts sharing one queue (`[journal] backend =
+//! "postgres"`).
 //!
-//! What is here so far: connecting with errors that say what to fix, the schema and its
-//! migrations ([`schema`]), each daemon's lease on its host row, `submit` as an SQL
-//! function so that any program can enqueue inside its own transaction, and fenced
-//! claims, completions and the rescue of an expired host's jobs ([`leases`]). The
-//! [`JobStore`](super::JobStore) over it, and the `[journal] backend = "postgres"`
-//! setting that selects it, come next; until then the daemon does not use this module.
-#![allow(dead_code)]
+//! Here: connecting with errors that say what to fix, each daemon run's lease on its host
+//! row, and `submit` as an SQL function so that any program can enqueue inside its own
+//! transaction. [`schema`] holds the tables and their migrations, [`leases`] the fenced
+//! claims, completions and the rescue of an expired host's jobs, and [`store`] the
+//! [`JobStore`](super::JobStore) the daemon uses.
 
 pub mod leases;
 pub mod schema;
+pub mod store;
 
 #[cfg(test)]
 mod test_cluster;

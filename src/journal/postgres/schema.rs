@@ -166,25 +166,7 @@ pub enum MigrateError {
     Other { schema: String, detail: String },
 }
 
-/// A schema name steward accepts: an SQL identifier that needs no quoting (lower-case
-/// letters, digits and `_`, starting with a letter or `_`, at most 63 bytes).
-pub fn check_schema_name(name: &str) -> Result<(), String> {
-    let mut chars = name.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
-    if !first_ok
-        || name.len() > 63
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-    {
-        return Err(format!(
-            "schema must be 1 to 63 lower-case letters, digits or _, starting with a letter or _, not {name:?}"
-        ));
-    }
-    Ok(())
-}
+pub use crate::config::check_schema_name;
 
 fn sql(template: &str, schema: &str) -> String {
     template
@@ -263,30 +245,6 @@ fn classify(schema: &str, e: tokio_postgres::Error) -> MigrateError {
         MigrateError::Other {
             schema: schema.to_string(),
             detail,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schema_names_need_no_quoting_and_are_bounded() {
-        for ok in ["steward", "_x", "steward_2", &"a".repeat(63)] {
-            assert!(check_schema_name(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            "Steward",
-            "2x",
-            "a-b",
-            "a b",
-            "x;drop",
-            "é",
-            &"a".repeat(64),
-        ] {
-            assert!(check_schema_name(bad).is_err(), "{bad}");
         }
     }
 }

@@ -51,7 +51,7 @@ impl Cluster {
                 .expect("chown the cluster's directory");
         }
         let port = 20000 + (std::process::id() % 20000) as u16;
-        let mut c = Cluster {
+        let c = Cluster {
             dir,
             bin,
             port,
@@ -72,22 +72,10 @@ impl Cluster {
                 "UTF8",
             ],
         );
-        // Each test process has its own directory, so ports only have to differ among
-        // clusters of one process: try a few.
-        for attempt in 0..20u16 {
-            c.port = port.wrapping_add(attempt * 7);
-            let opts = format!(
-                "-k {} -c listen_addresses='' -p {} -c fsync=off -c synchronous_commit=off",
-                c.dir.path().display(),
-                c.port
-            );
-            let log = c.dir.path().join("log").display().to_string();
-            if c.try_run(
-                "pg_ctl",
-                &["-D", &data, "-l", &log, "-w", "-o", &opts, "start"],
-            ) {
-                return Some(c);
-            }
+        // The socket is in the cluster's own directory, so the port (which only names
+        // the socket file there) cannot clash with another cluster's.
+        if c.start_again() {
+            return Some(c);
         }
         panic!(
             "the test cluster did not start: {}",
@@ -102,6 +90,31 @@ impl Cluster {
             self.dir.path().display(),
             self.port
         )
+    }
+
+    /// Start the server (again, after [`stop`](Self::stop)): whether it came up.
+    pub fn start_again(&self) -> bool {
+        let opts = format!(
+            "-k {} -c listen_addresses='' -p {} -c fsync=off -c synchronous_commit=off",
+            self.dir.path().display(),
+            self.port
+        );
+        let log = self.dir.path().join("log").display().to_string();
+        let data = self.data();
+        self.try_run(
+            "pg_ctl",
+            &["-D", &data, "-l", &log, "-w", "-o", &opts, "start"],
+        )
+    }
+
+    /// Stop the server (its clients' connections end).
+    #[allow(dead_code)] // by the integration tests, which share this file
+    pub fn stop(&self) {
+        let data = self.data();
+        assert!(
+            self.try_run("pg_ctl", &["-D", &data, "-m", "fast", "-w", "stop"]),
+            "pg_ctl stop failed"
+        );
     }
 
     fn data(&self) -> String {

@@ -106,12 +106,7 @@ pub(super) fn write_record(dir: &Path, r: &Record) -> Result<(), String> {
     write().map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-/// This boot's id, or "" where the kernel does not tell.
-pub(super) fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
+pub(super) use crate::process::boot_id;
 
 const WAL_HEADER: usize = 32;
 const FRAME_HEADER: usize = 24;

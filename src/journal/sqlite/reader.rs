@@ -181,12 +181,12 @@ fn list(conn: &Connection, f: &JobFilter) -> rusqlite::Result<Page> {
         let mut job = job_from_row(r)?;
         let [_, result, error] = texts;
         if result.as_ref().is_some_and(|t| t.len() > LIST_TEXT) {
-            job.result = result.map(|t| shorten(t, job.id));
+            job.result = result.map(|t| crate::journal::shorten(t, job.id));
             job.result_cut = true;
         }
         job.error = error.map(|t| {
             if t.len() > LIST_TEXT {
-                shorten(t, job.id)
+                crate::journal::shorten(t, job.id)
             } else {
                 t
             }
@@ -194,16 +194,6 @@ fn list(conn: &Connection, f: &JobFilter) -> rusqlite::Result<Page> {
         jobs.push(job);
     }
     Ok((jobs, None))
-}
-
-/// A long text of a listing, cut with a pointer to the whole of it.
-fn shorten(text: String, id: i64) -> String {
-    let whole = text.len();
-    let mut t = crate::protocol::truncate(text, LIST_TEXT);
-    t.push_str(&format!(
-        " ({whole} bytes: steward job {id} shows it whole)"
-    ));
-    t
 }
 
 /// The listing's query, newest first. Every state filter rides a partial index, so its

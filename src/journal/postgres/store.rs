@@ -1,0 +1,1174 @@
+//! The PostgreSQL [`JobStore`]: one thread with a runtime of its own that owns the
+//! connection, and a queue of operations in front of it, as with SQLite.
+//!
+//! The database may go away and come back. While it is away the daemon goes on
+//! supervising: submits, claims, cancels and reads are refused with an error that says
+//! so (nothing is acknowledged that is not stored), `/health` and `STATUS=` name the
+//! trouble through [`Stats::error`], and the thread reconnects with a capped backoff.
+//! Completions and progress of attempts that ran meanwhile are kept (at most
+//! [`KEPT_AT_MOST`]) and written once the database is back: they are fenced by their
+//! lease token, so a late one changes nothing if the job was taken back meanwhile.
+//!
+//! The operation queue is unbounded, as SQLite's: what fills it is bounded before it
+//! (claims by the free worker slots, submits by the control server's connections,
+//! completions by the running jobs).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+
+use super::leases::{self, Taker};
+use super::{connect, describe, register, renew, schema};
+use crate::config::RetryBackoff;
+use crate::jobs::{JobState, Outcome};
+use crate::journal::{
+    AttemptOutput, CancelResult, Claimed, Finished, JobFilter, JobStore, Journal, JournalError,
+    LIST_TEXT, NewJob, Overview, PAGE_BYTES, Page, Reclaimed, Reply, Stats, Submitted, now_ms,
+};
+use crate::model::{AttemptRecord, JobRecord, QueueCounts};
+
+/// How long a run's lease lasts without a renewal (renewed every `RENEW_EVERY`).
+pub const HOST_TTL: Duration = Duration::from_secs(30);
+/// Completions and progress kept while the database is out of reach, at most.
+pub const KEPT_AT_MOST: usize = 100_000;
+/// The longest wait between two attempts to reach the database.
+const RECONNECT_MAX: Duration = Duration::from_secs(10);
+/// How often the job counts are read again (other hosts change them too).
+const COUNT_EVERY: Duration = Duration::from_secs(1);
+
+/// What a daemon needs to open the PostgreSQL journal.
+pub struct Options {
+    pub url: String,
+    pub schema: String,
+    pub host: String,
+    pub run_id: String,
+    pub boot_id: String,
+}
+
+enum Op {
+    Submit(Vec<NewJob>, Reply<Vec<Submitted>>),
+    Claim {
+        queues: Vec<String>,
+        n: usize,
+        worker: String,
+        pid: i32,
+        reply: Reply<Claimed>,
+    },
+    Finish {
+        id: i64,
+        token: i64,
+        outcome: Outcome,
+        backoff: RetryBackoff,
+        output: Option<AttemptOutput>,
+        reply: Reply<Finished>,
+    },
+    Progress {
+        id: i64,
+        token: i64,
+        progress: Option<f64>,
+        message: Option<String>,
+    },
+    Cancel(i64, Reply<CancelResult>),
+    Retry(i64, Reply<Submitted>),
+    Prune(Vec<(String, i64, i64)>, Reply<u64>),
+    Renew,
+    Overview(Vec<String>, i64, Reply<Overview>),
+    List(JobFilter, Reply<Page>),
+    Get(i64, Reply<JobRecord>),
+}
+
+pub struct Postgres {
+    tx: mpsc::UnboundedSender<Op>,
+    stats: Arc<Mutex<Stats>>,
+    location: String,
+}
+
+/// Held by the daemon until it exits: its close waits for the last writes.
+pub struct Owner {
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Owner {
+    pub fn close(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The thread's side: the connection and who this run is.
+struct Conn {
+    opts: Options,
+    client: Option<Client>,
+    stats: Arc<Mutex<Stats>>,
+    metrics: Arc<crate::metrics::Metrics>,
+    location: PathBuf,
+    /// This run is registered (its host row exists).
+    registered: bool,
+    /// The jobs this run has handed to the supervisor and not yet seen finished.
+    held: HashSet<i64>,
+    /// A claim's connection broke before its answer came: it may have taken jobs that
+    /// nobody knows of, to be put back once the database is reachable again.
+    claim_lost: bool,
+}
+
+/// Open the journal: connect, bring the schema up to date, register this run and take
+/// back the jobs of this host's earlier runs. A wrong URL, a schema of a newer steward or
+/// missing privileges stop the start; an unreachable server does not (the daemon starts,
+/// says so, and keeps trying).
+pub fn open(
+    opts: Options,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> Result<(Journal, Owner, Vec<Reclaimed>), String> {
+    let location = format!(
+        "PostgreSQL schema {} (this host: {})",
+        opts.schema, opts.host
+    );
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    let mut conn = Conn {
+        opts,
+        client: None,
+        stats: stats.clone(),
+        metrics,
+        location: PathBuf::from(&location),
+        registered: false,
+        held: HashSet::new(),
+        claim_lost: false,
+    };
+    let thread = std::thread::Builder::new()
+        .name("steward-journal".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = first_tx.send(Err(format!("cannot start the journal's runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let first = conn.reach().await;
+                let go_on = !matches!(first, Err(Reach::Fatal(_)));
+                let _ = first_tx.send(first.map_err(Reach::into_message));
+                if go_on {
+                    conn.serve(rx).await;
+                }
+            });
+        })
+        .map_err(|e| format!("cannot start the journal thread: {e}"))?;
+    let reclaimed = match first_rx.recv() {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) if stats.lock().is_ok_and(|s| s.error.is_some()) => {
+            tracing::error!("{e}; steward starts anyway and keeps trying");
+            Vec::new()
+        }
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            return Err(e);
+        }
+        Err(_) => return Err("the journal thread ended at start".into()),
+    };
+    Ok((
+        Journal::new(Postgres {
+            tx,
+            stats,
+            location,
+        }),
+        Owner {
+            thread: Some(thread),
+        },
+        reclaimed,
+    ))
+}
+
+/// Why the database could not be used.
+enum Reach {
+    /// Out of reach for now: try again.
+    Away(String),
+    /// Wrong in a way that retrying does not mend (the URL, the schema's version, the
+    /// role's privileges).
+    Fatal(String),
+}
+
+impl Reach {
+    fn into_message(self) -> String {
+        match self {
+            Reach::Away(m) | Reach::Fatal(m) => m,
+        }
+    }
+}
+
+fn ms(col: &str) -> String {
+    format!("(extract(epoch FROM {col}) * 1000)::bigint")
+}
+
+fn count(v: i32) -> u32 {
+    u32::try_from(v).unwrap_or(0)
+}
+
+impl Conn {
+    fn schema(&self) -> &str {
+        &self.opts.schema
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        if let Ok(mut s) = self.stats.lock() {
+            s.error = e;
+        }
+    }
+
+    fn away(&self, detail: &str) -> JournalError {
+        JournalError::Io {
+            path: self.location.clone(),
+            detail: format!("the database is out of reach ({detail}); steward keeps trying"),
+        }
+    }
+
+    /// Connect, migrate and register (the first time) or renew (after a reconnect); once
+    /// registered, the jobs of this host's earlier runs come back.
+    async fn reach(&mut self) -> Result<Vec<Reclaimed>, Reach> {
+        let mut client = match connect(&self.opts.url).await {
+            Ok(c) => c,
+            Err(e) if e.contains("URL is not valid") => return Err(Reach::Fatal(e)),
+            Err(e) => {
+                self.set_error(Some(format!("the job journal is out of reach: {e}")));
+                return Err(Reach::Away(e));
+            }
+        };
+        if let Err(e) = schema::migrate(&mut client, &self.opts.schema).await {
+            return Err(match e {
+                schema::MigrateError::Other { .. } if client.is_closed() => {
+                    Reach::Away(e.to_string())
+                }
+                e => Reach::Fatal(e.to_string()),
+            });
+        }
+        let schema = self.opts.schema.clone();
+        if !self.registered {
+            register(
+                &mut client,
+                &schema,
+                &self.opts.host,
+                &self.opts.run_id,
+                &self.opts.boot_id,
+                HOST_TTL,
+            )
+            .await
+            .map_err(Reach::Away)?;
+            self.registered = true;
+        } else {
+            if self.claim_lost {
+                self.put_back_lost_claims(&client)
+                    .await
+                    .map_err(Reach::Away)?;
+            }
+            self.keep_lease(&mut client).await.map_err(Reach::Away)?;
+        }
+        let rescued = leases::rescue(&mut client, &schema)
+            .await
+            .map_err(Reach::Away)?;
+        self.client = Some(client);
+        self.set_error(None);
+        self.refresh_counts().await;
+        Ok(self.note_rescued(rescued))
+    }
+
+    /// Jobs a claim took for this run whose answer was lost with the connection: back to
+    /// the queue, their attempt not counted (as a job claimed but never handed out).
+    async fn put_back_lost_claims(&mut self, client: &Client) -> Result<(), String> {
+        let s = self.opts.schema.clone();
+        let held: Vec<i64> = self.held.iter().copied().collect();
+        let rows = client
+            .query(
+                &format!(
+                    "UPDATE {s}.jobs SET state = 'queued', tries = greatest(tries - 1, 0),
+                         lease_host = NULL, lease_run = NULL, worker = NULL, updated_at = now()
+                     WHERE state = 'running' AND lease_run = $1 AND NOT (id = ANY($2))
+                     RETURNING id"
+                ),
+                &[&self.opts.run_id, &held],
+            )
+            .await
+            .map_err(db)?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        client
+            .execute(
+                &format!(
+                    "UPDATE {s}.attempts a SET ended_at = now(), outcome = 'released',
+                         error = 'the claim was lost with the connection to the database'
+                     FROM {s}.jobs j WHERE a.job_id = j.id AND a.attempt = j.attempts
+                       AND a.ended_at IS NULL AND j.id = ANY($1)"
+                ),
+                &[&ids],
+            )
+            .await
+            .map_err(db)?;
+        if !ids.is_empty() {
+            tracing::warn!(
+                "put {} jobs back in the queue: a claim took them while the connection to the database broke, and no worker got them",
+                ids.len()
+            );
+        }
+        self.claim_lost = false;
+        Ok(())
+    }
+
+    /// Renew this run's lease; one that expired (the database was out of reach for
+    /// longer than its ttl) is not revived: this daemon registers as a new run.
+    async fn keep_lease(&mut self, client: &mut Client) -> Result<(), String> {
+        let schema = self.opts.schema.clone();
+        if renew(client, &schema, &self.opts.run_id, HOST_TTL).await? {
+            return Ok(());
+        }
+        let old = std::mem::replace(
+            &mut self.opts.run_id,
+            format!("{:016x}", rand::random::<u64>()),
+        );
+        tracing::error!(
+            "this daemon's lease in the shared journal (run {old}) expired: the database was out of reach for longer than {}s, so other hosts may run the jobs it held; it goes on as run {}",
+            HOST_TTL.as_secs(),
+            self.opts.run_id
+        );
+        register(
+            client,
+            &schema,
+            &self.opts.host,
+            &self.opts.run_id,
+            &self.opts.boot_id,
+            HOST_TTL,
+        )
+        .await
+    }
+
+    fn note_rescued(&self, rescued: Vec<leases::Rescued>) -> Vec<Reclaimed> {
+        if !rescued.is_empty() {
+            self.metrics
+                .jobs_reclaimed("host_lease", rescued.len() as u64);
+        }
+        rescued
+            .into_iter()
+            .map(|r| Reclaimed {
+                id: r.id,
+                queue: r.queue,
+                attempt: 0,
+                worker: Some(format!("host {}", r.host)),
+                now: r.now,
+            })
+            .collect()
+    }
+
+    async fn serve(&mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
+        let mut kept: VecDeque<Op> = VecDeque::new();
+        let mut delay = Duration::from_millis(500);
+        let mut next_count = Instant::now() + COUNT_EVERY;
+        loop {
+            if self.client.is_none() {
+                match self.reach().await {
+                    Ok(_) => {
+                        tracing::info!(
+                            "the job journal is reachable again ({} completions kept meanwhile)",
+                            kept.len()
+                        );
+                        delay = Duration::from_millis(500);
+                    }
+                    Err(why) => {
+                        let why = why.into_message();
+                        // Until the next try: refuse what cannot wait, keep what must land.
+                        let until = tokio::time::Instant::now() + delay;
+                        loop {
+                            match tokio::time::timeout_at(until, rx.recv()).await {
+                                Ok(Some(op)) => self.refuse_or_keep(op, &mut kept, &why),
+                                Ok(None) => return,
+                                Err(_) => break,
+                            }
+                        }
+                        delay = (delay * 2).min(RECONNECT_MAX);
+                        continue;
+                    }
+                }
+            }
+            while let Some(op) = kept.pop_front() {
+                if let Err(op) = self.apply(op).await {
+                    kept.push_front(op);
+                    break;
+                }
+            }
+            if self.client.is_none() {
+                continue;
+            }
+            let wait = next_count.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(wait, rx.recv()).await {
+                Ok(Some(op)) => {
+                    if let Err(op) = self.apply(op).await {
+                        self.refuse_or_keep(op, &mut kept, "the connection was lost");
+                    }
+                }
+                Ok(None) => return,
+                Err(_) => {}
+            }
+            if Instant::now() >= next_count {
+                self.refresh_counts().await;
+                next_count = Instant::now() + COUNT_EVERY;
+            }
+        }
+    }
+
+    /// While the database is away: completions and progress wait (bounded), the rest
+    /// is refused.
+    fn refuse_or_keep(&self, op: Op, kept: &mut VecDeque<Op>, why: &str) {
+        match op {
+            Op::Finish { .. } | Op::Progress { .. } if kept.len() < KEPT_AT_MOST => {
+                kept.push_back(op)
+            }
+            Op::Finish { id, reply, .. } => {
+                tracing::error!(
+                    JOB_ID = id,
+                    "the end of job {id} cannot be written: the database is out of reach and {KEPT_AT_MOST} completions wait already; the job will be taken back when this run's lease ends"
+                );
+                reply(Err(self.away(why)));
+            }
+            Op::Progress { .. } | Op::Renew => {}
+            Op::Submit(_, reply) => reply(Err(self.away(why))),
+            Op::Claim { reply, .. } => reply(Err(self.away(why))),
+            Op::Cancel(_, reply) => reply(Err(self.away(why))),
+            Op::Retry(_, reply) => reply(Err(self.away(why))),
+            Op::Prune(_, reply) => reply(Err(self.away(why))),
+            Op::Overview(_, _, reply) => reply(Err(self.away(why))),
+            Op::List(_, reply) => reply(Err(self.away(why))),
+            Op::Get(_, reply) => reply(Err(self.away(why))),
+        }
+    }
+
+    /// Carry out one operation; `Err(op)`, unanswered, if the connection broke under it.
+    async fn apply(&mut self, op: Op) -> Result<(), Op> {
+        let Some(mut client) = self.client.take() else {
+            return Err(op);
+        };
+        let result = self.apply_on(&mut client, op).await;
+        if !client.is_closed() {
+            self.client = Some(client);
+        } else {
+            self.set_error(Some(
+                "the job journal is out of reach: the connection to PostgreSQL was lost".into(),
+            ));
+        }
+        result
+    }
+
+    async fn apply_on(&mut self, c: &mut Client, op: Op) -> Result<(), Op> {
+        let schema = self.opts.schema.clone();
+        let s = schema.as_str();
+        let io = |e: String| JournalError::Io {
+            path: self.location.clone(),
+            detail: e,
+        };
+        let read = |e: String| JournalError::Read {
+            path: self.location.clone(),
+            detail: e,
+        };
+        macro_rules! answer {
+            ($result:expr, $op:expr, $reply:ident, $map:expr) => {{
+                let r = $result;
+                if r.is_err() && c.is_closed() {
+                    return Err($op);
+                }
+                $reply(r.map_err($map));
+            }};
+        }
+        match op {
+            Op::Submit(jobs, reply) => {
+                let r = submit(c, s, &jobs).await;
+                if r.is_err() && c.is_closed() {
+                    return Err(Op::Submit(jobs, reply));
+                }
+                reply(r);
+            }
+            Op::Claim {
+                queues,
+                n,
+                worker,
+                pid,
+                reply,
+            } => {
+                let taker = Taker {
+                    host: &self.opts.host,
+                    run_id: &self.opts.run_id,
+                    worker: &worker,
+                    pid,
+                };
+                let r = leases::claim(c, s, &queues, n, &taker).await;
+                match &r {
+                    Ok(claimed) => self.held.extend(claimed.jobs.iter().map(|j| j.id)),
+                    Err(_) if c.is_closed() => self.claim_lost = true,
+                    Err(_) => {}
+                }
+                answer!(
+                    r,
+                    Op::Claim {
+                        queues,
+                        n,
+                        worker,
+                        pid,
+                        reply
+                    },
+                    reply,
+                    io
+                )
+            }
+            Op::Finish {
+                id,
+                token,
+                outcome,
+                backoff,
+                output,
+                reply,
+            } => {
+                let r = leases::finish(c, s, id, token, &outcome, &backoff, output.as_ref()).await;
+                if r.is_ok() || !c.is_closed() {
+                    self.held.remove(&id);
+                }
+                answer!(
+                    r,
+                    Op::Finish {
+                        id,
+                        token,
+                        outcome,
+                        backoff,
+                        output,
+                        reply
+                    },
+                    reply,
+                    io
+                )
+            }
+            Op::Progress {
+                id,
+                token,
+                progress,
+                message,
+            } => {
+                let r = c
+                    .execute(
+                        &format!(
+                            "UPDATE {s}.jobs SET progress = $3, progress_message = $4, updated_at = now()
+                             WHERE id = $1 AND lease_token = $2 AND state = 'running'"
+                        ),
+                        &[&id, &token, &progress, &message],
+                    )
+                    .await;
+                if let Err(e) = r {
+                    if c.is_closed() {
+                        return Err(Op::Progress {
+                            id,
+                            token,
+                            progress,
+                            message,
+                        });
+                    }
+                    tracing::warn!(
+                        JOB_ID = id,
+                        "cannot write the progress of job {id}: {}",
+                        describe(&e)
+                    );
+                }
+            }
+            Op::Cancel(id, reply) => {
+                let r = cancel(c, s, id).await;
+                if r.is_err() && c.is_closed() {
+                    return Err(Op::Cancel(id, reply));
+                }
+                reply(r);
+            }
+            Op::Retry(id, reply) => {
+                let r = retry(c, s, id).await;
+                if r.is_err() && c.is_closed() {
+                    return Err(Op::Retry(id, reply));
+                }
+                reply(r);
+            }
+            Op::Prune(rules, reply) => {
+                let r = prune(c, s, &rules).await;
+                answer!(r, Op::Prune(rules, reply), reply, io)
+            }
+            Op::Renew => {
+                let r = self.keep_lease(c).await;
+                let r = match r {
+                    Ok(()) => leases::rescue(c, s).await,
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok(rescued) => {
+                        for j in self.note_rescued(rescued) {
+                            tracing::warn!(JOB_ID = j.id, QUEUE = %j.queue,
+                                "job {} was running on {}, whose lease in the shared journal expired; it is {} again",
+                                j.id, j.worker.as_deref().unwrap_or("another host"), j.now.as_str());
+                        }
+                    }
+                    Err(_) if c.is_closed() => return Err(Op::Renew),
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
+            Op::Overview(queues, now, reply) => {
+                let r = overview(c, s, &queues, now).await;
+                answer!(r, Op::Overview(queues, now, reply), reply, read)
+            }
+            Op::List(filter, reply) => {
+                let r = list(c, s, &filter).await;
+                answer!(r, Op::List(filter, reply), reply, read)
+            }
+            Op::Get(id, reply) => {
+                let r = get(c, s, id).await;
+                if r.is_err() && c.is_closed() {
+                    return Err(Op::Get(id, reply));
+                }
+                reply(r.and_then(|j| j.ok_or(JournalError::NotFound(id))));
+            }
+        }
+        Ok(())
+    }
+
+    async fn refresh_counts(&self) {
+        let Some(c) = &self.client else { return };
+        let s = self.schema();
+        let rows = c
+            .query(
+                &format!("SELECT queue, state, count(*) FROM {s}.jobs GROUP BY queue, state"),
+                &[],
+            )
+            .await;
+        let Ok(rows) = rows else { return };
+        let mut queues: HashMap<String, QueueCounts> = HashMap::new();
+        for r in rows {
+            let q = queues.entry(r.get(0)).or_default();
+            let n = u64::try_from(r.get::<_, i64>(2)).unwrap_or(0);
+            match r.get::<_, &str>(1) {
+                "queued" | "scheduled" => q.queued += n,
+                "running" => q.running += n,
+                "succeeded" => q.succeeded += n,
+                "failed" => q.failed += n,
+                _ => q.cancelled += n,
+            }
+        }
+        if let Ok(mut st) = self.stats.lock() {
+            st.queues = queues;
+        }
+    }
+}
+
+fn db(e: tokio_postgres::Error) -> String {
+    describe(&e)
+}
+
+async fn submit(c: &mut Client, s: &str, jobs: &[NewJob]) -> Result<Vec<Submitted>, JournalError> {
+    let io = |e: String| JournalError::Io {
+        path: PathBuf::from(format!("PostgreSQL schema {s}")),
+        detail: e,
+    };
+    let tx = c.transaction().await.map_err(db).map_err(io)?;
+    let mut out = Vec::with_capacity(jobs.len());
+    for j in jobs {
+        let max_attempts = i32::try_from(j.max_attempts).unwrap_or(i32::MAX);
+        loop {
+            if let Some(key) = &j.key {
+                let row = tx
+                    .query_opt(
+                        &format!(
+                            "SELECT id, {} FROM {s}.jobs WHERE queue = $1 AND unique_key = $2
+                             AND state IN ('queued', 'scheduled', 'running')",
+                            ms("run_at")
+                        ),
+                        &[&j.queue, key],
+                    )
+                    .await
+                    .map_err(db)
+                    .map_err(io)?;
+                if let Some(r) = row {
+                    out.push(Submitted {
+                        id: r.get(0),
+                        existing: true,
+                        run_at_ms: r.get(1),
+                    });
+                    break;
+                }
+            }
+            let row = tx
+                .query_opt(
+                    &format!(
+                        "INSERT INTO {s}.jobs (queue, state, priority, run_at, max_attempts, timeout_ms, unique_key)
+                         VALUES ($1, CASE WHEN $3::bigint > $7::bigint THEN 'scheduled' ELSE 'queued' END,
+                                 $2, to_timestamp($3::bigint / 1000.0), $4, $5, $6)
+                         ON CONFLICT (queue, unique_key)
+                             WHERE unique_key IS NOT NULL AND state IN ('queued', 'scheduled', 'running')
+                             DO NOTHING
+                         RETURNING id"
+                    ),
+                    &[
+                        &j.queue,
+                        &j.priority,
+                        &j.run_at_ms,
+                        &max_attempts,
+                        &j.timeout_ms,
+                        &j.key,
+                        &now_ms(),
+                    ],
+                )
+                .await
+                .map_err(db)
+                .map_err(io)?;
+            let Some(row) = row else { continue };
+            let id: i64 = row.get(0);
+            tx.execute(
+                &format!("INSERT INTO {s}.job_data (job_id, payload) VALUES ($1, $2::text::jsonb)"),
+                &[&id, &j.payload],
+            )
+            .await
+            .map_err(db)
+            .map_err(io)?;
+            out.push(Submitted {
+                id,
+                existing: false,
+                run_at_ms: j.run_at_ms,
+            });
+            break;
+        }
+    }
+    tx.commit().await.map_err(db).map_err(io)?;
+    Ok(out)
+}
+
+async fn cancel(c: &mut Client, s: &str, id: i64) -> Result<CancelResult, JournalError> {
+    let io = |e: tokio_postgres::Error| JournalError::Io {
+        path: PathBuf::from(format!("PostgreSQL schema {s}")),
+        detail: describe(&e),
+    };
+    let tx = c.transaction().await.map_err(io)?;
+    let Some(row) = tx
+        .query_opt(
+            &format!("SELECT state, worker, lease_host FROM {s}.jobs WHERE id = $1 FOR UPDATE"),
+            &[&id],
+        )
+        .await
+        .map_err(io)?
+    else {
+        return Err(JournalError::NotFound(id));
+    };
+    let state: String = row.get(0);
+    let result = match state.as_str() {
+        "queued" | "scheduled" => {
+            tx.execute(
+                &format!(
+                    "UPDATE {s}.jobs SET state = 'cancelled', finished_at = now(), updated_at = now(),
+                         error = 'cancelled by steward cancel' WHERE id = $1"
+                ),
+                &[&id],
+            )
+            .await
+            .map_err(io)?;
+            CancelResult::Cancelled
+        }
+        "running" => {
+            let worker: Option<String> = row.get(1);
+            let host: Option<String> = row.get(2);
+            CancelResult::Running {
+                worker: match (worker, host) {
+                    (Some(w), Some(h)) => Some(format!("{w} on host {h}")),
+                    (w, _) => w,
+                },
+            }
+        }
+        other => CancelResult::AlreadyFinal(JobState::parse(other).unwrap_or(JobState::Cancelled)),
+    };
+    tx.commit().await.map_err(io)?;
+    Ok(result)
+}
+
+async fn retry(c: &mut Client, s: &str, id: i64) -> Result<Submitted, JournalError> {
+    let io = |e: tokio_postgres::Error| JournalError::Io {
+        path: PathBuf::from(format!("PostgreSQL schema {s}")),
+        detail: describe(&e),
+    };
+    let tx = c.transaction().await.map_err(io)?;
+    let Some(row) = tx
+        .query_opt(
+            &format!("SELECT state, queue, unique_key FROM {s}.jobs WHERE id = $1 FOR UPDATE"),
+            &[&id],
+        )
+        .await
+        .map_err(io)?
+    else {
+        return Err(JournalError::NotFound(id));
+    };
+    let state: String = row.get(0);
+    if !matches!(state.as_str(), "failed" | "cancelled") {
+        let shown = if state == "scheduled" {
+            "queued"
+        } else {
+            &state
+        };
+        return Err(JournalError::Invalid(format!(
+            "job {id} is {shown}; only failed or cancelled jobs can be retried"
+        )));
+    }
+    let (queue, key): (String, Option<String>) = (row.get(1), row.get(2));
+    if let Some(key) = &key {
+        let holder = tx
+            .query_opt(
+                &format!(
+                    "SELECT id FROM {s}.jobs WHERE queue = $1 AND unique_key = $2
+                     AND state IN ('queued', 'scheduled', 'running')"
+                ),
+                &[&queue, key],
+            )
+            .await
+            .map_err(io)?;
+        if let Some(h) = holder {
+            let other: i64 = h.get(0);
+            return Err(JournalError::Invalid(format!(
+                "job {other} with the same key ({key}) is queued or running; job {id} is left {state}"
+            )));
+        }
+    }
+    let run_at: i64 = tx
+        .query_one(
+            &format!(
+                "UPDATE {s}.jobs SET state = 'queued', tries = 0, crashes = 0, interruptions = 0,
+                     run_at = now(), finished_at = NULL, error = NULL, updated_at = now()
+                 WHERE id = $1 RETURNING {}",
+                ms("run_at")
+            ),
+            &[&id],
+        )
+        .await
+        .map_err(io)?
+        .get(0);
+    tx.commit().await.map_err(io)?;
+    Ok(Submitted {
+        id,
+        existing: false,
+        run_at_ms: run_at,
+    })
+}
+
+/// Delete finished jobs past their retention, at most 1,000 per queue and call (their
+/// data and history go with them).
+async fn prune(c: &Client, s: &str, rules: &[(String, i64, i64)]) -> Result<u64, String> {
+    let mut deleted = 0;
+    for (queue, succeeded_before, failed_before) in rules {
+        deleted += c
+            .execute(
+                &format!(
+                    "DELETE FROM {s}.jobs WHERE id IN (
+                         SELECT id FROM {s}.jobs WHERE queue = $1 AND finished_at IS NOT NULL AND (
+                             (state = 'succeeded' AND finished_at < to_timestamp($2::bigint / 1000.0))
+                             OR (state IN ('failed', 'cancelled') AND finished_at < to_timestamp($3::bigint / 1000.0)))
+                         LIMIT 1000)"
+                ),
+                &[queue, succeeded_before, failed_before],
+            )
+            .await
+            .map_err(db)?;
+    }
+    Ok(deleted)
+}
+
+fn columns(payloads: bool) -> String {
+    format!(
+        "j.id, j.queue, j.state, j.priority, {}, d.result::text, j.error, j.attempts, j.tries,
+         j.max_attempts, j.crashes, j.interruptions, j.unique_key, {}, {}, {}, j.worker, j.progress,
+         j.progress_message",
+        if payloads {
+            "d.payload::text"
+        } else {
+            "NULL::text"
+        },
+        ms("j.created_at"),
+        ms("j.run_at"),
+        ms("j.finished_at"),
+    )
+}
+
+fn job_from_row(r: &tokio_postgres::Row) -> JobRecord {
+    let state: &str = r.get(2);
+    JobRecord {
+        id: r.get(0),
+        queue: r.get(1),
+        state: match state {
+            "scheduled" => JobState::Queued,
+            s => JobState::parse(s).unwrap_or(JobState::Queued),
+        },
+        priority: r.get(3),
+        payload: r.get(4),
+        result: r.get(5),
+        result_cut: false,
+        error: r.get(6),
+        attempts: count(r.get(7)),
+        tries: count(r.get(8)),
+        max_attempts: count(r.get(9)),
+        crashes: count(r.get(10)),
+        interruptions: count(r.get(11)),
+        key: r.get(12),
+        created_ms: r.get(13),
+        run_at_ms: r.get(14),
+        finished_ms: r.get(15),
+        worker: r.get(16),
+        progress: r.get(17),
+        progress_message: r.get(18),
+        history: Vec::new(),
+    }
+}
+
+async fn list(c: &Client, s: &str, f: &JobFilter) -> Result<Page, String> {
+    let states: Vec<String> = match f.state {
+        Some(JobState::Queued) => vec!["queued".into(), "scheduled".into()],
+        Some(st) => vec![st.as_str().into()],
+        None => Vec::new(),
+    };
+    let limit = i64::try_from(f.limit.max(1))
+        .unwrap_or(i64::MAX)
+        .saturating_add(1);
+    let rows = c
+        .query(
+            &format!(
+                "SELECT {} FROM {s}.jobs j JOIN {s}.job_data d ON d.job_id = j.id
+                 WHERE ($1::text IS NULL OR j.queue = $1)
+                   AND (cardinality($2::text[]) = 0 OR j.state = ANY($2))
+                   AND ($3::bigint IS NULL OR j.id < $3)
+                 ORDER BY j.id DESC LIMIT $4",
+                columns(f.payloads)
+            ),
+            &[&f.queue, &states, &f.before, &limit],
+        )
+        .await
+        .map_err(db)?;
+    let (mut jobs, mut bytes) = (Vec::new(), 0usize);
+    for r in &rows {
+        let mut job = job_from_row(r);
+        let size = [&job.payload, &job.result, &job.error]
+            .iter()
+            .filter_map(|t| t.as_ref().map(String::len))
+            .sum::<usize>()
+            + 256;
+        if jobs.len() >= f.limit.max(1) || (!jobs.is_empty() && bytes + size > PAGE_BYTES) {
+            let next = jobs.last().map(|j: &JobRecord| j.id);
+            return Ok((jobs, next));
+        }
+        bytes += size;
+        if job.result.as_ref().is_some_and(|t| t.len() > LIST_TEXT) {
+            job.result = job
+                .result
+                .take()
+                .map(|t| crate::journal::shorten(t, job.id));
+            job.result_cut = true;
+        }
+        if job.error.as_ref().is_some_and(|t| t.len() > LIST_TEXT) {
+            job.error = job.error.take().map(|t| crate::journal::shorten(t, job.id));
+        }
+        jobs.push(job);
+    }
+    Ok((jobs, None))
+}
+
+async fn get(c: &Client, s: &str, id: i64) -> Result<Option<JobRecord>, JournalError> {
+    let read = |e: tokio_postgres::Error| JournalError::Read {
+        path: PathBuf::from(format!("PostgreSQL schema {s}")),
+        detail: describe(&e),
+    };
+    let Some(row) = c
+        .query_opt(
+            &format!(
+                "SELECT {} FROM {s}.jobs j JOIN {s}.job_data d ON d.job_id = j.id WHERE j.id = $1",
+                columns(true)
+            ),
+            &[&id],
+        )
+        .await
+        .map_err(read)?
+    else {
+        return Ok(None);
+    };
+    let mut job = job_from_row(&row);
+    let rows = c
+        .query(
+            &format!(
+                "SELECT attempt, CASE WHEN host IS NULL THEN worker ELSE worker || ' on ' || host END,
+                     pid, {}, {}, outcome, error, stdout_tail, stderr_tail
+                 FROM {s}.attempts WHERE job_id = $1 ORDER BY attempt",
+                ms("started_at"),
+                ms("ended_at")
+            ),
+            &[&id],
+        )
+        .await
+        .map_err(read)?;
+    job.history = rows
+        .iter()
+        .map(|r| AttemptRecord {
+            attempt: count(r.get(0)),
+            worker: r.get(1),
+            pid: r.get(2),
+            started_ms: r.get(3),
+            ended_ms: r.get(4),
+            outcome: r.get(5),
+            error: r.get(6),
+            stdout: r.get(7),
+            stderr: r.get(8),
+        })
+        .collect();
+    Ok(Some(job))
+}
+
+async fn overview(c: &Client, s: &str, queues: &[String], now: i64) -> Result<Overview, String> {
+    let mut o = Overview::default();
+    let hour_ago = now - 3_600_000;
+    for q in queues {
+        let row = c
+            .query_one(
+                &format!(
+                    "SELECT count(*) FILTER (WHERE state = 'succeeded'), count(*) FILTER (WHERE state = 'failed')
+                     FROM {s}.jobs WHERE queue = $1 AND finished_at >= to_timestamp($2::bigint / 1000.0)"
+                ),
+                &[q, &hour_ago],
+            )
+            .await
+            .map_err(db)?;
+        let n = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+        o.last_hour.insert(q.clone(), (n(0), n(1)));
+        let due: Option<i64> = c
+            .query_one(
+                &format!(
+                    "SELECT {} FROM {s}.jobs WHERE queue = $1 AND state IN ('queued', 'scheduled')
+                     AND run_at <= to_timestamp($2::bigint / 1000.0)",
+                    ms("min(run_at)")
+                ),
+                &[q, &now],
+            )
+            .await
+            .map_err(db)?
+            .get(0);
+        if let Some(t) = due {
+            o.oldest_queued.insert(q.clone(), t);
+        }
+    }
+    let rows = c
+        .query(
+            &format!(
+                "SELECT id, queue, error, {} FROM {s}.jobs WHERE state = 'failed' ORDER BY id DESC LIMIT 5",
+                ms("finished_at")
+            ),
+            &[],
+        )
+        .await
+        .map_err(db)?;
+    o.recent_failures = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    Ok(o)
+}
+
+impl Postgres {
+    fn send(&self, op: Op) {
+        // The thread outlives every handle; if it is gone, the reply is dropped and the
+        // asker sees the journal as closed.
+        let _ = self.tx.send(op);
+    }
+}
+
+impl JobStore for Postgres {
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    fn size_bytes(&self) -> u64 {
+        0
+    }
+
+    fn stats(&self) -> Stats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn submit(&self, jobs: Vec<NewJob>, reply: Reply<Vec<Submitted>>) {
+        self.send(Op::Submit(jobs, reply));
+    }
+
+    fn claim(
+        &self,
+        queues: Vec<String>,
+        n: usize,
+        worker: String,
+        pid: i32,
+        reply: Reply<Claimed>,
+    ) {
+        self.send(Op::Claim {
+            queues,
+            n,
+            worker,
+            pid,
+            reply,
+        });
+    }
+
+    fn finish(
+        &self,
+        id: i64,
+        token: i64,
+        outcome: Outcome,
+        backoff: RetryBackoff,
+        output: Option<AttemptOutput>,
+        reply: Reply<Finished>,
+    ) {
+        self.send(Op::Finish {
+            id,
+            token,
+            outcome,
+            backoff,
+            output,
+            reply,
+        });
+    }
+
+    fn progress(&self, id: i64, token: i64, progress: Option<f64>, message: Option<String>) {
+        self.send(Op::Progress {
+            id,
+            token,
+            progress,
+            message,
+        });
+    }
+
+    fn cancel(&self, id: i64, reply: Reply<CancelResult>) {
+        self.send(Op::Cancel(id, reply));
+    }
+
+    fn retry(&self, id: i64, reply: Reply<Submitted>) {
+        self.send(Op::Retry(id, reply));
+    }
+
+    fn prune(&self, rules: Vec<(String, i64, i64)>, reply: Reply<u64>) {
+        self.send(Op::Prune(rules, reply));
+    }
+
+    fn renew(&self) {
+        self.send(Op::Renew);
+    }
+
+    fn overview(&self, queues: Vec<String>, now_ms: i64, reply: Reply<Overview>) {
+        self.send(Op::Overview(queues, now_ms, reply));
+    }
+
+    fn list(&self, filter: JobFilter, reply: Reply<Page>) {
+        self.send(Op::List(filter, reply));
+    }
+
+    fn get(&self, id: i64, reply: Reply<JobRecord>) {
+        self.send(Op::Get(id, reply));
+    }
+}

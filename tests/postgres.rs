@@ -1,0 +1,272 @@
+//! The PostgreSQL journal through the real binary: daemons on one database, each with
+//! its own state directory and host name.
+
+use std::time::Duration;
+
+use crate::helper::pg::Cluster;
+use crate::helper::*;
+
+/// `[journal]` for `pg`, and `[daemon] host`.
+fn journal_config(pg: &Cluster, host: &str) -> String {
+    format!(
+        "host = \"{host}\"\nshutdown_timeout = \"20s\"\n\n[journal]\nbackend = \"postgres\"\nurl = \"{}\"\n",
+        pg.url()
+    )
+}
+
+fn sql(pg: &Cluster, query: &str) -> Vec<tokio_postgres::Row> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client.query(query, &[]).await.unwrap()
+    })
+}
+
+fn count(pg: &Cluster, query: &str) -> i64 {
+    sql(pg, query)[0].get(0)
+}
+
+#[test]
+fn jobs_run_on_postgres_and_jobs_submitted_in_sql_are_picked_up() {
+    let Some(pg) = Cluster::start() else { return };
+    let env = Env::new();
+    env.write_config_with_daemon(&journal_config(&pg, "vm-1"), &jobs_config(2, "", ""));
+    let d = Daemon::start(&env);
+    let journal = d.status().journal.expect("journal status");
+    assert!(
+        journal.path.contains("PostgreSQL schema steward"),
+        "{journal:?}"
+    );
+    let id = d.submit("q", r#"{"sleep": 0.1}"#, &[]);
+    let j = d.wait_job(id, "succeeded", TIMEOUT);
+    assert_eq!(j.history.len(), 1);
+    assert!(
+        j.history[0]
+            .worker
+            .as_deref()
+            .unwrap_or("")
+            .contains("on vm-1"),
+        "{:?}",
+        j.history
+    );
+    // A job added by another program, inside its own transaction, is found by the
+    // workers within the second's sweep.
+    let from_sql: i64 = sql(&pg, "SELECT steward.submit('q', '{\"from\": \"sql\"}')")[0].get(0);
+    let j = d.wait_job(from_sql, "succeeded", Duration::from_secs(10));
+    assert_eq!(j.payload["from"], "sql");
+    // Failures retry and end as the SQLite journal's do.
+    let f = d.submit("q", r#"{"fail": "always"}"#, &["--max-attempts", "2"]);
+    let j = d.wait_job(f, "failed", TIMEOUT);
+    assert_eq!(j.attempts, 2);
+    // Listing, cancel and retry work the same way.
+    let later = d.submit("q", "{}", &["--delay", "1h"]);
+    let out = d.cli(&["jobs", "--state", "queued", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("jobs --json");
+    assert!(
+        listed.to_string().contains(&format!("\"id\":{later}")),
+        "{listed}"
+    );
+    assert!(d.cli(&["cancel", &later.to_string()]).status.success());
+    d.wait_job(later, "cancelled", TIMEOUT);
+    assert!(d.cli(&["retry", &later.to_string()]).status.success());
+    d.wait_job(later, "succeeded", TIMEOUT);
+}
+
+#[test]
+fn three_daemons_on_one_database_run_each_job_once() {
+    let Some(pg) = Cluster::start() else { return };
+    let envs: Vec<Env> = (0..3).map(|_| Env::new()).collect();
+    let mut daemons = Vec::new();
+    for (i, env) in envs.iter().enumerate() {
+        env.write_config_with_daemon(
+            &journal_config(&pg, &format!("vm-{i}")),
+            &jobs_config(2, "", "concurrency = 4\n"),
+        );
+        daemons.push(Daemon::start(env));
+    }
+    sql(
+        &pg,
+        "SELECT steward.submit('q', jsonb_build_object('n', i)) FROM generate_series(1, 600) i",
+    );
+    wait_for(Duration::from_secs(120), "600 jobs succeeded", || {
+        (count(
+            &pg,
+            "SELECT count(*) FROM steward.jobs WHERE state = 'succeeded'",
+        ) == 600)
+            .then_some(())
+    });
+    // Each job ran once: one attempt each, and none twice.
+    assert_eq!(count(&pg, "SELECT count(*) FROM steward.attempts"), 600);
+    assert_eq!(
+        count(
+            &pg,
+            "SELECT count(*) FROM steward.attempts WHERE outcome IS DISTINCT FROM 'succeeded'"
+        ),
+        0
+    );
+    // Every host took part.
+    let hosts = count(&pg, "SELECT count(DISTINCT host) FROM steward.attempts");
+    assert_eq!(hosts, 3, "not every daemon took jobs");
+}
+
+#[test]
+fn a_killed_daemons_jobs_are_rescued_by_another_host() {
+    let Some(pg) = Cluster::start() else { return };
+    let (a_env, b_env) = (Env::new(), Env::new());
+    // Only vm-a serves the queue at first.
+    a_env.write_config_with_daemon(&journal_config(&pg, "vm-a"), &jobs_config(2, "", ""));
+    let mut a = Daemon::start(&a_env);
+    let ids: Vec<i64> = (0..2)
+        .map(|_| a.submit("q", r#"{"sleep": 600}"#, &[]))
+        .collect();
+    wait_for(TIMEOUT, "both jobs running on vm-a", || {
+        (count(
+            &pg,
+            "SELECT count(*) FROM steward.jobs WHERE state = 'running' AND lease_host = 'vm-a'",
+        ) == 2)
+            .then_some(())
+    });
+    a.signal("KILL");
+    a.wait_exit(TIMEOUT);
+    let killed = std::time::Instant::now();
+    // Another host comes up; once vm-a's lease has run out (30 s), it takes the jobs back.
+    b_env.write_config_with_daemon(&journal_config(&pg, "vm-b"), &jobs_config(2, "", ""));
+    let b = Daemon::start(&b_env);
+    for id in &ids {
+        wait_for(Duration::from_secs(60), "the job running on vm-b", || {
+            b.try_job(*id)
+                .filter(|j| j.state == "running" && j.attempts == 2)
+        });
+    }
+    let took = killed.elapsed();
+    assert!(
+        took >= Duration::from_secs(20),
+        "rescued after {took:?}, before the lease ran out"
+    );
+    assert!(
+        took <= Duration::from_secs(50),
+        "rescued only after {took:?} (ttl 30 s + 10 s)"
+    );
+    assert!(
+        b.log()
+            .contains("whose lease in the shared journal expired"),
+        "{}",
+        b.log()
+    );
+    let j = b.job(ids[0]);
+    assert_eq!(j.interruptions, 1);
+    assert_eq!(j.history[0].outcome.as_deref(), Some("interrupted"));
+}
+
+#[test]
+fn a_restart_on_the_same_host_takes_its_jobs_back_at_once() {
+    let Some(pg) = Cluster::start() else { return };
+    let env = Env::new();
+    env.write_config_with_daemon(&journal_config(&pg, "vm-r"), &jobs_config(1, "", ""));
+    let mut d = Daemon::start(&env);
+    let id = d.submit("q", r#"{"sleep": 600}"#, &[]);
+    d.wait_job(id, "running", TIMEOUT);
+    d.signal("KILL");
+    d.wait_exit(TIMEOUT);
+    let t0 = std::time::Instant::now();
+    let d = Daemon::start(&env);
+    let j = wait_for(TIMEOUT, "the job running again", || {
+        d.try_job(id)
+            .filter(|j| j.state == "running" && j.attempts == 2)
+    });
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    assert_eq!(j.interruptions, 1);
+}
+
+#[test]
+fn a_wrong_backend_setting_is_refused_with_its_position() {
+    let env = Env::new();
+    for (journal, says) in [
+        ("backend = \"mysql\"\n", "is not a backend"),
+        ("backend = \"postgres\"\n", "needs the database"),
+        (
+            "backend = \"postgres\"\nurl = \"x\"\nurl_file = \"/f\"\n",
+            "not both",
+        ),
+        (
+            "backend = \"postgres\"\nurl = \"x\"\nschema = \"Bad-Name\"\n",
+            "schema must be",
+        ),
+        ("url = \"postgres://x\"\n", "is for backend = \"postgres\""),
+    ] {
+        env.write_config(&format!("[journal]\n{journal}"));
+        let out = env.run(&["check-config"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{journal}: {err}");
+        assert!(err.contains(says), "{journal}: {err}");
+        assert!(
+            err.contains("steward.toml:"),
+            "{journal}: no position in {err}"
+        );
+    }
+}
+
+#[test]
+fn an_unreachable_database_refuses_submits_and_supervision_goes_on() {
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    env.write_config_with_daemon(
+        &format!(
+            "host = \"vm-x\"\n\n[journal]\nbackend = \"postgres\"\nurl = \"host={} port=5 user=u password=secret\"\n",
+            dir.path().display()
+        ),
+        &jobs_config(1, "", ""),
+    );
+    let d = Daemon::start(&env);
+    d.running_pids("w");
+    let out = d.cli(&["submit", "q", "{}"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a submit was accepted: {err}");
+    assert!(err.contains("out of reach"), "{err}");
+    let journal = d.status().journal.expect("journal status");
+    let error = journal.error.clone().unwrap_or_default();
+    assert!(error.contains("out of reach"), "{journal:?}");
+    assert!(!d.log().contains("secret"), "the password was logged");
+}
+
+#[test]
+fn a_database_restart_loses_nothing_and_refuses_submits_meanwhile() {
+    let Some(pg) = Cluster::start() else { return };
+    let env = Env::new();
+    env.write_config_with_daemon(&journal_config(&pg, "vm-p"), &jobs_config(1, "", ""));
+    let d = Daemon::start(&env);
+    let before = d.submit("q", "{}", &[]);
+    d.wait_job(before, "succeeded", TIMEOUT);
+    // A job that ends while the database is down.
+    let during = d.submit("q", r#"{"sleep": 2}"#, &[]);
+    d.wait_job(during, "running", TIMEOUT);
+    pg.stop();
+    let out = d.cli(&["submit", "q", "{}"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a submit was accepted while the database was down"
+    );
+    assert!(err.contains("out of reach"), "{err}");
+    wait_for(TIMEOUT, "the status to say so", || {
+        d.status()
+            .journal
+            .and_then(|j| j.error)
+            .filter(|e| e.contains("out of reach"))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(pg.start_again(), "the cluster did not come back");
+    // Back within the reconnect backoff; the completion kept meanwhile is written.
+    d.wait_job(during, "succeeded", Duration::from_secs(30));
+    wait_for(Duration::from_secs(30), "submits accepted again", || {
+        d.cli(&["submit", "q", "{}"]).status.success().then_some(())
+    });
+    assert!(d.status().journal.and_then(|j| j.error).is_none());
+    assert!(d.log().contains("reachable again"), "{}", d.log());
+}
