@@ -270,3 +270,168 @@ fn a_database_restart_loses_nothing_and_refuses_submits_meanwhile() {
     assert!(d.status().journal.and_then(|j| j.error).is_none());
     assert!(d.log().contains("reachable again"), "{}", d.log());
 }
+
+/// A TCP port that forwards to the cluster's socket until it is cut: then every
+/// connection through it is closed and new ones are refused (a host cut off from the
+/// database while the database and the other hosts go on).
+struct Proxy {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    fn start(to: std::path::PathBuf) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = cut.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if flag.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = std::os::unix::net::UnixStream::connect(&to) else {
+                    continue;
+                };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                for (mut from, mut to, f) in [
+                    (
+                        Box::new(client) as Box<dyn ReadWrite>,
+                        Box::new(s2) as Box<dyn ReadWrite>,
+                        flag.clone(),
+                    ),
+                    (Box::new(server), Box::new(c2), flag.clone()),
+                ] {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            let _ = from.timeout(Duration::from_millis(100));
+                            if f.load(Ordering::SeqCst) {
+                                from.close();
+                                to.close();
+                                return;
+                            }
+                            match std::io::Read::read(&mut from, &mut buf) {
+                                Ok(0) => {
+                                    to.close();
+                                    return;
+                                }
+                                Ok(n) => {
+                                    if std::io::Write::write_all(&mut to, &buf[..n]).is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => {
+                                    to.close();
+                                    return;
+                                }
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Proxy { port, cut }
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+trait ReadWrite: std::io::Read + std::io::Write + Send {
+    fn timeout(&self, d: Duration) -> std::io::Result<()>;
+    fn close(&self);
+}
+
+impl ReadWrite for std::net::TcpStream {
+    fn timeout(&self, d: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(d))
+    }
+    fn close(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl ReadWrite for std::os::unix::net::UnixStream {
+    fn timeout(&self, d: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(d))
+    }
+    fn close(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+#[test]
+fn a_daemon_cut_off_from_the_database_stops_its_jobs_before_another_host_takes_them() {
+    let Some(pg) = Cluster::start() else { return };
+    let proxy = Proxy::start(pg.socket());
+    let (a_env, b_env) = (Env::new(), Env::new());
+    a_env.write_config_with_daemon(
+        &format!(
+            "host = \"vm-a\"\nshutdown_timeout = \"20s\"\n\n[journal]\nbackend = \"postgres\"\nurl = \"{}\"\n",
+            proxy.url()
+        ),
+        &jobs_config(2, "", ""),
+    );
+    let a = Daemon::start(&a_env);
+    let ids: Vec<i64> = (0..2)
+        .map(|_| a.submit("q", r#"{"sleep": 600}"#, &[]))
+        .collect();
+    for id in &ids {
+        a.wait_job(*id, "running", TIMEOUT);
+    }
+    let workers = a.running_pids("w");
+    b_env.write_config_with_daemon(&journal_config(&pg, "vm-b"), &jobs_config(2, "", ""));
+    let b = Daemon::start(&b_env);
+    proxy.cut();
+    let t0 = std::time::Instant::now();
+    // vm-a stops what it holds on its own...
+    wait_for(Duration::from_secs(40), "vm-a's workers killed", || {
+        workers.iter().all(|p| !alive(*p)).then_some(())
+    });
+    let killed = t0.elapsed();
+    assert!(
+        a.log().contains("cannot renew this host's lease"),
+        "{}",
+        a.log()
+    );
+    // ... before vm-b takes the jobs back (its lease runs out 30 s after its last renewal).
+    for id in &ids {
+        wait_for(Duration::from_secs(60), "the job running on vm-b", || {
+            b.try_job(*id)
+                .filter(|j| j.state == "running" && j.attempts == 2)
+        });
+    }
+    let rescued = t0.elapsed();
+    assert!(
+        killed < rescued,
+        "vm-a's workers died {killed:?} after the cut, vm-b took the jobs at {rescued:?}"
+    );
+    // vm-a took nothing meanwhile and still supervises: its workers are back.
+    assert_eq!(a.running_pids("w").len(), 2);
+    let started_on_b = count(
+        &pg,
+        "SELECT count(*) FROM steward.attempts WHERE attempt = 2 AND host = 'vm-b'",
+    );
+    assert_eq!(started_on_b, 2);
+    let on_a_after_cut = count(
+        &pg,
+        "SELECT count(*) FROM steward.attempts WHERE host = 'vm-a' AND attempt > 1",
+    );
+    assert_eq!(on_a_after_cut, 0, "vm-a took jobs while cut off");
+}

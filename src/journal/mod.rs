@@ -164,6 +164,10 @@ pub struct Stats {
     pub error: Option<String>,
     /// Damage found in the journal while running; it stays until a restart.
     pub damaged: Option<String>,
+    /// A journal shared with other hosts: until when this daemon may hold leases, by its
+    /// own clock (from the sending of its last renewal that landed, plus the lease's ttl
+    /// less a margin). Past it, others may soon take its jobs back, so it must stop them.
+    pub lease_valid_until: Option<std::time::Instant>,
 }
 
 impl Stats {

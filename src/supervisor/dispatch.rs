@@ -90,7 +90,7 @@ impl Supervisor {
 
     /// Hand jobs to every ready protocol worker with free capacity.
     pub(super) fn dispatch(&mut self, now: Instant) {
-        if self.shutdown.is_some() {
+        if self.shutdown.is_some() || self.fenced {
             return;
         }
         for hint in self.hints.values_mut() {
@@ -506,6 +506,11 @@ impl Supervisor {
         for (job, h) in held {
             save_progress(&self.journal, job, &h);
             let outcome = match reason {
+                Some(KillReason::Fenced) => Outcome::Interrupted {
+                    reason: format!(
+                        "steward could not renew its lease in the shared journal and killed worker {name}"
+                    ),
+                },
                 Some(KillReason::Hung { .. }) => Outcome::Hung {
                     reason: format!(
                         "worker {name} sent nothing for longer than its lease and was killed"

@@ -48,7 +48,7 @@ pub(super) struct ExecLanes {
 impl Supervisor {
     /// Claim jobs for the free lanes of every exec pool.
     pub(super) fn dispatch_exec(&mut self) {
-        if self.shutdown.is_some() {
+        if self.shutdown.is_some() || self.fenced {
             return;
         }
         let names: Vec<String> = self.pools.keys().cloned().collect();

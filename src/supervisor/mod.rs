@@ -256,6 +256,9 @@ pub struct Supervisor {
     job_lines: Arc<JobLines>,
     /// When the count of job lines left out is next reported.
     next_lines_report: Instant,
+    /// The lease in a shared journal could not be renewed in time: no jobs are taken,
+    /// and what was held has been stopped.
+    fenced: bool,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -315,6 +318,7 @@ impl Supervisor {
             failures: std::collections::VecDeque::new(),
             job_lines: Arc::new(JobLines::new(config.log.max_job_lines, now)),
             next_lines_report: now + crate::logging::JOB_LINES_REPORT_EVERY,
+            fenced: false,
             env,
             config,
         };
@@ -425,6 +429,7 @@ impl Supervisor {
                 self.journal.renew();
             }
             self.observed.turned();
+            self.fence(now);
             self.on_timers(now);
             self.reconcile(now);
             self.dispatch(now);
@@ -731,6 +736,47 @@ impl Supervisor {
         self.carry_out(id, effects, now, &description);
     }
 
+    /// With a journal shared by several hosts: once this daemon's lease may run out
+    /// (its renewals have not landed for the lease's ttl less a margin), it takes no jobs
+    /// and kills what holds jobs, so that nothing it ran is still running when another
+    /// host takes the jobs back. It takes jobs again once a renewal lands.
+    fn fence(&mut self, now: Instant) {
+        let Some(until) = self.journal.stats().lease_valid_until else {
+            return;
+        };
+        let fenced = now >= until;
+        if fenced == self.fenced {
+            return;
+        }
+        self.fenced = fenced;
+        if !fenced {
+            tracing::info!("the lease in the shared journal is renewed again: taking jobs again");
+            return;
+        }
+        let holding: Vec<SlotId> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| !s.held.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        let exec = self.exec_running();
+        tracing::error!(
+            "cannot renew this host's lease in the shared journal (the database has been out of reach for {}s or more): taking no jobs, and killing {} workers and {exec} job processes that hold jobs, so that no job runs twice when another host takes them back",
+            (crate::journal::postgres::store::HOST_TTL
+                - crate::journal::postgres::store::FENCE_MARGIN)
+                .as_secs(),
+            holding.len()
+        );
+        let shutdown = self.shutdown_deadline();
+        for id in holding {
+            if let Some(slot) = self.slots.get_mut(&id) {
+                let effects = slot.run.step(Input::Fence, now, shutdown);
+                self.carry_out(id, effects, now, "");
+            }
+        }
+        self.kill_exec_runs();
+    }
+
     /// The end of the stop budget, while steward stops.
     fn shutdown_deadline(&self) -> Option<Instant> {
         self.shutdown.as_ref().map(|s| s.deadline)
@@ -776,6 +822,10 @@ impl Supervisor {
                         KillReason::JobTimeout(job) | KillReason::Cancelled(job) => format!(
                             "did not give up job {job} within {}s of `cancel`",
                             held::CANCEL_GRACE.as_secs()
+                        ),
+                        KillReason::Fenced => format!(
+                            "holds jobs {:?}, and steward cannot renew its lease in the shared journal",
+                            slot.held.keys().collect::<Vec<_>>()
                         ),
                     };
                     tracing::error!(POOL = %pool, INSTANCE = index, WORKER_PID = pid,

@@ -39,9 +39,14 @@ pub const RESOURCE_RETRY: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum KillReason {
     StartTimeout,
-    Hung { lease: Duration },
+    Hung {
+        lease: Duration,
+    },
     JobTimeout(i64),
     Cancelled(i64),
+    /// The daemon could not renew its lease in a shared journal: what it holds must stop
+    /// before another host may take it back. Not the worker's fault.
+    Fenced,
 }
 
 /// What to do with a slot once its process is gone.
@@ -169,6 +174,9 @@ pub(super) enum Input {
     },
     /// A forced stop (a second SIGTERM): SIGKILL now.
     Kill,
+    /// The daemon lost its lease in a shared journal: a worker holding jobs is killed
+    /// and started again at once.
+    Fence,
     /// Time passed: whatever is due is done.
     Tick(Facts),
 }
@@ -432,6 +440,15 @@ impl Worker {
                     out.push(Effect::Kill { pid });
                 }
             }
+            Input::Fence => {
+                if self.watched()
+                    && let (Some(pid), Some(since)) = (self.pid(), self.since())
+                {
+                    let why = KillReason::Fenced;
+                    self.phase = Phase::Killing { pid, since, why };
+                    out.push(Effect::KillFor { pid, why });
+                }
+            }
             Input::Tick(facts) => self.tick(facts, now, shutdown, &mut out),
         }
         out
@@ -514,6 +531,26 @@ impl Worker {
                 next: None,
             });
             out.push(Effect::Retire(self.retire));
+            return;
+        }
+        if killed_for == Some(KillReason::Fenced) {
+            // Steward's own trouble: back at once, the backoff level untouched.
+            self.phase = Phase::BackingOff {
+                until: now,
+                crash_looping: false,
+            };
+            out.push(Effect::Exited {
+                exit,
+                pid,
+                ran_for,
+                deliberate,
+                killed_for,
+                next: Some(AfterExit::Restart {
+                    delay: Duration::ZERO,
+                    level: self.level,
+                    crash_looping: false,
+                }),
+            });
             return;
         }
         let run = RunFacts {
@@ -1270,6 +1307,37 @@ mod tests {
         // An exit during the drain is deliberate.
         let fx = crash(&mut w, t0 + S);
         assert_eq!(fx.last(), Some(&Effect::Retire(Retire::Remove)));
+    }
+
+    #[test]
+    fn a_fenced_worker_is_killed_and_back_at_once_without_a_higher_level() {
+        let t0 = Instant::now();
+        let mut w = ready(t0);
+        w.level = 2;
+        assert_eq!(
+            w.step(Input::Fence, t0, None),
+            vec![Effect::KillFor {
+                pid: 10,
+                why: KillReason::Fenced
+            }]
+        );
+        assert!(!w.takes_jobs());
+        // Fenced twice: one kill.
+        assert!(w.step(Input::Fence, t0, None).is_empty());
+        let fx = crash(&mut w, t0 + S);
+        assert!(matches!(
+            fx.first(),
+            Some(Effect::Exited {
+                killed_for: Some(KillReason::Fenced),
+                deliberate: false,
+                next: Some(AfterExit::Restart { level: 2, .. }),
+                ..
+            })
+        ));
+        assert_eq!(tick(&mut w, t0 + S, idle()), vec![Effect::Spawn]);
+        // A worker not running has nothing to stop.
+        let mut w = Worker::new(rules(true));
+        assert!(w.step(Input::Fence, t0, None).is_empty());
     }
 
     #[test]

@@ -33,6 +33,10 @@ use crate::model::{AttemptRecord, JobRecord, QueueCounts};
 
 /// How long a run's lease lasts without a renewal (renewed every `RENEW_EVERY`).
 pub const HOST_TTL: Duration = Duration::from_secs(30);
+/// A daemon whose last renewal was sent longer than `HOST_TTL - FENCE_MARGIN` ago stops
+/// the attempts it holds, so that they are gone before another host may take the jobs
+/// back (once the lease has run out, and at the next of its renewals, up to 10 s later).
+pub const FENCE_MARGIN: Duration = Duration::from_secs(10);
 /// Completions and progress kept while the database is out of reach, at most.
 pub const KEPT_AT_MOST: usize = 100_000;
 /// The longest wait between two attempts to reach the database.
@@ -225,6 +229,13 @@ impl Conn {
         }
     }
 
+    /// A renewal (or registration) sent at `sent` landed: leases are safe until then.
+    fn lease_landed(&self, sent: Instant) {
+        if let Ok(mut st) = self.stats.lock() {
+            st.lease_valid_until = sent.checked_add(HOST_TTL - FENCE_MARGIN);
+        }
+    }
+
     fn away(&self, detail: &str) -> JournalError {
         JournalError::Io {
             path: self.location.clone(),
@@ -252,6 +263,7 @@ impl Conn {
             });
         }
         let schema = self.opts.schema.clone();
+        let sent = Instant::now();
         if !self.registered {
             register(
                 &mut client,
@@ -264,6 +276,7 @@ impl Conn {
             .await
             .map_err(Reach::Away)?;
             self.registered = true;
+            self.lease_landed(sent);
         } else {
             if self.claim_lost {
                 self.put_back_lost_claims(&client)
@@ -325,7 +338,9 @@ impl Conn {
     /// longer than its ttl) is not revived: this daemon registers as a new run.
     async fn keep_lease(&mut self, client: &mut Client) -> Result<(), String> {
         let schema = self.opts.schema.clone();
+        let sent = Instant::now();
         if renew(client, &schema, &self.opts.run_id, HOST_TTL).await? {
+            self.lease_landed(sent);
             return Ok(());
         }
         let old = std::mem::replace(
@@ -337,6 +352,7 @@ impl Conn {
             HOST_TTL.as_secs(),
             self.opts.run_id
         );
+        let sent = Instant::now();
         register(
             client,
             &schema,
@@ -345,7 +361,9 @@ impl Conn {
             &self.opts.boot_id,
             HOST_TTL,
         )
-        .await
+        .await?;
+        self.lease_landed(sent);
+        Ok(())
     }
 
     fn note_rescued(&self, rescued: Vec<leases::Rescued>) -> Vec<Reclaimed> {

@@ -92,6 +92,12 @@ impl Cluster {
         )
     }
 
+    /// The server's socket.
+    #[allow(dead_code)] // by the integration tests, which share this file
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join(format!(".s.PGSQL.{}", self.port))
+    }
+
     /// Start the server (again, after [`stop`](Self::stop)): whether it came up.
     pub fn start_again(&self) -> bool {
         let opts = format!(
