@@ -435,3 +435,53 @@ fn a_daemon_cut_off_from_the_database_stops_its_jobs_before_another_host_takes_t
     );
     assert_eq!(on_a_after_cut, 0, "vm-a took jobs while cut off");
 }
+
+#[test]
+fn a_daemon_paused_past_its_lease_has_its_late_completions_rejected() {
+    let Some(pg) = Cluster::start() else { return };
+    let (a_env, b_env) = (Env::new(), Env::new());
+    a_env.write_config_with_daemon(&journal_config(&pg, "vm-a"), &jobs_config(1, "", ""));
+    let a = Daemon::start(&a_env);
+    // Attempt 1's worker keeps running while its daemon is paused and says `done` at
+    // 8 s; attempt 2 takes 20 s.
+    let id = a.submit("q", r#"{"sleep_first": 8, "sleep": 20}"#, &[]);
+    a.wait_job(id, "running", TIMEOUT);
+    b_env.write_config_with_daemon(&journal_config(&pg, "vm-b"), &jobs_config(1, "", ""));
+    let b = Daemon::start(&b_env);
+    a.signal("STOP");
+    // vm-b takes the job back once vm-a's lease has run out.
+    wait_for(Duration::from_secs(60), "attempt 2 running on vm-b", || {
+        b.try_job(id)
+            .filter(|j| j.state == "running" && j.attempts == 2)
+    });
+    a.signal("CONT");
+    // vm-a reads its worker's late `done` and writes it: rejected by the token, while
+    // attempt 2 runs on.
+    wait_for(TIMEOUT, "vm-a to take jobs again", || {
+        a.log().contains("taking jobs again").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let j = b.job(id);
+    assert_eq!(
+        (j.state.as_str(), j.attempts),
+        ("running", 2),
+        "{:?}",
+        j.history
+    );
+    let j = b.wait_job(id, "succeeded", Duration::from_secs(40));
+    let ok = count(
+        &pg,
+        &format!(
+            "SELECT count(*) FROM steward.attempts WHERE job_id = {id} AND outcome = 'succeeded'"
+        ),
+    );
+    assert_eq!(ok, 1, "the job completed twice: {:?}", j.history);
+    assert_eq!(j.history[0].outcome.as_deref(), Some("interrupted"));
+    assert!(
+        j.history[1]
+            .worker
+            .as_deref()
+            .unwrap_or("")
+            .contains("vm-b")
+    );
+}
