@@ -69,6 +69,7 @@ pub fn run(config_path: &Path, accept_damaged: bool) -> Result<(), Failure> {
                     host: pg.host.clone(),
                     run_id: run_id.clone(),
                     boot_id: crate::process::boot_id(),
+                    poll_only: pg.poll_only,
                 },
                 metrics.clone(),
             )
@@ -114,6 +115,14 @@ pub fn run(config_path: &Path, accept_damaged: bool) -> Result<(), Failure> {
             observed,
         )
         .map_err(|e| Failure::Failed(format!("cannot start the supervisor: {e}")))?;
+        if let Some(mut wakeups) = journal.take_wakeups() {
+            let handle = supervisor.handle();
+            tokio::spawn(async move {
+                while let Some(queue) = wakeups.recv().await {
+                    handle.jobs_added(&queue, 0);
+                }
+            });
+        }
         let state = control::State {
             requests: req_tx,
             journal,

@@ -73,6 +73,8 @@ impl Histogram {
 /// Everything counted since the daemon started.
 pub struct Metrics {
     pub watchdog_pings: AtomicU64,
+    /// Notices from a shared journal that jobs were added (LISTEN/NOTIFY).
+    pub journal_wakeups: AtomicU64,
     pub journal_commits: AtomicU64,
     /// Jobs whose routine "started" (and "succeeded") lines `log.max_job_lines` left out.
     pub job_lines_skipped_starts: AtomicU64,
@@ -90,6 +92,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             watchdog_pings: AtomicU64::new(0),
+            journal_wakeups: AtomicU64::new(0),
             journal_commits: AtomicU64::new(0),
             job_lines_skipped_starts: AtomicU64::new(0),
             job_lines_skipped_submits: AtomicU64::new(0),
@@ -340,6 +343,17 @@ impl Metrics {
             o,
             "steward_watchdog_pings_total {}",
             self.watchdog_pings.load(Ordering::Relaxed)
+        );
+        head(
+            &mut o,
+            "steward_journal_wakeups_total",
+            "counter",
+            "Notices from the shared PostgreSQL journal that jobs were added elsewhere.",
+        );
+        let _ = writeln!(
+            o,
+            "steward_journal_wakeups_total {}",
+            self.journal_wakeups.load(Ordering::Relaxed)
         );
         o
     }

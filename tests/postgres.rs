@@ -485,3 +485,70 @@ fn a_daemon_paused_past_its_lease_has_its_late_completions_rejected() {
             .contains("vm-b")
     );
 }
+
+#[test]
+fn jobs_added_elsewhere_wake_idle_workers_and_a_killed_listener_is_replaced() {
+    let Some(pg) = Cluster::start() else { return };
+    let env = Env::new();
+    let port = free_port();
+    env.write_config_with_daemon(
+        &journal_config(&pg, "vm-l"),
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
+            jobs_config(1, "", "")
+        ),
+    );
+    let d = Daemon::start(&env);
+    d.running_pids("w");
+    let wakeups = || {
+        http_get(port, "/metrics")
+            .map(|(_, body)| metric(&body, "steward_journal_wakeups_total"))
+            .unwrap_or(0.0)
+    };
+    let picked_up = |id: i64| -> f64 {
+        let j = d.wait_job(id, "succeeded", TIMEOUT);
+        sql(
+            &pg,
+            &format!(
+                "SELECT extract(epoch FROM a.started_at - j.created_at)::float8 FROM steward.attempts a
+                 JOIN steward.jobs j ON j.id = a.job_id WHERE j.id = {} AND a.attempt = 1",
+                j.id
+            ),
+        )[0]
+        .get(0)
+    };
+    let mut waits = Vec::new();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(300));
+        let id: i64 = sql(&pg, "SELECT steward.submit('q', '{}')")[0].get(0);
+        waits.push(picked_up(id));
+    }
+    eprintln!("picked up after {waits:?} s");
+    let heard = wakeups();
+    assert!(
+        heard >= 5.0,
+        "{heard} notices heard for 5 jobs added in SQL"
+    );
+    // The listening connection is killed: it is replaced, and notices flow again.
+    let killed = count(
+        &pg,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'",
+    );
+    assert_eq!(killed, 1);
+    wait_for(TIMEOUT, "the listener replaced", || {
+        d.log().contains("listening again").then_some(())
+    });
+    wait_for(TIMEOUT, "a LISTEN connection again", || {
+        (count(
+            &pg,
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'",
+        ) == 1)
+            .then_some(())
+    });
+    let id: i64 = sql(&pg, "SELECT steward.submit('q', '{}')")[0].get(0);
+    picked_up(id);
+    assert!(
+        wakeups() > heard,
+        "no notice heard after the listener was replaced"
+    );
+}

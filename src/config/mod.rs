@@ -108,6 +108,9 @@ pub struct PostgresConfig {
     pub schema: String,
     /// This host's name in the shared journal.
     pub host: String,
+    /// No LISTEN connection (behind a pooler in transaction mode): jobs added elsewhere
+    /// are found by the once-a-second look only.
+    pub poll_only: bool,
 }
 
 #[derive(Clone, PartialEq)]
@@ -626,12 +629,14 @@ fn parse_journal(ctx: &mut Ctx, root: &Section, host: String) -> JournalConfig {
         .string(ctx, "url_file")
         .map(|(p, span)| (PathBuf::from(p), span));
     let schema = s.string(ctx, "schema");
+    let poll_only = s.boolean_spanned(ctx, "poll_only");
     match backend.as_ref().map(|(b, span)| (b.as_str(), span.clone())) {
         None | Some(("sqlite", _)) => {
             for (key, span) in [
                 ("url", url.as_ref().map(|u| u.1.clone())),
                 ("url_file", url_file.as_ref().map(|u| u.1.clone())),
                 ("schema", schema.as_ref().map(|u| u.1.clone())),
+                ("poll_only", poll_only.as_ref().map(|u| u.1.clone())),
             ] {
                 if let Some(span) = span {
                     ctx.error(
@@ -672,7 +677,12 @@ fn parse_journal(ctx: &mut Ctx, root: &Section, host: String) -> JournalConfig {
                 None => "steward".to_string(),
             };
             if let Some(url) = source {
-                j.backend = Backend::Postgres(PostgresConfig { url, schema, host });
+                j.backend = Backend::Postgres(PostgresConfig {
+                    url,
+                    schema,
+                    host,
+                    poll_only: poll_only.is_some_and(|(v, _)| v),
+                });
             }
         }
         Some((other, span)) => ctx.error(
@@ -1092,20 +1102,21 @@ pub fn env_name_problem(name: &str) -> Option<String> {
 }
 
 /// A schema name steward accepts: an SQL identifier that needs no quoting (lower-case
-/// letters, digits and `_`, starting with a letter or `_`, at most 63 bytes).
+/// letters, digits and `_`, starting with a letter or `_`), at most 55 bytes so that its
+/// notice channel (`steward_<schema>`) fits PostgreSQL's 63.
 pub fn check_schema_name(name: &str) -> Result<(), String> {
     let mut chars = name.chars();
     let first_ok = chars
         .next()
         .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
     if !first_ok
-        || name.len() > 63
+        || name.len() > 55
         || !name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
     {
         return Err(format!(
-            "schema must be 1 to 63 lower-case letters, digits or _, starting with a letter or _, not {name:?}"
+            "schema must be 1 to 55 lower-case letters, digits or _, starting with a letter or _, not {name:?}"
         ));
     }
     Ok(())
@@ -1159,7 +1170,7 @@ mod tests {
 
     #[test]
     fn schema_names_need_no_quoting_and_are_bounded() {
-        for ok in ["steward", "_x", "steward_2", &"a".repeat(63)] {
+        for ok in ["steward", "_x", "steward_2", &"a".repeat(55)] {
             assert!(check_schema_name(ok).is_ok(), "{ok}");
         }
         for bad in [
@@ -1170,7 +1181,7 @@ mod tests {
             "a b",
             "x;drop",
             "é",
-            &"a".repeat(64),
+            &"a".repeat(56),
         ] {
             assert!(check_schema_name(bad).is_err(), "{bad}");
         }

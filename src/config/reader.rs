@@ -318,6 +318,12 @@ impl<'t, 'i> Section<'t, 'i> {
         ok.then_some(out)
     }
 
+    /// A boolean and where it is.
+    pub fn boolean_spanned(&self, ctx: &mut Ctx, key: &str) -> Option<(bool, Range<usize>)> {
+        let span = self.get(key)?.span();
+        self.boolean(ctx, key).map(|b| (b, span))
+    }
+
     pub fn boolean(&self, ctx: &mut Ctx, key: &str) -> Option<bool> {
         let v = self.get(key)?;
         match v.get_ref() {

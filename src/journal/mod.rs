@@ -302,6 +302,11 @@ pub trait JobStore: Send + Sync {
     fn overview(&self, queues: Vec<String>, now_ms: i64, reply: Reply<Overview>);
     fn list(&self, filter: JobFilter, reply: Reply<Page>);
     fn get(&self, id: i64, reply: Reply<JobRecord>);
+    /// Notices that jobs were added to a queue (`*`: any queue) by someone other than
+    /// this daemon, where the store hears of them; taken once.
+    fn take_wakeups(&self) -> Option<tokio::sync::mpsc::Receiver<String>> {
+        None
+    }
 }
 
 /// The handle everyone uses. Cheap to clone.
@@ -388,6 +393,10 @@ impl Journal {
 
     pub fn renew(&self) {
         self.0.renew();
+    }
+
+    pub fn take_wakeups(&self) -> Option<tokio::sync::mpsc::Receiver<String>> {
+        self.0.take_wakeups()
     }
 
     /// Submit and wait for the commit.

@@ -57,6 +57,14 @@ impl Supervisor {
 
     /// Jobs were added to `queue`, due at `run_at_ms`.
     pub(super) fn jobs_added(&mut self, queue: &str, run_at_ms: i64) {
+        if queue == "*" {
+            // Every queue may have jobs (the journal could not say which).
+            let queues: Vec<String> = self.config.queues.keys().cloned().collect();
+            for q in queues {
+                self.jobs_added(&q, run_at_ms);
+            }
+            return;
+        }
         let hint = self.hints.entry(queue.to_string()).or_default();
         hint.epoch += 1;
         if run_at_ms <= now_ms() {

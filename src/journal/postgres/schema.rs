@@ -142,6 +142,9 @@ const MIGRATIONS: &[&str] = &[
             EXIT WHEN job IS NOT NULL;
         END LOOP;
         INSERT INTO {s}.job_data (job_id, payload) VALUES (job, submit.payload);
+        -- Daemons listening hear of it at commit (a transaction's identical notices
+        -- arrive as one).
+        PERFORM pg_notify('{channel}', submit.queue);
         RETURN job;
     END
     $fn$;
@@ -168,9 +171,15 @@ pub enum MigrateError {
 
 pub use crate::config::check_schema_name;
 
+/// The channel on which daemons hear that jobs were added to `schema`.
+pub fn channel(schema: &str) -> String {
+    format!("steward_{schema}")
+}
+
 fn sql(template: &str, schema: &str) -> String {
     template
         .replace("{s}", schema)
+        .replace("{channel}", &channel(schema))
         .replace("{max_attempts}", &crate::config::MAX_ATTEMPTS.to_string())
 }
 

@@ -43,6 +43,11 @@ pub const KEPT_AT_MOST: usize = 100_000;
 const RECONNECT_MAX: Duration = Duration::from_secs(10);
 /// How often the job counts are read again (other hosts change them too).
 const COUNT_EVERY: Duration = Duration::from_secs(1);
+/// A submit tells listening daemons of its queue at most this often (per queue).
+const NOTIFY_EVERY: Duration = Duration::from_millis(100);
+/// Notices of added jobs waiting for the supervisor, at most; more are dropped (the
+/// once-a-second look finds their jobs).
+const WAKEUPS_QUEUED: usize = 1024;
 
 /// What a daemon needs to open the PostgreSQL journal.
 pub struct Options {
@@ -51,6 +56,8 @@ pub struct Options {
     pub host: String,
     pub run_id: String,
     pub boot_id: String,
+    /// No LISTEN connection (behind a pooler in transaction mode).
+    pub poll_only: bool,
 }
 
 enum Op {
@@ -89,6 +96,7 @@ pub struct Postgres {
     tx: mpsc::UnboundedSender<Op>,
     stats: Arc<Mutex<Stats>>,
     location: String,
+    wakeups: Mutex<Option<mpsc::Receiver<String>>>,
 }
 
 /// Held by the daemon until it exits: its close waits for the last writes.
@@ -118,6 +126,8 @@ struct Conn {
     /// A claim's connection broke before its answer came: it may have taken jobs that
     /// nobody knows of, to be put back once the database is reachable again.
     claim_lost: bool,
+    /// When each queue's last notice went out.
+    notified: HashMap<String, Instant>,
 }
 
 /// Open the journal: connect, bring the schema up to date, register this run and take
@@ -144,7 +154,17 @@ pub fn open(
         registered: false,
         held: HashSet::new(),
         claim_lost: false,
+        notified: HashMap::new(),
     };
+    let (wake_tx, wake_rx) = mpsc::channel(WAKEUPS_QUEUED);
+    let listen = (!conn.opts.poll_only).then(|| {
+        (
+            conn.opts.url.clone(),
+            schema::channel(&conn.opts.schema),
+            wake_tx,
+            conn.metrics.clone(),
+        )
+    });
     let thread = std::thread::Builder::new()
         .name("steward-journal".into())
         .spawn(move || {
@@ -163,6 +183,9 @@ pub fn open(
                 let go_on = !matches!(first, Err(Reach::Fatal(_)));
                 let _ = first_tx.send(first.map_err(Reach::into_message));
                 if go_on {
+                    if let Some((url, channel, tx, metrics)) = listen {
+                        tokio::spawn(listen_for_jobs(url, channel, tx, metrics));
+                    }
                     conn.serve(rx).await;
                 }
             });
@@ -185,6 +208,7 @@ pub fn open(
             tx,
             stats,
             location,
+            wakeups: Mutex::new(Some(wake_rx)),
         }),
         Owner {
             thread: Some(thread),
@@ -503,7 +527,24 @@ impl Conn {
         }
         match op {
             Op::Submit(jobs, reply) => {
-                let r = submit(c, s, &jobs).await;
+                let now = Instant::now();
+                let notify: Vec<String> = jobs
+                    .iter()
+                    .map(|j| j.queue.clone())
+                    .collect::<HashSet<_>>()
+                    .into_iter()
+                    .filter(|q| {
+                        self.notified
+                            .get(q)
+                            .is_none_or(|t| now.saturating_duration_since(*t) >= NOTIFY_EVERY)
+                    })
+                    .collect();
+                let r = submit(c, s, &jobs, &notify).await;
+                if r.is_ok() {
+                    for q in notify {
+                        self.notified.insert(q, now);
+                    }
+                }
                 if r.is_err() && c.is_closed() {
                     return Err(Op::Submit(jobs, reply));
                 }
@@ -685,7 +726,14 @@ fn db(e: tokio_postgres::Error) -> String {
     describe(&e)
 }
 
-async fn submit(c: &mut Client, s: &str, jobs: &[NewJob]) -> Result<Vec<Submitted>, JournalError> {
+/// Store `jobs` in one transaction, telling listening daemons of the queues in
+/// `notify` when it commits.
+async fn submit(
+    c: &mut Client,
+    s: &str,
+    jobs: &[NewJob],
+    notify: &[String],
+) -> Result<Vec<Submitted>, JournalError> {
     let io = |e: String| JournalError::Io {
         path: PathBuf::from(format!("PostgreSQL schema {s}")),
         detail: e,
@@ -758,8 +806,92 @@ async fn submit(c: &mut Client, s: &str, jobs: &[NewJob]) -> Result<Vec<Submitte
             break;
         }
     }
+    if !notify.is_empty() {
+        tx.execute(
+            "SELECT pg_notify($1, q) FROM unnest($2::text[]) q",
+            &[&schema::channel(s), &notify],
+        )
+        .await
+        .map_err(db)
+        .map_err(io)?;
+    }
     tx.commit().await.map_err(db).map_err(io)?;
     Ok(out)
+}
+
+/// Listen on `channel` for notices that jobs were added, and pass each queue on (`*`
+/// after every connection: jobs may have been added while nobody listened). A
+/// connection that ends is replaced, with a capped backoff.
+async fn listen_for_jobs(
+    url: String,
+    channel: String,
+    tx: mpsc::Sender<String>,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
+    let mut delay = Duration::from_millis(500);
+    let mut first = true;
+    loop {
+        if tx.is_closed() {
+            return;
+        }
+        match listen_once(&url, &channel, &tx, &metrics).await {
+            Ok(()) => {
+                tracing::warn!(
+                    "the connection listening for new jobs in the shared journal ended; listening again (meanwhile idle workers look every second)"
+                );
+                delay = Duration::from_millis(500);
+            }
+            Err(e) if first => tracing::warn!(
+                "cannot listen for new jobs in the shared journal: {e}; idle workers look every second meanwhile"
+            ),
+            Err(_) => {}
+        }
+        first = false;
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(RECONNECT_MAX);
+    }
+}
+
+async fn listen_once(
+    url: &str,
+    channel: &str,
+    tx: &mpsc::Sender<String>,
+    metrics: &crate::metrics::Metrics,
+) -> Result<(), String> {
+    let config: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
+    let (client, mut connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| describe(&e))?;
+    let (msg_tx, mut msg_rx) = mpsc::unbounded_channel();
+    // The connection delivers notices only while it is polled: a task of its own.
+    let pump = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    if msg_tx.send(n.payload().to_string()).is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {channel}"))
+        .await
+        .map_err(|e| describe(&e))?;
+    let _ = tx.try_send("*".to_string());
+    while let Some(queue) = msg_rx.recv().await {
+        metrics
+            .journal_wakeups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Full: the supervisor has notices enough to look; the sweep finds the rest.
+        let _ = tx.try_send(queue);
+    }
+    pump.abort();
+    Ok(())
 }
 
 async fn cancel(c: &mut Client, s: &str, id: i64) -> Result<CancelResult, JournalError> {
@@ -1188,5 +1320,9 @@ impl JobStore for Postgres {
 
     fn get(&self, id: i64, reply: Reply<JobRecord>) {
         self.send(Op::Get(id, reply));
+    }
+
+    fn take_wakeups(&self) -> Option<mpsc::Receiver<String>> {
+        self.wakeups.lock().ok()?.take()
     }
 }
