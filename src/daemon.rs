@@ -126,15 +126,18 @@ pub fn run(config_path: &Path, accept_damaged: bool) -> Result<(), Failure> {
         let state = control::State {
             requests: req_tx,
             journal,
-            config: config_rx,
+            config: config_rx.clone(),
             supervisor: supervisor.handle(),
         };
+        let remote = tokio::spawn(control::remote::run(config_rx.clone(), state.clone()));
         let server = tokio::spawn(control::serve(listener, state));
         let result = supervisor.run(req_rx).await;
         server.abort();
         let _ = server.await;
         http.abort();
         let _ = http.await;
+        remote.abort();
+        let _ = remote.await;
         let _ = std::fs::remove_file(&socket);
         result.map_err(|e| Failure::Failed(format!("supervisor error: {e}")))
     });

@@ -193,3 +193,75 @@ fn big_rows_are_bounded_in_lists_errors_and_results() {
     let kept = j.result.unwrap()["steward"].as_str().unwrap().to_string();
     assert!(kept.contains("10002 bytes was not kept"), "{kept}");
 }
+
+#[test]
+fn the_job_api_over_tcp_needs_a_token_and_serves_only_job_routes() {
+    let env = Env::new();
+    let port = free_port();
+    let good = "9f2c4e6a8b0d1f3e5a7c9e1b3d5f7a9c";
+    std::fs::write(env.path("tokens"), format!("# remote submitters\n{good}\n")).unwrap();
+    env.write_config(&format!(
+        "[api]\nlisten = \"127.0.0.1:{port}\"\ntokens_file = \"tokens\"\n\n{}",
+        jobs_config(1, "", "")
+    ));
+    let d = Daemon::start(&env);
+    d.wait_log("serving the job API");
+    let submit = |token: Option<&str>| {
+        http_request(
+            port,
+            "POST",
+            "/v1/jobs",
+            token,
+            r#"{"queue": "q", "payload": {"n": 1}}"#,
+        )
+        .expect("an answer")
+    };
+    // No token, a wrong one: 401 with a reason, and the wrong token is not logged.
+    let (code, body) = submit(None);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("Authorization: Bearer"), "{body}");
+    let wrong = "00000000000000000000000000000000";
+    let (code, body) = submit(Some(wrong));
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("not in [api] tokens_file"), "{body}");
+    assert!(!d.log().contains(wrong), "the wrong token was logged");
+    assert!(
+        d.log().contains("refused an API request (POST /v1/jobs)"),
+        "{}",
+        d.log()
+    );
+    // Nothing was stored by the refused requests.
+    let (_, list) = http_request(port, "GET", "/v1/jobs", Some(good), "").unwrap();
+    assert!(!list.contains("\"id\""), "{list}");
+    // The right token: the job is stored and runs.
+    let (code, body) = submit(Some(good));
+    assert_eq!(code, 201, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = v["id"].as_i64().expect("an id");
+    d.wait_job(id, "succeeded", TIMEOUT);
+    let (code, body) =
+        http_request(port, "GET", &format!("/v1/jobs/{id}"), Some(good), "").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("succeeded"), "{body}");
+    // Status, reload and restart stay on the local socket.
+    for (method, path) in [
+        ("GET", "/v1/status"),
+        ("POST", "/v1/reload"),
+        ("POST", "/v1/pools/w/restart"),
+    ] {
+        let (code, _) = http_request(port, method, path, Some(good), "").unwrap();
+        assert_eq!(code, 404, "{method} {path}");
+    }
+    assert!(!d.log().contains(good), "a token was logged");
+}
+
+#[test]
+fn an_api_listener_without_tokens_is_refused_at_its_position() {
+    let env = Env::new();
+    env.write_config("[api]\nlisten = \"127.0.0.1:9\"\n");
+    let out = env.run(&["check-config"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("steward.toml:7:10: api.listen"), "{err}");
+    assert!(err.contains("api.listen needs api.tokens_file"), "{err}");
+}

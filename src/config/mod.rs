@@ -37,6 +37,7 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub journal: JournalConfig,
     pub http: HttpConfig,
+    pub api: ApiConfig,
     pub log: LogConfig,
     /// Pools by name, in name order.
     pub pools: BTreeMap<String, PoolSpec>,
@@ -68,6 +69,14 @@ pub enum Synchronous {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct HttpConfig {
     pub listen: Option<std::net::SocketAddr>,
+}
+
+/// The job routes of the control API over TCP, for programs on other machines.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ApiConfig {
+    pub listen: Option<std::net::SocketAddr>,
+    /// One bearer token per line (blank lines and `#` comments skipped).
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// What steward writes to its log.
@@ -486,18 +495,20 @@ pub fn parse(text: &str, path: &Path, env: &Environment) -> Result<Config, Confi
         let daemon = parse_daemon(&mut ctx, &root, &base, env);
         let journal = parse_journal(&mut ctx, &root, daemon.host.clone());
         let http = parse_http(&mut ctx, &root);
+        let api = parse_api(&mut ctx, &root, &base);
         let log = parse_log(&mut ctx, &root);
         let queues = parse_queues(&mut ctx, &root);
         let pools = parse_pools(&mut ctx, &root, &base, env, &queues);
         root.finish(
             &mut ctx,
-            &["daemon", "journal", "http", "log", "queue", "pool"],
+            &["daemon", "journal", "http", "api", "log", "queue", "pool"],
         );
         Config {
             path: path.clone(),
             daemon,
             journal,
             http,
+            api,
             log,
             pools,
             queues,
@@ -723,6 +734,34 @@ fn parse_http(ctx: &mut Ctx, root: &Section) -> HttpConfig {
     }
     s.finish(ctx, &["listen"]);
     h
+}
+
+fn parse_api(ctx: &mut Ctx, root: &Section, base: &Path) -> ApiConfig {
+    let mut a = ApiConfig::default();
+    let Some(s) = root.table(ctx, "api") else {
+        return a;
+    };
+    let listen = s.string(ctx, "listen");
+    if let Some((v, span)) = &listen {
+        match v.parse::<std::net::SocketAddr>() {
+            Ok(addr) => a.listen = Some(addr),
+            Err(_) => ctx.error(
+                span.clone(),
+                format!(
+                    "api.listen = \"{v}\" is not an address and port: write e.g. \"0.0.0.0:9188\""
+                ),
+            ),
+        }
+    }
+    a.tokens_file = s.path(ctx, "tokens_file", base);
+    if let (Some((_, span)), None) = (&listen, &a.tokens_file) {
+        ctx.error(
+            span.clone(),
+            "api.listen needs api.tokens_file: a file (mode 0600) with one bearer token per line; requests without one of them are refused".to_string(),
+        );
+    }
+    s.finish(ctx, &["listen", "tokens_file"]);
+    a
 }
 
 fn parse_log(ctx: &mut Ctx, root: &Section) -> LogConfig {

@@ -10,6 +10,7 @@ pub mod api {
     pub use crate::api::*;
 }
 pub mod client;
+pub(crate) mod remote;
 mod views;
 
 use std::io;

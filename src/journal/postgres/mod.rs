@@ -295,8 +295,8 @@ mod tests {
                 "at most 100 years",
             ),
             (
-                "steward.submit('q', '{}', unique_key => repeat('k', 1025))",
-                "unique_key must be at most 1024",
+                "steward.submit('q', '{}', unique_key => repeat('k', 257))",
+                "unique_key must be 1 to 256",
             ),
         ] {
             let e = c

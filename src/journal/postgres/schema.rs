@@ -115,8 +115,8 @@ const MIGRATIONS: &[&str] = &[
             RAISE EXCEPTION 'steward.submit: run_at must be given and at most 100 years from now'
                 USING ERRCODE = '22023';
         END IF;
-        IF length(submit.unique_key) > 1024 THEN
-            RAISE EXCEPTION 'steward.submit: unique_key must be at most 1024 characters'
+        IF length(submit.unique_key) NOT BETWEEN 1 AND 256 THEN
+            RAISE EXCEPTION 'steward.submit: unique_key must be 1 to 256 characters'
                 USING ERRCODE = '22023';
         END IF;
         LOOP
