@@ -28,6 +28,12 @@ mod time;
 
 pub use logging::{flush as flush_logs, init as init_logging};
 
+/// Throw-away PostgreSQL clusters, for the integration tests. Not an API.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::journal::postgres::cluster::Cluster;
+}
+
 /// What the micro-benchmarks in `benches/` measure. Not an API.
 #[doc(hidden)]
 pub mod hot {

@@ -48,6 +48,7 @@ struct Sizes {
     output_lines: usize,
     delayed_jobs: usize,
     due_jobs: usize,
+    pg_jobs: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -62,6 +63,7 @@ const FULL: Sizes = Sizes {
     output_lines: 1_000_000,
     delayed_jobs: 100_000,
     due_jobs: 20_000,
+    pg_jobs: 5_000,
 };
 
 const QUICK: Sizes = Sizes {
@@ -76,6 +78,7 @@ const QUICK: Sizes = Sizes {
     output_lines: 100_000,
     delayed_jobs: 10_000,
     due_jobs: 2_000,
+    pg_jobs: 1_000,
 };
 
 fn fail(e: impl std::fmt::Display) -> Failure {
@@ -131,8 +134,13 @@ impl Bed {
     }
 
     fn write_config(&self, body: &str) -> Result<(), Failure> {
+        self.write_config_with_daemon("", body)
+    }
+
+    /// The config, with `daemon_extra` lines in its `[daemon]` table.
+    fn write_config_with_daemon(&self, daemon_extra: &str, body: &str) -> Result<(), Failure> {
         let text = format!(
-            "[daemon]\nstate_dir = \"state\"\nsocket = \"s.sock\"\nshutdown_timeout = \"10s\"\n\n{body}"
+            "[daemon]\nstate_dir = \"state\"\nsocket = \"s.sock\"\nshutdown_timeout = \"10s\"\n{daemon_extra}\n{body}"
         );
         std::fs::write(self.dir.join("steward.toml"), text).map_err(fail)
     }
@@ -691,6 +699,58 @@ async fn list_cost(exe: &Path, s: &Sizes) -> Result<Vec<f64>, Failure> {
     Ok(times)
 }
 
+/// Scenario 12: the PostgreSQL journal (a private cluster, fsync on): protocol
+/// workers taking trivial jobs, on 1 daemon and then on 3 with the same slots in all
+/// (24: 6 workers × 4, or 2 × 4 on each), jobs submitted in batches through the first.
+/// `None` where no PostgreSQL server is installed.
+async fn postgres_throughput(
+    exe: &Path,
+    s: &Sizes,
+) -> Result<Option<(Vec<f64>, Vec<f64>)>, Failure> {
+    let cluster = match crate::journal::postgres::cluster::Cluster::start_with(&[]) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("skipped: 12. PostgreSQL journal: {e}");
+            return Ok(None);
+        }
+    };
+    let (mut one, mut three) = (Vec::new(), Vec::new());
+    for run in 0..s.runs {
+        for (daemons, workers) in [(1usize, 6u32), (3, 2)] {
+            let schema = format!("bench_{run}_{daemons}");
+            let mut beds = Vec::new();
+            for i in 0..daemons {
+                let mut bed = Bed::new(exe)?;
+                bed.write_config_with_daemon(
+                    &format!("host = \"bench-{i}\"\n"),
+                    &format!(
+                        "[journal]\nbackend = \"postgres\"\nurl = \"{}\"\nschema = \"{schema}\"\n\n[queue.b]\n\n{}",
+                        cluster.url(),
+                        bed.worker_pool("w", "b", workers, 4, "")
+                    ),
+                )?;
+                bed.start(&[])?;
+                beds.push(bed);
+            }
+            let c = Client::new(&beds[0].socket());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let t0 = Instant::now();
+            submit_batches(&c, "b", s.pg_jobs, json!({})).await?;
+            wait_succeeded(&c, "b", s.pg_jobs as u64, Duration::from_secs(600)).await?;
+            let rate = s.pg_jobs as f64 / t0.elapsed().as_secs_f64();
+            if daemons == 1 {
+                one.push(rate);
+            } else {
+                three.push(rate);
+            }
+            for b in &mut beds {
+                b.stop();
+            }
+        }
+    }
+    Ok(Some((one, three)))
+}
+
 /// Scenario 11: the daemon's resident memory after one worker wrote invalid lines as fast
 /// as it could for 10 s without reading its socket; and the longest watchdog gap meanwhile.
 async fn garbage_flood(exe: &Path, s: &Sizes) -> Result<(Vec<f64>, Vec<f64>), Failure> {
@@ -1042,6 +1102,37 @@ pub fn run(quick: bool, json_out: bool, only: &[u8]) -> Result<(), Failure> {
                 |m| m < 1000.0,
                 String::new(),
             ));
+        }
+        if want(12) {
+            progress("12. PostgreSQL journal");
+            if let Some((one, three)) = postgres_throughput(&exe, s).await? {
+                let mut base = one.clone();
+                let base = median(&mut base);
+                out.push(summarize(
+                    &format!(
+                        "12. PostgreSQL journal: {} jobs, 1 daemon, 6 workers × 4",
+                        s.pg_jobs
+                    ),
+                    "jobs/s",
+                    one,
+                    ">= 25000",
+                    |m| m >= 25_000.0,
+                    String::new(),
+                ));
+                let row = summarize(
+                    "12. the same on 3 daemons, 2 workers × 4 each",
+                    "jobs/s",
+                    three,
+                    ">= 1 daemon",
+                    |m| m >= base,
+                    String::new(),
+                );
+                let note = format!(
+                    "{:.0} % of 1 daemon's rate",
+                    if base > 0.0 { 100.0 * row.median / base } else { 0.0 }
+                );
+                out.push(Outcome { note, ..row });
+            }
         }
         if want(9) {
             progress("9. worker output");

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use steward::control::api::{DaemonStatus, PoolStatus};
 
-/// Throw-away PostgreSQL clusters (the same helper the unit tests use).
-#[path = "../../src/journal/postgres/test_cluster.rs"]
-pub mod pg;
+/// Throw-away PostgreSQL clusters (the same the unit tests and the bench use).
+pub mod pg {
+    pub use steward::testing::Cluster;
+}
 
 /// The one bound for "this should happen soon": generous, because CI machines are noisy.
 pub const TIMEOUT: Duration = Duration::from_secs(20);

@@ -38,7 +38,7 @@ fn err(what: &str) -> impl Fn(tokio_postgres::Error) -> String + '_ {
 /// Lease up to `n` due jobs of `queues` to `taker`, in dispatch order (priority, run
 /// time, id).
 pub async fn claim(
-    client: &Client,
+    client: &impl tokio_postgres::GenericClient,
     schema: &str,
     queues: &[String],
     n: usize,
@@ -49,19 +49,20 @@ pub async fn claim(
     // so that the claim below never walks past future rows.
     client
         .execute(
-            &format!(
+            format!(
                 "UPDATE {schema}.jobs SET state = 'queued', updated_at = now() WHERE id IN (
                      SELECT id FROM {schema}.jobs
                      WHERE state = 'scheduled' AND run_at <= now() AND queue = ANY($1)
                      ORDER BY run_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
-            ),
+            )
+            .as_str(),
             &[&queues, &PROMOTE_AT_MOST],
         )
         .await
         .map_err(err("make scheduled jobs due"))?;
     let rows = client
         .query(
-            &format!(
+            format!(
                 "WITH c AS MATERIALIZED (
                      SELECT id FROM {schema}.jobs
                      WHERE state = 'queued' AND queue = ANY($1)
@@ -82,7 +83,8 @@ pub async fn claim(
                      (extract(epoch FROM u.created_at) * 1000)::bigint, d.payload::text
                  FROM u JOIN {schema}.job_data d ON d.job_id = u.id
                  ORDER BY u.priority DESC, u.run_at, u.id"
-            ),
+            )
+            .as_str(),
             &[
                 &queues,
                 &n,
@@ -110,10 +112,11 @@ pub async fn claim(
     if (jobs.len() as i64) < n {
         next_run_at_ms = client
             .query_one(
-                &format!(
+                format!(
                     "SELECT (extract(epoch FROM min(run_at)) * 1000)::bigint FROM {schema}.jobs
                      WHERE state = 'scheduled' AND queue = ANY($1)"
-                ),
+                )
+                .as_str(),
                 &[&queues],
             )
             .await
@@ -152,6 +155,22 @@ pub async fn finish(
 ) -> Result<Finished, String> {
     let e = err("finish a job");
     let tx = client.transaction().await.map_err(&e)?;
+    let done = finish_in(&tx, schema, id, token, outcome, backoff, output).await?;
+    tx.commit().await.map_err(&e)?;
+    Ok(done)
+}
+
+/// The end of one attempt inside the caller's transaction (see [`finish`]).
+pub async fn finish_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    id: i64,
+    token: i64,
+    outcome: &Outcome,
+    backoff: &RetryBackoff,
+    output: Option<&AttemptOutput>,
+) -> Result<Finished, String> {
+    let e = err("finish a job");
     let Some(row) = tx
         .query_opt(
             &format!(
@@ -239,7 +258,6 @@ pub async fn finish(
         .await
         .map_err(&e)?;
     }
-    tx.commit().await.map_err(&e)?;
     Ok(Finished::Applied {
         state,
         run_at_ms,
@@ -368,7 +386,7 @@ mod tests {
     use std::collections::HashSet;
     use std::time::Duration;
 
-    use super::super::test_cluster::Cluster;
+    use super::super::cluster::Cluster;
     use super::super::{connect, register, schema::migrate};
     use super::*;
 

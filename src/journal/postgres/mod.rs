@@ -11,8 +11,7 @@ pub mod leases;
 pub mod schema;
 pub mod store;
 
-#[cfg(test)]
-mod test_cluster;
+pub mod cluster;
 
 use std::time::Duration;
 
@@ -136,8 +135,8 @@ pub async fn renew(
 
 #[cfg(test)]
 mod tests {
+    use super::cluster::Cluster;
     use super::schema::{MigrateError, VERSION, migrate};
-    use super::test_cluster::Cluster;
     use super::*;
 
     const S: &str = "steward";

@@ -41,6 +41,9 @@ pub const FENCE_MARGIN: Duration = Duration::from_secs(10);
 pub const KEPT_AT_MOST: usize = 100_000;
 /// The longest wait between two attempts to reach the database.
 const RECONNECT_MAX: Duration = Duration::from_secs(10);
+/// Operations taken from the queue at once, at most (completions among them share one
+/// transaction).
+const BATCH_AT_MOST: usize = 256;
 /// How often the job counts are read again (other hosts change them too).
 const COUNT_EVERY: Duration = Duration::from_secs(1);
 /// A submit tells listening daemons of its queue at most this often (per queue).
@@ -110,6 +113,12 @@ impl Owner {
             let _ = t.join();
         }
     }
+}
+
+/// What an operation of a group answered.
+enum Answer {
+    Finished(Finished),
+    Claimed(Claimed),
 }
 
 /// The thread's side: the connection and who this run is.
@@ -449,9 +458,16 @@ impl Conn {
             let wait = next_count.saturating_duration_since(Instant::now());
             match tokio::time::timeout(wait, rx.recv()).await {
                 Ok(Some(op)) => {
-                    if let Err(op) = self.apply(op).await {
-                        self.refuse_or_keep(op, &mut kept, "the connection was lost");
+                    // What else has arrived goes with it: completions in a row share
+                    // one transaction (one commit).
+                    let mut ops = vec![op];
+                    while ops.len() < BATCH_AT_MOST {
+                        match rx.try_recv() {
+                            Ok(op) => ops.push(op),
+                            Err(_) => break,
+                        }
                     }
+                    self.apply_all(ops, &mut kept).await;
                 }
                 Ok(None) => return,
                 Err(_) => {}
@@ -461,6 +477,129 @@ impl Conn {
                 next_count = Instant::now() + COUNT_EVERY;
             }
         }
+    }
+
+    /// Carry out `ops` in order; claims and completions in a row are written in one
+    /// transaction (one commit for all of them).
+    async fn apply_all(&mut self, ops: Vec<Op>, kept: &mut VecDeque<Op>) {
+        let mut group: Vec<Op> = Vec::new();
+        for op in ops {
+            if matches!(op, Op::Finish { .. } | Op::Claim { .. }) {
+                group.push(op);
+                continue;
+            }
+            self.apply_group(std::mem::take(&mut group), kept).await;
+            if let Err(op) = self.apply(op).await {
+                self.refuse_or_keep(op, kept, "the connection was lost");
+            }
+        }
+        self.apply_group(group, kept).await;
+    }
+
+    /// Claims and completions (only those) in one transaction, in order; if it fails
+    /// while the connection lives, each is carried out on its own, so that one bad
+    /// operation cannot hold back the others.
+    async fn apply_group(&mut self, group: Vec<Op>, kept: &mut VecDeque<Op>) {
+        if group.len() <= 1 {
+            for op in group {
+                if let Err(op) = self.apply(op).await {
+                    self.refuse_or_keep(op, kept, "the connection was lost");
+                }
+            }
+            return;
+        }
+        let Some(mut client) = self.client.take() else {
+            for op in group {
+                self.refuse_or_keep(op, kept, "the connection was lost");
+            }
+            return;
+        };
+        let result = self.in_one_transaction(&mut client, &group).await;
+        let closed = client.is_closed();
+        if closed {
+            self.set_error(Some(
+                "the job journal is out of reach: the connection to PostgreSQL was lost".into(),
+            ));
+        } else {
+            self.client = Some(client);
+        }
+        match result {
+            Ok(answers) => {
+                for (op, answer) in group.into_iter().zip(answers) {
+                    match (op, answer) {
+                        (Op::Finish { id, reply, .. }, Answer::Finished(d)) => {
+                            self.held.remove(&id);
+                            reply(Ok(d));
+                        }
+                        (Op::Claim { reply, .. }, Answer::Claimed(c)) => {
+                            self.held.extend(c.jobs.iter().map(|j| j.id));
+                            reply(Ok(c));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Err(_) if closed => {
+                if group.iter().any(|op| matches!(op, Op::Claim { .. })) {
+                    self.claim_lost = true;
+                }
+                for op in group {
+                    self.refuse_or_keep(op, kept, "the connection was lost");
+                }
+            }
+            Err(_) => {
+                for op in group {
+                    if let Err(op) = self.apply(op).await {
+                        self.refuse_or_keep(op, kept, "the connection was lost");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn in_one_transaction(
+        &self,
+        client: &mut Client,
+        group: &[Op],
+    ) -> Result<Vec<Answer>, String> {
+        let s = self.opts.schema.as_str();
+        let tx = client.transaction().await.map_err(db)?;
+        let mut answers = Vec::with_capacity(group.len());
+        for op in group {
+            match op {
+                Op::Finish {
+                    id,
+                    token,
+                    outcome,
+                    backoff,
+                    output,
+                    ..
+                } => answers.push(Answer::Finished(
+                    leases::finish_in(&tx, s, *id, *token, outcome, backoff, output.as_ref())
+                        .await?,
+                )),
+                Op::Claim {
+                    queues,
+                    n,
+                    worker,
+                    pid,
+                    ..
+                } => {
+                    let taker = Taker {
+                        host: &self.opts.host,
+                        run_id: &self.opts.run_id,
+                        worker,
+                        pid: *pid,
+                    };
+                    answers.push(Answer::Claimed(
+                        leases::claim(&tx, s, queues, *n, &taker).await?,
+                    ));
+                }
+                _ => {}
+            }
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(answers)
     }
 
     /// While the database is away: completions and progress wait (bounded), the rest

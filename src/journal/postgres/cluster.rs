@@ -1,15 +1,43 @@
-//! A throw-away PostgreSQL cluster for tests: `initdb` into a temporary directory, the
-//! server listening only on a Unix socket there, stopped and removed on drop. As root,
-//! the cluster runs as the `postgres` user (initdb refuses root).
+//! A throw-away PostgreSQL cluster, for the tests and `steward bench`: `initdb` into a
+//! temporary directory, the server listening only on a Unix socket there, stopped and
+//! removed on drop. As root, the cluster runs as the `postgres` user (initdb refuses
+//! root).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> std::io::Result<TempDir> {
+        let dir = std::env::temp_dir().join(format!(
+            "steward-pg-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir(&dir)?;
+        Ok(TempDir(dir))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub struct Cluster {
-    dir: tempfile::TempDir,
+    dir: TempDir,
     bin: PathBuf,
     port: u16,
     as_postgres: bool,
+    /// Server settings, as `-c name=value` arguments.
+    settings: Vec<String>,
 }
 
 /// The newest installed server's programs (Debian: /usr/lib/postgresql/N/bin).
@@ -28,59 +56,78 @@ fn bin_dir() -> Option<PathBuf> {
 }
 
 impl Cluster {
-    /// A running cluster, or `None` (said on stderr) where PostgreSQL is not installed.
+    /// A running cluster for a test, or `None` (said on stderr) where PostgreSQL is not
+    /// installed (unless `STEWARD_TEST_REQUIRE_POSTGRES` is set: then that fails the test).
     pub fn start() -> Option<Cluster> {
+        match Self::start_with(&["-c", "fsync=off", "-c", "synchronous_commit=off"]) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                assert!(
+                    std::env::var_os("STEWARD_TEST_REQUIRE_POSTGRES").is_none(),
+                    "{e}, and STEWARD_TEST_REQUIRE_POSTGRES is set"
+                );
+                eprintln!("skipped: {e}; CI installs it");
+                None
+            }
+        }
+    }
+
+    /// A running cluster with these server `settings` (`-c name=value` pairs).
+    pub fn start_with(settings: &[&str]) -> Result<Cluster, String> {
         let Some(bin) = bin_dir() else {
-            assert!(
-                std::env::var_os("STEWARD_TEST_REQUIRE_POSTGRES").is_none(),
-                "no PostgreSQL server installed, and STEWARD_TEST_REQUIRE_POSTGRES is set"
+            return Err(
+                "no PostgreSQL server is installed (apt-get install postgresql)".to_string(),
             );
-            eprintln!(
-                "skipped: no PostgreSQL server installed (apt-get install postgresql); CI installs it"
-            );
-            return None;
         };
         let as_postgres = nix::unistd::geteuid().is_root();
-        let dir = tempfile::tempdir().expect("a temporary directory");
+        let dir = TempDir::new().map_err(|e| format!("cannot make a temporary directory: {e}"))?;
         if as_postgres {
             let user = nix::unistd::User::from_name("postgres")
                 .ok()
                 .flatten()
-                .expect("the postgres user (from the postgresql package)");
+                .ok_or("no postgres user (it comes with the postgresql package)")?;
             nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid))
-                .expect("chown the cluster's directory");
+                .map_err(|e| format!("cannot give the cluster's directory to postgres: {e}"))?;
         }
-        let port = 20000 + (std::process::id() % 20000) as u16;
         let c = Cluster {
             dir,
             bin,
-            port,
+            // Only names the socket file, in the cluster's own directory: no clash.
+            port: 5432,
             as_postgres,
+            settings: settings.iter().map(|s| s.to_string()).collect(),
         };
         let data = c.data();
-        c.run(
-            "initdb",
-            &[
-                "-D",
-                &data,
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ],
-        );
-        // The socket is in the cluster's own directory, so the port (which only names
-        // the socket file there) cannot clash with another cluster's.
-        if c.start_again() {
-            return Some(c);
+        let out = c
+            .command(
+                "initdb",
+                &[
+                    "-D",
+                    &data,
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                ],
+            )
+            .output()
+            .map_err(|e| format!("cannot run initdb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
-        panic!(
-            "the test cluster did not start: {}",
+        if c.start_again() {
+            return Ok(c);
+        }
+        Err(format!(
+            "the PostgreSQL server did not start: {}",
             std::fs::read_to_string(c.dir.path().join("log")).unwrap_or_default()
-        );
+        ))
     }
 
     /// libpq-style connection parameters for the superuser's database.
@@ -93,7 +140,6 @@ impl Cluster {
     }
 
     /// The server's socket.
-    #[allow(dead_code)] // by the integration tests, which share this file
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join(format!(".s.PGSQL.{}", self.port))
     }
@@ -101,9 +147,10 @@ impl Cluster {
     /// Start the server (again, after [`stop`](Self::stop)): whether it came up.
     pub fn start_again(&self) -> bool {
         let opts = format!(
-            "-k {} -c listen_addresses='' -p {} -c fsync=off -c synchronous_commit=off",
+            "-k {} -c listen_addresses='' -p {} {}",
             self.dir.path().display(),
-            self.port
+            self.port,
+            self.settings.join(" ")
         );
         let log = self.dir.path().join("log").display().to_string();
         let data = self.data();
@@ -114,7 +161,6 @@ impl Cluster {
     }
 
     /// Stop the server (its clients' connections end).
-    #[allow(dead_code)] // by the integration tests, which share this file
     pub fn stop(&self) {
         let data = self.data();
         assert!(
@@ -146,15 +192,6 @@ impl Cluster {
             .stderr(std::process::Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
-    }
-
-    fn run(&self, program: &str, args: &[&str]) {
-        let out = self.command(program, args).output().expect(program);
-        assert!(
-            out.status.success(),
-            "{program} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 }
 
