@@ -142,6 +142,69 @@ fn next_state(next: &Next) -> (JobState, Option<i64>) {
     }
 }
 
+/// Record the end of attempt `attempt` of job `id` (its row locked by the caller, with
+/// `counters` as read) and move the job where `jobs::after_attempt` says: its new
+/// state, when it runs next (ms since the epoch), and the reason kept with it.
+async fn end_attempt(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    id: i64,
+    attempt: i32,
+    counters: Counters,
+    outcome: &Outcome,
+    backoff: &RetryBackoff,
+) -> Result<(JobState, i64, Option<String>), String> {
+    let e = err("end an attempt");
+    let (c, next) = jobs::after_attempt(counters, outcome, backoff, rand::random::<f64>());
+    let (state, delay_ms) = next_state(&next);
+    let reason = match &next {
+        Next::Failed { reason } => Some(reason.clone()),
+        Next::Succeeded => None,
+        _ => outcome.error().map(str::to_string),
+    };
+    // Due later: it waits apart from due jobs.
+    let stored_state = match delay_ms {
+        Some(ms) if ms > 0 => "scheduled",
+        _ => state.as_str(),
+    };
+    let to_i32 = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+    let run_at_ms: i64 = tx
+        .query_one(
+            &format!(
+                "UPDATE {schema}.jobs SET state = $2, tries = $3, crashes = $4, interruptions = $5,
+                     run_at = CASE WHEN $6::bigint IS NULL THEN run_at
+                                   ELSE now() + make_interval(secs => $6::bigint / 1000.0) END,
+                     finished_at = CASE WHEN $7 THEN now() END,
+                     error = $8, updated_at = now(), worker = NULL, lease_host = NULL, lease_run = NULL
+                 WHERE id = $1
+                 RETURNING (extract(epoch FROM run_at) * 1000)::bigint"
+            ),
+            &[
+                &id,
+                &stored_state,
+                &to_i32(c.tries),
+                &to_i32(c.crashes),
+                &to_i32(c.interruptions),
+                &delay_ms,
+                &state.is_final(),
+                &reason,
+            ],
+        )
+        .await
+        .map_err(&e)?
+        .get(0);
+    tx.execute(
+        &format!(
+            "UPDATE {schema}.attempts SET ended_at = now(), outcome = $3, error = $4
+             WHERE job_id = $1 AND attempt = $2"
+        ),
+        &[&id, &attempt, &outcome.as_str(), &outcome.error()],
+    )
+    .await
+    .map_err(&e)?;
+    Ok((state, run_at_ms, reason))
+}
+
 /// End an attempt if `token` is still the job's lease; the next state follows
 /// `jobs::after_attempt`.
 pub async fn finish(
@@ -192,43 +255,8 @@ pub async fn finish_in(
         max_attempts: count(3),
     };
     let attempt: i32 = row.get(4);
-    let (c, next) = jobs::after_attempt(counters, outcome, backoff, rand::random::<f64>());
-    let (state, delay_ms) = next_state(&next);
-    let reason = match &next {
-        Next::Failed { reason } => Some(reason.clone()),
-        Next::Succeeded => None,
-        _ => outcome.error().map(str::to_string),
-    };
-    let stored_state = match delay_ms {
-        Some(ms) if ms > 0 => "scheduled",
-        _ => state.as_str(),
-    };
-    let to_i32 = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
-    let run_at_ms: i64 = tx
-        .query_one(
-            &format!(
-                "UPDATE {schema}.jobs SET state = $2, tries = $3, crashes = $4, interruptions = $5,
-                     run_at = CASE WHEN $6::bigint IS NULL THEN run_at
-                                   ELSE now() + make_interval(secs => $6::bigint / 1000.0) END,
-                     finished_at = CASE WHEN $7 THEN now() END,
-                     error = $8, updated_at = now(), worker = NULL, lease_host = NULL, lease_run = NULL
-                 WHERE id = $1
-                 RETURNING (extract(epoch FROM run_at) * 1000)::bigint"
-            ),
-            &[
-                &id,
-                &stored_state,
-                &to_i32(c.tries),
-                &to_i32(c.crashes),
-                &to_i32(c.interruptions),
-                &delay_ms,
-                &state.is_final(),
-                &reason,
-            ],
-        )
-        .await
-        .map_err(&e)?
-        .get(0);
+    let (state, run_at_ms, reason) =
+        end_attempt(tx, schema, id, attempt, counters, outcome, backoff).await?;
     if let Outcome::Succeeded { result: Some(r) } = outcome {
         tx.execute(
             &format!("UPDATE {schema}.job_data SET result = $2::text::jsonb WHERE job_id = $1"),
@@ -237,15 +265,6 @@ pub async fn finish_in(
         .await
         .map_err(&e)?;
     }
-    tx.execute(
-        &format!(
-            "UPDATE {schema}.attempts SET ended_at = now(), outcome = $3, error = $4
-             WHERE job_id = $1 AND attempt = $2"
-        ),
-        &[&id, &attempt, &outcome.as_str(), &outcome.error()],
-    )
-    .await
-    .map_err(&e)?;
     if let Some(o) = output {
         tx.execute(
             &format!(
@@ -322,48 +341,8 @@ pub async fn rescue(client: &mut Client, schema: &str) -> Result<Vec<Rescued>, S
         let outcome = Outcome::Interrupted {
             reason: format!("the lease of host {host} expired while the job ran there"),
         };
-        let (c, next) = jobs::after_attempt(counters, &outcome, &backoff, rand::random());
-        let (state, delay_ms) = next_state(&next);
-        let stored = match delay_ms {
-            Some(ms) if ms > 0 => "scheduled",
-            _ => state.as_str(),
-        };
-        let reason = match &next {
-            Next::Failed { reason } => Some(reason.clone()),
-            _ => outcome.error().map(str::to_string),
-        };
-        let to_i32 = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
-        tx.execute(
-            &format!(
-                "UPDATE {schema}.jobs SET state = $2, tries = $3, crashes = $4, interruptions = $5,
-                     run_at = CASE WHEN $6::bigint IS NULL THEN run_at
-                                   ELSE now() + make_interval(secs => $6::bigint / 1000.0) END,
-                     finished_at = CASE WHEN $7 THEN now() END, error = $8, updated_at = now(),
-                     worker = NULL, lease_host = NULL, lease_run = NULL
-                 WHERE id = $1"
-            ),
-            &[
-                &id,
-                &stored,
-                &to_i32(c.tries),
-                &to_i32(c.crashes),
-                &to_i32(c.interruptions),
-                &delay_ms,
-                &state.is_final(),
-                &reason,
-            ],
-        )
-        .await
-        .map_err(&e)?;
-        tx.execute(
-            &format!(
-                "UPDATE {schema}.attempts SET ended_at = now(), outcome = $3, error = $4
-                 WHERE job_id = $1 AND attempt = $2"
-            ),
-            &[&id, &attempt, &outcome.as_str(), &outcome.error()],
-        )
-        .await
-        .map_err(&e)?;
+        let (state, _, _) =
+            end_attempt(&tx, schema, id, attempt, counters, &outcome, &backoff).await?;
         out.push(Rescued {
             id,
             queue,

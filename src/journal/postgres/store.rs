@@ -865,6 +865,14 @@ fn db(e: tokio_postgres::Error) -> String {
     describe(&e)
 }
 
+/// A failed write to schema `s`, as the API reports it.
+fn write_error(s: &str) -> impl Fn(tokio_postgres::Error) -> JournalError + Copy + '_ {
+    move |e| JournalError::Io {
+        path: PathBuf::from(format!("PostgreSQL schema {s}")),
+        detail: describe(&e),
+    }
+}
+
 /// Store `jobs` in one transaction, telling listening daemons of the queues in
 /// `notify` when it commits.
 async fn submit(
@@ -1034,10 +1042,7 @@ async fn listen_once(
 }
 
 async fn cancel(c: &mut Client, s: &str, id: i64) -> Result<CancelResult, JournalError> {
-    let io = |e: tokio_postgres::Error| JournalError::Io {
-        path: PathBuf::from(format!("PostgreSQL schema {s}")),
-        detail: describe(&e),
-    };
+    let io = write_error(s);
     let tx = c.transaction().await.map_err(io)?;
     let Some(row) = tx
         .query_opt(
@@ -1080,10 +1085,7 @@ async fn cancel(c: &mut Client, s: &str, id: i64) -> Result<CancelResult, Journa
 }
 
 async fn retry(c: &mut Client, s: &str, id: i64) -> Result<Submitted, JournalError> {
-    let io = |e: tokio_postgres::Error| JournalError::Io {
-        path: PathBuf::from(format!("PostgreSQL schema {s}")),
-        detail: describe(&e),
-    };
+    let io = write_error(s);
     let tx = c.transaction().await.map_err(io)?;
     let Some(row) = tx
         .query_opt(
