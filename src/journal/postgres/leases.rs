@@ -13,7 +13,10 @@
 //! Retry and quarantine decisions are `jobs::after_attempt`'s, as with SQLite. All times
 //! are the database's clock.
 
-use tokio_postgres::Client;
+use std::collections::HashMap;
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, GenericClient, Statement};
 
 use super::describe;
 use crate::config::RetryBackoff;
@@ -35,98 +38,195 @@ fn err(what: &str) -> impl Fn(tokio_postgres::Error) -> String + '_ {
     move |e| format!("cannot {what} in the PostgreSQL journal: {}", describe(&e))
 }
 
+/// The statements every claim and completion runs, prepared once per connection (a
+/// statement sent as text costs a second round trip to be parsed each time).
+pub struct Hot {
+    promote: Statement,
+    claim: Statement,
+    next_run: Statement,
+    succeed: Statement,
+}
+
+impl Hot {
+    pub async fn prepare(c: &impl GenericClient, schema: &str) -> Result<Hot, String> {
+        let e = err("prepare the claim statements");
+        // Scheduled jobs whose time has come join the due ones; they wait apart until
+        // then, so that a claim never walks past future rows.
+        let promote = format!(
+            "UPDATE {schema}.jobs SET state = 'queued', updated_at = now() WHERE id IN (
+                 SELECT id FROM {schema}.jobs
+                 WHERE state = 'scheduled' AND run_at <= now() AND queue = ANY($1)
+                 ORDER BY run_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        );
+        // Each queue's head is read from the dispatch index on its own (`queue = ANY`
+        // would sort every queued row of the queues); with several queues, up to `n`
+        // rows of each are locked until the commit, and only the first `n` are taken.
+        let claim = format!(
+            "WITH c AS MATERIALIZED (
+                 SELECT k.id FROM unnest($1::text[]) AS q(name) CROSS JOIN LATERAL (
+                     SELECT id, priority, run_at FROM {schema}.jobs
+                     WHERE state = 'queued' AND queue = q.name
+                     ORDER BY priority DESC, run_at, id
+                     LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED) k
+                 ORDER BY k.priority DESC, k.run_at, k.id LIMIT $2),
+             u AS (
+                 UPDATE {schema}.jobs j SET state = 'running', attempts = j.attempts + 1,
+                     tries = j.tries + 1, lease_token = j.lease_token + 1,
+                     lease_host = $3, lease_run = $4, worker = $5, claimed_at = now(),
+                     updated_at = now(), progress = NULL, progress_message = NULL
+                 FROM c WHERE j.id = c.id
+                 RETURNING j.id, j.queue, j.attempts, j.lease_token, j.timeout_ms,
+                     j.created_at, j.priority, j.run_at),
+             a AS (
+                 INSERT INTO {schema}.attempts (job_id, attempt, host, worker, pid, started_at)
+                 SELECT id, attempts, $3, $5, $6, now() FROM u)
+             SELECT u.id, u.queue, u.attempts, u.lease_token, u.timeout_ms,
+                 (extract(epoch FROM u.created_at) * 1000)::bigint, d.payload::text
+             FROM u JOIN {schema}.job_data d ON d.job_id = u.id
+             ORDER BY u.priority DESC, u.run_at, u.id"
+        );
+        let next_run = format!(
+            "SELECT (extract(epoch FROM min(run_at)) * 1000)::bigint FROM {schema}.jobs
+             WHERE state = 'scheduled' AND queue = ANY($1)"
+        );
+        // Successful ends, many in one statement: fenced on (id, token, running), the
+        // rows locked in id order so that two daemons finishing at once cannot deadlock.
+        let succeed = format!(
+            "WITH f AS (
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS f(id, token, result)),
+             l AS (
+                 SELECT j.id FROM {schema}.jobs j JOIN f ON f.id = j.id AND f.token = j.lease_token
+                 WHERE j.state = 'running' ORDER BY j.id FOR NO KEY UPDATE OF j),
+             u AS (
+                 UPDATE {schema}.jobs j SET state = 'succeeded', finished_at = now(), error = NULL,
+                     updated_at = now(), worker = NULL, lease_host = NULL, lease_run = NULL
+                 FROM l WHERE j.id = l.id
+                 RETURNING j.id, j.attempts, (extract(epoch FROM j.run_at) * 1000)::bigint AS run_at_ms),
+             a AS (
+                 UPDATE {schema}.attempts t SET ended_at = now(), outcome = 'succeeded', error = NULL
+                 FROM u WHERE t.job_id = u.id AND t.attempt = u.attempts),
+             d AS (
+                 UPDATE {schema}.job_data d SET result = f.result::jsonb
+                 FROM u JOIN f ON f.id = u.id WHERE d.job_id = u.id AND f.result IS NOT NULL)
+             SELECT id, run_at_ms FROM u"
+        );
+        Ok(Hot {
+            promote: c.prepare(&promote).await.map_err(&e)?,
+            claim: c.prepare(&claim).await.map_err(&e)?,
+            next_run: c.prepare(&next_run).await.map_err(&e)?,
+            succeed: c.prepare(&succeed).await.map_err(&e)?,
+        })
+    }
+}
+
+/// One worker's claim: up to `n` due jobs of `queues` for `taker`.
+pub struct ClaimRequest<'a> {
+    pub queues: &'a [String],
+    pub n: usize,
+    pub taker: Taker<'a>,
+}
+
 /// Lease up to `n` due jobs of `queues` to `taker`, in dispatch order (priority, run
 /// time, id).
 pub async fn claim(
-    client: &impl tokio_postgres::GenericClient,
-    schema: &str,
+    client: &impl GenericClient,
+    hot: &Hot,
     queues: &[String],
     n: usize,
     taker: &Taker<'_>,
 ) -> Result<Claimed, String> {
-    let n = i64::try_from(n).unwrap_or(i64::MAX);
-    // Scheduled jobs whose time has come join the due ones; they wait apart until then,
-    // so that the claim below never walks past future rows.
-    client
-        .execute(
-            format!(
-                "UPDATE {schema}.jobs SET state = 'queued', updated_at = now() WHERE id IN (
-                     SELECT id FROM {schema}.jobs
-                     WHERE state = 'scheduled' AND run_at <= now() AND queue = ANY($1)
-                     ORDER BY run_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
-            )
-            .as_str(),
-            &[&queues, &PROMOTE_AT_MOST],
-        )
-        .await
-        .map_err(err("make scheduled jobs due"))?;
-    let rows = client
-        .query(
-            format!(
-                "WITH c AS MATERIALIZED (
-                     SELECT id FROM {schema}.jobs
-                     WHERE state = 'queued' AND queue = ANY($1)
-                     ORDER BY priority DESC, run_at, id
-                     LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED),
-                 u AS (
-                     UPDATE {schema}.jobs j SET state = 'running', attempts = j.attempts + 1,
-                         tries = j.tries + 1, lease_token = j.lease_token + 1,
-                         lease_host = $3, lease_run = $4, worker = $5, claimed_at = now(),
-                         updated_at = now(), progress = NULL, progress_message = NULL
-                     FROM c WHERE j.id = c.id
-                     RETURNING j.id, j.queue, j.attempts, j.lease_token, j.timeout_ms,
-                         j.created_at, j.priority, j.run_at),
-                 a AS (
-                     INSERT INTO {schema}.attempts (job_id, attempt, host, worker, pid, started_at)
-                     SELECT id, attempts, $3, $5, $6, now() FROM u)
-                 SELECT u.id, u.queue, u.attempts, u.lease_token, u.timeout_ms,
-                     (extract(epoch FROM u.created_at) * 1000)::bigint, d.payload::text
-                 FROM u JOIN {schema}.job_data d ON d.job_id = u.id
-                 ORDER BY u.priority DESC, u.run_at, u.id"
-            )
-            .as_str(),
-            &[
-                &queues,
-                &n,
-                &taker.host,
-                &taker.run_id,
-                &taker.worker,
-                &taker.pid,
-            ],
-        )
-        .await
-        .map_err(err("claim jobs"))?;
-    let jobs: Vec<Leased> = rows
+    let request = ClaimRequest {
+        queues,
+        n,
+        taker: Taker { ..*taker },
+    };
+    let mut all = claim_many(client, hot, &[request]).await?;
+    Ok(all.pop().unwrap_or_default())
+}
+
+/// Several workers' claims, in order, sent together (one round trip for all of them,
+/// not one each): the statements still run one after another on the server, so a job
+/// goes to the first request that reaches it.
+pub async fn claim_many(
+    client: &impl GenericClient,
+    hot: &Hot,
+    requests: &[ClaimRequest<'_>],
+) -> Result<Vec<Claimed>, String> {
+    let mut queues: Vec<String> = requests.iter().flat_map(|r| r.queues.to_vec()).collect();
+    queues.sort();
+    queues.dedup();
+    let ns: Vec<i64> = requests
         .iter()
-        .map(|r| Leased {
-            id: r.get(0),
-            queue: r.get(1),
-            attempt: u32::try_from(r.get::<_, i32>(2)).unwrap_or(0),
-            token: r.get(3),
-            timeout_ms: r.get(4),
-            created_ms: r.get(5),
-            payload: r.get(6),
+        .map(|r| i64::try_from(r.n).unwrap_or(i64::MAX))
+        .collect();
+    let promote_params: [&(dyn ToSql + Sync); 2] = [&queues, &PROMOTE_AT_MOST];
+    let params: Vec<[&(dyn ToSql + Sync); 6]> = requests
+        .iter()
+        .zip(&ns)
+        .map(|(r, n)| -> [&(dyn ToSql + Sync); 6] {
+            [
+                &r.queues,
+                n,
+                &r.taker.host,
+                &r.taker.run_id,
+                &r.taker.worker,
+                &r.taker.pid,
+            ]
         })
         .collect();
-    let mut next_run_at_ms = None;
-    if (jobs.len() as i64) < n {
-        next_run_at_ms = client
-            .query_one(
-                format!(
-                    "SELECT (extract(epoch FROM min(run_at)) * 1000)::bigint FROM {schema}.jobs
-                     WHERE state = 'scheduled' AND queue = ANY($1)"
-                )
-                .as_str(),
-                &[&queues],
-            )
-            .await
-            .map_err(err("look for scheduled jobs"))?
-            .get(0);
+    let (promoted, claimed) = futures_util::future::join(
+        client.execute(&hot.promote, &promote_params),
+        futures_util::future::join_all(params.iter().map(|p| client.query(&hot.claim, p))),
+    )
+    .await;
+    promoted.map_err(err("make scheduled jobs due"))?;
+    let mut out = Vec::with_capacity(requests.len());
+    for ((r, n), rows) in requests.iter().zip(&ns).zip(claimed) {
+        let rows = rows.map_err(err("claim jobs"))?;
+        let jobs: Vec<Leased> = rows
+            .iter()
+            .map(|r| Leased {
+                id: r.get(0),
+                queue: r.get(1),
+                attempt: u32::try_from(r.get::<_, i32>(2)).unwrap_or(0),
+                token: r.get(3),
+                timeout_ms: r.get(4),
+                created_ms: r.get(5),
+                payload: r.get(6),
+            })
+            .collect();
+        let mut next_run_at_ms = None;
+        if (jobs.len() as i64) < *n {
+            next_run_at_ms = client
+                .query_one(&hot.next_run, &[&r.queues])
+                .await
+                .map_err(err("look for scheduled jobs"))?
+                .get(0);
+        }
+        out.push(Claimed {
+            jobs,
+            next_run_at_ms,
+        });
     }
-    Ok(Claimed {
-        jobs,
-        next_run_at_ms,
-    })
+    Ok(out)
+}
+
+/// The ends of successful attempts (`(id, token, result)`), in one statement: what it
+/// applied, each job's id with its run time (ms since the epoch); a job missing from
+/// the answer had lost its lease.
+pub async fn succeed_many(
+    client: &impl GenericClient,
+    hot: &Hot,
+    done: &[(i64, i64, Option<&str>)],
+) -> Result<HashMap<i64, i64>, String> {
+    let ids: Vec<i64> = done.iter().map(|d| d.0).collect();
+    let tokens: Vec<i64> = done.iter().map(|d| d.1).collect();
+    let results: Vec<Option<&str>> = done.iter().map(|d| d.2).collect();
+    let rows = client
+        .query(&hot.succeed, &[&ids, &tokens, &results])
+        .await
+        .map_err(err("finish jobs"))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// The state a decision puts a job in, and how many ms from now it runs again.
@@ -415,7 +515,15 @@ mod tests {
                 let host = format!("h{h}");
                 let mut got = Vec::new();
                 loop {
-                    let claimed = claim(&c, S, &q, 7, &taker(&host, &host)).await.unwrap();
+                    let claimed = claim(
+                        &c,
+                        &Hot::prepare(&c, S).await.unwrap(),
+                        &q,
+                        7,
+                        &taker(&host, &host),
+                    )
+                    .await
+                    .unwrap();
                     if claimed.jobs.is_empty() {
                         return got;
                     }
@@ -452,7 +560,15 @@ mod tests {
         .await
         .unwrap();
         let q = vec!["q".to_string()];
-        let claimed = claim(&c, S, &q, 10, &taker("h", "r")).await.unwrap();
+        let claimed = claim(
+            &c,
+            &Hot::prepare(&c, S).await.unwrap(),
+            &q,
+            10,
+            &taker("h", "r"),
+        )
+        .await
+        .unwrap();
         let ids: Vec<i64> = claimed.jobs.iter().map(|j| j.id).collect();
         assert_eq!(ids, vec![high, low]);
         assert_eq!(claimed.jobs[0].payload, "2");
@@ -462,11 +578,80 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn many_successes_in_one_statement_are_fenced_one_by_one() {
+        let Some(pg) = Cluster::start() else { return };
+        let c = with_jobs(&pg, 3).await;
+        let hot = Hot::prepare(&c, S).await.unwrap();
+        let q = vec!["q".to_string()];
+        let jobs = claim(&c, &hot, &q, 3, &taker("h", "r")).await.unwrap().jobs;
+        assert_eq!(jobs.len(), 3);
+        let (a, b, stale) = (&jobs[0], &jobs[1], &jobs[2]);
+        let applied = succeed_many(
+            &c,
+            &hot,
+            &[
+                (a.id, a.token, Some("{\"n\":1}")),
+                (b.id, b.token, None),
+                (stale.id, stale.token - 1, Some("{\"n\":3}")),
+            ],
+        )
+        .await
+        .unwrap();
+        assert!(applied.contains_key(&a.id) && applied.contains_key(&b.id));
+        assert!(
+            !applied.contains_key(&stale.id),
+            "a stale token was applied"
+        );
+        let rows = c
+            .query(
+                "SELECT j.id, j.state, d.result::text, a.outcome FROM steward.jobs j
+                 JOIN steward.job_data d ON d.job_id = j.id
+                 JOIN steward.attempts a ON a.job_id = j.id ORDER BY j.id",
+                &[],
+            )
+            .await
+            .unwrap();
+        let got: Vec<(i64, String, Option<String>, Option<String>)> = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect();
+        let ok = Some("succeeded".to_string());
+        assert_eq!(
+            got,
+            vec![
+                (
+                    a.id,
+                    "succeeded".into(),
+                    Some("{\"n\": 1}".into()),
+                    ok.clone()
+                ),
+                (b.id, "succeeded".into(), None, ok),
+                (stale.id, "running".into(), None, None),
+            ]
+        );
+        // The same ends again: the jobs are no longer running.
+        let again = succeed_many(&c, &hot, &[(a.id, a.token, None)])
+            .await
+            .unwrap();
+        assert!(again.is_empty());
+    }
+
+    #[tokio::test]
     async fn writes_are_fenced_by_the_lease_token() {
         let Some(pg) = Cluster::start() else { return };
         let mut c = with_jobs(&pg, 1).await;
         let q = vec!["q".to_string()];
-        let job = claim(&c, S, &q, 1, &taker("h", "r")).await.unwrap().jobs[0].clone();
+        let job = claim(
+            &c,
+            &Hot::prepare(&c, S).await.unwrap(),
+            &q,
+            1,
+            &taker("h", "r"),
+        )
+        .await
+        .unwrap()
+        .jobs[0]
+            .clone();
         let done = Outcome::Succeeded {
             result: Some("{\"ok\":true}".into()),
         };
@@ -506,7 +691,17 @@ mod tests {
         let Some(pg) = Cluster::start() else { return };
         let mut c = with_jobs(&pg, 1).await;
         let q = vec!["q".to_string()];
-        let job = claim(&c, S, &q, 1, &taker("h", "r")).await.unwrap().jobs[0].clone();
+        let job = claim(
+            &c,
+            &Hot::prepare(&c, S).await.unwrap(),
+            &q,
+            1,
+            &taker("h", "r"),
+        )
+        .await
+        .unwrap()
+        .jobs[0]
+            .clone();
         let fail = Outcome::Failed {
             error: "boom".into(),
             retry: true,
@@ -531,11 +726,17 @@ mod tests {
             .get(0);
         assert_eq!(state, "scheduled");
         assert!(
-            claim(&c, S, &q, 1, &taker("h", "r"))
-                .await
-                .unwrap()
-                .jobs
-                .is_empty()
+            claim(
+                &c,
+                &Hot::prepare(&c, S).await.unwrap(),
+                &q,
+                1,
+                &taker("h", "r")
+            )
+            .await
+            .unwrap()
+            .jobs
+            .is_empty()
         );
     }
 
@@ -550,14 +751,26 @@ mod tests {
         register(&mut c, S, "vm-8", "run-b", "b", Duration::from_secs(60))
             .await
             .unwrap();
-        let held = claim(&c, S, &q, 3, &taker("vm-7", "run-a"))
-            .await
-            .unwrap()
-            .jobs;
-        let alive = claim(&c, S, &q, 1, &taker("vm-8", "run-b"))
-            .await
-            .unwrap()
-            .jobs;
+        let held = claim(
+            &c,
+            &Hot::prepare(&c, S).await.unwrap(),
+            &q,
+            3,
+            &taker("vm-7", "run-a"),
+        )
+        .await
+        .unwrap()
+        .jobs;
+        let alive = claim(
+            &c,
+            &Hot::prepare(&c, S).await.unwrap(),
+            &q,
+            1,
+            &taker("vm-8", "run-b"),
+        )
+        .await
+        .unwrap()
+        .jobs;
         // Nothing to rescue while every lease is current.
         assert!(rescue(&mut c, S).await.unwrap().is_empty());
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -598,10 +811,16 @@ mod tests {
             .unwrap()
             .get(0);
         assert_eq!(state, "running");
-        let again = claim(&c, S, &q, 10, &taker("vm-8", "run-b"))
-            .await
-            .unwrap()
-            .jobs;
+        let again = claim(
+            &c,
+            &Hot::prepare(&c, S).await.unwrap(),
+            &q,
+            10,
+            &taker("vm-8", "run-b"),
+        )
+        .await
+        .unwrap()
+        .jobs;
         let retaken: Vec<&Leased> = again.iter().filter(|j| want.contains(&j.id)).collect();
         assert_eq!(retaken.len(), 3);
         assert!(retaken.iter().all(|j| j.attempt == 2 && j.token == 2));

@@ -10,6 +10,7 @@
 pub mod leases;
 pub mod schema;
 pub mod store;
+mod upkeep;
 
 pub mod cluster;
 

@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -125,6 +126,8 @@ enum Answer {
 struct Conn {
     opts: Options,
     client: Option<Client>,
+    /// The hot statements, prepared on `client`'s connection.
+    hot: Option<leases::Hot>,
     stats: Arc<Mutex<Stats>>,
     metrics: Arc<crate::metrics::Metrics>,
     location: PathBuf,
@@ -137,6 +140,8 @@ struct Conn {
     claim_lost: bool,
     /// When each queue's last notice went out.
     notified: HashMap<String, Instant>,
+    /// Jobs claimed by this run (see [`upkeep`](super::upkeep)).
+    claimed: Arc<AtomicU64>,
 }
 
 /// Open the journal: connect, bring the schema up to date, register this run and take
@@ -157,6 +162,7 @@ pub fn open(
     let mut conn = Conn {
         opts,
         client: None,
+        hot: None,
         stats: stats.clone(),
         metrics,
         location: PathBuf::from(&location),
@@ -164,7 +170,13 @@ pub fn open(
         held: HashSet::new(),
         claim_lost: false,
         notified: HashMap::new(),
+        claimed: Arc::new(AtomicU64::new(0)),
     };
+    let upkeep = (
+        conn.opts.url.clone(),
+        conn.opts.schema.clone(),
+        conn.claimed.clone(),
+    );
     let (wake_tx, wake_rx) = mpsc::channel(WAKEUPS_QUEUED);
     let listen = (!conn.opts.poll_only).then(|| {
         (
@@ -195,6 +207,8 @@ pub fn open(
                     if let Some((url, channel, tx, metrics)) = listen {
                         tokio::spawn(listen_for_jobs(url, channel, tx, metrics));
                     }
+                    let (url, schema, claimed) = upkeep;
+                    tokio::spawn(super::upkeep::vacuum_when_due(url, schema, claimed));
                     conn.serve(rx).await;
                 }
             });
@@ -321,6 +335,11 @@ impl Conn {
         let rescued = leases::rescue(&mut client, &schema)
             .await
             .map_err(Reach::Away)?;
+        self.hot = Some(
+            leases::Hot::prepare(&client, &schema)
+                .await
+                .map_err(Reach::Away)?,
+        );
         self.client = Some(client);
         self.set_error(None);
         self.refresh_counts().await;
@@ -496,25 +515,20 @@ impl Conn {
         self.apply_group(group, kept).await;
     }
 
-    /// Claims and completions (only those) in one transaction, in order; if it fails
-    /// while the connection lives, each is carried out on its own, so that one bad
-    /// operation cannot hold back the others.
+    /// Claims and completions (only those) in one transaction; if it fails while the
+    /// connection lives, each is carried out in a transaction of its own, so that one
+    /// bad operation cannot hold back the others.
     async fn apply_group(&mut self, group: Vec<Op>, kept: &mut VecDeque<Op>) {
-        if group.len() <= 1 {
-            for op in group {
-                if let Err(op) = self.apply(op).await {
-                    self.refuse_or_keep(op, kept, "the connection was lost");
-                }
-            }
+        if group.is_empty() {
             return;
         }
-        let Some(mut client) = self.client.take() else {
+        let (Some(mut client), Some(hot)) = (self.client.take(), self.hot.take()) else {
             for op in group {
                 self.refuse_or_keep(op, kept, "the connection was lost");
             }
             return;
         };
-        let result = self.in_one_transaction(&mut client, &group).await;
+        let result = self.in_one_transaction(&mut client, &hot, &group).await;
         let closed = client.is_closed();
         if closed {
             self.set_error(Some(
@@ -522,6 +536,7 @@ impl Conn {
             ));
         } else {
             self.client = Some(client);
+            self.hot = Some(hot);
         }
         match result {
             Ok(answers) => {
@@ -533,6 +548,8 @@ impl Conn {
                         }
                         (Op::Claim { reply, .. }, Answer::Claimed(c)) => {
                             self.held.extend(c.jobs.iter().map(|j| j.id));
+                            self.claimed
+                                .fetch_add(c.jobs.len() as u64, Ordering::Relaxed);
                             reply(Ok(c));
                         }
                         _ => {}
@@ -547,59 +564,120 @@ impl Conn {
                     self.refuse_or_keep(op, kept, "the connection was lost");
                 }
             }
+            Err(e) if group.len() == 1 => {
+                let err = JournalError::Io {
+                    path: self.location.clone(),
+                    detail: e,
+                };
+                for op in group {
+                    match op {
+                        Op::Finish { id, reply, .. } => {
+                            self.held.remove(&id);
+                            reply(Err(err.clone()));
+                        }
+                        Op::Claim { reply, .. } => reply(Err(err.clone())),
+                        _ => {}
+                    }
+                }
+            }
             Err(_) => {
                 for op in group {
-                    if let Err(op) = self.apply(op).await {
-                        self.refuse_or_keep(op, kept, "the connection was lost");
-                    }
+                    Box::pin(self.apply_group(vec![op], kept)).await;
                 }
             }
         }
     }
 
+    /// The group's operations in one transaction: successful ends in one statement, other
+    /// ends one by one, then every claim (sent together). The answers are in the
+    /// group's order.
     async fn in_one_transaction(
         &self,
         client: &mut Client,
+        hot: &leases::Hot,
         group: &[Op],
     ) -> Result<Vec<Answer>, String> {
         let s = self.opts.schema.as_str();
         let tx = client.transaction().await.map_err(db)?;
-        let mut answers = Vec::with_capacity(group.len());
-        for op in group {
-            match op {
-                Op::Finish {
-                    id,
-                    token,
-                    outcome,
-                    backoff,
-                    output,
-                    ..
-                } => answers.push(Answer::Finished(
-                    leases::finish_in(&tx, s, *id, *token, outcome, backoff, output.as_ref())
-                        .await?,
-                )),
-                Op::Claim {
+        let mut answers: Vec<Option<Answer>> = group.iter().map(|_| None).collect();
+        let mut succeeded = Vec::new();
+        for (i, op) in group.iter().enumerate() {
+            if let Op::Finish {
+                id,
+                token,
+                outcome,
+                backoff,
+                output,
+                ..
+            } = op
+            {
+                match (outcome, output) {
+                    (Outcome::Succeeded { result }, None) => {
+                        succeeded.push((i, (*id, *token, result.as_deref())))
+                    }
+                    _ => {
+                        answers[i] = Some(Answer::Finished(
+                            leases::finish_in(
+                                &tx,
+                                s,
+                                *id,
+                                *token,
+                                outcome,
+                                backoff,
+                                output.as_ref(),
+                            )
+                            .await?,
+                        ))
+                    }
+                }
+            }
+        }
+        if !succeeded.is_empty() {
+            let done: Vec<_> = succeeded.iter().map(|(_, d)| *d).collect();
+            let applied = leases::succeed_many(&tx, hot, &done).await?;
+            for (i, (id, _, _)) in succeeded {
+                answers[i] = Some(Answer::Finished(match applied.get(&id) {
+                    Some(&run_at_ms) => Finished::Applied {
+                        state: JobState::Succeeded,
+                        run_at_ms,
+                        reason: None,
+                    },
+                    None => Finished::Stale,
+                }));
+            }
+        }
+        let mut at = Vec::new();
+        let mut requests = Vec::new();
+        for (i, op) in group.iter().enumerate() {
+            if let Op::Claim {
+                queues,
+                n,
+                worker,
+                pid,
+                ..
+            } = op
+            {
+                at.push(i);
+                requests.push(leases::ClaimRequest {
                     queues,
-                    n,
-                    worker,
-                    pid,
-                    ..
-                } => {
-                    let taker = Taker {
+                    n: *n,
+                    taker: Taker {
                         host: &self.opts.host,
                         run_id: &self.opts.run_id,
                         worker,
                         pid: *pid,
-                    };
-                    answers.push(Answer::Claimed(
-                        leases::claim(&tx, s, queues, *n, &taker).await?,
-                    ));
-                }
-                _ => {}
+                    },
+                });
+            }
+        }
+        if !requests.is_empty() {
+            let claimed = leases::claim_many(&tx, hot, &requests).await?;
+            for (i, c) in at.into_iter().zip(claimed) {
+                answers[i] = Some(Answer::Claimed(c));
             }
         }
         tx.commit().await.map_err(db)?;
-        Ok(answers)
+        Ok(answers.into_iter().flatten().collect())
     }
 
     /// While the database is away: completions and progress wait (bounded), the rest
@@ -702,9 +780,16 @@ impl Conn {
                     worker: &worker,
                     pid,
                 };
-                let r = leases::claim(c, s, &queues, n, &taker).await;
+                let r = match &self.hot {
+                    Some(hot) => leases::claim(c, hot, &queues, n, &taker).await,
+                    None => Err("the connection is not ready".to_string()),
+                };
                 match &r {
-                    Ok(claimed) => self.held.extend(claimed.jobs.iter().map(|j| j.id)),
+                    Ok(claimed) => {
+                        self.held.extend(claimed.jobs.iter().map(|j| j.id));
+                        self.claimed
+                            .fetch_add(claimed.jobs.len() as u64, Ordering::Relaxed);
+                    }
                     Err(_) if c.is_closed() => self.claim_lost = true,
                     Err(_) => {}
                 }
@@ -886,31 +971,78 @@ async fn submit(
         detail: e,
     };
     let tx = c.transaction().await.map_err(db).map_err(io)?;
-    let mut out = Vec::with_capacity(jobs.len());
-    for j in jobs {
+    let mut out: Vec<Option<Submitted>> = vec![None; jobs.len()];
+    // Jobs without a unique key: all in one statement.
+    let plain: Vec<usize> = (0..jobs.len()).filter(|&i| jobs[i].key.is_none()).collect();
+    if !plain.is_empty() {
+        let col = |f: &dyn Fn(&NewJob) -> i64| -> Vec<i64> {
+            plain.iter().map(|&i| f(&jobs[i])).collect()
+        };
+        let queues: Vec<&str> = plain.iter().map(|&i| jobs[i].queue.as_str()).collect();
+        let payloads: Vec<&str> = plain.iter().map(|&i| jobs[i].payload.as_str()).collect();
+        let timeouts: Vec<Option<i64>> = plain.iter().map(|&i| jobs[i].timeout_ms).collect();
+        let priorities = col(&|j| j.priority);
+        let run_at = col(&|j| j.run_at_ms);
+        let attempts: Vec<i32> = plain
+            .iter()
+            .map(|&i| i32::try_from(jobs[i].max_attempts).unwrap_or(i32::MAX))
+            .collect();
+        let rows = tx
+            .query(
+                &format!(
+                    "WITH n AS MATERIALIZED (
+                         SELECT nextval('{s}.jobs_id_seq') AS id, u.*
+                         FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::int[], $5::bigint[], $6::text[])
+                             WITH ORDINALITY AS u(queue, priority, run_at, max_attempts, timeout_ms, payload, ord)),
+                     j AS (
+                         INSERT INTO {s}.jobs (id, queue, state, priority, run_at, max_attempts, timeout_ms)
+                         SELECT id, queue, CASE WHEN run_at > $7::bigint THEN 'scheduled' ELSE 'queued' END,
+                             priority, to_timestamp(run_at / 1000.0), max_attempts, timeout_ms
+                         FROM n ORDER BY ord),
+                     d AS (
+                         INSERT INTO {s}.job_data (job_id, payload) SELECT id, payload::jsonb FROM n)
+                     SELECT id, ord FROM n"
+                ),
+                &[&queues, &priorities, &run_at, &attempts, &timeouts, &payloads, &now_ms()],
+            )
+            .await
+            .map_err(db)
+            .map_err(io)?;
+        for r in rows {
+            let ord: i64 = r.get(1);
+            let Some(&i) = usize::try_from(ord - 1).ok().and_then(|k| plain.get(k)) else {
+                continue;
+            };
+            out[i] = Some(Submitted {
+                id: r.get(0),
+                existing: false,
+                run_at_ms: jobs[i].run_at_ms,
+            });
+        }
+    }
+    for (i, j) in jobs.iter().enumerate() {
+        let Some(key) = &j.key else { continue };
         let max_attempts = i32::try_from(j.max_attempts).unwrap_or(i32::MAX);
         loop {
-            if let Some(key) = &j.key {
-                let row = tx
-                    .query_opt(
-                        &format!(
-                            "SELECT id, {} FROM {s}.jobs WHERE queue = $1 AND unique_key = $2
-                             AND state IN ('queued', 'scheduled', 'running')",
-                            ms("run_at")
-                        ),
-                        &[&j.queue, key],
-                    )
-                    .await
-                    .map_err(db)
-                    .map_err(io)?;
-                if let Some(r) = row {
-                    out.push(Submitted {
-                        id: r.get(0),
-                        existing: true,
-                        run_at_ms: r.get(1),
-                    });
-                    break;
-                }
+            let row = tx
+                .query_opt(
+                    &format!(
+                        "SELECT id, {} FROM {s}.jobs WHERE queue = $1 AND unique_key = $2
+                         AND state IN ('queued', 'scheduled', 'running')",
+                        ms("run_at")
+                    ),
+                    &[&j.queue, key],
+                )
+                .await
+                .map_err(db)
+                .map_err(io)?;
+            if let Some(r) = row {
+                out[i] = Some(Submitted {
+                    id: r.get(0),
+                    existing: true,
+                    run_at_ms: r.get(1),
+                });
+                break;
             }
             let row = tx
                 .query_opt(
@@ -945,7 +1077,7 @@ async fn submit(
             .await
             .map_err(db)
             .map_err(io)?;
-            out.push(Submitted {
+            out[i] = Some(Submitted {
                 id,
                 existing: false,
                 run_at_ms: j.run_at_ms,
@@ -953,6 +1085,9 @@ async fn submit(
             break;
         }
     }
+    let Some(out) = out.into_iter().collect::<Option<Vec<Submitted>>>() else {
+        return Err(io("a submitted job got no id from PostgreSQL".to_string()));
+    };
     if !notify.is_empty() {
         tx.execute(
             "SELECT pg_notify($1, q) FROM unnest($2::text[]) q",
