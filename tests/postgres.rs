@@ -92,17 +92,17 @@ fn three_daemons_on_one_database_run_each_job_once() {
     }
     sql(
         &pg,
-        "SELECT steward.submit('q', jsonb_build_object('n', i)) FROM generate_series(1, 600) i",
+        "SELECT steward.submit('q', jsonb_build_object('n', i)) FROM generate_series(1, 3000) i",
     );
-    wait_for(Duration::from_secs(120), "600 jobs succeeded", || {
+    wait_for(Duration::from_secs(120), "3000 jobs succeeded", || {
         (count(
             &pg,
             "SELECT count(*) FROM steward.jobs WHERE state = 'succeeded'",
-        ) == 600)
+        ) == 3000)
             .then_some(())
     });
     // Each job ran once: one attempt each, and none twice.
-    assert_eq!(count(&pg, "SELECT count(*) FROM steward.attempts"), 600);
+    assert_eq!(count(&pg, "SELECT count(*) FROM steward.attempts"), 3000);
     assert_eq!(
         count(
             &pg,
