@@ -24,6 +24,7 @@ use crate::jobs::{self, Counters, JobState, Next, Outcome};
 use crate::journal::{AttemptOutput, Claimed, Finished, Leased};
 
 /// Who takes a lease: the daemon run and its host, and the worker it is for.
+#[derive(Clone, Copy)]
 pub struct Taker<'a> {
     pub host: &'a str,
     pub run_id: &'a str,
@@ -124,24 +125,6 @@ pub struct ClaimRequest<'a> {
     pub queues: &'a [String],
     pub n: usize,
     pub taker: Taker<'a>,
-}
-
-/// Lease up to `n` due jobs of `queues` to `taker`, in dispatch order (priority, run
-/// time, id).
-pub async fn claim(
-    client: &impl GenericClient,
-    hot: &Hot,
-    queues: &[String],
-    n: usize,
-    taker: &Taker<'_>,
-) -> Result<Claimed, String> {
-    let request = ClaimRequest {
-        queues,
-        n,
-        taker: Taker { ..*taker },
-    };
-    let mut all = claim_many(client, hot, &[request]).await?;
-    Ok(all.pop().unwrap_or_default())
 }
 
 /// Several workers' claims, in order, sent together (one round trip for all of them,
@@ -305,25 +288,8 @@ async fn end_attempt(
     Ok((state, run_at_ms, reason))
 }
 
-/// End an attempt if `token` is still the job's lease; the next state follows
-/// `jobs::after_attempt`.
-pub async fn finish(
-    client: &mut Client,
-    schema: &str,
-    id: i64,
-    token: i64,
-    outcome: &Outcome,
-    backoff: &RetryBackoff,
-    output: Option<&AttemptOutput>,
-) -> Result<Finished, String> {
-    let e = err("finish a job");
-    let tx = client.transaction().await.map_err(&e)?;
-    let done = finish_in(&tx, schema, id, token, outcome, backoff, output).await?;
-    tx.commit().await.map_err(&e)?;
-    Ok(done)
-}
-
-/// The end of one attempt inside the caller's transaction (see [`finish`]).
+/// End an attempt inside the caller's transaction if `token` is still the job's lease;
+/// the next state follows `jobs::after_attempt`.
 pub async fn finish_in(
     tx: &tokio_postgres::Transaction<'_>,
     schema: &str,
@@ -501,6 +467,46 @@ mod tests {
         c
     }
 
+    /// Up to `n` jobs of `q` for `t`, with statements prepared for this claim.
+    async fn claim_as(c: &Client, q: &[String], n: usize, t: &Taker<'_>) -> Claimed {
+        let hot = Hot::prepare(c, S).await.unwrap();
+        claim(c, &hot, q, n, t).await.unwrap()
+    }
+
+    async fn claim(
+        c: &Client,
+        hot: &Hot,
+        queues: &[String],
+        n: usize,
+        taker: &Taker<'_>,
+    ) -> Result<Claimed, String> {
+        let request = ClaimRequest {
+            queues,
+            n,
+            taker: *taker,
+        };
+        Ok(claim_many(c, hot, &[request])
+            .await?
+            .pop()
+            .unwrap_or_default())
+    }
+
+    /// One end in a transaction of its own.
+    async fn finish(
+        client: &mut Client,
+        schema: &str,
+        id: i64,
+        token: i64,
+        outcome: &Outcome,
+        backoff: &RetryBackoff,
+        output: Option<&AttemptOutput>,
+    ) -> Result<Finished, String> {
+        let tx = client.transaction().await.map_err(|e| e.to_string())?;
+        let done = finish_in(&tx, schema, id, token, outcome, backoff, output).await?;
+        tx.commit().await.map_err(|e| e.to_string())?;
+        Ok(done)
+    }
+
     #[tokio::test]
     async fn daemons_claiming_at_once_never_take_the_same_job() {
         let Some(pg) = Cluster::start() else { return };
@@ -515,15 +521,7 @@ mod tests {
                 let host = format!("h{h}");
                 let mut got = Vec::new();
                 loop {
-                    let claimed = claim(
-                        &c,
-                        &Hot::prepare(&c, S).await.unwrap(),
-                        &q,
-                        7,
-                        &taker(&host, &host),
-                    )
-                    .await
-                    .unwrap();
+                    let claimed = claim_as(&c, &q, 7, &taker(&host, &host)).await;
                     if claimed.jobs.is_empty() {
                         return got;
                     }
@@ -560,15 +558,7 @@ mod tests {
         .await
         .unwrap();
         let q = vec!["q".to_string()];
-        let claimed = claim(
-            &c,
-            &Hot::prepare(&c, S).await.unwrap(),
-            &q,
-            10,
-            &taker("h", "r"),
-        )
-        .await
-        .unwrap();
+        let claimed = claim_as(&c, &q, 10, &taker("h", "r")).await;
         let ids: Vec<i64> = claimed.jobs.iter().map(|j| j.id).collect();
         assert_eq!(ids, vec![high, low]);
         assert_eq!(claimed.jobs[0].payload, "2");
@@ -641,17 +631,7 @@ mod tests {
         let Some(pg) = Cluster::start() else { return };
         let mut c = with_jobs(&pg, 1).await;
         let q = vec!["q".to_string()];
-        let job = claim(
-            &c,
-            &Hot::prepare(&c, S).await.unwrap(),
-            &q,
-            1,
-            &taker("h", "r"),
-        )
-        .await
-        .unwrap()
-        .jobs[0]
-            .clone();
+        let job = claim_as(&c, &q, 1, &taker("h", "r")).await.jobs[0].clone();
         let done = Outcome::Succeeded {
             result: Some("{\"ok\":true}".into()),
         };
@@ -691,17 +671,7 @@ mod tests {
         let Some(pg) = Cluster::start() else { return };
         let mut c = with_jobs(&pg, 1).await;
         let q = vec!["q".to_string()];
-        let job = claim(
-            &c,
-            &Hot::prepare(&c, S).await.unwrap(),
-            &q,
-            1,
-            &taker("h", "r"),
-        )
-        .await
-        .unwrap()
-        .jobs[0]
-            .clone();
+        let job = claim_as(&c, &q, 1, &taker("h", "r")).await.jobs[0].clone();
         let fail = Outcome::Failed {
             error: "boom".into(),
             retry: true,
@@ -725,19 +695,7 @@ mod tests {
             .unwrap()
             .get(0);
         assert_eq!(state, "scheduled");
-        assert!(
-            claim(
-                &c,
-                &Hot::prepare(&c, S).await.unwrap(),
-                &q,
-                1,
-                &taker("h", "r")
-            )
-            .await
-            .unwrap()
-            .jobs
-            .is_empty()
-        );
+        assert!(claim_as(&c, &q, 1, &taker("h", "r")).await.jobs.is_empty());
     }
 
     #[tokio::test]
@@ -751,26 +709,8 @@ mod tests {
         register(&mut c, S, "vm-8", "run-b", "b", Duration::from_secs(60))
             .await
             .unwrap();
-        let held = claim(
-            &c,
-            &Hot::prepare(&c, S).await.unwrap(),
-            &q,
-            3,
-            &taker("vm-7", "run-a"),
-        )
-        .await
-        .unwrap()
-        .jobs;
-        let alive = claim(
-            &c,
-            &Hot::prepare(&c, S).await.unwrap(),
-            &q,
-            1,
-            &taker("vm-8", "run-b"),
-        )
-        .await
-        .unwrap()
-        .jobs;
+        let held = claim_as(&c, &q, 3, &taker("vm-7", "run-a")).await.jobs;
+        let alive = claim_as(&c, &q, 1, &taker("vm-8", "run-b")).await.jobs;
         // Nothing to rescue while every lease is current.
         assert!(rescue(&mut c, S).await.unwrap().is_empty());
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -811,16 +751,7 @@ mod tests {
             .unwrap()
             .get(0);
         assert_eq!(state, "running");
-        let again = claim(
-            &c,
-            &Hot::prepare(&c, S).await.unwrap(),
-            &q,
-            10,
-            &taker("vm-8", "run-b"),
-        )
-        .await
-        .unwrap()
-        .jobs;
+        let again = claim_as(&c, &q, 10, &taker("vm-8", "run-b")).await.jobs;
         let retaken: Vec<&Leased> = again.iter().filter(|j| want.contains(&j.id)).collect();
         assert_eq!(retaken.len(), 3);
         assert!(retaken.iter().all(|j| j.attempt == 2 && j.token == 2));

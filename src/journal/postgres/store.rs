@@ -542,11 +542,11 @@ impl Conn {
             Ok(answers) => {
                 for (op, answer) in group.into_iter().zip(answers) {
                     match (op, answer) {
-                        (Op::Finish { id, reply, .. }, Answer::Finished(d)) => {
+                        (Op::Finish { id, reply, .. }, Some(Answer::Finished(d))) => {
                             self.held.remove(&id);
                             reply(Ok(d));
                         }
-                        (Op::Claim { reply, .. }, Answer::Claimed(c)) => {
+                        (Op::Claim { reply, .. }, Some(Answer::Claimed(c))) => {
                             self.held.extend(c.jobs.iter().map(|j| j.id));
                             self.claimed
                                 .fetch_add(c.jobs.len() as u64, Ordering::Relaxed);
@@ -596,7 +596,7 @@ impl Conn {
         client: &mut Client,
         hot: &leases::Hot,
         group: &[Op],
-    ) -> Result<Vec<Answer>, String> {
+    ) -> Result<Vec<Option<Answer>>, String> {
         let s = self.opts.schema.as_str();
         let tx = client.transaction().await.map_err(db)?;
         let mut answers: Vec<Option<Answer>> = group.iter().map(|_| None).collect();
@@ -677,7 +677,7 @@ impl Conn {
             }
         }
         tx.commit().await.map_err(db)?;
-        Ok(answers.into_iter().flatten().collect())
+        Ok(answers)
     }
 
     /// While the database is away: completions and progress wait (bounded), the rest
@@ -708,6 +708,13 @@ impl Conn {
 
     /// Carry out one operation; `Err(op)`, unanswered, if the connection broke under it.
     async fn apply(&mut self, op: Op) -> Result<(), Op> {
+        if matches!(op, Op::Finish { .. } | Op::Claim { .. }) {
+            // The same statements as in a group, in a transaction of its own; what the
+            // lost connection left unanswered comes back.
+            let mut lost = VecDeque::new();
+            self.apply_group(vec![op], &mut lost).await;
+            return lost.pop_front().map_or(Ok(()), Err);
+        }
         let Some(mut client) = self.client.take() else {
             return Err(op);
         };
@@ -767,71 +774,8 @@ impl Conn {
                 }
                 reply(r);
             }
-            Op::Claim {
-                queues,
-                n,
-                worker,
-                pid,
-                reply,
-            } => {
-                let taker = Taker {
-                    host: &self.opts.host,
-                    run_id: &self.opts.run_id,
-                    worker: &worker,
-                    pid,
-                };
-                let r = match &self.hot {
-                    Some(hot) => leases::claim(c, hot, &queues, n, &taker).await,
-                    None => Err("the connection is not ready".to_string()),
-                };
-                match &r {
-                    Ok(claimed) => {
-                        self.held.extend(claimed.jobs.iter().map(|j| j.id));
-                        self.claimed
-                            .fetch_add(claimed.jobs.len() as u64, Ordering::Relaxed);
-                    }
-                    Err(_) if c.is_closed() => self.claim_lost = true,
-                    Err(_) => {}
-                }
-                answer!(
-                    r,
-                    Op::Claim {
-                        queues,
-                        n,
-                        worker,
-                        pid,
-                        reply
-                    },
-                    reply,
-                    io
-                )
-            }
-            Op::Finish {
-                id,
-                token,
-                outcome,
-                backoff,
-                output,
-                reply,
-            } => {
-                let r = leases::finish(c, s, id, token, &outcome, &backoff, output.as_ref()).await;
-                if r.is_ok() || !c.is_closed() {
-                    self.held.remove(&id);
-                }
-                answer!(
-                    r,
-                    Op::Finish {
-                        id,
-                        token,
-                        outcome,
-                        backoff,
-                        output,
-                        reply
-                    },
-                    reply,
-                    io
-                )
-            }
+            // Carried out by `apply` as a group of one.
+            op @ (Op::Claim { .. } | Op::Finish { .. }) => return Err(op),
             Op::Progress {
                 id,
                 token,
