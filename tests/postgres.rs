@@ -277,6 +277,9 @@ fn a_database_restart_loses_nothing_and_refuses_submits_meanwhile() {
 struct Proxy {
     port: u16,
     cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Set: the next connection that sends `COMMIT` loses its client side right after,
+    /// before the server's answer can come back (then the flag is clear again).
+    at_commit: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Proxy {
@@ -285,7 +288,9 @@ impl Proxy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let at_commit = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = cut.clone();
+        let commit_flag = at_commit.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 if flag.load(Ordering::SeqCst) {
@@ -295,13 +300,14 @@ impl Proxy {
                     continue;
                 };
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                for (mut from, mut to, f) in [
+                for (mut from, mut to, f, commit) in [
                     (
                         Box::new(client) as Box<dyn ReadWrite>,
                         Box::new(s2) as Box<dyn ReadWrite>,
                         flag.clone(),
+                        Some(commit_flag.clone()),
                     ),
-                    (Box::new(server), Box::new(c2), flag.clone()),
+                    (Box::new(server), Box::new(c2), flag.clone(), None),
                 ] {
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 16384];
@@ -321,6 +327,19 @@ impl Proxy {
                                     if std::io::Write::write_all(&mut to, &buf[..n]).is_err() {
                                         return;
                                     }
+                                    let committing = buf[..n].windows(6).any(|w| w == b"COMMIT");
+                                    if committing
+                                        && commit
+                                            .as_ref()
+                                            .is_some_and(|c| c.swap(false, Ordering::SeqCst))
+                                    {
+                                        // The client never hears the answer; the server
+                                        // still reads the COMMIT and carries it out.
+                                        from.close();
+                                        std::thread::sleep(Duration::from_secs(1));
+                                        to.close();
+                                        return;
+                                    }
                                 }
                                 Err(e)
                                     if matches!(
@@ -338,7 +357,11 @@ impl Proxy {
                 }
             }
         });
-        Proxy { port, cut }
+        Proxy {
+            port,
+            cut,
+            at_commit,
+        }
     }
 
     fn url(&self) -> String {
@@ -350,6 +373,11 @@ impl Proxy {
 
     fn cut(&self) {
         self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn cut_at_next_commit(&self) {
+        self.at_commit
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -551,4 +579,176 @@ fn jobs_added_elsewhere_wake_idle_workers_and_a_killed_listener_is_replaced() {
         wakeups() > heard,
         "no notice heard after the listener was replaced"
     );
+}
+
+#[test]
+fn an_sqlite_journals_unfinished_jobs_move_to_postgres_once() {
+    let Some(pg) = Cluster::start() else { return };
+    let env = Env::new();
+    let queue = "retry_backoff = { initial = \"1h\", max = \"1h\", jitter = 0.0 }\n";
+    env.write_config(&jobs_config(1, queue, ""));
+    let mut d = Daemon::start(&env);
+    let done = d.submit("q", "{}", &[]);
+    d.wait_job(done, "succeeded", TIMEOUT);
+    let failed_once = d.submit("q", r#"{"fail": "not yet"}"#, &["--max-attempts", "3"]);
+    wait_for(TIMEOUT, "the first attempt failed", || {
+        d.try_job(failed_once)
+            .filter(|j| j.attempts == 1 && j.state == "queued")
+    });
+    let later = d.submit(
+        "q",
+        r#"{"n": "later"}"#,
+        &["--delay", "1h", "--priority", "7"],
+    );
+    let keyed = d.submit("q", "{}", &["--delay", "1h", "--key", "k1"]);
+    let running = d.submit("q", r#"{"sleep_first": 600}"#, &[]);
+    d.wait_job(running, "running", TIMEOUT);
+    // Not while a daemon holds the journal.
+    env.write_config_with_daemon(&journal_config(&pg, "vm-m"), &jobs_config(1, queue, ""));
+    let out = env.run(&["migrate-journal"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stop it first"), "{err}");
+    d.signal("KILL");
+    d.wait_exit(TIMEOUT);
+    // Another host made the shared journal, and a job with the same key is queued there.
+    let other = Env::new();
+    other.write_config_with_daemon(&journal_config(&pg, "vm-o"), &jobs_config(1, queue, ""));
+    drop(Daemon::start(&other));
+    sql(
+        &pg,
+        "SELECT steward.submit('q', '{}', run_at => now() + interval '1 hour', unique_key => 'k1')",
+    );
+    let out = env.run(&["migrate-journal", "--dry-run"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("4 jobs would move"), "{said}");
+    assert_eq!(
+        count(&pg, "SELECT count(*) FROM steward.jobs"),
+        1,
+        "a dry run moved jobs"
+    );
+    let out = env.run(&["migrate-journal"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("3 jobs moved"), "{said}");
+    assert!(said.contains(&format!("1 stayed behind because a queued or running job there has the same unique key (ids here: {keyed})")), "{said}");
+    assert!(said.contains("1 finished jobs stay in"), "{said}");
+    // Again: nothing moves twice.
+    let out = env.run(&["migrate-journal"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("0 jobs moved") && said.contains("3 were moved by an earlier run"),
+        "{said}"
+    );
+    assert_eq!(count(&pg, "SELECT count(*) FROM steward.jobs"), 4);
+    let moved = |old: i64| -> i64 {
+        count(
+            &pg,
+            &format!("SELECT job_id FROM steward.imported WHERE source_id = {old}"),
+        )
+    };
+    // The delayed job keeps its time and priority; the failed one its attempt.
+    let row = &sql(
+        &pg,
+        &format!(
+            "SELECT state, priority, (run_at > now() + interval '50 minutes') FROM steward.jobs WHERE id = {}",
+            moved(later)
+        ),
+    )[0];
+    assert_eq!(
+        (
+            row.get::<_, String>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, bool>(2)
+        ),
+        ("scheduled".to_string(), 7, true)
+    );
+    let row = &sql(
+        &pg,
+        &format!(
+            "SELECT j.state, j.attempts, a.outcome, a.error FROM steward.jobs j JOIN steward.attempts a ON a.job_id = j.id WHERE j.id = {}",
+            moved(failed_once)
+        ),
+    )[0];
+    assert_eq!(row.get::<_, String>(0), "scheduled");
+    assert_eq!(row.get::<_, i32>(1), 1);
+    assert_eq!(row.get::<_, Option<String>>(2).as_deref(), Some("failed"));
+    assert_eq!(row.get::<_, Option<String>>(3).as_deref(), Some("not yet"));
+    // The interrupted job is queued again, its attempt closed as a start would close it,
+    // and a daemon on the shared journal runs it to the end.
+    let d = Daemon::start(&env);
+    let j = d.wait_job(moved(running), "succeeded", TIMEOUT);
+    assert_eq!(j.interruptions, 1);
+    assert_eq!(j.attempts, 2);
+    assert_eq!(j.history[0].outcome.as_deref(), Some("interrupted"));
+    assert_eq!(j.payload["sleep_first"], 600);
+    // The SQLite journal was not changed.
+    let db = rusqlite::Connection::open(env.path("state/journal.db")).unwrap();
+    let state = |id: i64| -> String {
+        db.query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(state(running), "running");
+    assert_eq!(state(later), "queued");
+    assert_eq!(state(done), "succeeded");
+}
+
+#[test]
+fn a_submit_whose_commit_went_unanswered_is_reported_uncertain_not_refused() {
+    let Some(pg) = Cluster::start() else { return };
+    let proxy = Proxy::start(pg.socket());
+    let env = Env::new();
+    // No pool takes `q`: the only transactions on the connection are submits.
+    env.write_config_with_daemon(
+        &format!(
+            "host = \"vm-u\"\nshutdown_timeout = \"20s\"\n\n[journal]\nbackend = \"postgres\"\nurl = \"{}\"\n",
+            proxy.url()
+        ),
+        "[queue.q]\n",
+    );
+    let d = Daemon::start(&env);
+    proxy.cut_at_next_commit();
+    let out = d.cli(&["submit", "q", r#"{"n": 1}"#]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        err.contains("whether its 1 jobs were stored is not known"),
+        "{err}"
+    );
+    // It was stored: refusing it would have had the caller submit it twice.
+    assert_eq!(
+        count(
+            &pg,
+            "SELECT count(*) FROM steward.job_data WHERE payload = '{\"n\": 1}'"
+        ),
+        1
+    );
+    // The daemon connects again and takes submits.
+    let id = wait_for(TIMEOUT, "a submit accepted again", || {
+        let out = d.cli(&["submit", "q", r#"{"n": 2}"#]);
+        out.status
+            .success()
+            .then(|| {
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse::<i64>()
+                    .ok()
+            })
+            .flatten()
+    });
+    assert!(id > 0);
+    assert_eq!(count(&pg, "SELECT count(*) FROM steward.jobs"), 2);
 }

@@ -2,6 +2,7 @@
 //! to a running daemon over its control socket.
 
 mod jobs;
+mod migrate;
 pub(crate) use crate::stdout as out;
 mod status;
 
@@ -179,6 +180,18 @@ pub enum Command {
         /// The copy to restore, as written by `steward backup`.
         backup: PathBuf,
     },
+    /// Move the jobs that have not finished from an SQLite journal into the PostgreSQL
+    /// journal this configuration names, with steward stopped on the SQLite one. The
+    /// SQLite journal is read, never changed; running it again moves only what is left.
+    MigrateJournal {
+        /// The SQLite journal (default: journal.db in [daemon] state_dir).
+        #[arg(long, value_name = "PATH")]
+        from: Option<PathBuf>,
+        /// Count what would move, and check that both journals can be reached; change
+        /// nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Measure steward on this machine with a private daemon (nothing of the host's
     /// steward is touched); prints medians over several runs.
     Bench {
@@ -226,6 +239,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Restore { backup } => restore(&cli.config, backup),
         Command::CheckConfig => check_config(&cli.config),
         Command::Backup { dest, force } => backup(&cli.config, dest, *force),
+        Command::MigrateJournal { from, dry_run } => {
+            migrate::run(&cli.config, from.as_deref(), *dry_run)
+        }
         Command::Bench { quick, json, only } => crate::bench::run(*quick, *json, only),
         Command::BenchWorker => crate::bench::worker::run().map_err(Failure::Failed),
         Command::Completions { shell } => {
@@ -395,6 +411,7 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
         | Command::Backup { .. }
         | Command::Restore { .. }
         | Command::Bench { .. }
+        | Command::MigrateJournal { .. }
         | Command::BenchWorker
         | Command::Completions { .. } => Ok(()),
     }

@@ -317,6 +317,9 @@ fn journal_error(e: JournalError) -> Response {
         | JournalError::Damaged { .. }
         | JournalError::Refused(_)
         | JournalError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        // Not 503: a client that repeats what was refused would repeat a submit that may
+        // have been stored.
+        JournalError::Uncertain(_) => StatusCode::GATEWAY_TIMEOUT,
         JournalError::NotFound(_) => StatusCode::NOT_FOUND,
         JournalError::Invalid(_) => StatusCode::CONFLICT,
     };

@@ -57,6 +57,10 @@ pub enum JournalError {
     /// Submits while the journal is damaged (the text says why).
     #[error("{0}")]
     Refused(String),
+    /// The connection broke after the commit was sent and before its answer came: the
+    /// change may or may not be stored (the text says what to do).
+    #[error("{0}")]
+    Uncertain(String),
     #[error("no job with id {0}")]
     NotFound(i64),
     #[error("{0}")]
@@ -79,6 +83,46 @@ pub struct NewJob {
     /// Per-attempt limit; `None` = the queue's.
     pub timeout_ms: Option<i64>,
     pub key: Option<String>,
+}
+
+/// A job that has not finished, as it leaves one journal for another
+/// (`steward migrate-journal`): everything needed to run it on as it would have run on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MovedJob {
+    /// Its id in the journal it comes from.
+    pub source_id: i64,
+    pub queue: String,
+    /// `Queued` (due now or later) or `Failed` (an interrupted attempt used up its last
+    /// chance, as a start of steward would have decided).
+    pub state: crate::model::JobState,
+    pub priority: i64,
+    pub run_at_ms: i64,
+    pub created_ms: i64,
+    pub attempts: u32,
+    pub tries: u32,
+    pub crashes: u32,
+    pub interruptions: u32,
+    pub max_attempts: u32,
+    pub timeout_ms: Option<i64>,
+    pub key: Option<String>,
+    pub error: Option<String>,
+    /// JSON text.
+    pub payload: String,
+    pub history: Vec<MovedAttempt>,
+}
+
+/// One earlier attempt of a [`MovedJob`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MovedAttempt {
+    pub attempt: u32,
+    pub worker: Option<String>,
+    pub pid: Option<i32>,
+    pub started_ms: Option<i64>,
+    pub ended_ms: Option<i64>,
+    pub outcome: Option<String>,
+    pub error: Option<String>,
+    pub stdout_tail: Option<String>,
+    pub stderr_tail: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]

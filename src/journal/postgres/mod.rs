@@ -7,6 +7,7 @@
 //! claims, completions and the rescue of an expired host's jobs, and [`store`] the
 //! [`JobStore`](super::JobStore) the daemon uses.
 
+pub mod import;
 pub mod leases;
 pub mod schema;
 pub mod store;

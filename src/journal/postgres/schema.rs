@@ -149,6 +149,17 @@ const MIGRATIONS: &[&str] = &[
     END
     $fn$;
     "#,
+    // 2: jobs moved in from another journal (`steward migrate-journal`): which job each
+    // became, so that moving the same journal again moves only what it has not moved.
+    r#"
+    CREATE TABLE {s}.imported (
+        source    text        NOT NULL,
+        source_id bigint      NOT NULL,
+        job_id    bigint      NOT NULL,
+        moved_at  timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (source, source_id)
+    );
+    "#,
 ];
 
 /// The schema version this build knows.

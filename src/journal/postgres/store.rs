@@ -769,7 +769,9 @@ impl Conn {
                         self.notified.insert(q, now);
                     }
                 }
-                if r.is_err() && c.is_closed() {
+                // Refused as never stored if the connection broke before the commit; an
+                // uncertain end is said as such.
+                if r.is_err() && c.is_closed() && !matches!(r, Err(JournalError::Uncertain(_))) {
                     return Err(Op::Submit(jobs, reply));
                 }
                 reply(r);
@@ -1041,7 +1043,18 @@ async fn submit(
         .map_err(db)
         .map_err(io)?;
     }
-    tx.commit().await.map_err(db).map_err(io)?;
+    tx.commit().await.map_err(|e| {
+        if e.as_db_error().is_some() {
+            // The server answered: it rolled back.
+            io(db(e))
+        } else {
+            JournalError::Uncertain(format!(
+                "the connection to PostgreSQL broke while the submit was being committed ({}), so whether its {} jobs were stored is not known: look with `steward jobs` before submitting them again (a submit with a unique key --key is safe to repeat)",
+                db(e),
+                jobs.len()
+            ))
+        }
+    })?;
     Ok(out)
 }
 

@@ -12,6 +12,7 @@
 //! it is over, so their leases are reclaimed when it opens.
 
 mod damage;
+pub mod export;
 mod reader;
 mod salvage;
 mod schema;
