@@ -233,6 +233,14 @@ fn an_unreachable_database_refuses_submits_and_supervision_goes_on() {
     let error = journal.error.clone().unwrap_or_default();
     assert!(error.contains("out of reach"), "{journal:?}");
     assert!(!d.log().contains("secret"), "the password was logged");
+    // The idle worker asks every second; the refusal is said once, not every time.
+    std::thread::sleep(Duration::from_secs(4));
+    let log = d.log();
+    assert_eq!(
+        log.matches("take jobs from the journal").count(),
+        1,
+        "{log}"
+    );
 }
 
 #[test]
@@ -269,6 +277,11 @@ fn a_database_restart_loses_nothing_and_refuses_submits_meanwhile() {
     });
     assert!(d.status().journal.and_then(|j| j.error).is_none());
     assert!(d.log().contains("reachable again"), "{}", d.log());
+    assert!(
+        d.log().contains("taking jobs from the journal again"),
+        "{}",
+        d.log()
+    );
 }
 
 /// A TCP port that forwards to the cluster's socket until it is cut: then every

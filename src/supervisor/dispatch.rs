@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use super::Reply;
 use super::held::{self, CANCEL_GRACE, CancelWhy, Held};
 use super::worker::{Facts, Input, KillReason};
-use super::{Event, Slot, SlotId, Supervisor, human, worker_io};
+use super::{CLAIM_TROUBLE_EVERY, Event, Slot, SlotId, Supervisor, human, policy, worker_io};
 use crate::config::QueueSpec;
 use crate::jobs::{JobState, Outcome};
 use crate::journal::{CancelResult, Claimed, Finished, JournalError, now_ms};
@@ -175,6 +175,31 @@ impl Supervisor {
         }
     }
 
+    /// A claim the journal refused: said at once, then every 30 s while it lasts (idle
+    /// workers ask every second).
+    pub(super) fn claim_failed(&mut self, e: &JournalError, now: Instant) {
+        match self.claim_trouble.failed(now) {
+            policy::Say::First => tracing::warn!(
+                "cannot take jobs from the journal: {e}; idle workers ask again every second (said again every {} s while it lasts)",
+                CLAIM_TROUBLE_EVERY.as_secs()
+            ),
+            policy::Say::Again { unsaid, failing } => tracing::warn!(
+                "still cannot take jobs from the journal, for {} s now ({unsaid} more claims refused): {e}",
+                failing.as_secs()
+            ),
+            policy::Say::Quiet => {}
+        }
+    }
+
+    pub(super) fn claim_worked(&mut self, now: Instant) {
+        if let Some((failing, count)) = self.claim_trouble.succeeded(now) {
+            tracing::info!(
+                "taking jobs from the journal again, after {:.1} s in which {count} claims were refused",
+                failing.as_secs_f64()
+            );
+        }
+    }
+
     pub(super) fn on_claimed(
         &mut self,
         id: SlotId,
@@ -190,7 +215,7 @@ impl Supervisor {
         let claimed = match result {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!("cannot take jobs from the journal: {e}; trying again shortly");
+                self.claim_failed(&e, now);
                 for q in epochs.keys() {
                     let h = self.hints.entry(q.clone()).or_default();
                     h.ready = false;
@@ -199,6 +224,7 @@ impl Supervisor {
                 return;
             }
         };
+        self.claim_worked(now);
         self.note_claim(asked, &epochs, &claimed);
         let usable =
             self.slots.get(&id).is_some_and(|s| {

@@ -99,14 +99,13 @@ impl Supervisor {
         let claimed = match result {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(
-                    "cannot take jobs from the journal for pool {name}: {e}; trying again shortly"
-                );
+                self.claim_failed(&e, Instant::now());
                 return;
             }
         };
-        self.note_claim(asked, &epochs, &claimed);
         let now = Instant::now();
+        self.claim_worked(now);
+        self.note_claim(asked, &epochs, &claimed);
         let socket = self.config.daemon.socket.to_string_lossy().into_owned();
         for job in claimed.jobs {
             let spec = self.queue_spec(&job.queue);

@@ -214,6 +214,9 @@ impl Handle {
     }
 }
 
+/// How often a journal that keeps refusing claims is said again.
+const CLAIM_TROUBLE_EVERY: Duration = Duration::from_secs(30);
+
 pub struct Supervisor {
     config: Config,
     env: Environment,
@@ -228,6 +231,8 @@ pub struct Supervisor {
     spawns_in_flight: usize,
     /// The last spawn that failed for want of resources, and when.
     shortage: Option<(String, Instant)>,
+    /// Claims refused by the journal (out of reach), said once per [`CLAIM_TROUBLE_EVERY`].
+    claim_trouble: policy::Repeated,
     next_id: SlotId,
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
@@ -295,6 +300,7 @@ impl Supervisor {
             early_exits: process::EarlyExits::default(),
             spawns_in_flight: 0,
             shortage: None,
+            claim_trouble: policy::Repeated::new(CLAIM_TROUBLE_EVERY),
             next_id: 1,
             events_tx,
             events_rx,

@@ -179,6 +179,75 @@ impl RateLimit {
     }
 }
 
+/// A failure that repeats while its cause lasts (claims while the journal is out of
+/// reach fail every second): said at once, then once every `every` with how many there
+/// were, and its end said once.
+#[derive(Debug, Clone)]
+pub struct Repeated {
+    every: Duration,
+    /// Since when it has been failing, and when it was last said.
+    failing: Option<(Instant, Instant)>,
+    /// Failures in all, and since it was last said.
+    count: u64,
+    unsaid: u64,
+}
+
+/// Whether to log a failure now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Say {
+    /// The first of a run of failures.
+    First,
+    /// Still failing, `unsaid` times since the last line, for `failing` in all.
+    Again {
+        unsaid: u64,
+        failing: Duration,
+    },
+    Quiet,
+}
+
+impl Repeated {
+    pub fn new(every: Duration) -> Repeated {
+        Repeated {
+            every,
+            failing: None,
+            count: 0,
+            unsaid: 0,
+        }
+    }
+
+    pub fn failed(&mut self, now: Instant) -> Say {
+        self.count += 1;
+        match self.failing {
+            None => {
+                self.failing = Some((now, now));
+                Say::First
+            }
+            Some((since, said)) if now.saturating_duration_since(said) >= self.every => {
+                self.failing = Some((since, now));
+                let unsaid = std::mem::take(&mut self.unsaid) + 1;
+                Say::Again {
+                    unsaid,
+                    failing: now.saturating_duration_since(since),
+                }
+            }
+            Some(_) => {
+                self.unsaid += 1;
+                Say::Quiet
+            }
+        }
+    }
+
+    /// It worked: how long it had failed and how many times, if it had.
+    pub fn succeeded(&mut self, now: Instant) -> Option<(Duration, u64)> {
+        let (since, _) = self.failing.take()?;
+        self.unsaid = 0;
+        Some((
+            now.saturating_duration_since(since),
+            std::mem::take(&mut self.count),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,5 +458,30 @@ mod tests {
         assert!(!should_kill(t0 + Duration::from_secs(4), k2, false));
         assert!(should_kill(t0 + Duration::from_secs(5), k2, false));
         assert!(!should_kill(t0 + Duration::from_secs(6), k2, true));
+    }
+
+    #[test]
+    fn a_repeated_failure_is_said_once_then_every_interval_and_its_end_once() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut r = Repeated::new(Duration::from_secs(30));
+        assert_eq!(r.succeeded(t0), None, "nothing had failed");
+        assert_eq!(r.failed(at(0)), Say::First);
+        for s in 1..30 {
+            assert_eq!(r.failed(at(s)), Say::Quiet, "at {s} s");
+        }
+        assert_eq!(
+            r.failed(at(30)),
+            Say::Again {
+                unsaid: 30,
+                failing: Duration::from_secs(30)
+            }
+        );
+        assert_eq!(r.failed(at(31)), Say::Quiet);
+        assert_eq!(r.succeeded(at(32)), Some((Duration::from_secs(32), 32)));
+        assert_eq!(r.succeeded(at(33)), None);
+        // The next outage starts afresh.
+        assert_eq!(r.failed(at(100)), Say::First);
+        assert_eq!(r.succeeded(at(101)), Some((Duration::from_secs(1), 1)));
     }
 }
