@@ -44,7 +44,7 @@ use crate::protocol::FromWorker;
 use crate::time::after;
 use held::Held;
 use policy::{AfterExit, Exit};
-use worker::{Effect, Input, KillReason, Retire, Rules, Worker};
+use worker::{Effect, Input, KillReason, Retire, Rules, RunEnded, Worker};
 
 /// After a forced stop (second SIGTERM), how long to wait for the kernel to deliver the
 /// last exits before leaving anyway.
@@ -863,32 +863,22 @@ impl Supervisor {
                     }
                     slot.reason = Some(reason);
                 }
-                Effect::Exited {
-                    exit,
-                    pid,
-                    ran_for,
-                    deliberate,
-                    killed_for,
-                    next,
-                } => self.exited(id, exit, pid, ran_for, deliberate, killed_for, next, detail),
+                Effect::Exited(ended) => self.exited(id, ended, detail),
                 Effect::Retire(retire) => self.finish_stop(id, retire),
             }
         }
     }
 
     /// A run is over: record and log it, and reclaim the jobs it held.
-    #[allow(clippy::too_many_arguments)]
-    fn exited(
-        &mut self,
-        id: SlotId,
-        exit: Exit,
-        pid: Option<i32>,
-        ran_for: Duration,
-        deliberate: bool,
-        killed_for: Option<KillReason>,
-        next: Option<AfterExit>,
-        description: &str,
-    ) {
+    fn exited(&mut self, id: SlotId, ended: RunEnded, description: &str) {
+        let RunEnded {
+            exit,
+            pid,
+            ran_for,
+            deliberate,
+            killed_for,
+            next,
+        } = ended;
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };

@@ -202,16 +202,23 @@ pub(super) enum Effect {
     WaitForResources { retry_at: Instant },
     /// The run is over. `deliberate`: steward had asked it to stop; otherwise `next` is
     /// what the restart policy decided (with the delay's jitter in).
-    Exited {
-        exit: Exit,
-        pid: Option<i32>,
-        ran_for: Duration,
-        deliberate: bool,
-        killed_for: Option<KillReason>,
-        next: Option<AfterExit>,
-    },
+    Exited(RunEnded),
     /// No process is left and a stop was asked: apply `Retire`.
     Retire(Retire),
+}
+
+/// How a run ended, and what comes next.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunEnded {
+    pub exit: Exit,
+    pub pid: Option<i32>,
+    pub ran_for: Duration,
+    /// steward had asked it to stop.
+    pub deliberate: bool,
+    pub killed_for: Option<KillReason>,
+    /// What the restart policy decided (with the delay's jitter in); `None` after a
+    /// deliberate stop.
+    pub next: Option<AfterExit>,
 }
 
 /// The machine of one slot.
@@ -522,14 +529,14 @@ impl Worker {
         self.recheck = None;
         if deliberate {
             self.phase = Phase::Stopped;
-            out.push(Effect::Exited {
+            out.push(Effect::Exited(RunEnded {
                 exit,
                 pid,
                 ran_for,
                 deliberate,
                 killed_for,
                 next: None,
-            });
+            }));
             out.push(Effect::Retire(self.retire));
             return;
         }
@@ -539,7 +546,7 @@ impl Worker {
                 until: now,
                 crash_looping: false,
             };
-            out.push(Effect::Exited {
+            out.push(Effect::Exited(RunEnded {
                 exit,
                 pid,
                 ran_for,
@@ -550,7 +557,7 @@ impl Worker {
                     level: self.level,
                     crash_looping: false,
                 }),
-            });
+            }));
             return;
         }
         let run = RunFacts {
@@ -587,14 +594,14 @@ impl Worker {
                 AfterExit::Fail { level, reason }
             }
         };
-        out.push(Effect::Exited {
+        out.push(Effect::Exited(RunEnded {
             exit,
             pid,
             ran_for,
             deliberate,
             killed_for,
             next: Some(next),
-        });
+        }));
     }
 
     fn tick(
@@ -799,11 +806,11 @@ mod tests {
         for _ in 0..4 {
             now += 10 * MS;
             let fx = crash(&mut w, now);
-            let Some(Effect::Exited {
+            let Some(Effect::Exited(RunEnded {
                 next: Some(AfterExit::Restart { delay, .. }),
                 deliberate: false,
                 ..
-            }) = fx.first()
+            })) = fx.first()
             else {
                 panic!("{fx:?}");
             };
@@ -848,14 +855,14 @@ mod tests {
         let fx = crash(&mut w, until + 61 * S);
         assert!(matches!(
             fx.first(),
-            Some(Effect::Exited {
+            Some(Effect::Exited(RunEnded {
                 next: Some(AfterExit::Restart {
                     level: 0,
                     crash_looping: false,
                     ..
                 }),
                 ..
-            })
+            }))
         ));
         assert_eq!(w.state_name(), "backing-off");
     }
@@ -896,10 +903,10 @@ mod tests {
         );
         assert!(matches!(
             fx.first(),
-            Some(Effect::Exited {
+            Some(Effect::Exited(RunEnded {
                 next: Some(AfterExit::Stop { .. }),
                 ..
-            })
+            }))
         ));
         assert_eq!(w.phase, Phase::Stopped);
     }
@@ -959,11 +966,11 @@ mod tests {
         assert!(matches!(
             fx.as_slice(),
             [
-                Effect::Exited {
+                Effect::Exited(RunEnded {
                     deliberate: true,
                     next: None,
                     ..
-                },
+                }),
                 Effect::Retire(Retire::Remove)
             ]
         ));
@@ -1140,11 +1147,11 @@ mod tests {
         let fx = crash(&mut w, t0 + 10 * S);
         assert!(matches!(
             fx.first(),
-            Some(Effect::Exited {
+            Some(Effect::Exited(RunEnded {
                 killed_for: Some(KillReason::StartTimeout),
                 next: Some(AfterExit::Restart { level: 1, .. }),
                 ..
-            })
+            }))
         ));
     }
 
@@ -1221,11 +1228,11 @@ mod tests {
         let fx = crash(&mut w, t0 + 11 * S);
         assert!(matches!(
             fx.first(),
-            Some(Effect::Exited {
+            Some(Effect::Exited(RunEnded {
                 killed_for: Some(KillReason::Cancelled(7)),
                 deliberate: false,
                 ..
-            })
+            }))
         ));
     }
 
@@ -1327,12 +1334,12 @@ mod tests {
         let fx = crash(&mut w, t0 + S);
         assert!(matches!(
             fx.first(),
-            Some(Effect::Exited {
+            Some(Effect::Exited(RunEnded {
                 killed_for: Some(KillReason::Fenced),
                 deliberate: false,
                 next: Some(AfterExit::Restart { level: 2, .. }),
                 ..
-            })
+            }))
         ));
         assert_eq!(tick(&mut w, t0 + S, idle()), vec![Effect::Spawn]);
         // A worker not running has nothing to stop.
