@@ -5,6 +5,7 @@
 //! and keeps the default durability (`synchronous = "full"`). Results are medians over
 //! several runs with min–max, because machines are noisy.
 
+mod postgres;
 pub mod worker;
 
 use std::fmt::Write as _;
@@ -49,6 +50,8 @@ struct Sizes {
     delayed_jobs: usize,
     due_jobs: usize,
     pg_jobs: usize,
+    pg_sql_jobs: usize,
+    rescue_runs: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -64,6 +67,8 @@ const FULL: Sizes = Sizes {
     delayed_jobs: 100_000,
     due_jobs: 20_000,
     pg_jobs: 100_000,
+    pg_sql_jobs: 100_000,
+    rescue_runs: 3,
 };
 
 const QUICK: Sizes = Sizes {
@@ -79,6 +84,8 @@ const QUICK: Sizes = Sizes {
     delayed_jobs: 10_000,
     due_jobs: 2_000,
     pg_jobs: 1_000,
+    pg_sql_jobs: 10_000,
+    rescue_runs: 1,
 };
 
 fn fail(e: impl std::fmt::Display) -> Failure {
@@ -699,81 +706,6 @@ async fn list_cost(exe: &Path, s: &Sizes) -> Result<Vec<f64>, Failure> {
     Ok(times)
 }
 
-/// Scenario 12: the PostgreSQL journal (a private cluster, fsync on): protocol
-/// workers taking trivial jobs, on 1 daemon and then on 3 with the same slots in all
-/// (96: 6 workers × 16, or 2 × 16 on each), jobs submitted in batches through the first; the
-/// end is read from the database (the daemons' own counts lag by up to a second).
-/// `None` where no PostgreSQL server is installed.
-async fn postgres_throughput(
-    exe: &Path,
-    s: &Sizes,
-) -> Result<Option<(Vec<f64>, Vec<f64>)>, Failure> {
-    let cluster = match crate::journal::postgres::cluster::Cluster::start_with(&[]) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("skipped: 12. PostgreSQL journal: {e}");
-            return Ok(None);
-        }
-    };
-    let (mut one, mut three) = (Vec::new(), Vec::new());
-    for run in 0..s.runs {
-        for (daemons, workers) in [(1usize, 6u32), (3, 2)] {
-            let schema = format!("bench_{run}_{daemons}");
-            let mut beds = Vec::new();
-            for i in 0..daemons {
-                let mut bed = Bed::new(exe)?;
-                bed.write_config_with_daemon(
-                    &format!("host = \"bench-{i}\"\n"),
-                    &format!(
-                        "[journal]\nbackend = \"postgres\"\nurl = \"{}\"\nschema = \"{schema}\"\n\n[queue.b]\n\n{}",
-                        cluster.url(),
-                        bed.worker_pool("w", "b", workers, 16, "")
-                    ),
-                )?;
-                bed.start(&[])?;
-                beds.push(bed);
-            }
-            let c = Client::new(&beds[0].socket());
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            // The daemons' own counts are refreshed once a second; the end is read from
-            // the database itself.
-            let db = crate::journal::postgres::connect(&cluster.url())
-                .await
-                .map_err(fail)?;
-            let t0 = Instant::now();
-            submit_batches(&c, "b", s.pg_jobs, json!({})).await?;
-            // Cheap to ask (the partial indexes of unfinished jobs), so that asking
-            // does not slow down what it measures.
-            let open = format!(
-                "SELECT EXISTS (SELECT 1 FROM {schema}.jobs WHERE state = 'queued' AND queue = 'b')
-                     OR EXISTS (SELECT 1 FROM {schema}.jobs WHERE state = 'running')
-                     OR EXISTS (SELECT 1 FROM {schema}.jobs WHERE state = 'scheduled')"
-            );
-            while db
-                .query_one(open.as_str(), &[])
-                .await
-                .map_err(fail)?
-                .get::<_, bool>(0)
-            {
-                if t0.elapsed() > Duration::from_secs(600) {
-                    return Err(fail("the PostgreSQL jobs did not all finish within 600 s"));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let rate = s.pg_jobs as f64 / t0.elapsed().as_secs_f64();
-            if daemons == 1 {
-                one.push(rate);
-            } else {
-                three.push(rate);
-            }
-            for b in &mut beds {
-                b.stop();
-            }
-        }
-    }
-    Ok(Some((one, three)))
-}
-
 /// Scenario 11: the daemon's resident memory after one worker wrote invalid lines as fast
 /// as it could for 10 s without reading its socket; and the longest watchdog gap meanwhile.
 async fn garbage_flood(exe: &Path, s: &Sizes) -> Result<(Vec<f64>, Vec<f64>), Failure> {
@@ -894,6 +826,101 @@ fn tail(path: &Path, n: u64) -> String {
     let mut buf = Vec::new();
     let _ = f.read_to_end(&mut buf);
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The rows of scenarios 12–15 (the PostgreSQL journal) that are wanted.
+async fn postgres_rows(
+    exe: &Path,
+    cluster: &crate::journal::postgres::cluster::Cluster,
+    s: &Sizes,
+    want: &dyn Fn(u8) -> bool,
+    progress: &dyn Fn(&str),
+    out: &mut Vec<Outcome>,
+) -> Result<(), Failure> {
+    if want(12) {
+        progress("12. PostgreSQL journal: throughput");
+        let (one, three) = postgres::throughput(exe, cluster, s).await?;
+        let mut base = one.clone();
+        let base = median(&mut base);
+        out.push(summarize(
+            &format!(
+                "12. PostgreSQL journal: {} jobs, 1 daemon, 6 workers × 16",
+                s.pg_jobs
+            ),
+            "jobs/s",
+            one,
+            ">= 25000",
+            |m| m >= 25_000.0,
+            String::new(),
+        ));
+        let row = summarize(
+            "12. the same on 3 daemons, 2 workers × 16 each",
+            "jobs/s",
+            three,
+            ">= 1 daemon",
+            |m| m >= base,
+            String::new(),
+        );
+        let note = format!(
+            "{:.0} % of 1 daemon's rate",
+            if base > 0.0 {
+                100.0 * row.median / base
+            } else {
+                0.0
+            }
+        );
+        out.push(Outcome { note, ..row });
+    }
+    if want(13) {
+        progress("13. PostgreSQL journal: dispatch latency");
+        let (p50, p99) = postgres::latency(exe, cluster, s).await?;
+        out.push(summarize(
+            "13. PostgreSQL: SQL submit → worker has it, 50 jobs/s, p50",
+            "ms",
+            p50,
+            "<= 10",
+            |m| m <= 10.0,
+            String::new(),
+        ));
+        out.push(summarize(
+            "13. the same, p99",
+            "ms",
+            p99,
+            "",
+            |_| true,
+            "report".into(),
+        ));
+    }
+    if want(14) {
+        progress("14. PostgreSQL journal: rescue after kill -9 (about 30 s a run)");
+        let v = postgres::rescue(exe, cluster, s).await?;
+        let limit =
+            (crate::journal::postgres::store::HOST_TTL + Duration::from_secs(10)).as_secs_f64();
+        out.push(summarize(
+            "14. PostgreSQL: kill -9 of a host holding 8 jobs → all rescued",
+            "s",
+            v,
+            &format!("<= {limit:.0}"),
+            |m| m <= limit,
+            String::new(),
+        ));
+    }
+    if want(15) {
+        progress("15. PostgreSQL journal: submits in SQL");
+        let v = postgres::sql_submits(cluster, s).await?;
+        out.push(summarize(
+            &format!(
+                "15. PostgreSQL: {} jobs by steward.submit, 1,000 a statement",
+                s.pg_sql_jobs
+            ),
+            "jobs/s",
+            v,
+            ">= 10000",
+            |m| m >= 10_000.0,
+            String::new(),
+        ));
+    }
+    Ok(())
 }
 
 pub fn run(quick: bool, json_out: bool, only: &[u8]) -> Result<(), Failure> {
@@ -1126,36 +1153,20 @@ pub fn run(quick: bool, json_out: bool, only: &[u8]) -> Result<(), Failure> {
                 String::new(),
             ));
         }
-        if want(12) {
-            progress("12. PostgreSQL journal");
-            if let Some((one, three)) = postgres_throughput(&exe, s).await? {
-                let mut base = one.clone();
-                let base = median(&mut base);
-                out.push(summarize(
-                    &format!(
-                        "12. PostgreSQL journal: {} jobs, 1 daemon, 6 workers × 16",
-                        s.pg_jobs
-                    ),
-                    "jobs/s",
-                    one,
-                    ">= 25000",
-                    |m| m >= 25_000.0,
-                    String::new(),
-                ));
-                let row = summarize(
-                    "12. the same on 3 daemons, 2 workers × 16 each",
-                    "jobs/s",
-                    three,
-                    ">= 1 daemon",
-                    |m| m >= base,
-                    String::new(),
-                );
-                let note = format!(
-                    "{:.0} % of 1 daemon's rate",
-                    if base > 0.0 { 100.0 * row.median / base } else { 0.0 }
-                );
-                out.push(Outcome { note, ..row });
+        let pg_wanted = [12, 13, 14, 15].into_iter().any(want);
+        let cluster = if pg_wanted {
+            match crate::journal::postgres::cluster::Cluster::start_with(&[]) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("skipped: 12–15, the PostgreSQL journal: {e}");
+                    None
+                }
             }
+        } else {
+            None
+        };
+        if let Some(cluster) = &cluster {
+            postgres_rows(&exe, cluster, s, &want, &progress, &mut out).await?;
         }
         if want(9) {
             progress("9. worker output");

@@ -28,7 +28,8 @@ fn append(path: &str, line: &str) {
 /// The id of a `job` line, found without parsing the whole object.
 fn field_i64(line: &str, key: &str) -> Option<i64> {
     let start = line.find(key)? + key.len();
-    let rest = &line[start..];
+    // PostgreSQL gives payloads back with a space after each colon.
+    let rest = line[start..].trim_start();
     let end = rest
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(rest.len());
