@@ -36,6 +36,16 @@ fn pg_bed(
 
 /// Wait until `query` (one boolean) says false, asking every 20 ms.
 async fn until_false(db: &Db, query: &str, limit: Duration, what: &str) -> Result<(), Failure> {
+    until_false_every(db, query, Duration::from_millis(20), limit, what).await
+}
+
+async fn until_false_every(
+    db: &Db,
+    query: &str,
+    every: Duration,
+    limit: Duration,
+    what: &str,
+) -> Result<(), Failure> {
     let t0 = Instant::now();
     while db
         .query_one(query, &[])
@@ -46,7 +56,7 @@ async fn until_false(db: &Db, query: &str, limit: Duration, what: &str) -> Resul
         if t0.elapsed() > limit {
             return Err(fail(format!("{what} within {} s", limit.as_secs())));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(every).await;
     }
     Ok(())
 }
@@ -75,21 +85,45 @@ pub(super) async fn throughput(
             let db = connect(&cluster.url()).await.map_err(fail)?;
             let t0 = Instant::now();
             submit_batches(&c, "b", s.pg_jobs, json!({})).await?;
-            // Cheap to ask (the partial indexes of unfinished jobs), so that asking
-            // does not slow down what it measures.
+            // Asked of the partial indexes of unfinished jobs, every 100 ms: mid-run the
+            // head of the dispatch index is full of dead entries and each question
+            // takes about 3 ms of the server's time, which every 20 ms was a tenth of
+            // the work the run measures.
             let open = format!(
                 "SELECT EXISTS (SELECT 1 FROM {schema}.jobs WHERE state = 'queued' AND queue = 'b')
                      OR EXISTS (SELECT 1 FROM {schema}.jobs WHERE state = 'running')
                      OR EXISTS (SELECT 1 FROM {schema}.jobs WHERE state = 'scheduled')"
             );
-            until_false(
+            until_false_every(
                 &db,
                 &open,
+                Duration::from_millis(100),
                 Duration::from_secs(600),
                 "the PostgreSQL jobs did not all finish",
             )
             .await?;
             let rate = s.pg_jobs as f64 / t0.elapsed().as_secs_f64();
+            if std::env::var("PGSS").is_ok() {
+                let _ = db
+                    .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                    .await;
+                let rows = db.query("SELECT calls, round(total_exec_time::numeric, 0)::text, round(mean_exec_time::numeric, 3)::text, rows, left(regexp_replace(query, '[[:space:]]+', ' ', 'g'), 90) FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 14", &[]).await.map_err(fail)?;
+                eprintln!(
+                    "daemons {daemons} rate {rate:.0} wall {:.0} ms",
+                    t0.elapsed().as_secs_f64() * 1000.0
+                );
+                for r in rows {
+                    eprintln!(
+                        "{:>8} {:>8} ms {:>8} ms/call {:>8} rows  {}",
+                        r.get::<_, i64>(0),
+                        r.get::<_, String>(1),
+                        r.get::<_, String>(2),
+                        r.get::<_, i64>(3),
+                        r.get::<_, String>(4)
+                    );
+                }
+                let _ = db.batch_execute("SELECT pg_stat_statements_reset()").await;
+            }
             if daemons == 1 {
                 one.push(rate);
             } else {

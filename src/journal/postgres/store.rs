@@ -45,8 +45,13 @@ const RECONNECT_MAX: Duration = Duration::from_secs(10);
 /// Operations taken from the queue at once, at most (completions among them share one
 /// transaction).
 const BATCH_AT_MOST: usize = 256;
-/// How often the job counts are read again (other hosts change them too).
+/// How often the counts of queued and running jobs are read again (other hosts change
+/// them too); each comes from its state's partial index.
 const COUNT_EVERY: Duration = Duration::from_secs(1);
+/// How often finished jobs are counted again. That count reads every finished job kept
+/// (an index-only scan of 1,000,000 takes about 0.1 s), on the connection claims and
+/// completions wait for, so not every second.
+const FINISHED_COUNT_EVERY: Duration = Duration::from_secs(10);
 /// A submit tells listening daemons of its queue at most this often (per queue).
 const NOTIFY_EVERY: Duration = Duration::from_millis(100);
 /// Notices of added jobs waiting for the supervisor, at most; more are dropped (the
@@ -134,7 +139,9 @@ struct Conn {
     /// This run is registered (its host row exists).
     registered: bool,
     /// The jobs this run has handed to the supervisor and not yet seen finished.
-    held: HashSet<i64>,
+    /// (Their queues, so that this run's own ends count at once between two counts of
+    /// finished jobs.)
+    held: HashMap<i64, String>,
     /// A claim's connection broke before its answer came: it may have taken jobs that
     /// nobody knows of, to be put back once the database is reachable again.
     claim_lost: bool,
@@ -142,6 +149,8 @@ struct Conn {
     notified: HashMap<String, Instant>,
     /// Jobs claimed by this run (see [`upkeep`](super::upkeep)).
     claimed: Arc<AtomicU64>,
+    /// When finished jobs were last counted.
+    finished_counted: Option<Instant>,
 }
 
 /// Open the journal: connect, bring the schema up to date, register this run and take
@@ -167,10 +176,11 @@ pub fn open(
         metrics,
         location: PathBuf::from(&location),
         registered: false,
-        held: HashSet::new(),
+        held: HashMap::new(),
         claim_lost: false,
         notified: HashMap::new(),
         claimed: Arc::new(AtomicU64::new(0)),
+        finished_counted: None,
     };
     let upkeep = (
         conn.opts.url.clone(),
@@ -350,7 +360,7 @@ impl Conn {
     /// the queue, their attempt not counted (as a job claimed but never handed out).
     async fn put_back_lost_claims(&mut self, client: &Client) -> Result<(), String> {
         let s = self.opts.schema.clone();
-        let held: Vec<i64> = self.held.iter().copied().collect();
+        let held: Vec<i64> = self.held.keys().copied().collect();
         let rows = client
             .query(
                 &format!(
@@ -543,11 +553,15 @@ impl Conn {
                 for (op, answer) in group.into_iter().zip(answers) {
                     match (op, answer) {
                         (Op::Finish { id, reply, .. }, Some(Answer::Finished(d))) => {
-                            self.held.remove(&id);
+                            let queue = self.held.remove(&id);
+                            if let (Some(q), Finished::Applied { state, .. }) = (queue, &d) {
+                                self.count_end(&q, *state);
+                            }
                             reply(Ok(d));
                         }
                         (Op::Claim { reply, .. }, Some(Answer::Claimed(c))) => {
-                            self.held.extend(c.jobs.iter().map(|j| j.id));
+                            self.held
+                                .extend(c.jobs.iter().map(|j| (j.id, j.queue.clone())));
                             self.claimed
                                 .fetch_add(c.jobs.len() as u64, Ordering::Relaxed);
                             reply(Ok(c));
@@ -864,30 +878,79 @@ impl Conn {
         Ok(())
     }
 
-    async fn refresh_counts(&self) {
+    /// One of this run's jobs ended in `state`: counted at once (the next count of
+    /// finished jobs, which sees every host's, replaces it).
+    fn count_end(&self, queue: &str, state: JobState) {
+        let Ok(mut st) = self.stats.lock() else {
+            return;
+        };
+        let q = st.queues.entry(queue.to_string()).or_default();
+        match state {
+            JobState::Succeeded => q.succeeded += 1,
+            JobState::Failed => q.failed += 1,
+            JobState::Cancelled => q.cancelled += 1,
+            JobState::Queued | JobState::Running => return,
+        }
+        q.running = q.running.saturating_sub(1);
+    }
+
+    /// Count the jobs by queue and state again: unfinished ones every time, finished ones
+    /// every [`FINISHED_COUNT_EVERY`] (in between, the last count stands).
+    async fn refresh_counts(&mut self) {
         let Some(c) = &self.client else { return };
         let s = self.schema();
-        let rows = c
-            .query(
-                &format!("SELECT queue, state, count(*) FROM {s}.jobs GROUP BY queue, state"),
-                &[],
-            )
-            .await;
-        let Ok(rows) = rows else { return };
+        let now = Instant::now();
+        let finished_too = self
+            .finished_counted
+            .is_none_or(|t| now.saturating_duration_since(t) >= FINISHED_COUNT_EVERY);
+        // One partial index each (a plain GROUP BY reads the whole table).
+        let mut sql = format!(
+            "SELECT queue, 'queued', count(*) FROM {s}.jobs WHERE state = 'queued' GROUP BY queue
+             UNION ALL SELECT queue, 'queued', count(*) FROM {s}.jobs WHERE state = 'scheduled' GROUP BY queue
+             UNION ALL SELECT queue, 'running', count(*) FROM {s}.jobs WHERE state = 'running' GROUP BY queue"
+        );
+        if finished_too {
+            sql.push_str(&format!(
+                " UNION ALL SELECT queue, state, count(*) FROM {s}.jobs WHERE finished_at IS NOT NULL GROUP BY queue, state"
+            ));
+        }
+        let Ok(rows) = c.query(&sql, &[]).await else {
+            return;
+        };
+        let Ok(mut st) = self.stats.lock() else {
+            return;
+        };
         let mut queues: HashMap<String, QueueCounts> = HashMap::new();
+        if !finished_too {
+            for (name, old) in &st.queues {
+                queues.insert(
+                    name.clone(),
+                    QueueCounts {
+                        succeeded: old.succeeded,
+                        failed: old.failed,
+                        cancelled: old.cancelled,
+                        ..QueueCounts::default()
+                    },
+                );
+            }
+        }
         for r in rows {
             let q = queues.entry(r.get(0)).or_default();
             let n = u64::try_from(r.get::<_, i64>(2)).unwrap_or(0);
             match r.get::<_, &str>(1) {
-                "queued" | "scheduled" => q.queued += n,
+                "queued" => q.queued += n,
                 "running" => q.running += n,
                 "succeeded" => q.succeeded += n,
                 "failed" => q.failed += n,
-                _ => q.cancelled += n,
+                "cancelled" => q.cancelled += n,
+                _ => {}
             }
         }
-        if let Ok(mut st) = self.stats.lock() {
-            st.queues = queues;
+        queues.retain(|_, q| q.total() > 0);
+        st.queues = queues;
+        drop(st);
+        if finished_too {
+            self.finished_counted = Some(now);
         }
     }
 }
@@ -1245,19 +1308,26 @@ async fn retry(c: &mut Client, s: &str, id: i64) -> Result<Submitted, JournalErr
 async fn prune(c: &Client, s: &str, rules: &[(String, i64, i64)]) -> Result<u64, String> {
     let mut deleted = 0;
     for (queue, succeeded_before, failed_before) in rules {
-        deleted += c
-            .execute(
+        let n: i64 = c
+            .query_one(
                 &format!(
-                    "DELETE FROM {s}.jobs WHERE id IN (
-                         SELECT id FROM {s}.jobs WHERE queue = $1 AND finished_at IS NOT NULL AND (
-                             (state = 'succeeded' AND finished_at < to_timestamp($2::bigint / 1000.0))
-                             OR (state IN ('failed', 'cancelled') AND finished_at < to_timestamp($3::bigint / 1000.0)))
-                         LIMIT 1000)"
+                    "WITH gone AS (
+                         DELETE FROM {s}.jobs WHERE id IN (
+                             SELECT id FROM {s}.jobs WHERE queue = $1 AND finished_at IS NOT NULL AND (
+                                 (state = 'succeeded' AND finished_at < to_timestamp($2::bigint / 1000.0))
+                                 OR (state IN ('failed', 'cancelled') AND finished_at < to_timestamp($3::bigint / 1000.0)))
+                             LIMIT 1000)
+                         RETURNING id),
+                     d AS (DELETE FROM {s}.job_data WHERE job_id IN (SELECT id FROM gone)),
+                     a AS (DELETE FROM {s}.attempts WHERE job_id IN (SELECT id FROM gone))
+                     SELECT count(*) FROM gone"
                 ),
                 &[queue, succeeded_before, failed_before],
             )
             .await
-            .map_err(db)?;
+            .map_err(db)?
+            .get(0);
+        deleted += u64::try_from(n).unwrap_or(0);
     }
     Ok(deleted)
 }
