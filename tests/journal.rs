@@ -7,28 +7,37 @@ use serde_json::json;
 
 use crate::helper::*;
 
-#[test]
-fn finished_jobs_are_pruned_after_their_retention() {
-    let env = Env::new();
-    env.write_config(&jobs_config(
-        1,
-        "retention_succeeded = \"1s\"\nretention_failed = \"1h\"",
-        "",
-    ));
-    let d = Daemon::start(&env);
-    let ok = d.submit("q", "{}", &[]);
-    let bad = d.submit("q", r#"{"fail": "x", "retry": false}"#, &[]);
-    d.wait_job(ok, "succeeded", TIMEOUT);
-    d.wait_job(bad, "failed", TIMEOUT);
-    wait_for(Duration::from_secs(10), "succeeded job pruned", || {
-        let out = d.cli(&["job", &ok.to_string()]);
-        String::from_utf8_lossy(&out.stderr)
-            .contains("no job with id")
-            .then_some(())
-    });
-    // The failed job has a longer retention and stays.
-    assert_eq!(d.job(bad).state, "failed");
-    d.wait_log("deleted 1 finished jobs past their retention");
+crate::on_both_journals! {
+    fn finished_jobs_are_pruned_after_their_retention(env) {
+        env.write_config(&jobs_config(
+            1,
+            "retention_succeeded = \"1s\"\nretention_failed = \"1h\"",
+            "",
+        ));
+        let d = Daemon::start(&env);
+        let ok = d.submit("q", "{}", &[]);
+        let bad = d.submit("q", r#"{"fail": "x", "retry": false}"#, &[]);
+        d.wait_job(ok, "succeeded", TIMEOUT);
+        d.wait_job(bad, "failed", TIMEOUT);
+        wait_for(Duration::from_secs(10), "succeeded job pruned", || {
+            let out = d.cli(&["job", &ok.to_string()]);
+            String::from_utf8_lossy(&out.stderr)
+                .contains("no job with id")
+                .then_some(())
+        });
+        // The failed job has a longer retention and stays.
+        assert_eq!(d.job(bad).state, "failed");
+        d.wait_log("deleted 1 finished jobs past their retention");
+        if let Some(pg) = &env.pg {
+            // Its payload and history went with it.
+            for table in ["job_data", "attempts"] {
+                let left = pg::count(pg, &format!(
+                    "SELECT count(*) FROM steward.{table} t WHERE NOT EXISTS (SELECT 1 FROM steward.jobs j WHERE j.id = t.job_id)"));
+                assert_eq!(left, 0, "rows of pruned jobs left in {table}");
+            }
+            assert_eq!(pg::count(pg, "SELECT count(*) FROM steward.job_data"), 1);
+        }
+    }
 }
 
 /// A small tmpfs as the state directory, unmounted when dropped.

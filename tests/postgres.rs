@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::helper::pg::Cluster;
+use crate::helper::pg::{Cluster, count, sql};
 use crate::helper::*;
 
 /// `[journal]` for `pg`, and `[daemon] host`.
@@ -12,24 +12,6 @@ fn journal_config(pg: &Cluster, host: &str) -> String {
         "host = \"{host}\"\nshutdown_timeout = \"20s\"\n\n[journal]\nbackend = \"postgres\"\nurl = \"{}\"\n",
         pg.url()
     )
-}
-
-fn sql(pg: &Cluster, query: &str) -> Vec<tokio_postgres::Row> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client.query(query, &[]).await.unwrap()
-    })
-}
-
-fn count(pg: &Cluster, query: &str) -> i64 {
-    sql(pg, query)[0].get(0)
 }
 
 #[test]

@@ -18,6 +18,53 @@ use steward::control::api::{DaemonStatus, PoolStatus};
 /// Throw-away PostgreSQL clusters (the same the unit tests and the bench use).
 pub mod pg {
     pub use steward::testing::Cluster;
+
+    /// Run `query` on `pg` (its own connection) and return its rows.
+    pub fn sql(pg: &Cluster, query: &str) -> Vec<tokio_postgres::Row> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client.query(query, &[]).await.unwrap()
+        })
+    }
+
+    /// The one number `query` gives.
+    pub fn count(pg: &Cluster, query: &str) -> i64 {
+        sql(pg, query)[0].get(0)
+    }
+}
+
+/// Tests of the job journal, run once on each backend: `name::sqlite` and
+/// `name::postgres` (skipped, saying so, where no PostgreSQL server is installed).
+#[macro_export]
+macro_rules! on_both_journals {
+    ($(fn $name:ident($env:ident) $body:block)*) => {$(
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn run($env: $crate::helper::Env) $body
+
+            #[test]
+            fn sqlite() {
+                run($crate::helper::Env::new())
+            }
+
+            #[test]
+            fn postgres() {
+                let Some(pg) = $crate::helper::pg::Cluster::start() else {
+                    return;
+                };
+                run($crate::helper::Env::on_postgres(pg))
+            }
+        }
+    )*};
 }
 
 /// The one bound for "this should happen soon": generous, because CI machines are noisy.
@@ -83,6 +130,9 @@ pub fn read_pid(path: &Path) -> Option<i32> {
 /// A temporary directory with a config file in it.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// Set: the daemon keeps its jobs in this cluster (`[journal] backend = "postgres"`)
+    /// instead of SQLite, in a schema of this environment's own.
+    pub pg: Option<pg::Cluster>,
 }
 
 impl Env {
@@ -92,6 +142,15 @@ impl Env {
                 .prefix("st")
                 .tempdir_in("/tmp")
                 .expect("tempdir"),
+            pg: None,
+        }
+    }
+
+    /// An environment whose daemon keeps its jobs in `cluster`.
+    pub fn on_postgres(cluster: pg::Cluster) -> Env {
+        Env {
+            pg: Some(cluster),
+            ..Env::new()
         }
     }
 
@@ -113,8 +172,15 @@ impl Env {
     }
 
     pub fn write_config_with_daemon(&self, daemon_extra: &str, pools: &str) {
+        let journal = match &self.pg {
+            Some(pg) => format!(
+                "\n[journal]\nbackend = \"postgres\"\nurl = \"{}\"\n",
+                pg.url()
+            ),
+            None => String::new(),
+        };
         let text = format!(
-            "[daemon]\nstate_dir = \"state\"\nsocket = \"s.sock\"\n{daemon_extra}\n{pools}"
+            "[daemon]\nstate_dir = \"state\"\nsocket = \"s.sock\"\n{daemon_extra}\n{journal}\n{pools}"
         );
         fs::write(self.config_path(), text).expect("write config");
     }
