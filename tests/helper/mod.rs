@@ -174,13 +174,13 @@ impl Env {
     pub fn write_config_with_daemon(&self, daemon_extra: &str, pools: &str) {
         let journal = match &self.pg {
             Some(pg) => format!(
-                "\n[journal]\nbackend = \"postgres\"\nurl = \"{}\"\n",
+                "[journal]\nbackend = \"postgres\"\nurl = \"{}\"\n\n",
                 pg.url()
             ),
             None => String::new(),
         };
         let text = format!(
-            "[daemon]\nstate_dir = \"state\"\nsocket = \"s.sock\"\n{daemon_extra}\n{journal}\n{pools}"
+            "[daemon]\nstate_dir = \"state\"\nsocket = \"s.sock\"\n{daemon_extra}\n{journal}{pools}"
         );
         fs::write(self.config_path(), text).expect("write config");
     }
