@@ -1155,7 +1155,7 @@ pub fn run(quick: bool, json_out: bool, only: &[u8]) -> Result<(), Failure> {
         }
         let pg_wanted = [12, 13, 14, 15].into_iter().any(want);
         let cluster = if pg_wanted {
-            match crate::journal::postgres::cluster::Cluster::start_with(&["-c shared_preload_libraries=pg_stat_statements", "-c pg_stat_statements.track=all"]) {
+            match crate::journal::postgres::cluster::Cluster::start_with(&[]) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     eprintln!("skipped: 12–15, the PostgreSQL journal: {e}");

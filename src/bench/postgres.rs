@@ -103,27 +103,6 @@ pub(super) async fn throughput(
             )
             .await?;
             let rate = s.pg_jobs as f64 / t0.elapsed().as_secs_f64();
-            if std::env::var("PGSS").is_ok() {
-                let _ = db
-                    .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-                    .await;
-                let rows = db.query("SELECT calls, round(total_exec_time::numeric, 0)::text, round(mean_exec_time::numeric, 3)::text, rows, left(regexp_replace(query, '[[:space:]]+', ' ', 'g'), 90) FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 14", &[]).await.map_err(fail)?;
-                eprintln!(
-                    "daemons {daemons} rate {rate:.0} wall {:.0} ms",
-                    t0.elapsed().as_secs_f64() * 1000.0
-                );
-                for r in rows {
-                    eprintln!(
-                        "{:>8} {:>8} ms {:>8} ms/call {:>8} rows  {}",
-                        r.get::<_, i64>(0),
-                        r.get::<_, String>(1),
-                        r.get::<_, String>(2),
-                        r.get::<_, i64>(3),
-                        r.get::<_, String>(4)
-                    );
-                }
-                let _ = db.batch_execute("SELECT pg_stat_statements_reset()").await;
-            }
             if daemons == 1 {
                 one.push(rate);
             } else {
