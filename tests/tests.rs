@@ -6,6 +6,7 @@ mod api;
 mod bench;
 mod config;
 mod damage;
+mod environment;
 mod exec;
 mod hostile;
 mod jobs;

@@ -7,6 +7,7 @@
 //!
 //! Defaults live here, in code, so that the packaged config file can stay small.
 
+mod envfile;
 mod reader;
 
 use std::collections::BTreeMap;
@@ -317,9 +318,36 @@ pub struct PoolSpec {
     /// Workers get the daemon's whole environment (less its private variables) instead
     /// of the documented clean one.
     pub inherit_env: bool,
+    /// Instance n gets port `port_base + n` (`{port}`, `STEWARD_PORT`).
+    pub port_base: Option<u16>,
 }
 
 impl PoolSpec {
+    /// The command and the `env` of instance `index` (an exec pool's lane): `{instance}`
+    /// and `{port}` replaced in both, and `STEWARD_PORT` added with `port_base`.
+    pub fn for_instance(&self, index: u32) -> (Vec<String>, Vec<(String, String)>) {
+        let port = self.port(index);
+        let fill = |text: &str| {
+            let t = text.replace("{instance}", &index.to_string());
+            match port {
+                Some(p) => t.replace("{port}", &p.to_string()),
+                None => t,
+            }
+        };
+        let command = self.command.iter().map(|a| fill(a)).collect();
+        let mut env: Vec<(String, String)> =
+            self.env.iter().map(|(k, v)| (k.clone(), fill(v))).collect();
+        if let Some(p) = port {
+            env.push(("STEWARD_PORT".into(), p.to_string()));
+        }
+        (command, env)
+    }
+
+    /// Instance `index`'s port: `port_base + index` (checked at load to fit).
+    pub fn port(&self, index: u32) -> Option<u32> {
+        self.port_base.map(|b| u32::from(b).saturating_add(index))
+    }
+
     /// Whether the workers speak the worker protocol (long-lived workers taking jobs).
     pub fn is_protocol(&self) -> bool {
         self.mode == PoolMode::Worker && !self.queues.is_empty()
@@ -606,6 +634,8 @@ const POOL_KEYS: &[&str] = &[
     "mode",
     "no_retry_exit_codes",
     "inherit_env",
+    "env_file",
+    "port_base",
 ];
 
 /// This machine's name: the kernel's host name, or `localhost` without one.
@@ -972,6 +1002,7 @@ fn parse_pool(
         start_timeout: Duration::from_secs(30),
         no_retry_exit_codes: Vec::new(),
         inherit_env: false,
+        port_base: None,
     };
     if let Some((v, span)) = s.string(ctx, "mode") {
         match v.as_str() {
@@ -986,7 +1017,38 @@ fn parse_pool(
     if let Some(n) = s.integer(ctx, "instances", 1, 10_000) {
         spec.instances = n as u32;
     }
+    // Environment files first (later files win), then `env` (which wins over them).
+    if let Some((files, _)) = s.string_list_spanned(ctx, "env_file") {
+        for (entry, span) in files {
+            let (optional, file) = match entry.strip_prefix('-') {
+                Some(f) => (true, f),
+                None => (false, entry.as_str()),
+            };
+            let path = reader::normalize(&base.join(file));
+            match read_env_file(&path) {
+                Ok(Some(pairs)) => spec.env.extend(pairs),
+                Ok(None) if optional => {}
+                Ok(None) => ctx.error(
+                    span,
+                    format!("env file {} does not exist (pool.{name}.env_file): create it, or write \"-{file}\" if it may be absent", path.display()),
+                ),
+                Err(why) => ctx.error(span, format!("{why} (pool.{name}.env_file)")),
+            }
+        }
+    }
+    if let Some(n) = s.integer(ctx, "port_base", 1, 65_535) {
+        spec.port_base = Some(n as u16);
+    }
     if let Some(entries) = s.string_map_spanned(ctx, "env") {
+        let from_files = spec.env.clone();
+        let lookup = |var: &str| {
+            from_files.get(var).cloned().or_else(|| {
+                env.vars
+                    .iter()
+                    .find(|(k, _)| k == var)
+                    .map(|(_, v)| v.clone())
+            })
+        };
         for ((k, key_span), (v, value_span)) in entries {
             if let Some(why) = env_name_problem(&k) {
                 ctx.error(key_span, why);
@@ -996,7 +1058,21 @@ fn parse_pool(
                     format!("`pool.{name}.env.{k}` contains a NUL byte, which no environment value can hold"),
                 );
             } else {
-                spec.env.insert(k, v);
+                match envfile::expand(&v, &lookup) {
+                    Ok(v) => {
+                        spec.env.insert(k, v);
+                    }
+                    Err(why) => {
+                        let hint = if why.contains("${STEWARD_INSTANCE}")
+                            || why.contains("${STEWARD_PORT}")
+                        {
+                            " (per-instance values are written {instance} and {port}, without $)"
+                        } else {
+                            ""
+                        };
+                        ctx.error(value_span, format!("`pool.{name}.env.{k}`: {why}{hint}"))
+                    }
+                }
             }
         }
     }
@@ -1103,6 +1179,27 @@ fn parse_pool(
     if let Some(list) = s.int_list(ctx, "no_retry_exit_codes", 1, 255) {
         spec.no_retry_exit_codes = list.into_iter().map(|n| n as i32).collect();
     }
+    match spec.port_base {
+        Some(b) if u32::from(b) + spec.instances - 1 > 65_535 => ctx.error(
+            s.span(),
+            format!(
+                "pool `{name}`: port_base {b} with {} instances reaches port {}, past 65535: lower port_base or instances",
+                spec.instances,
+                u32::from(b) + spec.instances - 1
+            ),
+        ),
+        Some(_) => {}
+        None => {
+            let uses_port = spec.command.iter().any(|a| a.contains("{port}"))
+                || spec.env.values().any(|v| v.contains("{port}"));
+            if uses_port {
+                ctx.error(
+                    s.span(),
+                    format!("pool `{name}` uses {{port}} but has no port_base: add e.g. port_base = 8081 (instance n gets port_base + n)"),
+                );
+            }
+        }
+    }
     if spec.is_exec() {
         if spec.queues.is_empty() {
             ctx.error(
@@ -1123,6 +1220,30 @@ fn parse_pool(
 }
 
 /// Why `name` cannot be the name of an environment variable, if it cannot.
+/// The assignments of an environment file; `None` when it does not exist.
+fn read_env_file(path: &Path) -> Result<Option<Vec<(String, String)>>, String> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read env file {}: {e}", path.display())),
+    };
+    let mut text = String::new();
+    file.take(envfile::MAX_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read env file {} as UTF-8 text: {e}", path.display()))?;
+    if text.len() as u64 > envfile::MAX_FILE {
+        return Err(format!(
+            "env file {} is larger than {} KiB",
+            path.display(),
+            envfile::MAX_FILE / 1024
+        ));
+    }
+    envfile::parse(&text)
+        .map(Some)
+        .map_err(|(line, why)| format!("{}:{line}: {why}", path.display()))
+}
+
 pub fn env_name_problem(name: &str) -> Option<String> {
     if name.is_empty() {
         Some("an environment variable name is empty: give it a name, e.g. APP_ENV".into())

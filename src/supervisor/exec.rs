@@ -137,8 +137,9 @@ impl Supervisor {
                     "job {} attempt {} starting as a process of exec pool {name} (lane {lane}) after {} in the queue",
                     job.id, job.attempt, human(Duration::from_millis(wait_ms)));
             }
+            let (command, own_env) = pspec.for_instance(lane);
             let mut env = process::base_environment(&self.env.vars, pspec.inherit_env);
-            env.extend(pspec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+            env.extend(own_env);
             env.push(("STEWARD_POOL".into(), name.clone()));
             env.push(("STEWARD_INSTANCE".into(), lane.to_string()));
             env.push(("STEWARD_SOCKET".into(), socket.clone()));
@@ -146,8 +147,8 @@ impl Supervisor {
             env.push(("STEWARD_QUEUE".into(), job.queue.clone()));
             env.push(("STEWARD_ATTEMPT".into(), job.attempt.to_string()));
             let cmd = process::Command {
-                program: pspec.command.first().cloned().unwrap_or_default().into(),
-                args: pspec.command.iter().skip(1).cloned().collect(),
+                program: command.first().cloned().unwrap_or_default().into(),
+                args: command.iter().skip(1).cloned().collect(),
                 env,
                 cwd: pspec.working_dir.clone(),
                 inherit_fd: None,

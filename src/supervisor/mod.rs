@@ -1029,13 +1029,13 @@ impl Supervisor {
         slot.reason = None;
         slot.pending_conn = None;
         let spec = &slot.spec;
+        let (command, own_env) = spec.for_instance(slot.index);
         let mut env = process::base_environment(&self.env.vars, spec.inherit_env);
-        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend(own_env);
         env.push(("STEWARD_POOL".into(), slot.pool.clone()));
         env.push(("STEWARD_INSTANCE".into(), slot.index.to_string()));
         env.push(("STEWARD_SOCKET".into(), socket));
         let mut inherit_fd: Option<OwnedFd> = None;
-        let command = spec.command.clone();
         let cwd = spec.working_dir.clone();
         if spec.is_protocol() {
             match std::os::unix::net::UnixStream::pair() {

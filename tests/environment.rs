@@ -1,0 +1,125 @@
+//! The environment workers get: env files in systemd's syntax, `${VAR}` expansion, and
+//! per-instance values (`{instance}`, `{port}` with `port_base`).
+
+use std::time::Duration;
+
+use crate::helper::*;
+
+fn dump_config(env: &Env, extra: &str) -> String {
+    format!(
+        "[pool.web]\ncommand = [\"python3\", \"{}\", \"{}\", \"--port={{port}}\", \"--instance={{instance}}\"]\n\
+         instances = 3\nport_base = 8081\nstable_after = \"200ms\"\n{extra}\n",
+        format_args!("{}/tests/workers/env_dump.py", env!("CARGO_MANIFEST_DIR")),
+        env.path("out").display()
+    )
+}
+
+/// What instance `i` was started with, once it has written it.
+fn started_with(env: &Env, i: u32) -> serde_json::Value {
+    let path = env.path(&format!("out/{i}.json"));
+    wait_for(TIMEOUT, "the worker's record", || {
+        std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+    })
+}
+
+#[test]
+fn env_files_expansion_and_per_instance_ports_reach_each_worker() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("out")).unwrap();
+    std::fs::write(
+        env.path("app.env"),
+        "# settings of the app\nexport DB_HOST=db.internal\nGREETING=\"hello \\\"world\\\"\"\n\
+         LITERAL='${NOT_EXPANDED}'\nOVERRIDDEN=from-file\nLONG=one \\\n  two\n",
+    )
+    .unwrap();
+    std::fs::write(env.path("local.env"), "DB_HOST=db.local\n").unwrap();
+    env.write_config(&dump_config(
+        &env,
+        "env_file = [\"app.env\", \"local.env\", \"-absent.env\"]\n\
+         env = { DB = \"${DB_HOST}:5432\", URL = \"${NOT_SET_ANYWHERE:-http://fallback}\", \
+         OVERRIDDEN = \"from-config\", PORT = \"{port}\", NAME = \"web-{instance}\", \
+         HOME_TOO = \"${HOME}\" }",
+    ));
+    let d = Daemon::start(&env);
+    for i in 0..3u32 {
+        let r = started_with(&env, i);
+        let e = &r["env"];
+        let port = (8081 + i).to_string();
+        assert_eq!(e["PORT"], port.as_str(), "{r}");
+        assert_eq!(e["STEWARD_PORT"], port.as_str(), "{r}");
+        assert_eq!(e["NAME"], format!("web-{i}").as_str());
+        assert_eq!(
+            r["argv"],
+            serde_json::json!([format!("--port={port}"), format!("--instance={i}")])
+        );
+        // The later file wins over the earlier, and `env` over both.
+        assert_eq!(e["DB_HOST"], "db.local");
+        assert_eq!(e["DB"], "db.local:5432");
+        assert_eq!(e["OVERRIDDEN"], "from-config");
+        assert_eq!(e["GREETING"], "hello \"world\"");
+        assert_eq!(e["LITERAL"], "${NOT_EXPANDED}");
+        assert_eq!(e["LONG"], "one   two");
+        assert_eq!(e["URL"], "http://fallback");
+        assert!(!e["HOME_TOO"].as_str().unwrap_or("").is_empty(), "{r}");
+    }
+    // A changed env file is read again on reload, and the workers restart with it.
+    std::fs::remove_file(env.path("out/0.json")).unwrap();
+    std::fs::write(env.path("local.env"), "DB_HOST=db.new\n").unwrap();
+    let out = env.run(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = wait_for(
+        Duration::from_secs(30),
+        "instance 0 restarted with the new file",
+        || {
+            std::fs::read_to_string(env.path("out/0.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        },
+    );
+    assert_eq!(r["env"]["DB"], "db.new:5432");
+    // A broken env file makes the reload fail; nothing changes.
+    std::fs::write(
+        env.path("local.env"),
+        "DB_HOST=db.new\nthis is not an assignment\n",
+    )
+    .unwrap();
+    let out = env.run(&["reload"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("local.env:2: "), "{err}");
+    assert_eq!(d.pool("web").workers.len(), 3);
+}
+
+#[test]
+fn environment_mistakes_are_configuration_errors_at_their_position() {
+    let env = Env::new();
+    std::fs::write(env.path("bad.env"), "A=1\nB='never closed\n").unwrap();
+    let text = "[pool.a]\ncommand = [\"sh\", \"-c\", \"sleep 9\"]\nenv_file = [\"bad.env\", \"missing.env\"]\n\n\
+         [pool.b]\ncommand = [\"sh\", \"-c\", \"sleep 9\"]\nenv = { X = \"${UNSET_FOR_SURE}\", Y = \"${STEWARD_INSTANCE}\" }\n\n\
+         [pool.c]\ncommand = [\"sh\", \"-c\", \"echo {port}\"]\n\n\
+         [pool.d]\ncommand = [\"sh\"]\nport_base = 65535\ninstances = 2\n";
+    env.write_config(text);
+    let out = env.run(&["check-config"]);
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = env.config_path().display().to_string();
+    let bad = env.path("bad.env").display().to_string();
+    for needle in [
+        format!("{file}:8:13: {bad}:2: "),
+        format!("{bad}:2: the value of B opens a ' that is never closed"),
+        format!("{file}:8:24: env file"),
+        "write \"-missing.env\" if it may be absent".to_string(),
+        "${UNSET_FOR_SURE} is set neither".to_string(),
+        "written {instance} and {port}".to_string(),
+        "pool `c` uses {port} but has no port_base".to_string(),
+        "reaches port 65536, past 65535".to_string(),
+    ] {
+        assert!(err.contains(&needle), "missing {needle:?} in:\n{err}");
+    }
+}
