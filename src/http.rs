@@ -40,6 +40,9 @@ pub struct PoolHealth {
     pub running: u32,
     pub crash_looping: u32,
     pub failed: u32,
+    /// Why the first failed worker failed.
+    #[serde(skip)]
+    pub failed_reason: Option<String>,
     /// Workers by state, for the `steward_workers` gauge.
     #[serde(skip)]
     pub states: BTreeMap<String, u64>,
@@ -151,7 +154,12 @@ pub fn judge(
                     ));
                 }
                 if p.failed > 0 {
-                    reasons.push(format!("pool {} has {} failed workers", p.name, p.failed));
+                    reasons.push(match &p.failed_reason {
+                        Some(why) => {
+                            format!("pool {} has {} failed workers ({why})", p.name, p.failed)
+                        }
+                        None => format!("pool {} has {} failed workers", p.name, p.failed),
+                    });
                 }
             }
             if probe == Probe::Ready && p.instances > 0 && p.running == 0 {
@@ -303,6 +311,7 @@ mod tests {
             running,
             crash_looping: looping,
             failed,
+            failed_reason: None,
             states: BTreeMap::new(),
         }
     }

@@ -123,3 +123,87 @@ fn environment_mistakes_are_configuration_errors_at_their_position() {
         assert!(err.contains(&needle), "missing {needle:?} in:\n{err}");
     }
 }
+
+#[test]
+fn a_missing_required_variable_parks_the_pool_and_a_reload_with_it_starts_it() {
+    let env = Env::new();
+    let port = free_port();
+    let pools = "[http]\nlisten = \"127.0.0.1:PORT\"\n\n\
+                 [pool.api]\ncommand = [\"sh\", \"-c\", \"sleep 60\"]\ninstances = 2\n\
+                 env_file = [\"-app.env\"]\nenv = { EMPTY_ONE = \"\" }\n\
+                 required_env = [\"CONVEX_URL\", \"EMPTY_ONE\"]\nstable_after = \"200ms\"\n\n\
+                 [pool.other]\ncommand = [\"sh\", \"-c\", \"sleep 60\"]\nstable_after = \"200ms\"\n"
+        .replace("PORT", &port.to_string());
+    env.write_config(&pools);
+    // check-config says so, with the position of each name.
+    let out = env.run(&["check-config"]);
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = env.config_path().display().to_string();
+    for needle in [
+        format!("{file}:14:17: pool `api` requires CONVEX_URL"),
+        format!("{file}:14:31: pool `api` requires EMPTY_ONE"),
+    ] {
+        assert!(err.contains(&needle), "missing {needle:?} in:\n{err}");
+    }
+    // The daemon runs the other pool and parks this one: not started, not restarted.
+    let d = Daemon::start(&env);
+    let p = wait_for(TIMEOUT, "the api pool parked", || {
+        let p = d.pool("api");
+        p.workers.iter().all(|w| w.state == "failed").then_some(p)
+    });
+    for w in &p.workers {
+        assert_eq!(w.pid, None);
+        assert_eq!(
+            w.reason.as_deref(),
+            Some("missing required environment variables CONVEX_URL, EMPTY_ONE")
+        );
+    }
+    wait_for(TIMEOUT, "the other pool running", || {
+        (d.pool("other").workers[0].state == "running").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        d.pool("api")
+            .workers
+            .iter()
+            .all(|w| w.restarts == 0 && w.pid.is_none())
+    );
+    assert!(
+        d.log().contains("worker api/0 is not started: missing required environment variables CONVEX_URL, EMPTY_ONE"),
+        "{}",
+        d.log()
+    );
+    let (code, body) = http_get(port, "/health").expect("/health");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("missing required environment variables CONVEX_URL"),
+        "{body}"
+    );
+    // With the variables in place, a reload starts the workers.
+    std::fs::write(
+        env.path("app.env"),
+        "CONVEX_URL=https://example.convex.cloud\n",
+    )
+    .unwrap();
+    env.write_config(&pools.replace("EMPTY_ONE = \"\"", "EMPTY_ONE = \"set\""));
+    let out = env.run(&["check-config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env.run(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(Duration::from_secs(30), "the api workers running", || {
+        d.pool("api")
+            .workers
+            .iter()
+            .all(|w| w.state == "running")
+            .then_some(())
+    });
+}

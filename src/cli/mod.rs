@@ -277,6 +277,14 @@ fn completion_command() -> clap::Command {
 
 fn check_config(path: &Path) -> Result<(), Failure> {
     let c = config::load(path, &Environment::from_process()).map_err(Failure::Config)?;
+    if !c.unmet.is_empty() {
+        // The daemon would run with this file, but those workers would not start.
+        return Err(Failure::Config(config::ConfigErrors {
+            file: c.path.clone(),
+            total: c.unmet.len(),
+            errors: c.unmet,
+        }));
+    }
     let pools: Vec<String> = c
         .pools
         .values()

@@ -44,6 +44,10 @@ pub struct Config {
     pub pools: BTreeMap<String, PoolSpec>,
     /// Job queues by name.
     pub queues: BTreeMap<String, QueueSpec>,
+    /// Variables of `required_env` that a pool's workers will not get: not errors of the
+    /// file (the daemon runs, and parks those workers as failed), but `check-config`
+    /// reports them as errors.
+    pub unmet: Vec<ConfigError>,
 }
 
 impl Config {
@@ -320,6 +324,8 @@ pub struct PoolSpec {
     pub inherit_env: bool,
     /// Instance n gets port `port_base + n` (`{port}`, `STEWARD_PORT`).
     pub port_base: Option<u16>,
+    /// Variables every worker's final environment must hold, not empty.
+    pub required_env: Vec<String>,
 }
 
 impl PoolSpec {
@@ -341,6 +347,21 @@ impl PoolSpec {
             env.push(("STEWARD_PORT".into(), p.to_string()));
         }
         (command, env)
+    }
+
+    /// The names of `required_env` that `env` (a worker's final environment, a later
+    /// entry winning) lacks or holds empty.
+    pub fn missing_env(&self, env: &[(String, String)]) -> Vec<String> {
+        self.required_env
+            .iter()
+            .filter(|name| {
+                env.iter()
+                    .rev()
+                    .find(|(k, _)| k == *name)
+                    .is_none_or(|(_, v)| v.is_empty())
+            })
+            .cloned()
+            .collect()
     }
 
     /// Instance `index`'s port: `port_base + index` (checked at load to fit).
@@ -540,11 +561,15 @@ pub fn parse(text: &str, path: &Path, env: &Environment) -> Result<Config, Confi
             log,
             pools,
             queues,
+            unmet: Vec::new(),
         }
     });
-    let (errors, total) = ctx.into_errors();
+    let (errors, total, unmet) = ctx.into_errors();
     match config {
-        Some(c) if total == 0 => Ok(c),
+        Some(mut c) if total == 0 => {
+            c.unmet = unmet;
+            Ok(c)
+        }
         _ => Err(ConfigErrors {
             file: path,
             errors,
@@ -636,6 +661,7 @@ const POOL_KEYS: &[&str] = &[
     "inherit_env",
     "env_file",
     "port_base",
+    "required_env",
 ];
 
 /// This machine's name: the kernel's host name, or `localhost` without one.
@@ -1003,6 +1029,7 @@ fn parse_pool(
         no_retry_exit_codes: Vec::new(),
         inherit_env: false,
         port_base: None,
+        required_env: Vec::new(),
     };
     if let Some((v, span)) = s.string(ctx, "mode") {
         match v.as_str() {
@@ -1178,6 +1205,26 @@ fn parse_pool(
     }
     if let Some(list) = s.int_list(ctx, "no_retry_exit_codes", 1, 255) {
         spec.no_retry_exit_codes = list.into_iter().map(|n| n as i32).collect();
+    }
+    if let Some((names, _)) = s.string_list_spanned(ctx, "required_env") {
+        // What instance 0 would get (names do not change between instances).
+        let mut final_env = crate::process::base_environment(&env.vars, spec.inherit_env);
+        final_env.extend(spec.for_instance(0).1);
+        for (n, span) in names {
+            match env_name_problem(&n) {
+                Some(why) => ctx.error(span, why),
+                None => {
+                    spec.required_env.push(n.clone());
+                    if !spec.missing_env(&final_env).contains(&n) {
+                        continue;
+                    }
+                    ctx.unmet(
+                        span,
+                        format!("pool `{name}` requires {n} (required_env), which its workers would not get or would get empty: set it in the pool's env or env_file, or in steward's environment; until then the workers are not started"),
+                    );
+                }
+            }
+        }
     }
     match spec.port_base {
         Some(b) if u32::from(b) + spec.instances - 1 > 65_535 => ctx.error(

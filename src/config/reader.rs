@@ -22,6 +22,8 @@ pub struct Ctx<'a> {
     /// Byte offset and message of each problem; positions are worked out at the end,
     /// in one pass over the text.
     errors: Vec<(usize, String)>,
+    /// What workers will lack when they start (see [`Config::unmet`](super::Config)).
+    unmet: Vec<(usize, String)>,
 }
 
 /// Errors reported at most; the rest are counted.
@@ -33,6 +35,7 @@ impl<'a> Ctx<'a> {
             text,
             file: file.to_path_buf(),
             errors: Vec::new(),
+            unmet: Vec::new(),
         }
     }
 
@@ -52,19 +55,32 @@ impl<'a> Ctx<'a> {
         self.errors.push((span.start, message));
     }
 
+    /// Not an error of the file, but something workers will lack: the daemon starts and
+    /// parks those workers; `check-config` reports it as an error.
+    pub fn unmet(&mut self, span: Range<usize>, message: String) {
+        self.unmet.push((span.start, message));
+    }
+
     pub fn error_count(&self) -> usize {
         self.errors.len()
     }
 
     /// The first [`MAX_REPORTED`] errors in file order, and how many there are in all.
     /// Their lines and columns (in characters, 1-based) come from one pass over the text.
-    pub fn into_errors(mut self) -> (Vec<ConfigError>, usize) {
+    /// And the unmet requirements, positioned the same way.
+    pub fn into_errors(mut self) -> (Vec<ConfigError>, usize, Vec<ConfigError>) {
         let total = self.errors.len();
-        self.errors.sort_by_key(|(offset, _)| *offset);
-        self.errors.truncate(MAX_REPORTED);
-        let mut out = Vec::with_capacity(self.errors.len());
+        let errors = std::mem::take(&mut self.errors);
+        let unmet = std::mem::take(&mut self.unmet);
+        (self.positioned(errors), total, self.positioned(unmet))
+    }
+
+    fn positioned(&self, mut list: Vec<(usize, String)>) -> Vec<ConfigError> {
+        list.sort_by_key(|(offset, _)| *offset);
+        list.truncate(MAX_REPORTED);
+        let mut out = Vec::with_capacity(list.len());
         let (mut line, mut column, mut at) = (1, 1, 0);
-        for (offset, message) in self.errors {
+        for (offset, message) in list {
             let offset = offset.min(self.text.len());
             // Offsets come from the parser and fall on character boundaries.
             for c in self.text.get(at..offset).unwrap_or("").chars() {
@@ -83,7 +99,7 @@ impl<'a> Ctx<'a> {
                 message,
             });
         }
-        (out, total)
+        out
     }
 }
 

@@ -370,7 +370,14 @@ impl Supervisor {
 
         let now = Instant::now();
         self.reconcile(now);
-        self.initial_pending = self.slots.keys().copied().collect();
+        // Workers parked before their spawn (a required variable missing) are not waited
+        // for.
+        self.initial_pending = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.run.state_name() != "failed")
+            .map(|(id, _)| *id)
+            .collect();
         tracing::info!(
             "steward {} starting: {} pools, {} workers, config {}",
             env!("CARGO_PKG_VERSION"),
@@ -716,6 +723,30 @@ impl Supervisor {
         self.after_run(id, Exit::Code(127), description, now);
     }
 
+    /// Slot `id`'s worker lacks required variables: parked as failed, not started (a
+    /// restart would only fail the same way).
+    fn cannot_start(&mut self, id: SlotId, missing: &[String], now: Instant) {
+        self.initial_pending.remove(&id);
+        let shutdown = self.shutdown_deadline();
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let reason = if missing.len() == 1 {
+            format!("missing required environment variable {}", missing[0])
+        } else {
+            format!(
+                "missing required environment variables {}",
+                missing.join(", ")
+            )
+        };
+        tracing::error!(POOL = %slot.pool, INSTANCE = slot.index,
+            "worker {} is not started: {reason} (required_env); set it in the pool's env or env_file, or in steward's environment, then `systemctl reload steward`",
+            slot.name());
+        slot.reason = Some(reason);
+        let effects = slot.run.step(Input::CannotStart, now, shutdown);
+        self.carry_out(id, effects, now, "");
+    }
+
     /// Remember that a spawn failed for want of resources, for `/health`.
     pub(super) fn short_of_resources(&mut self, e: &io::Error, now: Instant) {
         self.shortage = Some((
@@ -1035,6 +1066,10 @@ impl Supervisor {
         env.push(("STEWARD_POOL".into(), slot.pool.clone()));
         env.push(("STEWARD_INSTANCE".into(), slot.index.to_string()));
         env.push(("STEWARD_SOCKET".into(), socket));
+        let missing = spec.missing_env(&env);
+        if !missing.is_empty() {
+            return self.cannot_start(id, &missing, Instant::now());
+        }
         let mut inherit_fd: Option<OwnedFd> = None;
         let cwd = spec.working_dir.clone();
         if spec.is_protocol() {
@@ -1632,7 +1667,12 @@ impl Supervisor {
                     match state {
                         "running" => h.running += 1,
                         "crash-looping" => h.crash_looping += 1,
-                        "failed" => h.failed += 1,
+                        "failed" => {
+                            h.failed += 1;
+                            if h.failed_reason.is_none() {
+                                h.failed_reason = s.reason.clone();
+                            }
+                        }
                         _ => {}
                     }
                     *h.states.entry(state.to_string()).or_default() += 1;

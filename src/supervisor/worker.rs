@@ -164,6 +164,10 @@ pub(super) enum Input {
         exit: Exit,
         jitter: f64,
     },
+    /// The worker cannot be started as configured (a required variable is missing): it
+    /// is parked as failed, without a process, until a restart or a reload that changes
+    /// its pool.
+    CannotStart,
     /// The worker said `ready`.
     Ready,
     /// Stop the worker and then `retire` the slot; `drain`: a protocol worker holding
@@ -400,6 +404,14 @@ impl Worker {
                 }
             }
             Input::Exited { exit, jitter } => self.exited(exit, jitter, now, shutdown, &mut out),
+            Input::CannotStart => {
+                if matches!(self.phase, Phase::Spawning { stop: true }) {
+                    self.phase = Phase::Stopped;
+                    out.push(Effect::Retire(self.retire));
+                } else if matches!(self.phase, Phase::Spawning { .. }) {
+                    self.phase = Phase::Failed;
+                }
+            }
             Input::Ready => {
                 if let Phase::Starting { pid, since } = self.phase {
                     self.phase = Phase::Running { pid, since };
