@@ -45,13 +45,11 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, (usize, String)> {
             i += 1;
         }
         if i >= chars.len() || chars[i] == '\n' {
-            let text: String = chars[name_start..i].iter().collect();
+            // The line itself is not repeated: it may hold a secret.
             return Err((
                 start_line,
-                format!(
-                    "`{}` is not an assignment: write NAME=value (comments start with #)",
-                    text.trim()
-                ),
+                "this line is not an assignment: write NAME=value (comments start with #)"
+                    .to_string(),
             ));
         }
         let mut name: String = chars[name_start..i].iter().collect();
