@@ -8,6 +8,7 @@ mod config;
 mod damage;
 mod environment;
 mod exec;
+mod exits;
 mod hostile;
 mod jobs;
 mod journal;

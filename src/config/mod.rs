@@ -292,6 +292,15 @@ pub enum PoolMode {
     Exec,
 }
 
+/// What a worker's own exit code means (`exit_codes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitAction {
+    /// Like 78: park the worker as failed, no restart.
+    ConfigError,
+    /// A planned restart: started again without raising the backoff level.
+    Restart,
+}
+
 /// One pool: `instances` copies of the same long-lived worker command, or (exec mode)
 /// up to `instances` job processes at once.
 #[derive(Debug, Clone, PartialEq)]
@@ -326,6 +335,9 @@ pub struct PoolSpec {
     pub port_base: Option<u16>,
     /// Variables every worker's final environment must hold, not empty.
     pub required_env: Vec<String>,
+    /// Worker pools: what the worker's own exit codes mean (78 is `ConfigError` unless
+    /// given here).
+    pub exit_codes: BTreeMap<i32, ExitAction>,
 }
 
 impl PoolSpec {
@@ -662,6 +674,7 @@ const POOL_KEYS: &[&str] = &[
     "env_file",
     "port_base",
     "required_env",
+    "exit_codes",
 ];
 
 /// This machine's name: the kernel's host name, or `localhost` without one.
@@ -1030,6 +1043,7 @@ fn parse_pool(
         inherit_env: false,
         port_base: None,
         required_env: Vec::new(),
+        exit_codes: BTreeMap::new(),
     };
     if let Some((v, span)) = s.string(ctx, "mode") {
         match v.as_str() {
@@ -1206,6 +1220,29 @@ fn parse_pool(
     if let Some(list) = s.int_list(ctx, "no_retry_exit_codes", 1, 255) {
         spec.no_retry_exit_codes = list.into_iter().map(|n| n as i32).collect();
     }
+    if let Some(entries) = s.string_map_spanned(ctx, "exit_codes") {
+        for ((code, code_span), (action, action_span)) in entries {
+            let Some(n) = code.parse::<i32>().ok().filter(|n| (1..=255).contains(n)) else {
+                ctx.error(
+                    code_span,
+                    format!("`pool.{name}.exit_codes`: {code:?} is not an exit code from 1 to 255 (0 is a clean exit)"),
+                );
+                continue;
+            };
+            match action.as_str() {
+                "config-error" => {
+                    spec.exit_codes.insert(n, ExitAction::ConfigError);
+                }
+                "restart" => {
+                    spec.exit_codes.insert(n, ExitAction::Restart);
+                }
+                other => ctx.error(
+                    action_span,
+                    format!("`pool.{name}.exit_codes.{code}` = {other:?}: use \"config-error\" (park the worker as failed, as exit code 78 does) or \"restart\" (restart it without raising the backoff level)"),
+                ),
+            }
+        }
+    }
     if let Some((names, _)) = s.string_list_spanned(ctx, "required_env") {
         // What instance 0 would get (names do not change between instances).
         let mut final_env = crate::process::base_environment(&env.vars, spec.inherit_env);
@@ -1258,6 +1295,12 @@ fn parse_pool(
             ctx.error(
                 s.span(),
                 format!("`concurrency` does not apply to exec pool `{name}`: each job is its own process; `instances` is how many run at once"),
+            );
+        }
+        if s.has("exit_codes") {
+            ctx.error(
+                s.span(),
+                format!("`exit_codes` applies to worker pools; exec pool `{name}` has no_retry_exit_codes for codes that fail a job at once"),
             );
         }
     } else if s.has("no_retry_exit_codes") {

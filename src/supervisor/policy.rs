@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::{Backoff, RestartPolicy};
+use std::collections::BTreeMap;
+
+use crate::config::{Backoff, ExitAction, RestartPolicy};
 
 /// Exit code with which a worker says "my configuration is wrong, do not restart me"
 /// (sysexits.h `EX_CONFIG`).
@@ -23,6 +25,8 @@ pub struct RestartRules {
     pub crash_loop_after: u32,
     pub give_up_after: u32,
     pub stable_after: Duration,
+    /// What the worker's own exit codes mean (`exit_codes`).
+    pub exit_codes: BTreeMap<i32, ExitAction>,
 }
 
 /// Facts about the run that just ended.
@@ -70,22 +74,37 @@ pub fn after_exit(rules: &RestartRules, level: u32, run: RunFacts) -> AfterExit 
     } else {
         level
     };
-    if run.exit == Exit::Code(WORKER_EX_CONFIG) {
+    let action = match run.exit {
+        Exit::Code(c) => rules
+            .exit_codes
+            .get(&c)
+            .copied()
+            .or((c == WORKER_EX_CONFIG).then_some(ExitAction::ConfigError)),
+        Exit::Signal(_) => None,
+    };
+    if action == Some(ExitAction::ConfigError) {
+        let listed = matches!(run.exit, Exit::Code(c) if rules.exit_codes.contains_key(&c));
+        let how = if listed { ", as exit_codes says" } else { "" };
         return AfterExit::Fail {
             level,
-            reason: "worker reported a configuration error (exit code 78)".to_string(),
+            reason: format!(
+                "worker reported a configuration error ({}{how})",
+                describe_exit(run.exit)
+            ),
         };
     }
+    let planned = action == Some(ExitAction::Restart);
     let unstable = run.ran_for < rules.stable_after || !run.became_ready;
-    // A clean exit is deliberate: it does not raise the level, even when quick.
-    let level = if unstable && !run.exit.is_clean() {
+    // A clean exit is deliberate: it does not raise the level, even when quick; nor
+    // does a code `exit_codes` calls a restart.
+    let level = if unstable && !run.exit.is_clean() && !planned {
         level.saturating_add(1)
     } else {
         level
     };
     let restart = match rules.restart {
         RestartPolicy::Always => true,
-        RestartPolicy::OnFailure => !run.exit.is_clean(),
+        RestartPolicy::OnFailure => !run.exit.is_clean() || planned,
         RestartPolicy::Never => false,
     };
     if !restart {
@@ -265,6 +284,7 @@ mod tests {
             crash_loop_after: 5,
             give_up_after: 0,
             stable_after: Duration::from_secs(3),
+            exit_codes: BTreeMap::new(),
         }
     }
 
@@ -408,6 +428,49 @@ mod tests {
             AfterExit::Fail { reason, .. } => assert!(reason.contains("configuration error")),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_pools_own_exit_codes_park_or_restart_without_raising_the_level() {
+        let mut r = rules(RestartPolicy::Always);
+        r.exit_codes.insert(158, ExitAction::ConfigError);
+        r.exit_codes.insert(75, ExitAction::Restart);
+        r.exit_codes.insert(78, ExitAction::Restart);
+        let quick = |code| RunFacts {
+            exit: Exit::Code(code),
+            ran_for: Duration::from_millis(100),
+            became_ready: false,
+        };
+        match after_exit(&r, 2, quick(158)) {
+            AfterExit::Fail { reason, level } => {
+                assert_eq!(level, 2);
+                assert!(
+                    reason.contains("exit code 158, as exit_codes says"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A planned restart: quick, yet not an unstable exit.
+        assert!(matches!(
+            after_exit(&r, 2, quick(75)),
+            AfterExit::Restart { level: 2, .. }
+        ));
+        // 78 can be given another meaning.
+        assert!(matches!(
+            after_exit(&r, 0, quick(78)),
+            AfterExit::Restart { level: 0, .. }
+        ));
+        // Under on-failure, a planned restart still restarts; other codes as before.
+        r.restart = RestartPolicy::OnFailure;
+        assert!(matches!(
+            after_exit(&r, 0, quick(75)),
+            AfterExit::Restart { .. }
+        ));
+        assert!(matches!(
+            after_exit(&r, 0, quick(1)),
+            AfterExit::Restart { level: 1, .. }
+        ));
     }
 
     #[test]

@@ -130,6 +130,7 @@ impl Rules {
                 crash_loop_after: spec.crash_loop_after,
                 give_up_after: spec.give_up_after,
                 stable_after: spec.stable_after,
+                exit_codes: spec.exit_codes.clone(),
             },
         }
     }
@@ -748,6 +749,7 @@ mod tests {
                 crash_loop_after: 3,
                 give_up_after: 0,
                 stable_after: S,
+                exit_codes: Default::default(),
             },
         }
     }
