@@ -95,6 +95,10 @@ pub struct LastExit {
     /// RFC 3339.
     pub at: String,
     pub ran_secs: f64,
+    /// Its last lines on stderr (at most 20), when the exit was unexpected; empty: it
+    /// wrote nothing there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_tail: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

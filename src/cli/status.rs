@@ -196,6 +196,19 @@ pub fn render(s: &DaemonStatus, colour: bool) -> String {
                 jobs,
                 last_exit(w)
             );
+            // Why a worker that is down went down: its last words on stderr.
+            let down = !matches!(w.state.as_str(), "running" | "starting" | "stopping");
+            if let (true, Some(tail)) = (
+                down,
+                w.last_exit.as_ref().and_then(|e| e.stderr_tail.as_ref()),
+            ) {
+                if tail.is_empty() {
+                    let _ = writeln!(out, "       {}", p.dim("(it wrote nothing on stderr)"));
+                }
+                for line in tail {
+                    let _ = writeln!(out, "       {}", p.dim(&format!("| {line}")));
+                }
+            }
         }
     }
     if !s.queues.is_empty() {

@@ -333,25 +333,52 @@ impl Lines {
     }
 }
 
-/// The end of a stream, kept for the job's history (exec pools).
+/// The end of a stream, kept for the job's history (exec pools) or for the story of a
+/// worker's exit.
 #[derive(Debug, Default)]
 pub struct Capture {
     tail: std::collections::VecDeque<u8>,
+    /// The most kept; 0 = [`CAPTURE`].
+    limit: usize,
 }
 
 /// How much of each stream is kept.
 pub const CAPTURE: usize = 64 * 1024;
 
 impl Capture {
+    /// A capture that keeps at most the last `limit` bytes.
+    pub fn with_limit(limit: usize) -> Capture {
+        Capture {
+            tail: std::collections::VecDeque::new(),
+            limit,
+        }
+    }
+
     fn push(&mut self, bytes: &[u8]) {
-        let bytes = if bytes.len() > CAPTURE {
-            &bytes[bytes.len() - CAPTURE..]
+        let cap = if self.limit == 0 { CAPTURE } else { self.limit };
+        let bytes = if bytes.len() > cap {
+            &bytes[bytes.len() - cap..]
         } else {
             bytes
         };
-        let overflow = (self.tail.len() + bytes.len()).saturating_sub(CAPTURE);
+        let overflow = (self.tail.len() + bytes.len()).saturating_sub(cap);
         self.tail.drain(..overflow);
         self.tail.extend(bytes);
+    }
+
+    /// The last `n` whole lines kept (a first line cut by the limit is left out),
+    /// without their line ends.
+    pub fn last_lines(&self, n: usize) -> Vec<String> {
+        let Some(text) = self.text() else {
+            return Vec::new();
+        };
+        let cut = self.tail.len() >= if self.limit == 0 { CAPTURE } else { self.limit };
+        let mut lines: Vec<&str> = text.lines().collect();
+        if cut && lines.len() > 1 {
+            lines.remove(0);
+        }
+        let skip = lines.len().saturating_sub(n);
+        lines[skip..].iter().map(|l| l.to_string()).collect()
     }
 
     /// The kept text (lossy UTF-8), if anything was written.

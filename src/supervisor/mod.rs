@@ -24,8 +24,8 @@ pub use requests::{Reply, Request, RequestRx, RequestTx};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
@@ -37,7 +37,7 @@ use crate::api::{
 };
 use crate::config::{self, Config, ConfigErrors, Environment, PoolSpec};
 use crate::journal::{Claimed, Finished, Journal, JournalError};
-use crate::logging::{JobLines, Origin, Stream, WorkerLog};
+use crate::logging::{Capture, JobLines, Origin, Stream, WorkerLog};
 use crate::notify::Notifier;
 use crate::process::{self, Child, Spawner};
 use crate::protocol::FromWorker;
@@ -104,6 +104,40 @@ struct Slot {
     rejects: policy::RateLimit,
     /// The job whose output this worker's log lines belong to (0: none or several).
     current_job: Arc<AtomicI64>,
+    /// The current run's last stderr output, and word when its stderr closed.
+    stderr: Option<(Arc<Mutex<Capture>>, oneshot::Receiver<()>)>,
+    /// Counts the runs that ended, so that a late stderr tail goes to its own exit.
+    exits: u64,
+}
+
+/// Lines of stderr told with an unexpected exit.
+const EXIT_TAIL_LINES: usize = 20;
+/// Bytes of a worker's stderr kept for its exit (its last 20 lines, mostly).
+const EXIT_TAIL_BYTES: usize = 8 * 1024;
+/// How long an exit's story waits for the worker's last stderr lines to be read (a
+/// process it left behind may hold the pipe open longer).
+const EXIT_TAIL_WAIT: Duration = Duration::from_millis(250);
+
+/// `message`, then the last lines the worker wrote on stderr (or that it wrote none).
+fn with_tail(message: &str, tail: &[String]) -> String {
+    if tail.is_empty() {
+        return format!("{message}. It wrote nothing on stderr.");
+    }
+    let mut s = format!("{message}. Its last lines on stderr:");
+    for l in tail {
+        s.push_str("\n  | ");
+        s.push_str(l);
+    }
+    s
+}
+
+/// A worker's exit, at its level.
+fn log_exit(level: tracing::Level, pool: &str, index: u32, message: &str) {
+    match level {
+        tracing::Level::ERROR => tracing::error!(POOL = %pool, INSTANCE = index, "{message}"),
+        tracing::Level::WARN => tracing::warn!(POOL = %pool, INSTANCE = index, "{message}"),
+        _ => tracing::info!(POOL = %pool, INSTANCE = index, "{message}"),
+    }
 }
 
 impl Slot {
@@ -184,6 +218,12 @@ pub enum Event {
         pool: String,
         lane: u32,
         job: i64,
+    },
+    /// What a worker wrote last on stderr before its exit number `seq`.
+    ExitTail {
+        slot: SlotId,
+        seq: u64,
+        lines: Vec<String>,
     },
     /// The configuration file was read again (for a reload).
     ConfigRead {
@@ -543,6 +583,7 @@ impl Supervisor {
                 self.on_worker_line(slot, pid, msg);
                 drop(budget);
             }
+            Event::ExitTail { slot, seq, lines } => self.exit_tail(slot, seq, lines),
             Event::InvalidLinesIgnored { slot, pid, ignored } => {
                 self.invalid_lines_ignored(slot, pid, ignored)
             }
@@ -681,8 +722,18 @@ impl Supervisor {
             "started worker {} (pid {pid}): {}", slot.name(), slot.spec.command.join(" "));
         self.worker_log
             .forward(child.stdout, origin.clone(), Stream::Stdout);
-        self.worker_log
-            .forward(child.stderr, origin, Stream::Stderr);
+        let tail = Arc::new(Mutex::new(Capture::with_limit(EXIT_TAIL_BYTES)));
+        let (closed_tx, closed) = oneshot::channel();
+        self.worker_log.forward_with(
+            child.stderr,
+            origin,
+            Stream::Stderr,
+            Some(tail.clone()),
+            Some(Box::new(move || {
+                let _ = closed_tx.send(());
+            })),
+        );
+        slot.stderr = Some((tail, closed));
         let effects = slot.run.step(
             Input::Spawned {
                 pid,
@@ -925,6 +976,7 @@ impl Supervisor {
             description: description.to_string(),
             at: rfc3339(SystemTime::now()),
             ran_secs: ran_for.as_secs_f64(),
+            stderr_tail: None,
         });
         let name = slot.name();
         let (pool, index) = (slot.pool.clone(), slot.index);
@@ -939,26 +991,47 @@ impl Supervisor {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
-        match next {
-            None => {
-                tracing::info!(POOL = %pool, INSTANCE = index, "worker {name}{pid_s} stopped: {description} after {}", human(ran_for));
-            }
+        use tracing::Level;
+        let (level, message) = match next {
+            None => (
+                Level::INFO,
+                format!(
+                    "worker {name}{pid_s} stopped: {description} after {}",
+                    human(ran_for)
+                ),
+            ),
             Some(AfterExit::Restart {
                 delay,
                 level,
                 crash_looping,
             }) => {
                 if crash_looping {
-                    tracing::error!(POOL = %pool, INSTANCE = index,
-                        "worker {name}{pid_s} is crash-looping: {description} after {}, {level} unstable exits in a row; next restart in {}. Read its output with: journalctl -u steward POOL={pool}",
-                        human(ran_for), human(delay));
+                    (
+                        Level::ERROR,
+                        format!(
+                            "worker {name}{pid_s} is crash-looping: {description} after {}, {level} unstable exits in a row; next restart in {}. Read its output with: journalctl -u steward POOL={pool}",
+                            human(ran_for),
+                            human(delay)
+                        ),
+                    )
                 } else if exit.is_clean() {
-                    tracing::info!(POOL = %pool, INSTANCE = index,
-                        "worker {name}{pid_s} exited cleanly after {}; restarting in {}", human(ran_for), human(delay));
+                    (
+                        Level::INFO,
+                        format!(
+                            "worker {name}{pid_s} exited cleanly after {}; restarting in {}",
+                            human(ran_for),
+                            human(delay)
+                        ),
+                    )
                 } else {
-                    tracing::warn!(POOL = %pool, INSTANCE = index,
-                        "worker {name}{pid_s} exited: {description} after {}; restarting in {} (unstable exits in a row: {level})",
-                        human(ran_for), human(delay));
+                    (
+                        Level::WARN,
+                        format!(
+                            "worker {name}{pid_s} exited: {description} after {}; restarting in {} (unstable exits in a row: {level})",
+                            human(ran_for),
+                            human(delay)
+                        ),
+                    )
                 }
             }
             Some(AfterExit::Stop { .. }) => {
@@ -966,14 +1039,56 @@ impl Supervisor {
                     "exited: {description}; restart = \"{}\"",
                     restart.as_str()
                 ));
-                tracing::info!(POOL = %pool, INSTANCE = index,
-                    "worker {name}{pid_s} exited: {description}; not restarted (restart = \"{}\")", restart.as_str());
+                (
+                    Level::INFO,
+                    format!(
+                        "worker {name}{pid_s} exited: {description}; not restarted (restart = \"{}\")",
+                        restart.as_str()
+                    ),
+                )
             }
             Some(AfterExit::Fail { reason, .. }) => {
                 slot.reason = Some(reason.clone());
-                tracing::error!(POOL = %pool, INSTANCE = index,
-                    "worker {name}{pid_s} failed: {reason}; it will not be restarted until `steward restart {pool}` or a reload that changes the pool");
+                (
+                    Level::ERROR,
+                    format!(
+                        "worker {name}{pid_s} failed: {reason}; it will not be restarted until `steward restart {pool}` or a reload that changes the pool"
+                    ),
+                )
             }
+        };
+        slot.exits += 1;
+        // An exit nobody asked for, and a quick or failing one: told with what the worker
+        // last wrote on stderr, once that has been read.
+        let unexpected = !deliberate && (!exit.is_clean() || ran_for < slot.spec.stable_after);
+        match slot.stderr.take() {
+            Some((tail, closed)) if unexpected => {
+                let (tx, seq) = (self.events_tx.clone(), slot.exits);
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(EXIT_TAIL_WAIT, closed).await;
+                    let lines = tail
+                        .lock()
+                        .map(|c| c.last_lines(EXIT_TAIL_LINES))
+                        .unwrap_or_default();
+                    log_exit(level, &pool, index, &with_tail(&message, &lines));
+                    let _ = tx.send(Event::ExitTail {
+                        slot: id,
+                        seq,
+                        lines,
+                    });
+                });
+            }
+            _ => log_exit(level, &pool, index, &message),
+        }
+    }
+
+    /// The stderr lines of a slot's exit, once read: kept with its last exit.
+    fn exit_tail(&mut self, id: SlotId, seq: u64, lines: Vec<String>) {
+        if let Some(slot) = self.slots.get_mut(&id)
+            && slot.exits == seq
+            && let Some(e) = &mut slot.last_exit
+        {
+            e.stderr_tail = Some(lines);
         }
     }
 
@@ -1041,6 +1156,8 @@ impl Supervisor {
                 last_heard: Instant::now(),
                 rejects: policy::RateLimit::new(worker_io::INVALID_PER_SECOND, Instant::now()),
                 current_job: Arc::new(AtomicI64::new(0)),
+                stderr: None,
+                exits: 0,
             },
         );
         Some(id)
