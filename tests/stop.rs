@@ -176,3 +176,73 @@ fn second_sigterm_kills_exec_jobs_too() {
     // Killed by the forced stop itself, not left for the last-resort exit.
     assert!(!d.log().contains("exiting anyway"), "{}", d.log());
 }
+
+#[test]
+fn kill_mode_main_lets_a_worker_finish_what_its_children_run() {
+    for (mode, finishes) in [("main", true), ("group", false)] {
+        let env = Env::new();
+        let out = env.path("done");
+        env.write_config(&format!(
+            "[pool.w]\ncommand = [\"python3\", \"{}/tests/workers/parent_with_child.py\", \"{}\"]\n\
+             kill_mode = \"{mode}\"\nstop_timeout = \"10s\"\n",
+            env!("CARGO_MANIFEST_DIR"),
+            out.display()
+        ));
+        let mut d = Daemon::start(&env);
+        let started = env.path("done.started");
+        wait_for(TIMEOUT, "the worker and its child started", || {
+            started.exists().then_some(())
+        });
+        d.signal("TERM");
+        assert!(d.wait_exit(TIMEOUT).success());
+        assert_eq!(
+            out.exists(),
+            finishes,
+            "kill_mode = {mode}: the child's work {} finished",
+            if out.exists() { "was" } else { "was not" }
+        );
+        if mode == "main" {
+            assert!(d.log().contains("to its main process only"), "{}", d.log());
+        }
+    }
+}
+
+#[test]
+fn a_worker_past_its_max_lifetime_is_restarted_gracefully_one_at_a_time() {
+    let env = Env::new();
+    env.write_config(
+        "[pool.leaky]\ncommand = [\"sh\", \"-c\", \"sleep 600\"]\ninstances = 2\n\
+         max_lifetime = \"2s\"\nstable_after = \"200ms\"\n",
+    );
+    let d = Daemon::start(&env);
+    let first: Vec<i32> = d.running_pids("leaky");
+    let p = wait_for(Duration::from_secs(20), "both workers replaced", || {
+        let p = d.pool("leaky");
+        p.workers
+            .iter()
+            .all(|w| w.restarts >= 1 && w.state == "running")
+            .then_some(p)
+    });
+    for w in &p.workers {
+        assert_eq!(w.unstable_exits, 0, "{w:?}");
+        assert!(!first.contains(&w.pid.unwrap()), "{w:?}");
+    }
+    let log = d.log();
+    assert!(
+        log.contains("worker leaky/0 has run for its max_lifetime (2.0s): restarting it gracefully")
+            || log.contains("worker leaky/1 has run for its max_lifetime (2.0s)"),
+        "{log}"
+    );
+    // Never both down at once: each replacement waited for the previous one to run.
+    let mut down = 0i32;
+    let mut most = 0;
+    for l in log.lines() {
+        if l.contains("has run for its max_lifetime") {
+            down += 1;
+        } else if l.contains("worker leaky/") && l.contains("is running") {
+            down = (down - 1).max(0);
+        }
+        most = most.max(down);
+    }
+    assert_eq!(most, 1, "{log}");
+}

@@ -292,6 +292,17 @@ pub enum PoolMode {
     Exec,
 }
 
+/// Who gets a worker's stop signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KillMode {
+    /// Its whole process group.
+    #[default]
+    Group,
+    /// Its main process only, so that it can let its own children finish; the group
+    /// gets SIGKILL after `stop_timeout` (systemd's `KillMode=mixed`).
+    Main,
+}
+
 /// What a worker's own exit code means (`exit_codes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitAction {
@@ -338,6 +349,11 @@ pub struct PoolSpec {
     /// Worker pools: what the worker's own exit codes mean (78 is `ConfigError` unless
     /// given here).
     pub exit_codes: BTreeMap<i32, ExitAction>,
+    /// Who gets the stop signal.
+    pub kill_mode: KillMode,
+    /// A worker that has run this long is restarted gracefully (each a little earlier,
+    /// by up to a tenth, so that a pool does not restart at once).
+    pub max_lifetime: Option<Duration>,
 }
 
 impl PoolSpec {
@@ -675,6 +691,8 @@ const POOL_KEYS: &[&str] = &[
     "port_base",
     "required_env",
     "exit_codes",
+    "kill_mode",
+    "max_lifetime",
 ];
 
 /// This machine's name: the kernel's host name, or `localhost` without one.
@@ -1044,6 +1062,8 @@ fn parse_pool(
         port_base: None,
         required_env: Vec::new(),
         exit_codes: BTreeMap::new(),
+        kill_mode: KillMode::Group,
+        max_lifetime: None,
     };
     if let Some((v, span)) = s.string(ctx, "mode") {
         match v.as_str() {
@@ -1220,6 +1240,26 @@ fn parse_pool(
     if let Some(list) = s.int_list(ctx, "no_retry_exit_codes", 1, 255) {
         spec.no_retry_exit_codes = list.into_iter().map(|n| n as i32).collect();
     }
+    if let Some(d) = s.duration(ctx, "max_lifetime") {
+        if d < Duration::from_secs(1) {
+            ctx.error(
+                s.span(),
+                format!("pool `{name}`: max_lifetime must be at least 1s (\"0\" is not \"never\": leave it out)"),
+            );
+        } else {
+            spec.max_lifetime = Some(d);
+        }
+    }
+    if let Some((v, span)) = s.string(ctx, "kill_mode") {
+        match v.as_str() {
+            "group" => spec.kill_mode = KillMode::Group,
+            "main" => spec.kill_mode = KillMode::Main,
+            other => ctx.error(
+                span,
+                format!("kill_mode = \"{other}\": use \"group\" (the stop signal to the worker's whole process group) or \"main\" (to its main process only; the group gets SIGKILL after stop_timeout)"),
+            ),
+        }
+    }
     if let Some(entries) = s.string_map_spanned(ctx, "exit_codes") {
         for ((code, code_span), (action, action_span)) in entries {
             let Some(n) = code.parse::<i32>().ok().filter(|n| (1..=255).contains(n)) else {
@@ -1295,6 +1335,18 @@ fn parse_pool(
             ctx.error(
                 s.span(),
                 format!("`concurrency` does not apply to exec pool `{name}`: each job is its own process; `instances` is how many run at once"),
+            );
+        }
+        if s.has("max_lifetime") {
+            ctx.error(
+                s.span(),
+                format!("`max_lifetime` applies to worker pools; exec pool `{name}` starts a process per job (use the queue's timeout)"),
+            );
+        }
+        if s.has("kill_mode") {
+            ctx.error(
+                s.span(),
+                format!("`kill_mode` applies to worker pools; exec pool `{name}` stops a job's whole process group"),
             );
         }
         if s.has("exit_codes") {

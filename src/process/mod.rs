@@ -119,6 +119,20 @@ impl Spawner {
 }
 
 /// Send `sig` to the process group led by `pgid`. `Ok(false)` if the group is gone.
+/// Send `sig` to process `pid` alone; `Ok(false)` if it is gone.
+pub fn signal_process(pid: i32, sig: Signal) -> io::Result<bool> {
+    if pid <= 1 {
+        return Err(io::Error::other(format!(
+            "refusing to signal process {pid}"
+        )));
+    }
+    match nix::sys::signal::kill(Pid::from_raw(pid), sig) {
+        Ok(()) => Ok(true),
+        Err(Errno::ESRCH) => Ok(false),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
 pub fn signal_group(pgid: i32, sig: Signal) -> io::Result<bool> {
     if pgid <= 1 {
         return Err(io::Error::other(format!(

@@ -108,6 +108,8 @@ struct Slot {
     stderr: Option<(Arc<Mutex<Capture>>, oneshot::Receiver<()>)>,
     /// Counts the runs that ended, so that a late stderr tail goes to its own exit.
     exits: u64,
+    /// When this run reaches the pool's `max_lifetime` (less its share of jitter).
+    retire_at: Option<Instant>,
 }
 
 /// Lines of stderr told with an unexpected exit.
@@ -734,6 +736,10 @@ impl Supervisor {
             })),
         );
         slot.stderr = Some((tail, closed));
+        slot.retire_at = slot.spec.max_lifetime.map(|l| {
+            let share = l.mul_f64(0.1 * rand::random::<f64>());
+            crate::time::after(now, l.saturating_sub(share))
+        });
         let effects = slot.run.step(
             Input::Spawned {
                 pid,
@@ -882,10 +888,18 @@ impl Supervisor {
                 Effect::Spawn => self.spawn_slot(id),
                 Effect::Signal { pid, kill_at } => {
                     let sig = slot.spec.stop_signal;
+                    let main_only = slot.spec.kill_mode == config::KillMode::Main;
                     tracing::info!(POOL = %pool, INSTANCE = index,
-                        "stopping worker {name} (pid {pid}) with {}; SIGKILL in {} if it is still there",
-                        sig.as_str(), human(kill_at.saturating_duration_since(now)));
-                    if let Err(e) = process::signal_group(pid, sig) {
+                        "stopping worker {name} (pid {pid}) with {}{}; SIGKILL in {} if it is still there",
+                        sig.as_str(),
+                        if main_only { " to its main process only (kill_mode = \"main\")" } else { "" },
+                        human(kill_at.saturating_duration_since(now)));
+                    let sent = if main_only {
+                        process::signal_process(pid, sig)
+                    } else {
+                        process::signal_group(pid, sig)
+                    };
+                    if let Err(e) = sent {
                         tracing::warn!("cannot signal worker {name} (pid {pid}): {e}");
                     }
                 }
@@ -1158,6 +1172,7 @@ impl Supervisor {
                 current_job: Arc::new(AtomicI64::new(0)),
                 stderr: None,
                 exits: 0,
+                retire_at: None,
             },
         );
         Some(id)
@@ -1326,6 +1341,28 @@ impl Supervisor {
             }
             if let (false, Some(id)) = (busy, outdated) {
                 self.request_stop(id, Retire::Replace, now);
+                busy = true;
+            }
+            // Workers past their max_lifetime: replaced one at a time, like a rollout.
+            if !busy {
+                let Some(pool) = self.pools.get(&name) else {
+                    continue;
+                };
+                let old = pool.slots.values().copied().find(|id| {
+                    self.slots.get(id).is_some_and(|s| {
+                        s.run.state_name() == "running"
+                            && s.run.retire == Retire::Keep
+                            && s.retire_at.is_some_and(|t| now >= t)
+                    })
+                });
+                if let Some(id) = old
+                    && let Some(s) = self.slots.get(&id)
+                {
+                    tracing::info!(POOL = %s.pool, INSTANCE = s.index,
+                        "worker {} has run for its max_lifetime ({}): restarting it gracefully",
+                        s.name(), human(s.spec.max_lifetime.unwrap_or_default()));
+                    self.request_stop(id, Retire::Replace, now);
+                }
             }
         }
     }
