@@ -85,6 +85,23 @@ pub struct WorkerStatus {
     /// Jobs the worker holds now.
     #[serde(default)]
     pub jobs: Vec<i64>,
+    /// Its last health probe, with a `[pool.NAME.health]` block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<ProbeView>,
+}
+
+/// A worker's last health probe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbeView {
+    pub ok: bool,
+    /// What it found: `HTTP 200`, `cannot connect to …`, `no answer within 5s`.
+    pub detail: String,
+    pub latency_ms: f64,
+    /// The start of a failing answer's body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Failed probes in a row.
+    pub failures: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -153,6 +153,13 @@ pub fn judge(
                         p.name, p.crash_looping
                     ));
                 }
+                let unhealthy = p.states.get("unhealthy").copied().unwrap_or(0);
+                if unhealthy > 0 {
+                    reasons.push(format!(
+                        "pool {} has {unhealthy} unhealthy workers (their health probes fail)",
+                        p.name
+                    ));
+                }
                 if p.failed > 0 {
                     reasons.push(match &p.failed_reason {
                         Some(why) => {

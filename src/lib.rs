@@ -19,6 +19,7 @@ mod logging;
 mod metrics;
 mod model;
 mod notify;
+mod probe;
 mod process;
 mod protocol;
 mod server;

@@ -17,6 +17,9 @@ const RUN_BUCKETS: &[f64] = &[
 const WAIT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0,
 ];
+const PROBE_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 const COMMIT_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
@@ -86,6 +89,8 @@ pub struct Metrics {
     run_duration: Mutex<BTreeMap<String, Histogram>>,
     queue_wait: Mutex<BTreeMap<String, Histogram>>,
     commit_latency: Mutex<Histogram>,
+    health_checks: Mutex<BTreeMap<(String, &'static str), u64>>,
+    probe_latency: Mutex<BTreeMap<String, Histogram>>,
 }
 
 impl Default for Metrics {
@@ -102,6 +107,8 @@ impl Default for Metrics {
             run_duration: Mutex::default(),
             queue_wait: Mutex::default(),
             commit_latency: Mutex::new(Histogram::new(COMMIT_BUCKETS)),
+            health_checks: Mutex::default(),
+            probe_latency: Mutex::default(),
         }
     }
 }
@@ -143,6 +150,18 @@ impl Metrics {
     /// `reason`: `worker_exit`, `hang` or `daemon_restart`.
     pub fn jobs_reclaimed(&self, reason: &str, n: u64) {
         bump(&self.reclaimed, reason.to_string(), n);
+    }
+
+    /// A health probe of a worker of `pool` passed or failed, taking `latency`.
+    pub fn health_checked(&self, pool: &str, ok: bool, latency: Duration) {
+        let result = if ok { "pass" } else { "fail" };
+        bump(&self.health_checks, (pool.to_string(), result), 1);
+        observe(
+            &self.probe_latency,
+            pool,
+            PROBE_BUCKETS,
+            latency.as_secs_f64(),
+        );
     }
 
     pub fn job_ran(&self, queue: &str, d: Duration) {
@@ -249,6 +268,36 @@ impl Metrics {
                     o,
                     "steward_jobs_reclaimed_total{{reason=\"{reason}\"}} {}",
                     m.get(reason).copied().unwrap_or(0)
+                );
+            }
+        }
+        head(
+            &mut o,
+            "steward_health_checks_total",
+            "counter",
+            "Health probes of workers, by pool and result (pass, fail).",
+        );
+        if let Ok(m) = self.health_checks.lock() {
+            for ((pool, result), n) in m.iter() {
+                let _ = writeln!(
+                    o,
+                    "steward_health_checks_total{{pool=\"{}\",result=\"{result}\"}} {n}",
+                    esc(pool)
+                );
+            }
+        }
+        head(
+            &mut o,
+            "steward_health_probe_seconds",
+            "histogram",
+            "How long health probes took, by pool.",
+        );
+        if let Ok(m) = self.probe_latency.lock() {
+            for (pool, h) in m.iter() {
+                h.write(
+                    &mut o,
+                    "steward_health_probe_seconds",
+                    &format!("pool=\"{}\"", esc(pool)),
                 );
             }
         }

@@ -229,8 +229,9 @@ fn a_worker_past_its_max_lifetime_is_restarted_gracefully_one_at_a_time() {
     }
     let log = d.log();
     assert!(
-        log.contains("worker leaky/0 has run for its max_lifetime (2.0s): restarting it gracefully")
-            || log.contains("worker leaky/1 has run for its max_lifetime (2.0s)"),
+        log.contains(
+            "worker leaky/0 has run for its max_lifetime (2.0s): restarting it gracefully"
+        ) || log.contains("worker leaky/1 has run for its max_lifetime (2.0s)"),
         "{log}"
     );
     // Never both down at once: each replacement waited for the previous one to run.

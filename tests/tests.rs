@@ -9,6 +9,7 @@ mod damage;
 mod environment;
 mod exec;
 mod exits;
+mod health;
 mod hostile;
 mod jobs;
 mod journal;

@@ -196,6 +196,21 @@ pub fn render(s: &DaemonStatus, colour: bool) -> String {
                 jobs,
                 last_exit(w)
             );
+            if let (Some(h), false) = (&w.health, w.health.as_ref().is_some_and(|h| h.ok)) {
+                let body = h
+                    .body
+                    .as_deref()
+                    .map(|b| format!(": {}", b.trim()))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "       {}",
+                    p.dim(&format!(
+                        "last probe: {}{body} ({:.0} ms, {} failed in a row)",
+                        h.detail, h.latency_ms, h.failures
+                    ))
+                );
+            }
             // Why a worker that is down went down: its last words on stderr.
             let down = !matches!(w.state.as_str(), "running" | "starting" | "stopping");
             if let (true, Some(tail)) = (

@@ -292,6 +292,35 @@ pub enum PoolMode {
     Exec,
 }
 
+/// A pool's health probes (`[pool.NAME.health]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthSpec {
+    pub probe: ProbeSpec,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Failed probes in a row that make a worker unhealthy.
+    pub failures: u32,
+    /// Passing probes in a row that make an unhealthy worker healthy again.
+    pub successes: u32,
+    pub on_failure: OnUnhealthy,
+}
+
+/// What a probe asks; `{port}` and `{instance}` are filled in per worker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProbeSpec {
+    Http(String),
+    Tcp(String),
+}
+
+/// What happens to an unhealthy worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnhealthy {
+    /// Stopped (drained first) and restarted by its policy, as an unstable exit.
+    Restart,
+    /// Shown as unhealthy, left running.
+    Mark,
+}
+
 /// Who gets a worker's stop signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KillMode {
@@ -354,6 +383,8 @@ pub struct PoolSpec {
     /// A worker that has run this long is restarted gracefully (each a little earlier,
     /// by up to a tenth, so that a pool does not restart at once).
     pub max_lifetime: Option<Duration>,
+    /// Health probes of each worker once it runs.
+    pub health: Option<HealthSpec>,
 }
 
 impl PoolSpec {
@@ -361,13 +392,7 @@ impl PoolSpec {
     /// and `{port}` replaced in both, and `STEWARD_PORT` added with `port_base`.
     pub fn for_instance(&self, index: u32) -> (Vec<String>, Vec<(String, String)>) {
         let port = self.port(index);
-        let fill = |text: &str| {
-            let t = text.replace("{instance}", &index.to_string());
-            match port {
-                Some(p) => t.replace("{port}", &p.to_string()),
-                None => t,
-            }
-        };
+        let fill = |text: &str| self.fill(text, index);
         let command = self.command.iter().map(|a| fill(a)).collect();
         let mut env: Vec<(String, String)> =
             self.env.iter().map(|(k, v)| (k.clone(), fill(v))).collect();
@@ -390,6 +415,23 @@ impl PoolSpec {
             })
             .cloned()
             .collect()
+    }
+
+    /// Instance `index`'s probe, its `{port}` and `{instance}` filled in.
+    pub fn probe_for(&self, index: u32) -> Option<crate::probe::Target> {
+        self.health.as_ref().map(|h| match &h.probe {
+            ProbeSpec::Http(u) => crate::probe::Target::Http(self.fill(u, index)),
+            ProbeSpec::Tcp(a) => crate::probe::Target::Tcp(self.fill(a, index)),
+        })
+    }
+
+    /// `text` with instance `index`'s `{instance}` and `{port}`.
+    fn fill(&self, text: &str, index: u32) -> String {
+        let t = text.replace("{instance}", &index.to_string());
+        match self.port(index) {
+            Some(p) => t.replace("{port}", &p.to_string()),
+            None => t,
+        }
     }
 
     /// Instance `index`'s port: `port_base + index` (checked at load to fit).
@@ -693,6 +735,7 @@ const POOL_KEYS: &[&str] = &[
     "exit_codes",
     "kill_mode",
     "max_lifetime",
+    "health",
 ];
 
 /// This machine's name: the kernel's host name, or `localhost` without one.
@@ -1064,6 +1107,7 @@ fn parse_pool(
         exit_codes: BTreeMap::new(),
         kill_mode: KillMode::Group,
         max_lifetime: None,
+        health: None,
     };
     if let Some((v, span)) = s.string(ctx, "mode") {
         match v.as_str() {
@@ -1240,6 +1284,21 @@ fn parse_pool(
     if let Some(list) = s.int_list(ctx, "no_retry_exit_codes", 1, 255) {
         spec.no_retry_exit_codes = list.into_iter().map(|n| n as i32).collect();
     }
+    if let Some(h) = s.table(ctx, "health") {
+        spec.health = parse_health(ctx, &h, name);
+        h.finish(
+            ctx,
+            &[
+                "http",
+                "tcp",
+                "interval",
+                "timeout",
+                "failures",
+                "successes",
+                "on_failure",
+            ],
+        );
+    }
     if let Some(d) = s.duration(ctx, "max_lifetime") {
         if d < Duration::from_secs(1) {
             ctx.error(
@@ -1314,8 +1373,13 @@ fn parse_pool(
         ),
         Some(_) => {}
         None => {
+            let in_probe = match spec.health.as_ref().map(|h| &h.probe) {
+                Some(ProbeSpec::Http(t)) | Some(ProbeSpec::Tcp(t)) => t.contains("{port}"),
+                None => false,
+            };
             let uses_port = spec.command.iter().any(|a| a.contains("{port}"))
-                || spec.env.values().any(|v| v.contains("{port}"));
+                || spec.env.values().any(|v| v.contains("{port}"))
+                || in_probe;
             if uses_port {
                 ctx.error(
                     s.span(),
@@ -1335,6 +1399,12 @@ fn parse_pool(
             ctx.error(
                 s.span(),
                 format!("`concurrency` does not apply to exec pool `{name}`: each job is its own process; `instances` is how many run at once"),
+            );
+        }
+        if s.has("health") {
+            ctx.error(
+                s.span(),
+                format!("[pool.{name}.health] applies to worker pools; exec pool `{name}` has no long-lived workers to probe"),
             );
         }
         if s.has("max_lifetime") {
@@ -1362,6 +1432,79 @@ fn parse_pool(
 }
 
 /// Why `name` cannot be the name of an environment variable, if it cannot.
+fn parse_health(ctx: &mut Ctx, h: &Section, name: &str) -> Option<HealthSpec> {
+    let http = h.string(ctx, "http");
+    let tcp = h.string(ctx, "tcp");
+    let probe = match (http, tcp) {
+        (Some((url, span)), None) => {
+            match crate::probe::split_url(&url.replace("{port}", "1").replace("{instance}", "0")) {
+                Ok(_) => ProbeSpec::Http(url),
+                Err(why) => {
+                    ctx.error(span, format!("pool.{name}.health.http: {why}"));
+                    return None;
+                }
+            }
+        }
+        (None, Some((addr, span))) => {
+            if !addr.contains(':') {
+                ctx.error(span, format!("pool.{name}.health.tcp = {addr:?} needs host:port, e.g. \"127.0.0.1:{{port}}\""));
+                return None;
+            }
+            ProbeSpec::Tcp(addr)
+        }
+        (Some(_), Some(_)) => {
+            ctx.error(
+                h.span(),
+                format!("[pool.{name}.health] has both http and tcp: give one"),
+            );
+            return None;
+        }
+        (None, None) => {
+            ctx.error(h.span(), format!("[pool.{name}.health] needs what to probe: http = \"http://127.0.0.1:{{port}}/health\" or tcp = \"127.0.0.1:{{port}}\""));
+            return None;
+        }
+    };
+    let mut spec = HealthSpec {
+        probe,
+        interval: Duration::from_secs(10),
+        timeout: Duration::from_secs(5),
+        failures: 3,
+        successes: 1,
+        on_failure: OnUnhealthy::Restart,
+    };
+    if let Some(d) = h.duration(ctx, "interval") {
+        spec.interval = d;
+    }
+    if let Some(d) = h.duration(ctx, "timeout") {
+        spec.timeout = d;
+    }
+    if spec.interval < Duration::from_millis(100) || spec.timeout < Duration::from_millis(10) {
+        ctx.error(
+            h.span(),
+            format!(
+                "[pool.{name}.health]: interval must be at least 100ms and timeout at least 10ms"
+            ),
+        );
+    }
+    if let Some(n) = h.integer(ctx, "failures", 1, 1000) {
+        spec.failures = n as u32;
+    }
+    if let Some(n) = h.integer(ctx, "successes", 1, 1000) {
+        spec.successes = n as u32;
+    }
+    if let Some((v, span)) = h.string(ctx, "on_failure") {
+        match v.as_str() {
+            "restart" => spec.on_failure = OnUnhealthy::Restart,
+            "mark" => spec.on_failure = OnUnhealthy::Mark,
+            other => ctx.error(
+                span,
+                format!("on_failure = \"{other}\": use \"restart\" or \"mark\""),
+            ),
+        }
+    }
+    Some(spec)
+}
+
 /// The assignments of an environment file; `None` when it does not exist.
 fn read_env_file(path: &Path) -> Result<Option<Vec<(String, String)>>, String> {
     use std::io::Read;

@@ -13,6 +13,7 @@
 mod dispatch;
 mod exec;
 mod exec_run;
+mod health;
 mod held;
 pub mod policy;
 mod requests;
@@ -110,6 +111,29 @@ struct Slot {
     exits: u64,
     /// When this run reaches the pool's `max_lifetime` (less its share of jitter).
     retire_at: Option<Instant>,
+    /// This run's probe results, and the task that probes it while it runs.
+    health: health::Health,
+    prober: Option<tokio::task::JoinHandle<()>>,
+    /// Restarted for its health and no probe has passed since: counts as unhealthy, and
+    /// as the pool's one health restart under way.
+    awaiting_health: bool,
+}
+
+impl Slot {
+    /// Its state as shown: `unhealthy` for a running worker whose probes fail.
+    fn shown_state(&self) -> &'static str {
+        match self.run.state_name() {
+            "running" if self.health.unhealthy => "unhealthy",
+            s => s,
+        }
+    }
+
+    fn stop_probing(&mut self) {
+        if let Some(t) = self.prober.take() {
+            t.abort();
+        }
+        self.health = health::Health::default();
+    }
 }
 
 /// Lines of stderr told with an unexpected exit.
@@ -220,6 +244,12 @@ pub enum Event {
         pool: String,
         lane: u32,
         job: i64,
+    },
+    /// A health probe of the worker `pid` of a slot ended.
+    Probed {
+        slot: SlotId,
+        pid: i32,
+        outcome: crate::probe::Outcome,
     },
     /// What a worker wrote last on stderr before its exit number `seq`.
     ExitTail {
@@ -586,6 +616,7 @@ impl Supervisor {
                 drop(budget);
             }
             Event::ExitTail { slot, seq, lines } => self.exit_tail(slot, seq, lines),
+            Event::Probed { slot, pid, outcome } => self.probed(slot, pid, outcome),
             Event::InvalidLinesIgnored { slot, pid, ignored } => {
                 self.invalid_lines_ignored(slot, pid, ignored)
             }
@@ -925,6 +956,7 @@ impl Supervisor {
                             "did not give up job {job} within {}s of `cancel`",
                             held::CANCEL_GRACE.as_secs()
                         ),
+                        KillReason::Unhealthy => "failed its health probes".to_string(),
                         KillReason::Fenced => format!(
                             "holds jobs {:?}, and steward cannot renew its lease in the shared journal",
                             slot.held.keys().collect::<Vec<_>>()
@@ -943,6 +975,28 @@ impl Supervisor {
                     }
                 }
                 Effect::Up { pid } => {
+                    if let (Some(target), Some(h)) =
+                        (slot.spec.probe_for(slot.index), slot.spec.health.clone())
+                    {
+                        slot.stop_probing();
+                        let tx = self.events_tx.clone();
+                        slot.prober = Some(tokio::spawn(async move {
+                            loop {
+                                tokio::time::sleep(h.interval).await;
+                                let outcome = crate::probe::run(&target, h.timeout).await;
+                                if tx
+                                    .send(Event::Probed {
+                                        slot: id,
+                                        pid,
+                                        outcome,
+                                    })
+                                    .is_err()
+                                {
+                                    return;
+                                }
+                            }
+                        }));
+                    }
                     if slot.spec.is_protocol() {
                         tracing::info!(POOL = %pool, INSTANCE = index, WORKER_PID = pid,
                             "worker {name} is ready for jobs");
@@ -978,6 +1032,7 @@ impl Supervisor {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
+        slot.stop_probing();
         slot.last_exit = Some(LastExit {
             code: match exit {
                 Exit::Code(c) => Some(c),
@@ -1096,6 +1151,81 @@ impl Supervisor {
         }
     }
 
+    /// A probe of slot `id`'s worker `pid` ended: record it, and act on a change.
+    fn probed(&mut self, id: SlotId, pid: i32, outcome: crate::probe::Outcome) {
+        let now = Instant::now();
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        if slot.run.pid() != Some(pid) || slot.run.state_name() != "running" {
+            return;
+        }
+        let Some(spec) = slot.spec.health.clone() else {
+            return;
+        };
+        self.observed
+            .metrics
+            .health_checked(&slot.pool, outcome.ok, outcome.latency);
+        slot.health.last = Some((
+            outcome.ok,
+            outcome.detail.clone(),
+            outcome.latency.as_secs_f64() * 1000.0,
+            outcome.snippet.clone(),
+        ));
+        if outcome.ok {
+            slot.awaiting_health = false;
+        }
+        let change = slot.health.record(&spec, outcome.ok);
+        let (name, pool_name, index) = (slot.name(), slot.pool.clone(), slot.index);
+        let failures = slot.health.failures;
+        match change {
+            health::Change::None => {}
+            health::Change::Recovered => {
+                tracing::info!(POOL = %pool_name, INSTANCE = index,
+                    "worker {name} is healthy again ({})", outcome.detail);
+            }
+            health::Change::BecameUnhealthy => {
+                let Some(pool) = self.pools.get(&pool_name) else {
+                    return;
+                };
+                let others: Vec<&Slot> = pool
+                    .slots
+                    .values()
+                    .filter(|i| **i != id)
+                    .filter_map(|i| self.slots.get(i))
+                    .collect();
+                let unhealthy = 1 + others
+                    .iter()
+                    .filter(|s| s.health.unhealthy || s.awaiting_health)
+                    .count() as u32;
+                let restarting = others.iter().any(|s| s.awaiting_health);
+                let last = match &outcome.snippet {
+                    Some(body) => format!("{}: {}", outcome.detail, body.trim()),
+                    None => outcome.detail.clone(),
+                };
+                match health::act(&spec, pool.spec.instances, unhealthy, restarting) {
+                    health::Act::Restart => {
+                        tracing::warn!(POOL = %pool_name, INSTANCE = index,
+                            "worker {name} is unhealthy: {failures} health probes in a row failed (last: {last}); restarting it");
+                        let shutdown = self.shutdown_deadline();
+                        let Some(slot) = self.slots.get_mut(&id) else {
+                            return;
+                        };
+                        slot.awaiting_health = true;
+                        let drain =
+                            slot.spec.is_protocol() && !slot.held.is_empty() && slot.conn.is_some();
+                        let effects = slot.run.step(Input::Unhealthy { drain }, now, shutdown);
+                        self.carry_out(id, effects, now, "");
+                    }
+                    health::Act::Mark(why) => {
+                        tracing::warn!(POOL = %pool_name, INSTANCE = index,
+                            "worker {name} is unhealthy: {failures} health probes in a row failed (last: {last}); left running: {why}");
+                    }
+                }
+            }
+        }
+    }
+
     /// The stderr lines of a slot's exit, once read: kept with its last exit.
     fn exit_tail(&mut self, id: SlotId, seq: u64, lines: Vec<String>) {
         if let Some(slot) = self.slots.get_mut(&id)
@@ -1173,6 +1303,9 @@ impl Supervisor {
                 stderr: None,
                 exits: 0,
                 retire_at: None,
+                health: health::Health::default(),
+                prober: None,
+                awaiting_health: false,
             },
         );
         Some(id)
@@ -1635,7 +1768,8 @@ impl Supervisor {
             self.status_line = format!("stopping: {live} workers left");
             return;
         }
-        let (mut total, mut running, mut backing, mut looping, mut failed) = (0, 0, 0, 0, 0);
+        let (mut total, mut running, mut backing, mut looping, mut failed, mut unhealthy) =
+            (0, 0, 0, 0, 0, 0);
         for pool in self
             .pools
             .values()
@@ -1643,8 +1777,9 @@ impl Supervisor {
         {
             total += pool.spec.instances;
             for id in pool.slots.values() {
-                match self.slots.get(id).map(|s| s.run.state_name()) {
+                match self.slots.get(id).map(|s| s.shown_state()) {
                     Some("running") => running += 1,
+                    Some("unhealthy") => unhealthy += 1,
                     Some("crash-looping") => looping += 1,
                     Some("backing-off") => backing += 1,
                     Some("failed") => failed += 1,
@@ -1661,6 +1796,9 @@ impl Supervisor {
         }
         if failed > 0 {
             line.push_str(&format!(", {failed} failed"));
+        }
+        if unhealthy > 0 {
+            line.push_str(&format!(", {unhealthy} unhealthy"));
         }
         if !self.config.queues.is_empty() {
             let stats = self.journal.stats();
@@ -1705,7 +1843,7 @@ impl Supervisor {
                     .filter_map(|id| self.slots.get(id))
                     .map(|s| WorkerStatus {
                         instance: s.index,
-                        state: s.run.state_name().to_string(),
+                        state: s.shown_state().to_string(),
                         pid: s.run.pid(),
                         uptime_secs: s
                             .run
@@ -1723,6 +1861,15 @@ impl Supervisor {
                         reason: s.reason.clone(),
                         generation: s.generation,
                         jobs: s.held.keys().copied().collect(),
+                        health: s.health.last.as_ref().map(|(ok, detail, ms, body)| {
+                            crate::api::ProbeView {
+                                ok: *ok,
+                                detail: detail.clone(),
+                                latency_ms: *ms,
+                                body: body.clone(),
+                                failures: s.health.failures,
+                            }
+                        }),
                     })
                     .collect();
                 let mut workers = workers;
@@ -1741,6 +1888,7 @@ impl Supervisor {
                         reason: None,
                         generation: pool.generation,
                         jobs: vec![r.job],
+                        health: None,
                     });
                 }
                 PoolStatus {
@@ -1817,7 +1965,7 @@ impl Supervisor {
                         .insert("running".into(), pool.exec.runs.len() as u64);
                 }
                 for s in pool.slots.values().filter_map(|id| self.slots.get(id)) {
-                    let state = s.run.state_name();
+                    let state = s.shown_state();
                     match state {
                         "running" => h.running += 1,
                         "crash-looping" => h.crash_looping += 1,

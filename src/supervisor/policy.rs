@@ -38,6 +38,9 @@ pub struct RunFacts {
     /// Whether the worker ever counted as running (for a plain worker: it stayed up
     /// `stable_after`; for a protocol worker: it said `ready`).
     pub became_ready: bool,
+    /// Steward stopped it because its health probes failed: an unstable exit whatever
+    /// its code.
+    pub failed_probes: bool,
 }
 
 /// What to do after a worker exited on its own (not because steward stopped it).
@@ -93,18 +96,20 @@ pub fn after_exit(rules: &RestartRules, level: u32, run: RunFacts) -> AfterExit 
             ),
         };
     }
-    let planned = action == Some(ExitAction::Restart);
-    let unstable = run.ran_for < rules.stable_after || !run.became_ready;
+    let planned = action == Some(ExitAction::Restart) && !run.failed_probes;
+    let unstable = run.ran_for < rules.stable_after || !run.became_ready || run.failed_probes;
     // A clean exit is deliberate: it does not raise the level, even when quick; nor
-    // does a code `exit_codes` calls a restart.
-    let level = if unstable && !run.exit.is_clean() && !planned {
+    // does a code `exit_codes` calls a restart. A worker stopped for failing its probes
+    // exited because it was asked to: its code says nothing.
+    let failed = !run.exit.is_clean() || run.failed_probes;
+    let level = if unstable && failed && !planned {
         level.saturating_add(1)
     } else {
         level
     };
     let restart = match rules.restart {
         RestartPolicy::Always => true,
-        RestartPolicy::OnFailure => !run.exit.is_clean() || planned,
+        RestartPolicy::OnFailure => failed || planned,
         RestartPolicy::Never => false,
     };
     if !restart {
@@ -293,6 +298,7 @@ mod tests {
             exit: Exit::Code(1),
             ran_for: Duration::from_secs(ran),
             became_ready: ran >= 3,
+            failed_probes: false,
         }
     }
 
@@ -372,6 +378,7 @@ mod tests {
             exit: Exit::Code(0),
             ran_for: Duration::from_millis(10),
             became_ready: false,
+            failed_probes: false,
         };
         assert_eq!(
             after_exit(&r, 2, run),
@@ -389,11 +396,13 @@ mod tests {
             exit: Exit::Code(0),
             ran_for: Duration::from_secs(10),
             became_ready: true,
+            failed_probes: false,
         };
         let killed = RunFacts {
             exit: Exit::Signal(9),
             ran_for: Duration::from_secs(10),
             became_ready: true,
+            failed_probes: false,
         };
         assert!(matches!(
             after_exit(&rules(RestartPolicy::OnFailure), 0, clean),
@@ -423,6 +432,7 @@ mod tests {
             exit: Exit::Code(78),
             ran_for: Duration::from_secs(1),
             became_ready: false,
+            failed_probes: false,
         };
         match after_exit(&rules(RestartPolicy::Always), 0, run) {
             AfterExit::Fail { reason, .. } => assert!(reason.contains("configuration error")),
@@ -440,6 +450,7 @@ mod tests {
             exit: Exit::Code(code),
             ran_for: Duration::from_millis(100),
             became_ready: false,
+            failed_probes: false,
         };
         match after_exit(&r, 2, quick(158)) {
             AfterExit::Fail { reason, level } => {

@@ -47,6 +47,8 @@ pub(super) enum KillReason {
     /// The daemon could not renew its lease in a shared journal: what it holds must stop
     /// before another host may take it back. Not the worker's fault.
     Fenced,
+    /// Its health probes failed (`[pool.NAME.health]`).
+    Unhealthy,
 }
 
 /// What to do with a slot once its process is gone.
@@ -169,6 +171,11 @@ pub(super) enum Input {
     /// is parked as failed, without a process, until a restart or a reload that changes
     /// its pool.
     CannotStart,
+    /// Its health probes failed: stopped as by `Stop` (drained first when `drain`), and
+    /// its exit counted as an unstable one.
+    Unhealthy {
+        drain: bool,
+    },
     /// The worker said `ready`.
     Ready,
     /// Stop the worker and then `retire` the slot; `drain`: a protocol worker holding
@@ -238,6 +245,9 @@ pub(super) struct Worker {
     became_ready: bool,
     /// A deadline passed while the worker's input was still unread: judge it again then.
     recheck: Option<Instant>,
+    /// This run is being stopped because its health probes failed: its exit is an
+    /// unstable one, restarted by the policy with backoff, not a deliberate stop.
+    health_stop: bool,
 }
 
 /// When a drain during shutdown must end: early enough to leave the stop signal its
@@ -256,6 +266,7 @@ impl Worker {
             retire: Retire::Keep,
             level: 0,
             became_ready: false,
+            health_stop: false,
             recheck: None,
         }
     }
@@ -380,6 +391,7 @@ impl Worker {
         let mut out = Vec::new();
         match input {
             Input::Spawned { pid, started } => {
+                self.health_stop = false;
                 let stop = matches!(self.phase, Phase::Spawning { stop: true });
                 self.phase = Phase::Starting {
                     pid,
@@ -405,6 +417,18 @@ impl Worker {
                 }
             }
             Input::Exited { exit, jitter } => self.exited(exit, jitter, now, shutdown, &mut out),
+            Input::Unhealthy { drain } => {
+                if let Phase::Running { pid, since } = self.phase {
+                    self.health_stop = true;
+                    if drain {
+                        let until = after(now, self.rules.stop_timeout);
+                        self.phase = Phase::Draining { pid, since, until };
+                        out.push(Effect::Drain { until });
+                    } else {
+                        self.stop_now(now, shutdown, &mut out);
+                    }
+                }
+            }
             Input::CannotStart => {
                 if matches!(self.phase, Phase::Spawning { stop: true }) {
                     self.phase = Phase::Stopped;
@@ -536,8 +560,10 @@ impl Worker {
         let ran_for = now.saturating_duration_since(self.since().unwrap_or(now));
         let killed_for = match self.phase {
             Phase::Killing { why, .. } => Some(why),
+            _ if self.health_stop => Some(KillReason::Unhealthy),
             _ => None,
         };
+        let asked_to_stop = asked_to_stop && !self.health_stop;
         let deliberate = asked_to_stop || self.retire != Retire::Keep || shutdown.is_some();
         self.recheck = None;
         if deliberate {
@@ -577,6 +603,7 @@ impl Worker {
             exit,
             ran_for,
             became_ready: self.became_ready,
+            failed_probes: self.health_stop,
         };
         let next = match policy::after_exit(&self.rules.restart, self.level, run) {
             AfterExit::Restart {

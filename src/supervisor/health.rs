@@ -1,0 +1,134 @@
+//! What a run of health probe results means for one worker, and what to do about an
+//! unhealthy one given the rest of its pool. Pure: no probes, no clocks.
+
+use crate::config::{HealthSpec, OnUnhealthy};
+
+/// One worker's probe record.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Health {
+    /// Failed probes in a row (0 after any success).
+    pub failures: u32,
+    /// Passing probes in a row since it became unhealthy.
+    pub successes: u32,
+    pub unhealthy: bool,
+    /// The last probe: passed, what it found, its latency in ms, a body snippet.
+    pub last: Option<(bool, String, f64, Option<String>)>,
+}
+
+/// What one result changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    None,
+    BecameUnhealthy,
+    Recovered,
+}
+
+impl Health {
+    pub fn record(&mut self, spec: &HealthSpec, ok: bool) -> Change {
+        if ok {
+            self.failures = 0;
+            if self.unhealthy {
+                self.successes += 1;
+                if self.successes >= spec.successes {
+                    self.unhealthy = false;
+                    self.successes = 0;
+                    return Change::Recovered;
+                }
+            }
+            return Change::None;
+        }
+        self.successes = 0;
+        self.failures = self.failures.saturating_add(1);
+        if !self.unhealthy && self.failures >= spec.failures {
+            self.unhealthy = true;
+            return Change::BecameUnhealthy;
+        }
+        Change::None
+    }
+}
+
+/// What to do with a worker that just became unhealthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Act {
+    Restart,
+    /// Leave it running, shown as unhealthy, for this reason.
+    Mark(String),
+}
+
+/// `unhealthy`: workers of the pool unhealthy now, this one included; `restarting`: a
+/// health restart of the pool is under way.
+pub fn act(spec: &HealthSpec, instances: u32, unhealthy: u32, restarting: bool) -> Act {
+    if spec.on_failure == OnUnhealthy::Mark {
+        return Act::Mark("on_failure = \"mark\"".into());
+    }
+    // One worker of its own is not a pattern; two or more, and most of the pool, are.
+    if unhealthy >= 2 && unhealthy.saturating_mul(2) > instances {
+        return Act::Mark(format!(
+            "{unhealthy} of the pool's {instances} workers are unhealthy at once, so a dependency they share is probably down: not restarting them"
+        ));
+    }
+    if restarting {
+        return Act::Mark(
+            "another worker of the pool is being restarted for its health; one at a time".into(),
+        );
+    }
+    Act::Restart
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::ProbeSpec;
+
+    fn spec(failures: u32, successes: u32) -> HealthSpec {
+        HealthSpec {
+            probe: ProbeSpec::Tcp("127.0.0.1:1".into()),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            failures,
+            successes,
+            on_failure: OnUnhealthy::Restart,
+        }
+    }
+
+    #[test]
+    fn failures_in_a_row_make_a_worker_unhealthy_and_successes_bring_it_back() {
+        let s = spec(3, 2);
+        let mut h = Health::default();
+        assert_eq!(h.record(&s, false), Change::None);
+        assert_eq!(h.record(&s, false), Change::None);
+        // A success resets the count.
+        assert_eq!(h.record(&s, true), Change::None);
+        assert_eq!(h.failures, 0);
+        for _ in 0..2 {
+            assert_eq!(h.record(&s, false), Change::None);
+        }
+        assert_eq!(h.record(&s, false), Change::BecameUnhealthy);
+        assert_eq!(h.record(&s, false), Change::None, "said once");
+        assert_eq!(h.record(&s, true), Change::None);
+        assert_eq!(h.record(&s, false), Change::None);
+        assert_eq!(h.record(&s, true), Change::None);
+        assert_eq!(h.record(&s, true), Change::Recovered);
+        assert!(!h.unhealthy);
+    }
+
+    #[test]
+    fn restarts_are_one_at_a_time_and_not_when_most_of_the_pool_is_down() {
+        let s = spec(3, 1);
+        assert_eq!(act(&s, 4, 1, false), Act::Restart);
+        assert_eq!(act(&s, 4, 2, false), Act::Restart);
+        assert!(
+            matches!(act(&s, 4, 3, false), Act::Mark(why) if why.contains("3 of the pool's 4"))
+        );
+        assert!(matches!(act(&s, 4, 1, true), Act::Mark(_)));
+        assert_eq!(act(&s, 1, 1, false), Act::Restart, "a pool of one");
+        assert!(matches!(act(&s, 2, 2, false), Act::Mark(_)));
+        let mark = HealthSpec {
+            on_failure: OnUnhealthy::Mark,
+            ..s
+        };
+        assert!(matches!(act(&mark, 4, 1, false), Act::Mark(_)));
+    }
+}

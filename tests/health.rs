@@ -1,0 +1,161 @@
+//! Health probes of workers that serve HTTP: unhealthy workers restarted (or marked), a
+//! frozen one found by its probe's timeout, and no restart storms.
+
+use std::time::Duration;
+
+use crate::helper::*;
+
+fn service(env: &Env, instances: u32, port: u16, health: &str) -> String {
+    format!(
+        "[http]\nlisten = \"127.0.0.1:{}\"\n\n\
+         [pool.web]\ncommand = [\"python3\", \"{}/tests/workers/http_service.py\", \"{}\"]\n\
+         instances = {instances}\nport_base = {port}\nenv = {{ PORT = \"{{port}}\" }}\n\
+         stable_after = \"300ms\"\nstop_timeout = \"1s\"\n\
+         backoff = {{ initial = \"200ms\", max = \"1s\" }}\n\n\
+         [pool.web.health]\nhttp = \"http://127.0.0.1:{{port}}/health\"\ninterval = \"200ms\"\n\
+         timeout = \"500ms\"\nfailures = 3\n{health}\n",
+        free_port(),
+        env!("CARGO_MANIFEST_DIR"),
+        env.dir.path().display()
+    )
+}
+
+/// A few ports in a row that nothing listens on (the probe's {port} = base + instance).
+fn free_ports() -> u16 {
+    loop {
+        let base = free_port();
+        if base < 65_000
+            && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            return base;
+        }
+    }
+}
+
+#[test]
+fn an_unhealthy_worker_is_restarted_and_a_frozen_one_is_found_by_its_timeout() {
+    let env = Env::new();
+    env.write_config(&service(&env, 1, free_ports(), ""));
+    let d = Daemon::start(&env);
+    let w = wait_for(TIMEOUT, "a passing probe", || {
+        let w = d.pool("web").workers.remove(0);
+        let ok = w.health.as_ref().is_some_and(|h| h.ok);
+        ok.then_some(w)
+    });
+    assert_eq!(w.state, "running");
+    assert_eq!(w.health.unwrap().detail, "HTTP 200");
+    // Its dependency goes down: after three failed probes it is restarted.
+    std::fs::write(env.path("sick-0"), "").unwrap();
+    d.wait_log("worker web/0 is unhealthy: 3 health probes in a row failed (last: HTTP 503: db down); restarting it");
+    let w = wait_for(TIMEOUT, "the worker restarted", || {
+        let w = d.pool("web").workers.remove(0);
+        (w.restarts >= 1 && w.state == "running").then_some(w)
+    });
+    // Counted as an unstable exit: the next restarts back off.
+    assert!(w.unstable_exits >= 1, "{w:?}");
+    std::fs::remove_file(env.path("sick-0")).unwrap();
+    // A frozen worker: the kernel still takes the connection, nothing answers.
+    let pid = wait_for(TIMEOUT, "a healthy run", || {
+        let w = d.pool("web").workers.remove(0);
+        w.health
+            .as_ref()
+            .filter(|h| h.ok && w.state == "running")
+            .and(w.pid)
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    d.wait_log("(last: no answer within 500ms); restarting it");
+    wait_for(TIMEOUT, "a new worker in its place", || {
+        let w = d.pool("web").workers.remove(0);
+        (w.pid.is_some_and(|p| p != pid) && w.state == "running").then_some(())
+    });
+    assert!(!alive(pid), "the frozen worker is still there");
+    let metrics = http_get_metrics(&d);
+    assert!(
+        metric(
+            &metrics,
+            "steward_health_checks_total{pool=\"web\",result=\"fail\"}"
+        ) >= 6.0
+    );
+    assert!(
+        metric(
+            &metrics,
+            "steward_health_checks_total{pool=\"web\",result=\"pass\"}"
+        ) >= 1.0
+    );
+}
+
+fn http_get_metrics(d: &Daemon) -> String {
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let port: u16 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
+        .and_then(|p| p.trim_end_matches('"').parse().ok())
+        .expect("[http] listen");
+    http_get(port, "/metrics").expect("/metrics").1
+}
+
+#[test]
+fn marked_workers_stay_and_a_pool_mostly_down_is_not_restarted() {
+    let env = Env::new();
+    env.write_config(&service(&env, 2, free_ports(), "on_failure = \"mark\""));
+    let d = Daemon::start(&env);
+    wait_for(TIMEOUT, "passing probes", || {
+        d.pool("web")
+            .workers
+            .iter()
+            .all(|w| w.health.as_ref().is_some_and(|h| h.ok))
+            .then_some(())
+    });
+    std::fs::write(env.path("sick-1"), "").unwrap();
+    let w = wait_for(TIMEOUT, "worker 1 unhealthy", || {
+        let w = d.pool("web").workers.remove(1);
+        (w.state == "unhealthy").then_some(w)
+    });
+    assert_eq!(w.restarts, 0);
+    assert_eq!(w.health.as_ref().unwrap().body.as_deref(), Some("db down"));
+    assert!(
+        d.status().status_line.contains("1 unhealthy"),
+        "{}",
+        d.status().status_line
+    );
+    std::fs::remove_file(env.path("sick-1")).unwrap();
+    d.wait_log("worker web/1 is healthy again (HTTP 200)");
+    // Restarting pools: when both of two go unhealthy at once, the second is left
+    // running (a dependency they share is probably down).
+    env.write_config(&service(&env, 2, free_ports(), ""));
+    assert!(d.cli(&["reload"]).status.success());
+    wait_for(Duration::from_secs(30), "the new workers probed", || {
+        let p = d.pool("web");
+        p.workers
+            .iter()
+            .all(|w| w.restarts >= 1 && w.health.as_ref().is_some_and(|h| h.ok))
+            .then_some(())
+    });
+    std::fs::write(env.path("sick-0"), "").unwrap();
+    std::fs::write(env.path("sick-1"), "").unwrap();
+    d.wait_log("left running:");
+    std::thread::sleep(Duration::from_secs(3));
+    let log = d.log();
+    let restarted = log
+        .lines()
+        .filter(|l| l.contains("is unhealthy") && l.contains("restarting it"))
+        .count();
+    assert_eq!(restarted, 1, "{log}");
+    let (code, body) = http_get_health(&d);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("unhealthy workers"), "{body}");
+}
+
+fn http_get_health(d: &Daemon) -> (u16, String) {
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let port: u16 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
+        .and_then(|p| p.trim_end_matches('"').parse().ok())
+        .expect("[http] listen");
+    http_get(port, "/health").expect("/health")
+}

@@ -1,0 +1,28 @@
+"""A stand-in for an existing HTTP service: GET /health on $PORT answers 200, or 503
+"db down" while the file <dir>/sick-<instance> exists. SIGTERM ends it cleanly."""
+import http.server
+import os
+import signal
+import sys
+
+state_dir = sys.argv[1]
+instance = os.environ["STEWARD_INSTANCE"]
+port = int(os.environ["PORT"])
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        sick = os.path.exists(os.path.join(state_dir, "sick-" + instance))
+        body = b"db down" if sick else b"ok"
+        self.send_response(503 if sick else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+server = http.server.HTTPServer(("127.0.0.1", port), Handler)
+server.serve_forever()
