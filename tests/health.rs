@@ -159,3 +159,38 @@ fn http_get_health(d: &Daemon) -> (u16, String) {
         .expect("[http] listen");
     http_get(port, "/health").expect("/health")
 }
+
+#[test]
+fn the_example_service_runs_as_it_is() {
+    let env = Env::new();
+    let dir = format!("{}/examples/service", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(format!("{dir}/steward.toml")).unwrap();
+    let base = free_ports();
+    let pools = text[text.find("[pool.web]").unwrap()..]
+        .replace("\"server.js\"", &format!("\"{dir}/server.js\""))
+        .replace("\"app.env\"", &format!("\"{dir}/app.env\""))
+        .replace("\"-app.local.env\"", &format!("\"-{dir}/app.local.env\""))
+        .replace("port_base = 8081", &format!("port_base = {base}"));
+    env.write_config(&pools);
+    let out = env.run(&["check-config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut d = Daemon::start(&env);
+    wait_for(TIMEOUT, "three healthy instances", || {
+        let p = d.pool("web");
+        (p.workers.len() == 3
+            && p.workers
+                .iter()
+                .all(|w| w.state == "running" && w.health.as_ref().is_some_and(|h| h.ok)))
+        .then_some(())
+    });
+    let (code, body) = http_get(base + 1, "/").expect("instance 1 answers");
+    assert_eq!(code, 200);
+    assert!(body.contains("\"instance\":\"1\""), "{body}");
+    d.signal("TERM");
+    assert!(d.wait_exit(TIMEOUT).success());
+    assert!(d.log().contains("SIGTERM: finishing"), "{}", d.log());
+}
