@@ -89,13 +89,16 @@ fn an_unhealthy_worker_is_restarted_and_a_frozen_one_is_found_by_its_timeout() {
 }
 
 fn http_get_metrics(d: &Daemon) -> String {
+    http_get(http_port(d), "/metrics").expect("/metrics").1
+}
+
+/// The `[http]` port of the daemon's configuration.
+fn http_port(d: &Daemon) -> u16 {
     let text = std::fs::read_to_string(&d.config).unwrap();
-    let port: u16 = text
-        .lines()
+    text.lines()
         .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
         .and_then(|p| p.trim_end_matches('"').parse().ok())
-        .expect("[http] listen");
-    http_get(port, "/metrics").expect("/metrics").1
+        .expect("[http] listen")
 }
 
 #[test]
@@ -151,13 +154,7 @@ fn marked_workers_stay_and_a_pool_mostly_down_is_not_restarted() {
 }
 
 fn http_get_health(d: &Daemon) -> (u16, String) {
-    let text = std::fs::read_to_string(&d.config).unwrap();
-    let port: u16 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
-        .and_then(|p| p.trim_end_matches('"').parse().ok())
-        .expect("[http] listen");
-    http_get(port, "/health").expect("/health")
+    http_get(http_port(d), "/health").expect("/health")
 }
 
 #[test]

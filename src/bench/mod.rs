@@ -334,6 +334,27 @@ async fn submit_jobs(c: &Client, n: usize, job: serde_json::Value) -> Result<(),
     Ok(())
 }
 
+/// Milliseconds from `sent[id]` (µs since the epoch) to the arrival of job `id` in the
+/// bench worker's log at `recv` (lines "ID µs"), sorted.
+fn latencies(
+    recv: &Path,
+    sent: &std::collections::HashMap<i64, u128>,
+) -> Result<Vec<f64>, Failure> {
+    let text = std::fs::read_to_string(recv).map_err(fail)?;
+    let mut lat: Vec<f64> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let id: i64 = f.next()?.parse().ok()?;
+            let at: u128 = f.next()?.parse().ok()?;
+            let from = *sent.get(&id)?;
+            Some(at.saturating_sub(from) as f64 / 1000.0)
+        })
+        .collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    Ok(lat)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -538,18 +559,7 @@ async fn dispatch_latency(exe: &Path, s: &Sizes) -> Result<(Vec<f64>, Vec<f64>),
             answered.insert(r.id, now_us());
         }
         wait_succeeded(&c, "l", n as u64, Duration::from_secs(60)).await?;
-        let text = std::fs::read_to_string(&recv).map_err(fail)?;
-        let mut lat: Vec<f64> = text
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.split_whitespace();
-                let id: i64 = f.next()?.parse().ok()?;
-                let at: u128 = f.next()?.parse().ok()?;
-                let sent = *answered.get(&id)?;
-                Some(at.saturating_sub(sent) as f64 / 1000.0)
-            })
-            .collect();
-        lat.sort_by(|a, b| a.total_cmp(b));
+        let lat = latencies(&recv, &answered)?;
         p50s.push(percentile(&lat, 0.5));
         p99s.push(percentile(&lat, 0.99));
         bed.stop();

@@ -7,7 +7,7 @@ use serde_json::json;
 use tokio_postgres::Client as Db;
 
 use super::worker::now_us;
-use super::{Bed, Sizes, fail, percentile, submit_batches};
+use super::{Bed, Sizes, fail, latencies, percentile, submit_batches};
 use crate::control::client::Client;
 use crate::error::Failure;
 use crate::journal::postgres::cluster::Cluster;
@@ -167,24 +167,13 @@ pub(super) async fn latency(
             "the latency jobs did not all succeed",
         )
         .await?;
-        let text = std::fs::read_to_string(&recv).map_err(fail)?;
-        let mut lat: Vec<f64> = text
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.split_whitespace();
-                let id: i64 = f.next()?.parse().ok()?;
-                let at: u128 = f.next()?.parse().ok()?;
-                let sent = *committed.get(&id)?;
-                Some(at.saturating_sub(sent) as f64 / 1000.0)
-            })
-            .collect();
+        let lat = latencies(&recv, &committed)?;
         if lat.len() != n {
             return Err(fail(format!(
                 "{} of {n} latency jobs were seen by a worker",
                 lat.len()
             )));
         }
-        lat.sort_by(|a, b| a.total_cmp(b));
         p50s.push(percentile(&lat, 0.5));
         p99s.push(percentile(&lat, 0.99));
         bed.stop();
