@@ -136,6 +136,9 @@ const DURATION_KEYS: &[(&str, &str)] = &[
     ("[pool.w.backoff]", "initial"),
     ("[pool.w.backoff]", "max"),
     ("[pool.w.backoff]", "reset_after"),
+    ("[pool.w]", "max_lifetime"),
+    ("[pool.w.health]", "interval"),
+    ("[pool.w.health]", "timeout"),
 ];
 
 fn with_duration(table: &str, key: &str, value: &str) -> String {
@@ -148,6 +151,7 @@ fn with_duration(table: &str, key: &str, value: &str) -> String {
             "command = [\"sleep\", \"1000\"]\nqueues = [\"q\"]\n",
         ),
         ("[pool.w.backoff]", ""),
+        ("[pool.w.health]", "tcp = \"127.0.0.1:1\"\n"),
     ];
     let mut text = String::new();
     for (t, body) in base {
