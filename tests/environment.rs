@@ -207,3 +207,48 @@ fn a_missing_required_variable_parks_the_pool_and_a_reload_with_it_starts_it() {
             .then_some(())
     });
 }
+
+#[test]
+fn credentials_reach_the_workers_as_variables_and_are_never_logged() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("out")).unwrap();
+    let creds = env.path("creds");
+    std::fs::create_dir_all(&creds).unwrap();
+    std::fs::write(creds.join("api_token"), "s3cr3t-value-9f2\n").unwrap();
+    let pools = format!(
+        "{}env_from_credentials = {{ API_TOKEN = \"api_token\" }}\nrequired_env = [\"API_TOKEN\"]\n\n\
+         [pool.other]\ncommand = [\"sh\", \"-c\", \"sleep 60\"]\n\
+         env_from_credentials = {{ OTHER = \"not_there\" }}\n",
+        dump_config(&env, "")
+    );
+    env.write_config(&pools);
+    // check-config run by the service manager (with the directory) sees the missing one.
+    let out = std::process::Command::new(bin())
+        .args(["check-config", "--config"])
+        .arg(env.config_path())
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("credential \"not_there\""), "{err}");
+    let creds_s = creds.display().to_string();
+    let d = Daemon::start_with(&env, &[("CREDENTIALS_DIRECTORY", &creds_s)]);
+    let r = started_with(&env, 1);
+    assert_eq!(r["env"]["API_TOKEN"], "s3cr3t-value-9f2");
+    // The pool whose credential is missing is parked, saying which and what to do.
+    let w = wait_for(TIMEOUT, "the other pool parked", || {
+        let w = d.pool("other").workers.remove(0);
+        (w.state == "failed").then_some(w)
+    });
+    let reason = w.reason.unwrap_or_default();
+    assert!(
+        reason.contains("cannot read credential") && reason.contains("not_there"),
+        "{reason}"
+    );
+    assert!(d.log().contains("LoadCredential="), "{}", d.log());
+    // The value is nowhere in the log or the status.
+    let status = String::from_utf8_lossy(&d.cli(&["status", "--json"]).stdout).into_owned();
+    assert!(!status.contains("s3cr3t"), "{status}");
+    assert!(!d.log().contains("s3cr3t"), "{}", d.log());
+}

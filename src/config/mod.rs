@@ -385,6 +385,9 @@ pub struct PoolSpec {
     pub max_lifetime: Option<Duration>,
     /// Health probes of each worker once it runs.
     pub health: Option<HealthSpec>,
+    /// Variables whose values are systemd credentials: (variable, credential name),
+    /// read from `$CREDENTIALS_DIRECTORY` at each start of a worker.
+    pub credentials: Vec<(String, String)>,
 }
 
 impl PoolSpec {
@@ -736,6 +739,7 @@ const POOL_KEYS: &[&str] = &[
     "kill_mode",
     "max_lifetime",
     "health",
+    "env_from_credentials",
 ];
 
 /// This machine's name: the kernel's host name, or `localhost` without one.
@@ -1108,6 +1112,7 @@ fn parse_pool(
         kill_mode: KillMode::Group,
         max_lifetime: None,
         health: None,
+        credentials: Vec::new(),
     };
     if let Some((v, span)) = s.string(ctx, "mode") {
         match v.as_str() {
@@ -1284,6 +1289,33 @@ fn parse_pool(
     if let Some(list) = s.int_list(ctx, "no_retry_exit_codes", 1, 255) {
         spec.no_retry_exit_codes = list.into_iter().map(|n| n as i32).collect();
     }
+    if let Some(entries) = s.string_map_spanned(ctx, "env_from_credentials") {
+        for ((var, var_span), (cred, cred_span)) in entries {
+            if let Some(why) = env_name_problem(&var) {
+                ctx.error(var_span, why);
+            } else if spec.env.contains_key(&var) {
+                ctx.error(
+                    var_span,
+                    format!("{var} is set both in the pool's env (or env_file) and in env_from_credentials: keep one"),
+                );
+            } else if cred.is_empty() || cred.contains('/') || cred == "." || cred == ".." {
+                ctx.error(
+                    cred_span,
+                    format!("{cred:?} is not a credential name: give the name used in LoadCredential=NAME:/path (no /)"),
+                );
+            } else {
+                if let Some(dir) = &env.credentials_directory
+                    && !dir.join(&cred).is_file()
+                {
+                    ctx.unmet(
+                        cred_span,
+                        format!("pool `{name}` takes {var} from credential {cred:?}, which {} does not hold: add LoadCredential={cred}:/path/to/file to the unit; until then the workers are not started", dir.display()),
+                    );
+                }
+                spec.credentials.push((var, cred));
+            }
+        }
+    }
     if let Some(h) = s.table(ctx, "health") {
         spec.health = parse_health(ctx, &h, name);
         h.finish(
@@ -1401,6 +1433,12 @@ fn parse_pool(
                 format!("`concurrency` does not apply to exec pool `{name}`: each job is its own process; `instances` is how many run at once"),
             );
         }
+        if s.has("env_from_credentials") {
+            ctx.error(
+                s.span(),
+                format!("`env_from_credentials` applies to worker pools for now; exec pool `{name}` can read $CREDENTIALS_DIRECTORY itself"),
+            );
+        }
         if s.has("health") {
             ctx.error(
                 s.span(),
@@ -1503,6 +1541,37 @@ fn parse_health(ctx: &mut Ctx, h: &Section, name: &str) -> Option<HealthSpec> {
         }
     }
     Some(spec)
+}
+
+/// The most a credential given to a worker as a variable may hold.
+pub const MAX_CREDENTIAL: u64 = 64 * 1024;
+
+/// The value of systemd credential `name` in `dir` (`$CREDENTIALS_DIRECTORY`), without a
+/// final newline.
+pub fn read_credential(dir: Option<&Path>, name: &str) -> Result<String, String> {
+    use std::io::Read;
+    let Some(dir) = dir else {
+        return Err(format!(
+            "credential {name:?} needs $CREDENTIALS_DIRECTORY, which steward was not given: add LoadCredential={name}:/path/to/file to the unit (systemctl edit steward)"
+        ));
+    };
+    let path = dir.join(name);
+    let mut text = String::new();
+    std::fs::File::open(&path)
+        .and_then(|f| f.take(MAX_CREDENTIAL + 1).read_to_string(&mut text))
+        .map_err(|e| format!("cannot read credential {}: {e}", path.display()))?;
+    if text.len() as u64 > MAX_CREDENTIAL {
+        return Err(format!(
+            "credential {} is larger than {} KiB",
+            path.display(),
+            MAX_CREDENTIAL / 1024
+        ));
+    }
+    let value = text.strip_suffix('\n').unwrap_or(&text);
+    if value.contains('\0') {
+        return Err(format!("credential {} holds a NUL byte", path.display()));
+    }
+    Ok(value.to_string())
 }
 
 /// The assignments of an environment file; `None` when it does not exist.

@@ -813,23 +813,29 @@ impl Supervisor {
 
     /// Slot `id`'s worker lacks required variables: parked as failed, not started (a
     /// restart would only fail the same way).
-    fn cannot_start(&mut self, id: SlotId, missing: &[String], now: Instant) {
+    /// `missing`: the required variables it lacks, or why a credential could not be read.
+    fn cannot_start(&mut self, id: SlotId, missing: Result<&[String], String>, now: Instant) {
         self.initial_pending.remove(&id);
         let shutdown = self.shutdown_deadline();
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
-        let reason = if missing.len() == 1 {
-            format!("missing required environment variable {}", missing[0])
-        } else {
-            format!(
-                "missing required environment variables {}",
-                missing.join(", ")
-            )
+        let (reason, then) = match missing {
+            Ok(names) => (
+                if let [one] = names {
+                    format!("missing required environment variable {one}")
+                } else {
+                    format!("missing required environment variables {}", names.join(", "))
+                },
+                format!("set it in the pool's env or env_file, or in steward's environment, then `systemctl reload steward` (or `steward restart {}`)", slot.pool),
+            ),
+            Err(why) => (
+                why,
+                "systemd sets credentials up when the service starts: `systemctl restart steward` after changing LoadCredential=".to_string(),
+            ),
         };
         tracing::error!(POOL = %slot.pool, INSTANCE = slot.index,
-            "worker {} is not started: {reason} (required_env); set it in the pool's env or env_file, or in steward's environment, then `systemctl reload steward`",
-            slot.name());
+            "worker {} is not started: {reason}; {then}", slot.name());
         slot.reason = Some(reason);
         let effects = slot.run.step(Input::CannotStart, now, shutdown);
         self.carry_out(id, effects, now, "");
@@ -1331,9 +1337,18 @@ impl Supervisor {
         env.push(("STEWARD_POOL".into(), slot.pool.clone()));
         env.push(("STEWARD_INSTANCE".into(), slot.index.to_string()));
         env.push(("STEWARD_SOCKET".into(), socket));
+        for (var, cred) in &spec.credentials {
+            match config::read_credential(self.env.credentials_directory.as_deref(), cred) {
+                Ok(v) => env.push((var.clone(), v)),
+                Err(why) => {
+                    let why = format!("{why} (for {var}, env_from_credentials)");
+                    return self.cannot_start(id, Err(why), Instant::now());
+                }
+            }
+        }
         let missing = spec.missing_env(&env);
         if !missing.is_empty() {
-            return self.cannot_start(id, &missing, Instant::now());
+            return self.cannot_start(id, Ok(&missing), Instant::now());
         }
         let mut inherit_fd: Option<OwnedFd> = None;
         let cwd = spec.working_dir.clone();
