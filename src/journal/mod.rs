@@ -108,21 +108,7 @@ pub struct MovedJob {
     pub error: Option<String>,
     /// JSON text.
     pub payload: String,
-    pub history: Vec<MovedAttempt>,
-}
-
-/// One earlier attempt of a [`MovedJob`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct MovedAttempt {
-    pub attempt: u32,
-    pub worker: Option<String>,
-    pub pid: Option<i32>,
-    pub started_ms: Option<i64>,
-    pub ended_ms: Option<i64>,
-    pub outcome: Option<String>,
-    pub error: Option<String>,
-    pub stdout_tail: Option<String>,
-    pub stderr_tail: Option<String>,
+    pub history: Vec<crate::model::AttemptRecord>,
 }
 
 #[derive(Debug, Clone, Copy)]

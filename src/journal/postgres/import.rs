@@ -147,8 +147,8 @@ pub async fn import(
             a.ended.push(h.ended_ms);
             a.outcome.push(h.outcome.clone());
             a.error.push(h.error.clone());
-            a.stdout.push(h.stdout_tail.clone());
-            a.stderr.push(h.stderr_tail.clone());
+            a.stdout.push(h.stdout.clone());
+            a.stderr.push(h.stderr.clone());
         }
     }
     if !a.job.is_empty() {

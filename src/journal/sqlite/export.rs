@@ -14,8 +14,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{lock_db, schema};
 use crate::jobs::{self, Counters, Next, Outcome};
-use crate::journal::{MovedAttempt, MovedJob};
-use crate::model::JobState;
+use crate::journal::MovedJob;
+use crate::model::{AttemptRecord, JobState};
 use crate::time::now_ms;
 
 /// An open source journal.
@@ -169,31 +169,9 @@ impl Export {
         Ok(out)
     }
 
-    fn history(&self, id: i64) -> Result<Vec<MovedAttempt>, String> {
-        let err = |e: rusqlite::Error| format!("cannot read the attempts of job {id}: {e}");
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT attempt, worker, pid, started_at, ended_at, outcome, error, stdout_tail, stderr_tail
-                 FROM attempts WHERE job_id = ?1 ORDER BY attempt",
-            )
-            .map_err(err)?;
-        let rows = stmt
-            .query_map(params![id], |r| {
-                Ok(MovedAttempt {
-                    attempt: r.get(0)?,
-                    worker: r.get(1)?,
-                    pid: r.get(2)?,
-                    started_ms: r.get(3)?,
-                    ended_ms: r.get(4)?,
-                    outcome: r.get(5)?,
-                    error: r.get(6)?,
-                    stdout_tail: r.get(7)?,
-                    stderr_tail: r.get(8)?,
-                })
-            })
-            .map_err(err)?;
-        rows.collect::<Result<_, _>>().map_err(err)
+    fn history(&self, id: i64) -> Result<Vec<AttemptRecord>, String> {
+        super::reader::attempts(&self.conn, id)
+            .map_err(|e| format!("cannot read the attempts of job {id}: {e}"))
     }
 }
 

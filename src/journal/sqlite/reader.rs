@@ -259,8 +259,14 @@ fn get(conn: &Connection, id: i64) -> rusqlite::Result<Option<JobRecord>> {
     else {
         return Ok(None);
     };
+    job.history = attempts(conn, id)?;
+    Ok(Some(job))
+}
+
+/// Job `id`'s attempts, in order.
+pub(super) fn attempts(conn: &Connection, id: i64) -> rusqlite::Result<Vec<AttemptRecord>> {
     let mut stmt = conn.prepare_cached(
-                "SELECT attempt, worker, pid, started_at, ended_at, outcome, error, stdout_tail, stderr_tail
+        "SELECT attempt, worker, pid, started_at, ended_at, outcome, error, stdout_tail, stderr_tail
          FROM attempts WHERE job_id = ?1 ORDER BY attempt",
     )?;
     let rows = stmt.query_map([id], |r| {
@@ -276,8 +282,7 @@ fn get(conn: &Connection, id: i64) -> rusqlite::Result<Option<JobRecord>> {
             stderr: r.get(8)?,
         })
     })?;
-    job.history = rows.collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(Some(job))
+    rows.collect()
 }
 
 #[cfg(test)]
