@@ -68,46 +68,22 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, (usize, String)> {
         }
         let mut value = String::new();
         match chars.get(i) {
-            Some('\'') => {
+            Some(&q @ ('\'' | '"')) => {
                 i += 1;
                 loop {
                     match chars.get(i) {
                         None => {
                             return Err((
                                 start_line,
-                                format!("the value of {name} opens a ' that is never closed"),
+                                format!("the value of {name} opens a {q} that is never closed"),
                             ));
                         }
-                        Some('\'') => {
+                        Some(&c) if c == q => {
                             i += 1;
                             break;
                         }
-                        Some(&c) => {
-                            if c == '\n' {
-                                line += 1;
-                            }
-                            value.push(c);
-                            i += 1;
-                        }
-                    }
-                }
-                trailing(&chars, &mut i, start_line, &name)?;
-            }
-            Some('"') => {
-                i += 1;
-                loop {
-                    match chars.get(i) {
-                        None => {
-                            return Err((
-                                start_line,
-                                format!("the value of {name} opens a \" that is never closed"),
-                            ));
-                        }
-                        Some('"') => {
-                            i += 1;
-                            break;
-                        }
-                        Some('\\') => match chars.get(i + 1) {
+                        // Inside double quotes only, as in a shell.
+                        Some('\\') if q == '"' => match chars.get(i + 1) {
                             Some('\n') => {
                                 line += 1;
                                 i += 2;
