@@ -63,6 +63,10 @@ pub struct PoolStatus {
     pub generation: u64,
     /// True while workers of an older generation are still being replaced.
     pub rolling: bool,
+    /// What makes a started worker count as running: `stable`, `protocol`, `notify` or
+    /// `health` (`ready`).
+    #[serde(default)]
+    pub ready: String,
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -88,6 +92,9 @@ pub struct WorkerStatus {
     /// Its last health probe, with a `[pool.NAME.health]` block.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<ProbeView>,
+    /// What the worker last said with `STATUS=` on its notify socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 /// A worker's last health probe.

@@ -139,6 +139,8 @@ const DURATION_KEYS: &[(&str, &str)] = &[
     ("[pool.w]", "max_lifetime"),
     ("[pool.w.health]", "interval"),
     ("[pool.w.health]", "timeout"),
+    ("[pool.w.health]", "start_period"),
+    ("[pool.w]", "watchdog"),
 ];
 
 fn with_duration(table: &str, key: &str, value: &str) -> String {

@@ -49,10 +49,13 @@ fn an_unhealthy_worker_is_restarted_and_a_frozen_one_is_found_by_its_timeout() {
     d.wait_log("worker web/0 is unhealthy: 3 health probes in a row failed (last: HTTP 503: db down); restarting it");
     let w = wait_for(TIMEOUT, "the worker restarted", || {
         let w = d.pool("web").workers.remove(0);
-        (w.restarts >= 1 && w.state == "running").then_some(w)
+        (w.restarts >= 1 && w.pid.is_some()).then_some(w)
     });
     // Counted as an unstable exit: the next restarts back off.
     assert!(w.unstable_exits >= 1, "{w:?}");
+    // Its probe fails still, so the new worker is not ready (ready = "health").
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(d.pool("web").workers[0].state, "starting");
     std::fs::remove_file(env.path("sick-0")).unwrap();
     // A frozen worker: the kernel still takes the connection, nothing answers.
     let pid = wait_for(TIMEOUT, "a healthy run", || {

@@ -19,6 +19,7 @@ mod notify;
 mod observe;
 mod packaging;
 mod postgres;
+mod readiness;
 mod reload;
 mod restart;
 mod stop;

@@ -211,6 +211,20 @@ pub fn render(s: &DaemonStatus, colour: bool) -> String {
                     ))
                 );
             }
+            if let Some(text) = &w.status {
+                let _ = writeln!(out, "       {}", p.dim(&format!("status: {text}")));
+            }
+            if w.state == "starting" {
+                let waiting = match pool.ready.as_str() {
+                    "notify" => Some("READY=1 on its NOTIFY_SOCKET"),
+                    "health" => Some("its first passing health probe"),
+                    "protocol" => Some("{\"type\":\"ready\"} on its socket"),
+                    _ => None,
+                };
+                if let Some(what) = waiting {
+                    let _ = writeln!(out, "       {}", p.dim(&format!("waiting for {what}")));
+                }
+            }
             // Why a worker that is down went down: its last words on stderr.
             let down = !matches!(w.state.as_str(), "running" | "starting" | "stopping");
             if let (true, Some(tail)) = (

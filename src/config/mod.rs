@@ -240,6 +240,16 @@ pub struct DaemonConfig {
     pub host: String,
 }
 
+impl DaemonConfig {
+    /// Where workers' own notify sockets are made: beside the control socket.
+    pub fn notify_dir(&self) -> PathBuf {
+        self.socket
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join("notify")
+    }
+}
+
 /// What the daemon does when a worker exits on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartPolicy {
@@ -303,6 +313,9 @@ pub struct HealthSpec {
     /// Passing probes in a row that make an unhealthy worker healthy again.
     pub successes: u32,
     pub on_failure: OnUnhealthy,
+    /// From the worker's start, how long failed probes do not count (probing every 2 s,
+    /// or `interval` if shorter, until it is ready); `None`: the pool's start_timeout.
+    pub start_period: Option<Duration>,
 }
 
 /// What a probe asks; `{port}` and `{instance}` are filled in per worker.
@@ -319,6 +332,31 @@ pub enum OnUnhealthy {
     Restart,
     /// Shown as unhealthy, left running.
     Mark,
+}
+
+/// What makes a started worker count as running (`ready`): protocol dispatch starts,
+/// rolling restarts move on, the start timeout stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// It stayed up `stable_after` (plain workers without a health block).
+    Stable,
+    /// It said `{"type":"ready"}` on its socket (protocol workers).
+    Protocol,
+    /// It sent `READY=1` on its own `NOTIFY_SOCKET`.
+    Notify,
+    /// A health probe passed (plain workers with a health block).
+    Health,
+}
+
+impl Readiness {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Readiness::Stable => "stable",
+            Readiness::Protocol => "protocol",
+            Readiness::Notify => "notify",
+            Readiness::Health => "health",
+        }
+    }
 }
 
 /// Who gets a worker's stop signal.
@@ -388,6 +426,10 @@ pub struct PoolSpec {
     /// Variables whose values are systemd credentials: (variable, credential name),
     /// read from `$CREDENTIALS_DIRECTORY` at each start of a worker.
     pub credentials: Vec<(String, String)>,
+    /// What makes a started worker count as running.
+    pub ready: Readiness,
+    /// A running worker must send `WATCHDOG=1` on its notify socket this often.
+    pub watchdog: Option<Duration>,
 }
 
 impl PoolSpec {
@@ -449,6 +491,19 @@ impl PoolSpec {
 
     pub fn is_exec(&self) -> bool {
         self.mode == PoolMode::Exec
+    }
+
+    /// Whether its workers get a `NOTIFY_SOCKET` of their own.
+    pub fn has_notify_socket(&self) -> bool {
+        self.ready == Readiness::Notify || self.watchdog.is_some()
+    }
+
+    /// How long after a start failed probes do not count.
+    pub fn start_period(&self) -> Duration {
+        self.health
+            .as_ref()
+            .and_then(|h| h.start_period)
+            .unwrap_or(self.start_timeout)
     }
 
     /// True when `other` differs from `self` only in the number of instances, so the
@@ -620,7 +675,7 @@ pub fn parse(text: &str, path: &Path, env: &Environment) -> Result<Config, Confi
         let api = parse_api(&mut ctx, &root, &base);
         let log = parse_log(&mut ctx, &root);
         let queues = parse_queues(&mut ctx, &root);
-        let pools = parse_pools(&mut ctx, &root, &base, env, &queues);
+        let pools = parse_pools(&mut ctx, &root, &base, env, &queues, &daemon);
         root.finish(
             &mut ctx,
             &["daemon", "journal", "http", "api", "log", "queue", "pool"],
@@ -740,6 +795,8 @@ const POOL_KEYS: &[&str] = &[
     "max_lifetime",
     "health",
     "env_from_credentials",
+    "ready",
+    "watchdog",
 ];
 
 /// This machine's name: the kernel's host name, or `localhost` without one.
@@ -1024,11 +1081,24 @@ fn parse_pools(
     base: &Path,
     env: &Environment,
     queues: &BTreeMap<String, QueueSpec>,
+    daemon: &DaemonConfig,
 ) -> BTreeMap<String, PoolSpec> {
     let mut pools = BTreeMap::new();
     for (name, s) in named_tables(ctx, root, "pool") {
         let spec = parse_pool(ctx, &s, &name, base, env, queues);
+        let span = s.span();
         s.finish(ctx, POOL_KEYS);
+        let dir = daemon.notify_dir();
+        // Room for "/<slot>.<run>" with ids up to 12 digits each.
+        if spec.as_ref().is_some_and(PoolSpec::has_notify_socket)
+            && dir.as_os_str().len() + 27 > 107
+        {
+            ctx.error(
+                span,
+                format!("pool `{name}` gives its workers notify sockets in {}, a path too long for Unix sockets (at most 107 bytes with the socket's name): choose a shorter [daemon] socket path", dir.display()),
+            );
+            continue;
+        }
         if let Some(spec) = spec {
             pools.insert(name, spec);
         }
@@ -1113,6 +1183,8 @@ fn parse_pool(
         max_lifetime: None,
         health: None,
         credentials: Vec::new(),
+        ready: Readiness::Stable,
+        watchdog: None,
     };
     if let Some((v, span)) = s.string(ctx, "mode") {
         match v.as_str() {
@@ -1328,9 +1400,11 @@ fn parse_pool(
                 "failures",
                 "successes",
                 "on_failure",
+                "start_period",
             ],
         );
     }
+    parse_readiness(ctx, s, &mut spec, name);
     if let Some(d) = s.duration(ctx, "max_lifetime") {
         if d < Duration::from_secs(1) {
             ctx.error(
@@ -1457,6 +1531,14 @@ fn parse_pool(
                 format!("`kill_mode` applies to worker pools; exec pool `{name}` stops a job's whole process group"),
             );
         }
+        for key in ["ready", "watchdog"] {
+            if s.has(key) {
+                ctx.error(
+                    s.span(),
+                    format!("`{key}` applies to worker pools; exec pool `{name}` starts a process per job, whose exit is its outcome"),
+                );
+            }
+        }
         if s.has("exit_codes") {
             ctx.error(
                 s.span(),
@@ -1509,7 +1591,11 @@ fn parse_health(ctx: &mut Ctx, h: &Section, name: &str) -> Option<HealthSpec> {
         failures: 3,
         successes: 1,
         on_failure: OnUnhealthy::Restart,
+        start_period: None,
     };
+    if let Some(d) = h.duration(ctx, "start_period") {
+        spec.start_period = Some(d);
+    }
     if let Some(d) = h.duration(ctx, "interval") {
         spec.interval = d;
     }
@@ -1541,6 +1627,54 @@ fn parse_health(ctx: &mut Ctx, h: &Section, name: &str) -> Option<HealthSpec> {
         }
     }
     Some(spec)
+}
+
+/// `ready` and `watchdog`, once `queues` and `health` are known (they decide the
+/// default).
+fn parse_readiness(ctx: &mut Ctx, s: &Section, spec: &mut PoolSpec, name: &str) {
+    spec.ready = match (spec.is_protocol(), spec.health.is_some()) {
+        (true, _) => Readiness::Protocol,
+        (false, true) => Readiness::Health,
+        (false, false) => Readiness::Stable,
+    };
+    if let Some((v, span)) = s.string(ctx, "ready") {
+        let asked = match v.as_str() {
+            "stable" => Some(Readiness::Stable),
+            "protocol" => Some(Readiness::Protocol),
+            "notify" => Some(Readiness::Notify),
+            "health" => Some(Readiness::Health),
+            _ => None,
+        };
+        match asked {
+            None => ctx.error(
+                span,
+                format!("ready = \"{v}\": use \"notify\" (the worker sends READY=1 on $NOTIFY_SOCKET), \"health\" (its first passing health probe), \"stable\" (it stayed up stable_after) or, for a pool with queues, \"protocol\" (it says {{\"type\":\"ready\"}})"),
+            ),
+            Some(Readiness::Protocol) if !spec.is_protocol() => ctx.error(
+                span,
+                format!("ready = \"protocol\" needs a pool that takes jobs (queues = [...]); pool `{name}` has none: use \"notify\", \"health\" or \"stable\""),
+            ),
+            Some(Readiness::Stable) if spec.is_protocol() => ctx.error(
+                span,
+                format!("ready = \"stable\" does not fit pool `{name}`, which takes jobs: its workers say when they can take them (\"protocol\", the default, or \"notify\")"),
+            ),
+            Some(Readiness::Health) if spec.health.is_none() => ctx.error(
+                span,
+                format!("ready = \"health\" needs a [pool.{name}.health] block to probe with"),
+            ),
+            Some(r) => spec.ready = r,
+        }
+    }
+    if let Some(d) = s.duration(ctx, "watchdog") {
+        if d < Duration::from_millis(100) {
+            ctx.error(
+                s.span(),
+                format!("pool `{name}`: watchdog must be at least 100ms (leave it out for none)"),
+            );
+        } else {
+            spec.watchdog = Some(d);
+        }
+    }
 }
 
 /// The most a credential given to a worker as a variable may hold.

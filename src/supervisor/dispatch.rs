@@ -304,7 +304,11 @@ impl Supervisor {
             Err(e) => reject(slot, format!("invalid line ignored: {e}")),
             Ok(FromWorker::Ready) => {
                 let shutdown = self.shutdown.as_ref().map(|s| s.deadline);
-                let effects = slot.run.step(Input::Ready, now, shutdown);
+                let effects = slot.run.step(
+                    Input::Ready(crate::config::Readiness::Protocol),
+                    now,
+                    shutdown,
+                );
                 self.carry_out(id, effects, now, "");
             }
             Ok(FromWorker::Heartbeat) => {}
@@ -617,14 +621,19 @@ impl Supervisor {
     /// its first lease runs out (from its last sign of life as the loop knows it), and
     /// the first grace after `cancel` to end. Cheap: no look at its socket.
     pub(super) fn facts(&self, s: &Slot, _now: Instant) -> Facts {
+        let watchdog = s.notify.as_ref().and_then(|n| n.pings.last());
         if !s.spec.is_protocol() {
-            return Facts::default();
+            return Facts {
+                watchdog,
+                ..Facts::default()
+            };
         }
         Facts {
             holds_jobs: !s.held.is_empty(),
             input_pending: false,
             lease: self.lease_expiry(s, heard(s)),
             job_kill: held::kill_due(&s.held),
+            watchdog,
         }
     }
 
@@ -636,12 +645,16 @@ impl Supervisor {
         let Some(slot) = self.slots.get(&id) else {
             return Facts::default();
         };
-        if !slot.spec.is_protocol() {
-            return Facts::default();
-        }
         let mut facts = self.facts(slot, now);
+        // A datagram not read yet may be the WATCHDOG=1 that is due.
+        let notify_unread = slot.notify.as_ref().is_some_and(|n| n.unread());
+        if !slot.spec.is_protocol() {
+            facts.input_pending = notify_unread;
+            return facts;
+        }
         let unread = slot.conn.as_ref().is_some_and(|c| c.unread_in_socket());
-        facts.input_pending = unread || slot.conn.as_ref().is_some_and(|c| c.input_pending());
+        facts.input_pending =
+            notify_unread || unread || slot.conn.as_ref().is_some_and(|c| c.input_pending());
         if facts.lease.is_some_and(|(expiry, _)| now >= expiry) {
             if unread {
                 // Bytes are waiting in the socket: the worker has spoken.

@@ -11,6 +11,8 @@ pub struct Health {
     /// Passing probes in a row since it became unhealthy.
     pub successes: u32,
     pub unhealthy: bool,
+    /// A probe of this run has passed: its start period is over.
+    pub passed: bool,
     /// The last probe: passed, what it found, its latency in ms, a body snippet.
     pub last: Option<(bool, String, f64, Option<String>)>,
 }
@@ -26,6 +28,7 @@ pub enum Change {
 impl Health {
     pub fn record(&mut self, spec: &HealthSpec, ok: bool) -> Change {
         if ok {
+            self.passed = true;
             self.failures = 0;
             if self.unhealthy {
                 self.successes += 1;
@@ -90,6 +93,7 @@ mod tests {
             failures,
             successes,
             on_failure: OnUnhealthy::Restart,
+            start_period: None,
         }
     }
 

@@ -19,6 +19,7 @@ pub mod policy;
 mod requests;
 mod worker;
 mod worker_io;
+mod worker_notify;
 
 pub use requests::{Reply, Request, RequestRx, RequestTx};
 
@@ -117,6 +118,16 @@ struct Slot {
     /// Restarted for its health and no probe has passed since: counts as unhealthy, and
     /// as the pool's one health restart under way.
     awaiting_health: bool,
+    /// Set once the run counts as running: its prober moves from the start period's
+    /// pace to `interval`.
+    up_flag: Arc<std::sync::atomic::AtomicBool>,
+    /// The notify socket of the run being started, and of the running one.
+    pending_notify: Option<worker_notify::Bound>,
+    notify: Option<worker_notify::Listener>,
+    /// What the worker last said with `STATUS=`.
+    notify_status: Option<String>,
+    /// It sent `STOPPING=1` in this run.
+    announced_stop: bool,
 }
 
 impl Slot {
@@ -134,7 +145,47 @@ impl Slot {
         }
         self.health = health::Health::default();
     }
+
+    /// Start probing the worker `pid` that started at `started`: every 2 s (or
+    /// `interval` if shorter) until it counts as running or its start period is over,
+    /// then every `interval`.
+    fn start_probing(&mut self, id: SlotId, pid: i32, events: mpsc::UnboundedSender<Event>) {
+        let (Some(target), Some(h)) = (self.spec.probe_for(self.index), self.spec.health.clone())
+        else {
+            return;
+        };
+        self.stop_probing();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.up_flag = up.clone();
+        let start_end = after(Instant::now(), self.spec.start_period());
+        self.prober = Some(tokio::spawn(async move {
+            loop {
+                let starting =
+                    !up.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < start_end;
+                let pace = if starting {
+                    h.interval.min(START_PROBE_EVERY)
+                } else {
+                    h.interval
+                };
+                tokio::time::sleep(pace).await;
+                let outcome = crate::probe::run(&target, h.timeout).await;
+                if events
+                    .send(Event::Probed {
+                        slot: id,
+                        pid,
+                        outcome,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }));
+    }
 }
+
+/// How often a worker is probed during its start period.
+const START_PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// Lines of stderr told with an unexpected exit.
 const EXIT_TAIL_LINES: usize = 20;
@@ -250,6 +301,12 @@ pub enum Event {
         slot: SlotId,
         pid: i32,
         outcome: crate::probe::Outcome,
+    },
+    /// A worker sent this on its notify socket.
+    Notified {
+        slot: SlotId,
+        pid: i32,
+        msg: worker_notify::Notice,
     },
     /// What a worker wrote last on stderr before its exit number `seq`.
     ExitTail {
@@ -617,6 +674,7 @@ impl Supervisor {
             }
             Event::ExitTail { slot, seq, lines } => self.exit_tail(slot, seq, lines),
             Event::Probed { slot, pid, outcome } => self.probed(slot, pid, outcome),
+            Event::Notified { slot, pid, msg } => self.notified(slot, pid, msg),
             Event::InvalidLinesIgnored { slot, pid, ignored } => {
                 self.invalid_lines_ignored(slot, pid, ignored)
             }
@@ -744,6 +802,18 @@ impl Supervisor {
                 Err(e) => tracing::error!("cannot use the socket of worker {}: {e}", slot.name()),
             }
         }
+        slot.notify_status = None;
+        slot.announced_stop = false;
+        if let Some(bound) = slot.pending_notify.take() {
+            match bound.start(id, pid, child.started, self.events_tx.clone()) {
+                Ok(l) => slot.notify = Some(l),
+                Err(e) => tracing::error!(
+                    "cannot read the notify socket of worker {}: {e}",
+                    slot.name()
+                ),
+            }
+        }
+        slot.start_probing(id, pid, self.events_tx.clone());
         self.pids.insert(pid, id);
         let origin = Origin {
             pool: Arc::from(slot.pool.as_str()),
@@ -800,6 +870,7 @@ impl Supervisor {
             return;
         };
         slot.pending_conn = None;
+        slot.pending_notify = None;
         if shortage {
             let effects = slot.run.step(Input::ShortOfResources, now, shutdown);
             return self.carry_out(id, effects, now, &e.to_string());
@@ -951,10 +1022,30 @@ impl Supervisor {
                 }
                 Effect::KillFor { pid, why } => {
                     let message = match why {
-                        KillReason::StartTimeout => format!(
-                            "did not send {{\"type\":\"ready\"}} within {}",
-                            human(slot.spec.start_timeout)
+                        KillReason::StartTimeout => match slot.spec.ready {
+                            config::Readiness::Notify => format!(
+                                "did not send READY=1 on its NOTIFY_SOCKET within {} (start_timeout)",
+                                human(slot.spec.start_timeout)
+                            ),
+                            config::Readiness::Health => format!(
+                                "passed no health probe within {} (start_timeout)",
+                                human(slot.spec.start_timeout)
+                            ),
+                            _ => format!(
+                                "did not send {{\"type\":\"ready\"}} within {} (start_timeout)",
+                                human(slot.spec.start_timeout)
+                            ),
+                        },
+                        KillReason::Watchdog {
+                            period,
+                            triggered: false,
+                        } => format!(
+                            "sent no WATCHDOG=1 for {} (watchdog): it is taken as hung",
+                            human(period)
                         ),
+                        KillReason::Watchdog {
+                            triggered: true, ..
+                        } => "sent WATCHDOG=trigger".to_string(),
                         KillReason::Hung { lease } => {
                             format!("held jobs but sent nothing for {} (lease)", human(lease))
                         }
@@ -981,28 +1072,8 @@ impl Supervisor {
                     }
                 }
                 Effect::Up { pid } => {
-                    if let (Some(target), Some(h)) =
-                        (slot.spec.probe_for(slot.index), slot.spec.health.clone())
-                    {
-                        slot.stop_probing();
-                        let tx = self.events_tx.clone();
-                        slot.prober = Some(tokio::spawn(async move {
-                            loop {
-                                tokio::time::sleep(h.interval).await;
-                                let outcome = crate::probe::run(&target, h.timeout).await;
-                                if tx
-                                    .send(Event::Probed {
-                                        slot: id,
-                                        pid,
-                                        outcome,
-                                    })
-                                    .is_err()
-                                {
-                                    return;
-                                }
-                            }
-                        }));
-                    }
+                    slot.up_flag
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     if slot.spec.is_protocol() {
                         tracing::info!(POOL = %pool, INSTANCE = index, WORKER_PID = pid,
                             "worker {name} is ready for jobs");
@@ -1039,6 +1110,16 @@ impl Supervisor {
             return;
         };
         slot.stop_probing();
+        slot.notify = None;
+        slot.notify_status = None;
+        let announced = std::mem::take(&mut slot.announced_stop);
+        let announced_text;
+        let description = if announced {
+            announced_text = format!("{description} (it had sent STOPPING=1)");
+            announced_text.as_str()
+        } else {
+            description
+        };
         slot.last_exit = Some(LastExit {
             code: match exit {
                 Exit::Code(c) => Some(c),
@@ -1098,6 +1179,15 @@ impl Supervisor {
                             human(delay)
                         ),
                     )
+                } else if announced {
+                    (
+                        Level::INFO,
+                        format!(
+                            "worker {name}{pid_s} exited: {description} after {}; restarting in {}",
+                            human(ran_for),
+                            human(delay)
+                        ),
+                    )
                 } else {
                     (
                         Level::WARN,
@@ -1135,7 +1225,8 @@ impl Supervisor {
         slot.exits += 1;
         // An exit nobody asked for, and a quick or failing one: told with what the worker
         // last wrote on stderr, once that has been read.
-        let unexpected = !deliberate && (!exit.is_clean() || ran_for < slot.spec.stable_after);
+        let unexpected =
+            !deliberate && !announced && (!exit.is_clean() || ran_for < slot.spec.stable_after);
         match slot.stderr.take() {
             Some((tail, closed)) if unexpected => {
                 let (tx, seq) = (self.events_tx.clone(), slot.exits);
@@ -1160,10 +1251,16 @@ impl Supervisor {
     /// A probe of slot `id`'s worker `pid` ended: record it, and act on a change.
     fn probed(&mut self, id: SlotId, pid: i32, outcome: crate::probe::Outcome) {
         let now = Instant::now();
+        let shutdown = self.shutdown_deadline();
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
-        if slot.run.pid() != Some(pid) || slot.run.state_name() != "running" {
+        let starting = match slot.run.state_name() {
+            "starting" => true,
+            "running" => false,
+            _ => return,
+        };
+        if slot.run.pid() != Some(pid) {
             return;
         }
         let Some(spec) = slot.spec.health.clone() else {
@@ -1180,6 +1277,27 @@ impl Supervisor {
         ));
         if outcome.ok {
             slot.awaiting_health = false;
+        }
+        if starting {
+            // Failures before it is up do not count; a success is its readiness when
+            // `ready = "health"`.
+            if outcome.ok {
+                slot.health.passed = true;
+                let effects = slot
+                    .run
+                    .step(Input::Ready(config::Readiness::Health), now, shutdown);
+                self.carry_out(id, effects, now, "");
+            }
+            return;
+        }
+        // As with Docker's start period: it ends early at the first passing probe.
+        let in_start_period = !slot.health.passed
+            && slot
+                .run
+                .since()
+                .is_some_and(|s| now < after(s, slot.spec.start_period()));
+        if !outcome.ok && in_start_period {
+            return;
         }
         let change = slot.health.record(&spec, outcome.ok);
         let (name, pool_name, index) = (slot.name(), slot.pool.clone(), slot.index);
@@ -1230,6 +1348,70 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// Slot `id`'s worker `pid` sent `msg` on its notify socket.
+    fn notified(&mut self, id: SlotId, pid: i32, msg: worker_notify::Notice) {
+        use worker_notify::Notice;
+        let now = Instant::now();
+        let shutdown = self.shutdown_deadline();
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        if slot.run.pid() != Some(pid) {
+            return;
+        }
+        let (name, pool, index) = (slot.name(), slot.pool.clone(), slot.index);
+        let input = match msg {
+            Notice::Ready => Input::Ready(config::Readiness::Notify),
+            Notice::Status(text) => {
+                slot.notify_status = Some(text);
+                return;
+            }
+            Notice::Stopping => {
+                if !slot.announced_stop {
+                    tracing::info!(POOL = %pool, INSTANCE = index, WORKER_PID = pid,
+                        "worker {name} says it is stopping (STOPPING=1): its exit is not counted as a crash");
+                }
+                slot.announced_stop = true;
+                Input::Stopping
+            }
+            Notice::WatchdogTrigger => Input::WatchdogTrigger,
+            Notice::ExtendTimeout(d) => {
+                tracing::info!(POOL = %pool, INSTANCE = index, WORKER_PID = pid,
+                    "worker {name} asks for {} more (EXTEND_TIMEOUT_USEC)", human(d));
+                Input::Extend(d)
+            }
+            Notice::Dropped {
+                over_limit,
+                too_long,
+                foreign,
+            } => {
+                let mut parts = Vec::new();
+                if over_limit > 0 {
+                    parts.push(format!(
+                        "{over_limit} over the limit of {} a second",
+                        worker_notify::NOTICES_PER_SECOND
+                    ));
+                }
+                if too_long > 0 {
+                    parts.push(format!(
+                        "{too_long} longer than {} bytes",
+                        worker_notify::MAX_DATAGRAM
+                    ));
+                }
+                if foreign > 0 {
+                    parts.push(format!(
+                        "{foreign} from processes outside its process group"
+                    ));
+                }
+                tracing::warn!(POOL = %pool, INSTANCE = index, WORKER_PID = pid,
+                    "notify messages of worker {name} ignored in the last 10s: {}", parts.join(", "));
+                return;
+            }
+        };
+        let effects = slot.run.step(input, now, shutdown);
+        self.carry_out(id, effects, now, "");
     }
 
     /// The stderr lines of a slot's exit, once read: kept with its last exit.
@@ -1312,6 +1494,11 @@ impl Supervisor {
                 health: health::Health::default(),
                 prober: None,
                 awaiting_health: false,
+                up_flag: Arc::default(),
+                pending_notify: None,
+                notify: None,
+                notify_status: None,
+                announced_stop: false,
             },
         );
         Some(id)
@@ -1349,6 +1536,29 @@ impl Supervisor {
         let missing = spec.missing_env(&env);
         if !missing.is_empty() {
             return self.cannot_start(id, Ok(&missing), Instant::now());
+        }
+        slot.pending_notify = None;
+        if spec.has_notify_socket() {
+            let path = worker_notify::path_for(&self.config.daemon.notify_dir(), id, slot.exits);
+            match worker_notify::bind(&path) {
+                Ok(bound) => {
+                    env.push((
+                        "NOTIFY_SOCKET".into(),
+                        bound.path().to_string_lossy().into_owned(),
+                    ));
+                    slot.pending_notify = Some(bound);
+                }
+                Err(e) => {
+                    let e = io::Error::new(
+                        e.kind(),
+                        format!("cannot make its notify socket {}: {e}", path.display()),
+                    );
+                    return self.spawn_failed(id, e, Instant::now());
+                }
+            }
+            if let Some(w) = spec.watchdog {
+                env.push(("WATCHDOG_USEC".into(), w.as_micros().to_string()));
+            }
         }
         let mut inherit_fd: Option<OwnedFd> = None;
         let cwd = spec.working_dir.clone();
@@ -1885,6 +2095,7 @@ impl Supervisor {
                                 failures: s.health.failures,
                             }
                         }),
+                        status: s.notify_status.clone(),
                     })
                     .collect();
                 let mut workers = workers;
@@ -1904,6 +2115,7 @@ impl Supervisor {
                         generation: pool.generation,
                         jobs: vec![r.job],
                         health: None,
+                        status: None,
                     });
                 }
                 PoolStatus {
@@ -1923,6 +2135,11 @@ impl Supervisor {
                     running: workers.iter().filter(|w| w.state == "running").count() as u32,
                     generation: pool.generation,
                     rolling: workers.iter().any(|w| w.generation < pool.generation),
+                    ready: if pool.spec.is_exec() {
+                        String::new()
+                    } else {
+                        pool.spec.ready.as_str().to_string()
+                    },
                     workers,
                 }
             })

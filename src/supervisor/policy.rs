@@ -41,6 +41,9 @@ pub struct RunFacts {
     /// Steward stopped it because its health probes failed: an unstable exit whatever
     /// its code.
     pub failed_probes: bool,
+    /// It said `STOPPING=1` first: the exit is intentional, whatever its code, so the
+    /// backoff level is not raised.
+    pub announced: bool,
 }
 
 /// What to do after a worker exited on its own (not because steward stopped it).
@@ -102,7 +105,7 @@ pub fn after_exit(rules: &RestartRules, level: u32, run: RunFacts) -> AfterExit 
     // does a code `exit_codes` calls a restart. A worker stopped for failing its probes
     // exited because it was asked to: its code says nothing.
     let failed = !run.exit.is_clean() || run.failed_probes;
-    let level = if unstable && failed && !planned {
+    let level = if unstable && failed && !planned && !run.announced {
         level.saturating_add(1)
     } else {
         level
@@ -299,6 +302,7 @@ mod tests {
             ran_for: Duration::from_secs(ran),
             became_ready: ran >= 3,
             failed_probes: false,
+            announced: false,
         }
     }
 
@@ -379,6 +383,7 @@ mod tests {
             ran_for: Duration::from_millis(10),
             became_ready: false,
             failed_probes: false,
+            announced: false,
         };
         assert_eq!(
             after_exit(&r, 2, run),
@@ -397,12 +402,14 @@ mod tests {
             ran_for: Duration::from_secs(10),
             became_ready: true,
             failed_probes: false,
+            announced: false,
         };
         let killed = RunFacts {
             exit: Exit::Signal(9),
             ran_for: Duration::from_secs(10),
             became_ready: true,
             failed_probes: false,
+            announced: false,
         };
         assert!(matches!(
             after_exit(&rules(RestartPolicy::OnFailure), 0, clean),
@@ -433,6 +440,7 @@ mod tests {
             ran_for: Duration::from_secs(1),
             became_ready: false,
             failed_probes: false,
+            announced: false,
         };
         match after_exit(&rules(RestartPolicy::Always), 0, run) {
             AfterExit::Fail { reason, .. } => assert!(reason.contains("configuration error")),
@@ -451,6 +459,7 @@ mod tests {
             ran_for: Duration::from_millis(100),
             became_ready: false,
             failed_probes: false,
+            announced: false,
         };
         match after_exit(&r, 2, quick(158)) {
             AfterExit::Fail { reason, level } => {
@@ -481,6 +490,32 @@ mod tests {
         assert!(matches!(
             after_exit(&r, 0, quick(1)),
             AfterExit::Restart { level: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn an_exit_announced_with_stopping_does_not_raise_the_level() {
+        let r = rules(RestartPolicy::Always);
+        let run = |code, announced| RunFacts {
+            exit: Exit::Code(code),
+            ran_for: Duration::from_millis(100),
+            became_ready: true,
+            failed_probes: false,
+            announced,
+        };
+        assert!(matches!(
+            after_exit(&r, 2, run(1, true)),
+            AfterExit::Restart { level: 2, .. }
+        ));
+        assert!(matches!(
+            after_exit(&r, 2, run(1, false)),
+            AfterExit::Restart { level: 3, .. }
+        ));
+        // Under on-failure a clean announced exit stays stopped, as systemd does.
+        let r = rules(RestartPolicy::OnFailure);
+        assert!(matches!(
+            after_exit(&r, 0, run(0, true)),
+            AfterExit::Stop { .. }
         ));
     }
 

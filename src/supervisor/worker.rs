@@ -49,7 +49,14 @@ pub(super) enum KillReason {
     Fenced,
     /// Its health probes failed (`[pool.NAME.health]`).
     Unhealthy,
+    /// `watchdog`: no `WATCHDOG=1` for `period` (`triggered`: it sent `WATCHDOG=trigger`).
+    Watchdog {
+        period: Duration,
+        triggered: bool,
+    },
 }
+
+pub(super) use crate::config::Readiness;
 
 /// What to do with a slot once its process is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +122,10 @@ pub(super) enum Phase {
 #[derive(Debug, Clone)]
 pub(super) struct Rules {
     pub protocol: bool,
+    /// What makes a started worker count as running.
+    pub ready: Readiness,
+    /// `WATCHDOG=1` is due this often once it runs.
+    pub watchdog: Option<Duration>,
     pub start_timeout: Duration,
     pub stop_timeout: Duration,
     pub restart: RestartRules,
@@ -124,6 +135,8 @@ impl Rules {
     pub fn of(spec: &PoolSpec) -> Rules {
         Rules {
             protocol: spec.is_protocol(),
+            ready: spec.ready,
+            watchdog: spec.watchdog,
             start_timeout: spec.start_timeout,
             stop_timeout: spec.stop_timeout,
             restart: RestartRules {
@@ -149,6 +162,8 @@ pub(super) struct Facts {
     pub lease: Option<(Instant, Duration)>,
     /// The first grace after `cancel` to end, and why the worker is killed then.
     pub job_kill: Option<(KillReason, Instant)>,
+    /// When it last sent `WATCHDOG=1` on its notify socket.
+    pub watchdog: Option<Instant>,
 }
 
 /// What happens to a slot.
@@ -176,8 +191,16 @@ pub(super) enum Input {
     Unhealthy {
         drain: bool,
     },
-    /// The worker said `ready`.
-    Ready,
+    /// The worker said it is ready this way (`ready` on its socket, `READY=1`, a passing
+    /// probe); only the way its pool's `ready` names counts.
+    Ready(Readiness),
+    /// It sent `WATCHDOG=trigger`: killed as hung.
+    WatchdogTrigger,
+    /// It sent `EXTEND_TIMEOUT_USEC`: the start timeout, drain or stop timeout under way
+    /// ends no sooner than this long from now.
+    Extend(Duration),
+    /// It sent `STOPPING=1`: its next exit is intentional, not a crash.
+    Stopping,
     /// Stop the worker and then `retire` the slot; `drain`: a protocol worker holding
     /// jobs is sent `drain` first.
     Stop {
@@ -208,7 +231,7 @@ pub(super) enum Effect {
     KillFor { pid: i32, why: KillReason },
     /// Send `drain`; the worker is stopped at `until` at the latest.
     Drain { until: Instant },
-    /// The worker counts as running now (plain: stable; protocol: ready).
+    /// The worker counts as running now (as its pool's `ready` says).
     Up { pid: i32 },
     /// A spawn failed for want of resources; tried again at `retry_at`.
     WaitForResources { retry_at: Instant },
@@ -248,6 +271,12 @@ pub(super) struct Worker {
     /// This run is being stopped because its health probes failed: its exit is an
     /// unstable one, restarted by the policy with backoff, not a deliberate stop.
     health_stop: bool,
+    /// When this run came to count as running (the watchdog runs from then).
+    up_at: Option<Instant>,
+    /// `EXTEND_TIMEOUT_USEC` during the start: the start timeout ends no sooner.
+    start_extended: Option<Instant>,
+    /// It sent `STOPPING=1`: its exit is intentional.
+    announced_stop: bool,
 }
 
 /// When a drain during shutdown must end: early enough to leave the stop signal its
@@ -268,6 +297,9 @@ impl Worker {
             became_ready: false,
             health_stop: false,
             recheck: None,
+            up_at: None,
+            start_extended: None,
+            announced_stop: false,
         }
     }
 
@@ -345,10 +377,10 @@ impl Worker {
         let mut next: Option<Instant> = None;
         let mut at = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         match self.phase {
-            Phase::Starting { since, .. } if self.rules.protocol => {
-                at(after(since, self.rules.start_timeout))
+            Phase::Starting { since, .. } if self.rules.ready == Readiness::Stable => {
+                at(after(since, self.rules.restart.stable_after))
             }
-            Phase::Starting { since, .. } => at(after(since, self.rules.restart.stable_after)),
+            Phase::Starting { since, .. } => at(self.start_due(since)),
             Phase::BackingOff { until, .. } => at(until),
             Phase::Stopping {
                 kill_at,
@@ -357,6 +389,9 @@ impl Worker {
             } => at(kill_at),
             Phase::Draining { until, .. } => at(if facts.holds_jobs { until } else { now }),
             _ => {}
+        }
+        if let Some(t) = self.watchdog_due(facts) {
+            at(t);
         }
         if self.rules.protocol && self.watched() {
             if let Some((t, _)) = facts.lease {
@@ -375,6 +410,25 @@ impl Worker {
             Some(r) if t < r => r,
             _ => t,
         })
+    }
+
+    /// When a worker that must say it is ready is killed for not having said so.
+    fn start_due(&self, since: Instant) -> Instant {
+        let due = after(since, self.rules.start_timeout);
+        self.start_extended.map_or(due, |e| e.max(due))
+    }
+
+    /// When a running worker with a `watchdog` is killed unless it sends `WATCHDOG=1`.
+    fn watchdog_due(&self, facts: &Facts) -> Option<Instant> {
+        let period = self.rules.watchdog?;
+        if !matches!(self.phase, Phase::Running { .. } | Phase::Draining { .. }) {
+            return None;
+        }
+        let from = match (self.up_at, facts.watchdog) {
+            (Some(u), Some(p)) => u.max(p),
+            (u, p) => u.or(p)?,
+        };
+        Some(after(from, period))
     }
 
     /// Whether its protocol deadlines (start timeout, leases, cancel graces) apply.
@@ -399,6 +453,9 @@ impl Worker {
                 };
                 self.became_ready = false;
                 self.recheck = None;
+                self.up_at = None;
+                self.start_extended = None;
+                self.announced_stop = false;
                 if stop {
                     self.stop_now(now, shutdown, &mut out);
                 }
@@ -437,11 +494,50 @@ impl Worker {
                     self.phase = Phase::Failed;
                 }
             }
-            Input::Ready => {
-                if let Phase::Starting { pid, since } = self.phase {
-                    self.phase = Phase::Running { pid, since };
-                    self.became_ready = true;
-                    out.push(Effect::Up { pid });
+            Input::Ready(how) => {
+                if let Phase::Starting { pid, since } = self.phase
+                    && how == self.rules.ready
+                {
+                    self.up(pid, since, now, &mut out);
+                }
+            }
+            Input::WatchdogTrigger => {
+                if let Some(period) = self.rules.watchdog
+                    && let Phase::Starting { pid, since }
+                    | Phase::Running { pid, since }
+                    | Phase::Draining { pid, since, .. } = self.phase
+                {
+                    let why = KillReason::Watchdog {
+                        period,
+                        triggered: true,
+                    };
+                    self.phase = Phase::Killing { pid, since, why };
+                    out.push(Effect::KillFor { pid, why });
+                }
+            }
+            Input::Extend(d) => {
+                let to = after(now, d);
+                match &mut self.phase {
+                    Phase::Starting { .. } => {
+                        self.start_extended = Some(self.start_extended.map_or(to, |e| e.max(to)));
+                    }
+                    Phase::Draining { until, .. } => {
+                        let end = shutdown.map(|s| drain_end(now, s, self.rules.stop_timeout));
+                        *until = end.map_or(to, |e| to.min(e)).max(*until);
+                    }
+                    Phase::Stopping {
+                        kill_at,
+                        killed: false,
+                        ..
+                    } => {
+                        *kill_at = shutdown.map_or(to, |s| to.min(s)).max(*kill_at);
+                    }
+                    _ => {}
+                }
+            }
+            Input::Stopping => {
+                if self.pid().is_some() {
+                    self.announced_stop = true;
                 }
             }
             Input::Stop { retire, drain } => {
@@ -496,6 +592,13 @@ impl Worker {
             Input::Tick(facts) => self.tick(facts, now, shutdown, &mut out),
         }
         out
+    }
+
+    fn up(&mut self, pid: i32, since: Instant, now: Instant, out: &mut Vec<Effect>) {
+        self.phase = Phase::Running { pid, since };
+        self.became_ready = true;
+        self.up_at = Some(now);
+        out.push(Effect::Up { pid });
     }
 
     /// Send the stop signal now (no drain), or retire a slot without a process.
@@ -604,6 +707,7 @@ impl Worker {
             ran_for,
             became_ready: self.became_ready,
             failed_probes: self.health_stop,
+            announced: self.announced_stop,
         };
         let next = match policy::after_exit(&self.rules.restart, self.level, run) {
             AfterExit::Restart {
@@ -658,11 +762,9 @@ impl Worker {
         // at most PENDING_GRACE past it): `true` while it waits, looked at again shortly.
         let waits = |due: Instant| facts.input_pending && now < after(due, PENDING_GRACE);
         match self.phase {
-            Phase::Starting { pid, since } if !self.rules.protocol => {
+            Phase::Starting { pid, since } if self.rules.ready == Readiness::Stable => {
                 if now >= after(since, self.rules.restart.stable_after) {
-                    self.phase = Phase::Running { pid, since };
-                    self.became_ready = true;
-                    out.push(Effect::Up { pid });
+                    self.up(pid, since, now, out);
                 }
                 return;
             }
@@ -696,7 +798,7 @@ impl Worker {
             }
             _ => {}
         }
-        if !self.rules.protocol || !self.watched() {
+        if !self.watched() {
             return;
         }
         let (Some(pid), Some(since)) = (self.pid(), self.since()) else {
@@ -707,15 +809,33 @@ impl Worker {
             Phase::Killing { pid, since, why }
         };
         if let Phase::Starting { .. } = self.phase {
-            let due = after(since, self.rules.start_timeout);
+            let due = self.start_due(since);
             if now < due {
                 return;
             }
-            if waits(due) {
+            // A protocol worker's `ready` may be in its socket, unread.
+            if self.rules.protocol && waits(due) {
                 self.recheck = Some(after(now, RECHECK));
             } else {
                 self.phase = kill(KillReason::StartTimeout, out);
             }
+            return;
+        }
+        if let (Some(due), Some(period)) = (self.watchdog_due(&facts), self.rules.watchdog)
+            && now >= due
+        {
+            if waits(due) {
+                self.recheck = Some(after(now, RECHECK));
+            } else {
+                let why = KillReason::Watchdog {
+                    period,
+                    triggered: false,
+                };
+                self.phase = kill(why, out);
+            }
+            return;
+        }
+        if !self.rules.protocol {
             return;
         }
         // Bytes that arrived count as hearing from the worker, so its lease is judged on
@@ -762,6 +882,12 @@ mod tests {
     fn rules(protocol: bool) -> Rules {
         Rules {
             protocol,
+            ready: if protocol {
+                Readiness::Protocol
+            } else {
+                Readiness::Stable
+            },
+            watchdog: None,
             start_timeout: 10 * S,
             stop_timeout: 5 * S,
             restart: RestartRules {
@@ -821,7 +947,10 @@ mod tests {
     /// A protocol worker that said `ready` at `t0`.
     fn ready(t0: Instant) -> Worker {
         let mut w = started(true, t0);
-        assert_eq!(w.step(Input::Ready, t0, None), vec![Effect::Up { pid: 10 }]);
+        assert_eq!(
+            w.step(Input::Ready(Readiness::Protocol), t0, None),
+            vec![Effect::Up { pid: 10 }]
+        );
         w
     }
 
@@ -1210,7 +1339,11 @@ mod tests {
             w.deadline(&pending, t0 + 10 * S),
             Some(t0 + 10 * S + RECHECK)
         );
-        assert_eq!(w.step(Input::Ready, t0 + 10 * S, None).len(), 1);
+        assert_eq!(
+            w.step(Input::Ready(Readiness::Protocol), t0 + 10 * S, None)
+                .len(),
+            1
+        );
         // Input that never gets read waits PENDING_GRACE at most.
         let mut w = started(true, t0);
         assert_eq!(tick(&mut w, t0 + 15 * S, pending).len(), 1);
@@ -1393,10 +1526,160 @@ mod tests {
         let t0 = Instant::now();
         let mut w = Worker::new(rules(true));
         assert!(crash(&mut w, t0).is_empty());
-        assert!(w.step(Input::Ready, t0, None).is_empty());
+        assert!(
+            w.step(Input::Ready(Readiness::Protocol), t0, None)
+                .is_empty()
+        );
         assert_eq!(w.phase, Phase::Stopped);
         let mut w = ready(t0);
-        assert!(w.step(Input::Ready, t0, None).is_empty());
+        assert!(
+            w.step(Input::Ready(Readiness::Protocol), t0, None)
+                .is_empty()
+        );
+    }
+
+    /// A plain worker of a pool with `ready` and `watchdog`, started at `t0`.
+    fn notify_worker(ready: Readiness, watchdog: Option<Duration>, t0: Instant) -> Worker {
+        let mut w = started(false, t0);
+        w.rules.ready = ready;
+        w.rules.watchdog = watchdog;
+        w
+    }
+
+    #[test]
+    fn only_the_pools_own_way_of_saying_ready_counts_and_silence_is_a_start_timeout() {
+        let t0 = Instant::now();
+        let mut w = notify_worker(Readiness::Notify, None, t0);
+        // Staying up is not READY=1, nor is a passing probe.
+        assert!(tick(&mut w, t0 + 5 * S, idle()).is_empty());
+        assert!(w.step(Input::Ready(Readiness::Health), t0, None).is_empty());
+        assert_eq!(w.deadline(&idle(), t0), Some(t0 + 10 * S));
+        assert_eq!(
+            w.step(Input::Ready(Readiness::Notify), t0 + 6 * S, None),
+            vec![Effect::Up { pid: 10 }]
+        );
+        let mut w = notify_worker(Readiness::Health, None, t0);
+        assert_eq!(
+            tick(&mut w, t0 + 10 * S, idle()),
+            vec![Effect::KillFor {
+                pid: 10,
+                why: KillReason::StartTimeout
+            }]
+        );
+        // Its exit is unstable: it never became ready.
+        let out = crash(&mut w, t0 + 10 * S);
+        assert!(
+            matches!(&out[0], Effect::Exited(e) if matches!(e.next, Some(AfterExit::Restart { level: 1, .. }))),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn extend_timeout_moves_the_start_deadline_and_the_stop_deadline_but_not_back() {
+        let t0 = Instant::now();
+        let mut w = notify_worker(Readiness::Notify, None, t0);
+        assert!(w.step(Input::Extend(30 * S), t0 + 5 * S, None).is_empty());
+        assert_eq!(w.deadline(&idle(), t0), Some(t0 + 35 * S));
+        // A shorter one later does not shorten it.
+        w.step(Input::Extend(S), t0 + 6 * S, None);
+        assert_eq!(w.deadline(&idle(), t0), Some(t0 + 35 * S));
+        assert!(tick(&mut w, t0 + 20 * S, idle()).is_empty());
+        w.step(Input::Ready(Readiness::Notify), t0 + 21 * S, None);
+        let out = w.step(
+            Input::Stop {
+                retire: Retire::Keep,
+                drain: false,
+            },
+            t0 + 22 * S,
+            None,
+        );
+        assert_eq!(
+            out,
+            vec![Effect::Signal {
+                pid: 10,
+                kill_at: t0 + 27 * S
+            }]
+        );
+        w.step(Input::Extend(60 * S), t0 + 23 * S, None);
+        assert_eq!(w.deadline(&idle(), t0), Some(t0 + 83 * S));
+        // Within a shutdown's budget, never past its end.
+        w.step(Input::Extend(600 * S), t0 + 24 * S, Some(t0 + 100 * S));
+        assert_eq!(w.deadline(&idle(), t0), Some(t0 + 100 * S));
+    }
+
+    #[test]
+    fn a_watchdog_runs_from_readiness_each_ping_moves_it_and_a_miss_or_trigger_kills() {
+        let t0 = Instant::now();
+        let mut w = notify_worker(Readiness::Notify, Some(5 * S), t0);
+        // A slow start is the start timeout's business, not the watchdog's.
+        assert!(tick(&mut w, t0 + 8 * S, idle()).is_empty());
+        w.step(Input::Ready(Readiness::Notify), t0 + 9 * S, None);
+        assert_eq!(w.deadline(&idle(), t0), Some(t0 + 14 * S));
+        let pinged = Facts {
+            watchdog: Some(t0 + 13 * S),
+            ..idle()
+        };
+        assert_eq!(w.deadline(&pinged, t0), Some(t0 + 18 * S));
+        assert!(tick(&mut w, t0 + 14 * S, pinged).is_empty());
+        // An unread datagram may be the ping: judged once it is read.
+        let unread = Facts {
+            input_pending: true,
+            ..pinged
+        };
+        assert!(tick(&mut w, t0 + 18 * S, unread).is_empty());
+        let why = KillReason::Watchdog {
+            period: 5 * S,
+            triggered: false,
+        };
+        assert_eq!(
+            tick(&mut w, t0 + 18 * S + RECHECK, pinged),
+            vec![Effect::KillFor { pid: 10, why }]
+        );
+        let mut w = notify_worker(Readiness::Notify, Some(5 * S), t0);
+        w.step(Input::Ready(Readiness::Notify), t0, None);
+        assert_eq!(
+            w.step(Input::WatchdogTrigger, t0 + S, None),
+            vec![Effect::KillFor {
+                pid: 10,
+                why: KillReason::Watchdog {
+                    period: 5 * S,
+                    triggered: true
+                }
+            }]
+        );
+        // Without a watchdog, a trigger means nothing.
+        let mut w = notify_worker(Readiness::Notify, None, t0);
+        assert!(w.step(Input::WatchdogTrigger, t0, None).is_empty());
+    }
+
+    #[test]
+    fn an_exit_after_stopping_is_not_a_crash() {
+        let t0 = Instant::now();
+        let mut w = notify_worker(Readiness::Notify, None, t0);
+        w.level = 2;
+        w.step(Input::Ready(Readiness::Notify), t0, None);
+        w.step(Input::Stopping, t0, None);
+        let out = crash(&mut w, t0 + 100 * MS);
+        assert!(
+            matches!(&out[0], Effect::Exited(e) if matches!(e.next, Some(AfterExit::Restart { level: 2, .. }))),
+            "{out:?}"
+        );
+        // The next run starts without it.
+        w.spawning();
+        w.step(
+            Input::Spawned {
+                pid: 11,
+                started: t0 + S,
+            },
+            t0 + S,
+            None,
+        );
+        w.step(Input::Ready(Readiness::Notify), t0 + S, None);
+        let out = crash(&mut w, t0 + S + 100 * MS);
+        assert!(
+            matches!(&out[0], Effect::Exited(e) if matches!(e.next, Some(AfterExit::Restart { level: 3, .. }))),
+            "{out:?}"
+        );
     }
 
     #[test]

@@ -1,9 +1,11 @@
 """A stand-in for an existing HTTP service: GET /health on $PORT answers 200, or 503
-"db down" while the file <dir>/sick-<instance> exists. SIGTERM ends it cleanly."""
+"db down" while the file <dir>/sick-<instance> exists. SIGTERM ends it cleanly. With
+$LISTEN_AFTER it starts listening only after that many seconds (a slow start)."""
 import http.server
 import os
 import signal
 import sys
+import time
 
 state_dir = sys.argv[1]
 instance = os.environ["STEWARD_INSTANCE"]
@@ -24,5 +26,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+time.sleep(float(os.environ.get("LISTEN_AFTER", "0")))
 server = http.server.HTTPServer(("127.0.0.1", port), Handler)
 server.serve_forever()
