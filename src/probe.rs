@@ -1,5 +1,7 @@
-//! Health probes of a worker: an HTTP GET or a TCP connect, each bounded by a timeout.
-//! Only I/O here; what a run of results means is `supervisor::health`'s.
+//! Health probes of a worker: an HTTP GET or a TCP connect, each bounded by a timeout,
+//! run here; a command (`exec`) is started by the supervisor, which reaps every child,
+//! and judged here by [`exec_outcome`]. What a run of results means is
+//! `supervisor::health`'s.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +15,8 @@ pub enum Target {
     Http(String),
     /// `host:port`: success is an accepted connection.
     Tcp(String),
+    /// A command (program and arguments): success is exit code 0.
+    Exec(Vec<String>),
 }
 
 /// What one probe found.
@@ -68,6 +72,31 @@ async fn attempt(target: &Target) -> Result<Found, String> {
             .map(|_| (true, "connected".to_string(), None))
             .map_err(|e| format!("cannot connect to {addr}: {e}")),
         Target::Http(url) => http_get(url).await,
+        Target::Exec(_) => Err("a command probe is started by the supervisor".into()),
+    }
+}
+
+/// What an `exec` probe found: its exit, whether it was killed for running past
+/// `timeout`, and the start of what it wrote (kept when it failed).
+pub fn exec_outcome(
+    exit: crate::model::Exit,
+    timed_out: Option<Duration>,
+    output: &[u8],
+    latency: Duration,
+) -> Outcome {
+    use crate::model::Exit;
+    let ok = timed_out.is_none() && exit == Exit::Code(0);
+    let detail = match timed_out {
+        Some(t) => format!("no answer within {}", humantime::format_duration(t)),
+        None => crate::model::describe_exit(exit),
+    };
+    let text = String::from_utf8_lossy(&output[..output.len().min(SNIPPET)]);
+    let snippet = (!ok && !text.trim().is_empty()).then(|| text.trim().to_string());
+    Outcome {
+        ok,
+        detail,
+        snippet,
+        latency,
     }
 }
 
@@ -164,6 +193,32 @@ mod tests {
         assert_eq!(split_url("http://[::1]:9000").unwrap().2, "/");
         assert!(split_url("https://x/").is_err());
         assert!(split_url("http:///x").is_err());
+    }
+
+    #[test]
+    fn a_command_probe_passes_on_exit_code_0_only_and_keeps_what_a_failure_wrote() {
+        use crate::model::Exit;
+        let ms = Duration::from_millis(3);
+        let ok = exec_outcome(Exit::Code(0), None, b"fine\n", ms);
+        assert!(ok.ok);
+        assert_eq!((ok.detail.as_str(), ok.snippet), ("exit code 0", None));
+        let bad = exec_outcome(Exit::Code(2), None, "x".repeat(1000).as_bytes(), ms);
+        assert!(!bad.ok);
+        assert_eq!(bad.detail, "exit code 2");
+        assert_eq!(bad.snippet.unwrap().len(), SNIPPET);
+        let hung = exec_outcome(
+            Exit::Signal(9),
+            Some(Duration::from_secs(5)),
+            b"",
+            Duration::from_secs(5),
+        );
+        assert!(!hung.ok);
+        assert_eq!(
+            (hung.detail.as_str(), hung.snippet),
+            ("no answer within 5s", None)
+        );
+        // Exit 0 after its time was up still fails: it was killed for it.
+        assert!(!exec_outcome(Exit::Code(0), Some(ms), b"", ms).ok);
     }
 
     #[tokio::test]

@@ -194,3 +194,69 @@ fn the_example_service_runs_as_it_is() {
     assert!(d.wait_exit(TIMEOUT).success());
     assert!(d.log().contains("SIGTERM: finishing"), "{}", d.log());
 }
+
+#[test]
+fn a_command_probe_passes_on_exit_0_fails_with_what_it_said_and_is_killed_past_its_timeout() {
+    let env = Env::new();
+    let dir = env.dir.path().display().to_string();
+    // The check fails while sick-N exists (saying why), hangs while hang-N exists.
+    let check = format!(
+        "if [ -e {dir}/hang-$STEWARD_INSTANCE ]; then exec sleep 3600; fi; \
+         if [ -e {dir}/sick-$STEWARD_INSTANCE ]; then echo \"queue is stuck\"; exit 2; fi; \
+         echo ok >> {dir}/checked-$STEWARD_WORKER_PID"
+    );
+    env.write_config(&format!(
+        "[pool.svc]\ncommand = [\"sleep\", \"3600\"]\nstable_after = \"300ms\"\nstop_timeout = \"1s\"\n\
+         backoff = {{ initial = \"200ms\", max = \"1s\" }}\n\n\
+         [pool.svc.health]\nexec = [\"sh\", \"-c\", {check:?}]\ninterval = \"300ms\"\n\
+         timeout = \"500ms\"\nfailures = 2\n"
+    ));
+    let d = Daemon::start(&env);
+    // Ready at its first passing probe (ready = "health" is the default with a block).
+    let w = wait_for(TIMEOUT, "running", || {
+        let w = d.pool("svc").workers.remove(0);
+        (w.state == "running").then_some(w)
+    });
+    assert_eq!(w.health.as_ref().unwrap().detail, "exit code 0", "{w:?}");
+    let first = w.pid.unwrap();
+    // The probe ran with the worker's pid in its environment.
+    assert!(env.path(&format!("checked-{first}")).exists());
+    std::fs::write(env.path("sick-0"), "").unwrap();
+    d.wait_log("worker svc/0 is unhealthy: 2 health probes in a row failed (last: exit code 2: queue is stuck); restarting it");
+    std::fs::remove_file(env.path("sick-0")).unwrap();
+    let second = wait_for(TIMEOUT, "a new worker running", || {
+        let w = d.pool("svc").workers.remove(0);
+        w.pid.filter(|p| *p != first && w.state == "running")
+    });
+    // A probe that hangs is killed at its timeout, and counts as a failure.
+    std::fs::write(env.path("hang-0"), "").unwrap();
+    d.wait_log("(last: no answer within 500ms); restarting it");
+    std::fs::remove_file(env.path("hang-0")).unwrap();
+    wait_for(TIMEOUT, "a third worker running", || {
+        let w = d.pool("svc").workers.remove(0);
+        w.pid.filter(|p| *p != second && w.state == "running")
+    });
+    // No probe process is left over: every hung `sleep 3600` of a probe was killed.
+    let probes_left = || {
+        let me = d.pid();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|p| {
+                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                let ppid = stat
+                    .rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().nth(1));
+                ppid == Some(&me.to_string()) && {
+                    let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                    cmd.starts_with(b"sleep\0") && Some(*p) != d.pool("svc").workers[0].pid
+                }
+            })
+            .count()
+    };
+    wait_for(TIMEOUT, "no hung probe left", || {
+        (probes_left() == 0).then_some(())
+    });
+}

@@ -500,7 +500,7 @@ fn a_protocol_worker_that_never_says_ready_is_restarted() {
     let first = wait_for(TIMEOUT, "pid", || d.try_status()?.pools[0].workers[0].pid);
     assert_eq!(d.pool("mute").workers[0].state, "starting");
     let id = d.submit("q", "{}", &[]);
-    d.wait_log("did not send {\"type\":\"ready\"} within 1.0s; killing it");
+    d.wait_log("did not send {\"type\":\"ready\"} within 1.0s (start_timeout); killing it");
     let w = wait_for(TIMEOUT, "restarted", || {
         let w = d.try_status()?.pools[0].workers[0].clone();
         (w.restarts >= 1 && w.pid.is_some() && w.pid != Some(first)).then_some(w)

@@ -305,6 +305,21 @@ fn check_config_refuses_readiness_that_cannot_work_at_its_position() {
             1,
             "watchdog must be at least 100ms",
         ),
+        (
+            "[pool.a]\ncommand = [\"true\"]\n[pool.a.health]\nexec = [\"true\"]\ntcp = \"127.0.0.1:1\"\n",
+            3,
+            "has more than one of http, tcp and exec",
+        ),
+        (
+            "[pool.a]\ncommand = [\"true\"]\n[pool.a.health]\nexec = []\n",
+            4,
+            "pool.a.health.exec is empty",
+        ),
+        (
+            "[pool.a]\ncommand = [\"true\"]\n[pool.a.health]\nexec = [\"./no-such-check\"]\n",
+            4,
+            "does not exist or is not executable",
+        ),
     ];
     for (text, line, needle) in cases {
         std::fs::write(env.config_path(), text).unwrap();

@@ -6,6 +6,7 @@
 //! several runs with min–max, because machines are noisy.
 
 mod postgres;
+mod probes;
 pub mod worker;
 
 use std::fmt::Write as _;
@@ -52,6 +53,8 @@ struct Sizes {
     pg_jobs: usize,
     pg_sql_jobs: usize,
     rescue_runs: usize,
+    probed_workers: u32,
+    probe_window_secs: f64,
 }
 
 const FULL: Sizes = Sizes {
@@ -69,6 +72,8 @@ const FULL: Sizes = Sizes {
     pg_jobs: 100_000,
     pg_sql_jobs: 100_000,
     rescue_runs: 3,
+    probed_workers: 1000,
+    probe_window_secs: 20.0,
 };
 
 const QUICK: Sizes = Sizes {
@@ -86,6 +91,8 @@ const QUICK: Sizes = Sizes {
     pg_jobs: 1_000,
     pg_sql_jobs: 10_000,
     rescue_runs: 1,
+    probed_workers: 100,
+    probe_window_secs: 3.0,
 };
 
 fn fail(e: impl std::fmt::Display) -> Failure {
@@ -1177,6 +1184,27 @@ pub fn run(quick: bool, json_out: bool, only: &[u8]) -> Result<(), Failure> {
         };
         if let Some(cluster) = &cluster {
             postgres_rows(&exe, cluster, s, &want, &progress, &mut out).await?;
+        }
+        if want(16) {
+            progress("16. health probes");
+            let mut p = probes::probed_workers(&exe, s).await?;
+            let base = median(&mut p.cpu_without);
+            let rate = median(&mut p.probes_per_sec);
+            let cost: Vec<f64> = p.cpu_with.iter().map(|c| c - base).collect();
+            out.push(summarize(
+                &format!(
+                    "16. {} workers probed over HTTP every 1 s: daemon CPU for it",
+                    s.probed_workers
+                ),
+                "% core",
+                cost,
+                "<= 5",
+                |m| m <= 5.0,
+                format!(
+                    "{rate:.0} probes/s answered; daemon CPU {:.2} % with probes, {base:.2} % without (medians)",
+                    median(&mut p.cpu_with)
+                ),
+            ));
         }
         if want(9) {
             progress("9. worker output");

@@ -323,6 +323,8 @@ pub struct HealthSpec {
 pub enum ProbeSpec {
     Http(String),
     Tcp(String),
+    /// Program (resolved as `command`'s is) and arguments.
+    Exec(Vec<String>),
 }
 
 /// What happens to an unhealthy worker.
@@ -467,6 +469,9 @@ impl PoolSpec {
         self.health.as_ref().map(|h| match &h.probe {
             ProbeSpec::Http(u) => crate::probe::Target::Http(self.fill(u, index)),
             ProbeSpec::Tcp(a) => crate::probe::Target::Tcp(self.fill(a, index)),
+            ProbeSpec::Exec(c) => {
+                crate::probe::Target::Exec(c.iter().map(|a| self.fill(a, index)).collect())
+            }
         })
     }
 
@@ -1389,12 +1394,13 @@ fn parse_pool(
         }
     }
     if let Some(h) = s.table(ctx, "health") {
-        spec.health = parse_health(ctx, &h, name);
+        spec.health = parse_health(ctx, &h, name, base);
         h.finish(
             ctx,
             &[
                 "http",
                 "tcp",
+                "exec",
                 "interval",
                 "timeout",
                 "failures",
@@ -1481,6 +1487,7 @@ fn parse_pool(
         None => {
             let in_probe = match spec.health.as_ref().map(|h| &h.probe) {
                 Some(ProbeSpec::Http(t)) | Some(ProbeSpec::Tcp(t)) => t.contains("{port}"),
+                Some(ProbeSpec::Exec(c)) => c.iter().any(|a| a.contains("{port}")),
                 None => false,
             };
             let uses_port = spec.command.iter().any(|a| a.contains("{port}"))
@@ -1552,9 +1559,44 @@ fn parse_pool(
 }
 
 /// Why `name` cannot be the name of an environment variable, if it cannot.
-fn parse_health(ctx: &mut Ctx, h: &Section, name: &str) -> Option<HealthSpec> {
+fn parse_health(ctx: &mut Ctx, h: &Section, name: &str, base: &Path) -> Option<HealthSpec> {
     let http = h.string(ctx, "http");
     let tcp = h.string(ctx, "tcp");
+    let exec = h.string_list_spanned(ctx, "exec");
+    let given = [http.is_some(), tcp.is_some(), exec.is_some()];
+    if given.iter().filter(|g| **g).count() > 1 {
+        ctx.error(
+            h.span(),
+            format!("[pool.{name}.health] has more than one of http, tcp and exec: give one"),
+        );
+        return None;
+    }
+    if let Some((items, span)) = exec {
+        let mut list: Vec<String> = items.into_iter().map(|(a, _)| a).collect();
+        if list.is_empty() || list[0].trim().is_empty() {
+            ctx.error(span, format!("pool.{name}.health.exec is empty: give a program and its arguments, e.g. [\"/usr/local/bin/check\", \"--port={{port}}\"]"));
+            return None;
+        }
+        if list.iter().any(|a| a.contains('\0')) {
+            ctx.error(span, format!("pool.{name}.health.exec contains a NUL byte, which no program argument can hold"));
+            return None;
+        }
+        if list[0].contains('/') {
+            let p = reader::normalize(&base.join(&list[0]));
+            if !crate::process::is_executable(&p) {
+                ctx.error(
+                    span,
+                    format!(
+                        "pool.{name}.health.exec: program {} does not exist or is not executable",
+                        p.display()
+                    ),
+                );
+                return None;
+            }
+            list[0] = p.to_string_lossy().into_owned();
+        }
+        return Some(health_spec(ctx, h, name, ProbeSpec::Exec(list)));
+    }
     let probe = match (http, tcp) {
         (Some((url, span)), None) => {
             match crate::probe::split_url(&url.replace("{port}", "1").replace("{instance}", "0")) {
@@ -1580,10 +1622,15 @@ fn parse_health(ctx: &mut Ctx, h: &Section, name: &str) -> Option<HealthSpec> {
             return None;
         }
         (None, None) => {
-            ctx.error(h.span(), format!("[pool.{name}.health] needs what to probe: http = \"http://127.0.0.1:{{port}}/health\" or tcp = \"127.0.0.1:{{port}}\""));
+            ctx.error(h.span(), format!("[pool.{name}.health] needs what to probe: http = \"http://127.0.0.1:{{port}}/health\", tcp = \"127.0.0.1:{{port}}\" or exec = [\"/path/to/check\", ...]"));
             return None;
         }
     };
+    Some(health_spec(ctx, h, name, probe))
+}
+
+/// The rest of a health block, around its `probe`.
+fn health_spec(ctx: &mut Ctx, h: &Section, name: &str, probe: ProbeSpec) -> HealthSpec {
     let mut spec = HealthSpec {
         probe,
         interval: Duration::from_secs(10),
@@ -1626,7 +1673,7 @@ fn parse_health(ctx: &mut Ctx, h: &Section, name: &str) -> Option<HealthSpec> {
             ),
         }
     }
-    Some(spec)
+    spec
 }
 
 /// `ready` and `watchdog`, once `queues` and `health` are known (they decide the

@@ -13,8 +13,36 @@ pub struct Health {
     pub unhealthy: bool,
     /// A probe of this run has passed: its start period is over.
     pub passed: bool,
-    /// The last probe: passed, what it found, its latency in ms, a body snippet.
-    pub last: Option<(bool, String, f64, Option<String>)>,
+}
+
+/// The last probe of a worker's run: passed, what it found, its latency in ms, a body
+/// snippet. Written by whoever ran the probe, read for `steward status`.
+pub type LastProbe = std::sync::Arc<std::sync::Mutex<Option<(bool, String, f64, Option<String>)>>>;
+
+/// Count a probe of a worker of `pool` in the metrics and keep it as its last.
+pub fn note(
+    metrics: &crate::metrics::Metrics,
+    pool: &str,
+    last: &LastProbe,
+    outcome: &crate::probe::Outcome,
+) {
+    metrics.health_checked(pool, outcome.ok, outcome.latency);
+    if let Ok(mut l) = last.lock() {
+        *l = Some((
+            outcome.ok,
+            outcome.detail.clone(),
+            outcome.latency.as_secs_f64() * 1000.0,
+            outcome.snippet.clone(),
+        ));
+    }
+}
+
+/// Whether a passing probe can go unreported to the supervision loop: the worker is up
+/// and `passes_before` passes in a row already reached it, enough for `successes`, so
+/// this one changes nothing there. Failures, and passes while it starts or recovers,
+/// are always reported.
+pub fn quiet(ok: bool, up: bool, passes_before: u32, successes: u32) -> bool {
+    ok && up && passes_before >= successes
 }
 
 /// What one result changed.
@@ -116,6 +144,21 @@ mod tests {
         assert_eq!(h.record(&s, true), Change::None);
         assert_eq!(h.record(&s, true), Change::Recovered);
         assert!(!h.unhealthy);
+    }
+
+    #[test]
+    fn only_passes_that_change_nothing_go_unreported() {
+        // Starting: every result is reported (the first pass is the readiness).
+        assert!(!quiet(true, false, 5, 1));
+        // Failures always are.
+        assert!(!quiet(false, true, 5, 1));
+        // Up: the first pass after a failure is, the next ones are not.
+        assert!(!quiet(true, true, 0, 1));
+        assert!(quiet(true, true, 1, 1));
+        // An unhealthy worker needs `successes` passes in a row: each is reported.
+        assert!(!quiet(true, true, 1, 3));
+        assert!(!quiet(true, true, 2, 3));
+        assert!(quiet(true, true, 3, 3));
     }
 
     #[test]

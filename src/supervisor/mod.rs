@@ -12,6 +12,7 @@
 
 mod dispatch;
 mod exec;
+mod exec_probe;
 mod exec_run;
 mod health;
 mod held;
@@ -114,6 +115,7 @@ struct Slot {
     retire_at: Option<Instant>,
     /// This run's probe results, and the task that probes it while it runs.
     health: health::Health,
+    last_probe: health::LastProbe,
     prober: Option<tokio::task::JoinHandle<()>>,
     /// Restarted for its health and no probe has passed since: counts as unhealthy, and
     /// as the pool's one health restart under way.
@@ -144,12 +146,22 @@ impl Slot {
             t.abort();
         }
         self.health = health::Health::default();
+        // A new cell: a probe of the old run that still ends writes to the old one.
+        self.last_probe = health::LastProbe::default();
     }
 
     /// Start probing the worker `pid` that started at `started`: every 2 s (or
     /// `interval` if shorter) until it counts as running or its start period is over,
-    /// then every `interval`.
-    fn start_probing(&mut self, id: SlotId, pid: i32, events: mpsc::UnboundedSender<Event>) {
+    /// then every `interval`. A passing probe that changes nothing (see
+    /// [`health::quiet`]) is only counted and kept here: 1,000 workers probed every
+    /// second do not wake the supervision loop 1,000 times a second.
+    fn start_probing(
+        &mut self,
+        id: SlotId,
+        pid: i32,
+        events: mpsc::UnboundedSender<Event>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) {
         let (Some(target), Some(h)) = (self.spec.probe_for(self.index), self.spec.health.clone())
         else {
             return;
@@ -158,7 +170,9 @@ impl Slot {
         let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
         self.up_flag = up.clone();
         let start_end = after(Instant::now(), self.spec.start_period());
+        let (last, pool) = (self.last_probe.clone(), self.pool.clone());
         self.prober = Some(tokio::spawn(async move {
+            let mut passes = 0u32;
             loop {
                 let starting =
                     !up.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < start_end;
@@ -168,7 +182,25 @@ impl Slot {
                     h.interval
                 };
                 tokio::time::sleep(pace).await;
+                if let crate::probe::Target::Exec(_) = target {
+                    // A command is started by the loop, which reaps every child.
+                    if events.send(Event::ProbeDue { slot: id, pid }).is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 let outcome = crate::probe::run(&target, h.timeout).await;
+                health::note(&metrics, &pool, &last, &outcome);
+                let is_up = up.load(std::sync::atomic::Ordering::Relaxed);
+                let quiet = health::quiet(outcome.ok, is_up, passes, h.successes);
+                passes = if outcome.ok {
+                    passes.saturating_add(1)
+                } else {
+                    0
+                };
+                if quiet {
+                    continue;
+                }
                 if events
                     .send(Event::Probed {
                         slot: id,
@@ -302,6 +334,17 @@ pub enum Event {
         pid: i32,
         outcome: crate::probe::Outcome,
     },
+    /// A command probe of the worker `pid` of a slot is due.
+    ProbeDue {
+        slot: SlotId,
+        pid: i32,
+    },
+    /// The spawner answered for a command probe of the worker `pid` of a slot.
+    ProbeSpawned {
+        slot: SlotId,
+        pid: i32,
+        result: io::Result<Child>,
+    },
     /// A worker sent this on its notify socket.
     Notified {
         slot: SlotId,
@@ -356,6 +399,8 @@ pub struct Supervisor {
     exec_pids: HashMap<i32, (String, u32)>,
     /// Exits of children whose spawn answer has not arrived yet.
     early_exits: process::EarlyExits,
+    /// Health probe commands being started or running.
+    probes: exec_probe::Probes,
     /// Spawns asked of the spawner and not answered yet.
     spawns_in_flight: usize,
     /// The last spawn that failed for want of resources, and when.
@@ -427,6 +472,7 @@ impl Supervisor {
             pids: HashMap::new(),
             exec_pids: HashMap::new(),
             early_exits: process::EarlyExits::default(),
+            probes: exec_probe::Probes::default(),
             spawns_in_flight: 0,
             shortage: None,
             claim_trouble: policy::Repeated::new(CLAIM_TROUBLE_EVERY),
@@ -606,7 +652,7 @@ impl Supervisor {
         let Some(sd) = &self.shutdown else {
             return false;
         };
-        if self.slots.is_empty() && self.exec_running() == 0 {
+        if self.slots.is_empty() && self.exec_running() == 0 && self.probes.running.is_empty() {
             return true;
         }
         if sd.forced_at.is_some_and(|f| now >= f + FORCED_GRACE) {
@@ -638,6 +684,9 @@ impl Supervisor {
             }
         }
         if let Some(t) = self.exec_deadline() {
+            next = next.min(t);
+        }
+        if let Some(t) = self.probe_deadline() {
             next = next.min(t);
         }
         for h in self.hints.values() {
@@ -675,6 +724,8 @@ impl Supervisor {
             Event::ExitTail { slot, seq, lines } => self.exit_tail(slot, seq, lines),
             Event::Probed { slot, pid, outcome } => self.probed(slot, pid, outcome),
             Event::Notified { slot, pid, msg } => self.notified(slot, pid, msg),
+            Event::ProbeDue { slot, pid } => self.exec_probe_due(slot, pid),
+            Event::ProbeSpawned { slot, pid, result } => self.probe_spawned(slot, pid, result),
             Event::InvalidLinesIgnored { slot, pid, ignored } => {
                 self.invalid_lines_ignored(slot, pid, ignored)
             }
@@ -734,14 +785,18 @@ impl Supervisor {
     }
 
     fn reap(&mut self) {
-        let (pids, exec_pids) = (&self.pids, &self.exec_pids);
-        let exits = process::reap(|pid| pids.contains_key(&pid) || exec_pids.contains_key(&pid));
+        let (pids, exec_pids, probes) = (&self.pids, &self.exec_pids, &self.probes.running);
+        let exits = process::reap(|pid| {
+            pids.contains_key(&pid) || exec_pids.contains_key(&pid) || probes.contains_key(&pid)
+        });
         let now = Instant::now();
         for (pid, exit) in exits {
             if let Some(id) = self.pids.remove(&pid) {
                 self.on_exit(id, exit, now);
             } else if let Some((pool, lane)) = self.exec_pids.remove(&pid) {
                 self.on_exec_exit(&pool, lane, exit, now);
+            } else if self.probes.running.contains_key(&pid) {
+                self.probe_exited(pid, exit, now);
             } else {
                 // Perhaps a child whose spawn result has not arrived yet.
                 self.early_exits
@@ -813,7 +868,12 @@ impl Supervisor {
                 ),
             }
         }
-        slot.start_probing(id, pid, self.events_tx.clone());
+        slot.start_probing(
+            id,
+            pid,
+            self.events_tx.clone(),
+            self.observed.metrics.clone(),
+        );
         self.pids.insert(pid, id);
         let origin = Origin {
             pool: Arc::from(slot.pool.as_str()),
@@ -1266,15 +1326,6 @@ impl Supervisor {
         let Some(spec) = slot.spec.health.clone() else {
             return;
         };
-        self.observed
-            .metrics
-            .health_checked(&slot.pool, outcome.ok, outcome.latency);
-        slot.health.last = Some((
-            outcome.ok,
-            outcome.detail.clone(),
-            outcome.latency.as_secs_f64() * 1000.0,
-            outcome.snippet.clone(),
-        ));
         if outcome.ok {
             slot.awaiting_health = false;
         }
@@ -1453,6 +1504,7 @@ impl Supervisor {
             self.carry_out(id, effects, now, "");
         }
         self.exec_timers(now);
+        self.probe_timers(now);
         if let Some(sd) = &mut self.shutdown
             && now >= sd.next_extend
         {
@@ -1492,6 +1544,7 @@ impl Supervisor {
                 exits: 0,
                 retire_at: None,
                 health: health::Health::default(),
+                last_probe: health::LastProbe::default(),
                 prober: None,
                 awaiting_health: false,
                 up_flag: Arc::default(),
@@ -1727,6 +1780,7 @@ impl Supervisor {
 
     fn begin_shutdown(&mut self, why: &str) {
         let now = Instant::now();
+        self.kill_probes();
         if let Some(sd) = &mut self.shutdown {
             if sd.forced_at.is_none() {
                 sd.forced_at = Some(now);
@@ -2086,15 +2140,15 @@ impl Supervisor {
                         reason: s.reason.clone(),
                         generation: s.generation,
                         jobs: s.held.keys().copied().collect(),
-                        health: s.health.last.as_ref().map(|(ok, detail, ms, body)| {
-                            crate::api::ProbeView {
-                                ok: *ok,
-                                detail: detail.clone(),
-                                latency_ms: *ms,
-                                body: body.clone(),
+                        health: s.last_probe.lock().ok().and_then(|l| l.clone()).map(
+                            |(ok, detail, ms, body)| crate::api::ProbeView {
+                                ok,
+                                detail,
+                                latency_ms: ms,
+                                body,
                                 failures: s.health.failures,
-                            }
-                        }),
+                            },
+                        ),
                         status: s.notify_status.clone(),
                     })
                     .collect();
