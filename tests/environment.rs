@@ -252,3 +252,32 @@ fn credentials_reach_the_workers_as_variables_and_are_never_logged() {
     assert!(!status.contains("s3cr3t"), "{status}");
     assert!(!d.log().contains("s3cr3t"), "{}", d.log());
 }
+
+#[test]
+fn an_exec_pool_gets_credentials_and_waits_with_its_jobs_queued_while_one_is_missing() {
+    let env = Env::new();
+    let creds = env.path("creds");
+    std::fs::create_dir_all(&creds).unwrap();
+    let dir = env.dir.path().display().to_string();
+    env.write_config(&format!(
+        "[queue.q]\n\n[pool.x]\nmode = \"exec\"\nqueues = [\"q\"]\n\
+         command = [\"sh\", \"-c\", \"cat > /dev/null; printf %s \\\"$TOKEN\\\" > {dir}/got-$STEWARD_JOB_ID\"]\n\
+         env_from_credentials = {{ TOKEN = \"tok\" }}\n"
+    ));
+    let creds_s = creds.display().to_string();
+    let d = Daemon::start_with(&env, &[("CREDENTIALS_DIRECTORY", &creds_s)]);
+    let id = d.submit("q", "{}", &[]);
+    d.wait_log("exec pool x takes no jobs: cannot read credential");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(d.job(id).state, "queued", "no attempt is spent on it");
+    // The credential appears (as after `systemctl restart` with LoadCredential=).
+    std::fs::write(creds.join("tok"), "t0ken-77c1\n").unwrap();
+    d.wait_job(id, "succeeded", TIMEOUT);
+    assert_eq!(
+        std::fs::read_to_string(env.path(&format!("got-{id}"))).unwrap(),
+        "t0ken-77c1"
+    );
+    assert_eq!(d.job(id).attempts, 1);
+    d.wait_log("exec pool x takes jobs again");
+    assert!(!d.log().contains("t0ken"), "{}", d.log());
+}

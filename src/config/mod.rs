@@ -1514,12 +1514,6 @@ fn parse_pool(
                 format!("`concurrency` does not apply to exec pool `{name}`: each job is its own process; `instances` is how many run at once"),
             );
         }
-        if s.has("env_from_credentials") {
-            ctx.error(
-                s.span(),
-                format!("`env_from_credentials` applies to worker pools for now; exec pool `{name}` can read $CREDENTIALS_DIRECTORY itself"),
-            );
-        }
         if s.has("health") {
             ctx.error(
                 s.span(),

@@ -18,6 +18,7 @@ use super::exec_run::{Effect, ExecRun, ExecStop, Input, Shutdown};
 use super::policy::Exit;
 use super::worker::{RESOURCE_RETRY, drain_end};
 use super::{Event, Supervisor, human};
+use crate::config::{self, PoolSpec};
 use crate::jobs::{self, Outcome};
 use crate::journal::{AttemptOutput, Claimed, JournalError, now_ms};
 use crate::logging::{Capture, Origin, Stream};
@@ -43,9 +44,62 @@ pub(super) struct ExecLanes {
     pub claiming: usize,
     /// A job process could not be started for want of resources: no claims until then.
     pub resources_wait: Option<Instant>,
+    /// Its job processes cannot be given the environment they need (a credential that
+    /// cannot be read, a required variable missing): no claims, looked at again at the
+    /// instant given.
+    pub blocked: Option<(String, Instant)>,
 }
 
+/// How often an exec pool that cannot start jobs looks again.
+const BLOCKED_RECHECK: Duration = Duration::from_secs(5);
+
 impl Supervisor {
+    /// The environment of a job process of `spec` in `lane` (without the per-job
+    /// STEWARD_* variables), or why it cannot be made: a credential that cannot be read, a
+    /// required variable missing.
+    fn exec_env(&self, spec: &PoolSpec, lane: u32) -> Result<Vec<(String, String)>, String> {
+        let mut env = process::base_environment(&self.env.vars, spec.inherit_env);
+        env.extend(spec.for_instance(lane).1);
+        for (var, cred) in &spec.credentials {
+            let v = config::read_credential(self.env.credentials_directory.as_deref(), cred)
+                .map_err(|why| format!("{why} (for {var}, env_from_credentials)"))?;
+            env.push((var.clone(), v));
+        }
+        match spec.missing_env(&env).as_slice() {
+            [] => Ok(env),
+            [one] => Err(format!("missing required environment variable {one}")),
+            many => Err(format!(
+                "missing required environment variables {}",
+                many.join(", ")
+            )),
+        }
+    }
+
+    /// Record whether exec pool `name` can start jobs (`problem`: why not), saying so
+    /// when that changes; true if it can.
+    fn exec_blocked(&mut self, name: &str, problem: Option<String>) -> bool {
+        let Some(pool) = self.pools.get_mut(name) else {
+            return false;
+        };
+        match problem {
+            Some(why) => {
+                if pool.exec.blocked.as_ref().map(|(w, _)| w) != Some(&why) {
+                    tracing::error!(POOL = %name,
+                        "exec pool {name} takes no jobs: {why}; its jobs wait in the queue. Fix it and `systemctl reload steward` (or, for LoadCredential=, `systemctl restart steward`); steward looks again every {}s",
+                        BLOCKED_RECHECK.as_secs());
+                }
+                pool.exec.blocked = Some((why, Instant::now() + BLOCKED_RECHECK));
+                false
+            }
+            None => {
+                if pool.exec.blocked.take().is_some() {
+                    tracing::info!(POOL = %name, "exec pool {name} takes jobs again");
+                }
+                true
+            }
+        }
+    }
+
     /// Claim jobs for the free lanes of every exec pool.
     pub(super) fn dispatch_exec(&mut self) {
         if self.shutdown.is_some() || self.fenced {
@@ -67,9 +121,23 @@ impl Supervisor {
             if free == 0 {
                 continue;
             }
+            if pool
+                .exec
+                .blocked
+                .as_ref()
+                .is_some_and(|(_, at)| Instant::now() < *at)
+            {
+                continue;
+            }
             let Some((queues, epochs)) = self.ready_queues(&pool.spec.queues) else {
                 continue;
             };
+            // Only with jobs to claim: the credentials are read then, not on every turn.
+            let spec = pool.spec.clone();
+            let problem = self.exec_env(&spec, 0).err();
+            if !self.exec_blocked(&name, problem) {
+                continue;
+            }
             if let Some(pool) = self.pools.get_mut(&name) {
                 pool.exec.claiming += free;
             }
@@ -137,9 +205,24 @@ impl Supervisor {
                     "job {} attempt {} starting as a process of exec pool {name} (lane {lane}) after {} in the queue",
                     job.id, job.attempt, human(Duration::from_millis(wait_ms)));
             }
-            let (command, own_env) = pspec.for_instance(lane);
-            let mut env = process::base_environment(&self.env.vars, pspec.inherit_env);
-            env.extend(own_env);
+            let (command, mut env) = match self.exec_env(&pspec, lane) {
+                Ok(env) => (pspec.for_instance(lane).0, env),
+                Err(why) => {
+                    // Changed since the claim: the job goes back, untouched.
+                    self.exec_blocked(&name, Some(why));
+                    self.finish_job(
+                        job.id,
+                        job.token,
+                        &job.queue,
+                        job.attempt,
+                        Outcome::Released,
+                    );
+                    continue;
+                }
+            };
+            let Some(pool) = self.pools.get_mut(&name) else {
+                continue;
+            };
             env.push(("STEWARD_POOL".into(), name.clone()));
             env.push(("STEWARD_INSTANCE".into(), lane.to_string()));
             env.push(("STEWARD_SOCKET".into(), socket.clone()));
