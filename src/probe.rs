@@ -125,6 +125,12 @@ pub fn split_url(url: &str) -> Result<(String, String, String), String> {
     Ok((addr, authority.to_string(), path.to_string()))
 }
 
+/// Whether an answer's status line says 2xx or 3xx.
+fn passing(answer: &[u8]) -> bool {
+    answer.starts_with(b"HTTP/")
+        && matches!(answer.iter().position(|b| *b == b' '), Some(i) if matches!(answer.get(i + 1), Some(b'2' | b'3')))
+}
+
 async fn http_get(url: &str) -> Result<Found, String> {
     let (addr, host, path) = split_url(url)?;
     let mut stream = tokio::net::TcpStream::connect(addr.as_str())
@@ -149,10 +155,16 @@ async fn http_get(url: &str) -> Result<Found, String> {
         }
         answer.extend_from_slice(&chunk[..n]);
         let head_done = answer.windows(4).position(|w| w == b"\r\n\r\n");
-        if answer.len() >= HTTP_READ || head_done.is_some_and(|h| answer.len() >= h + 4 + SNIPPET) {
+        // A passing answer's body is not kept: its head is all that is needed.
+        if answer.len() >= HTTP_READ
+            || head_done.is_some_and(|h| answer.len() >= h + 4 + SNIPPET || passing(&answer))
+        {
             break;
         }
     }
+    // Closed with a reset: the probe has what it needs, and neither side keeps the
+    // connection in TIME_WAIT (1,000 probes a second would hold 60,000 such sockets).
+    let _ = stream.set_zero_linger();
     let text = String::from_utf8_lossy(&answer);
     let status: u16 = text
         .split("\r\n")
@@ -191,6 +203,10 @@ mod tests {
             "example:80".to_string()
         );
         assert_eq!(split_url("http://[::1]:9000").unwrap().2, "/");
+        assert!(passing(b"HTTP/1.1 204 No Content\r\n"));
+        assert!(passing(b"HTTP/1.0 302 Found\r\n"));
+        assert!(!passing(b"HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(!passing(b"SSH-2.0-OpenSSH 2"));
         assert!(split_url("https://x/").is_err());
         assert!(split_url("http:///x").is_err());
     }
