@@ -399,6 +399,30 @@ crate::on_both_journals! {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), k1.to_string());
         assert!(String::from_utf8_lossy(&out.stderr).contains("already queued or running"));
 
+        // Keys in a batch: one held by a queued job, one new twice, and none.
+        let held = d.submit("q", "{}", &["--delay", "1h", "--key", "held-1"]);
+        let r: steward::control::api::BatchResponse = d
+            .api(
+                "POST",
+                "/v1/jobs/batch",
+                Some(json!({ "jobs": [
+                    {"queue": "q", "payload": {}, "key": "held-1"},
+                    {"queue": "q", "payload": {}, "key": "new-1"},
+                    {"queue": "q", "payload": {}, "key": "new-1"},
+                    {"queue": "q", "payload": {}},
+                ]})),
+            )
+            .unwrap();
+        let got: Vec<(i64, bool)> = r.jobs.iter().map(|j| (j.id, j.existing)).collect();
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert_eq!(got[0], (held, true), "{got:?}");
+        assert!(!got[1].1 && got[1].0 != held, "{got:?}");
+        assert_eq!(got[2], (got[1].0, true), "{got:?}");
+        assert!(!got[3].1 && got[3].0 != got[1].0 && got[3].0 != held, "{got:?}");
+        assert_eq!(d.job(got[1].0).key.as_deref(), Some("new-1"));
+        let out = d.cli(&["cancel", &held.to_string()]);
+        assert!(out.status.success());
+
         // Priorities: submitted while the only worker is busy, run highest first.
         let order = env.path("order.txt");
         let low = d.submit(

@@ -967,6 +967,124 @@ fn write_error(s: &str) -> impl Fn(tokio_postgres::Error) -> JournalError + Copy
     }
 }
 
+/// The keyed jobs `leaders` of `jobs` (one for each queue and key): stored in one
+/// statement where no unfinished job of the queue holds the key, else answered with the
+/// job that does. A key whose holder finished between the two statements is tried again.
+async fn keyed_submit(
+    tx: &tokio_postgres::Transaction<'_>,
+    s: &str,
+    jobs: &[NewJob],
+    leaders: &[usize],
+    out: &mut [Option<Submitted>],
+) -> Result<(), String> {
+    let mut left: Vec<usize> = leaders.to_vec();
+    // Each round settles every key that is not raced; a bound against a pathological
+    // race that would never settle.
+    for _ in 0..100 {
+        if left.is_empty() {
+            return Ok(());
+        }
+        let queues: Vec<&str> = left.iter().map(|&i| jobs[i].queue.as_str()).collect();
+        let keys: Vec<&str> = left
+            .iter()
+            .map(|&i| jobs[i].key.as_deref().unwrap_or_default())
+            .collect();
+        let payloads: Vec<&str> = left.iter().map(|&i| jobs[i].payload.as_str()).collect();
+        let timeouts: Vec<Option<i64>> = left.iter().map(|&i| jobs[i].timeout_ms).collect();
+        let priorities: Vec<i64> = left.iter().map(|&i| jobs[i].priority).collect();
+        let run_at: Vec<i64> = left.iter().map(|&i| jobs[i].run_at_ms).collect();
+        let attempts: Vec<i32> = left
+            .iter()
+            .map(|&i| i32::try_from(jobs[i].max_attempts).unwrap_or(i32::MAX))
+            .collect();
+        // Inserted: (ord, id, true); held by an unfinished job already: (ord, its id,
+        // false) with its run time.
+        let rows = tx
+            .query(
+                &format!(
+                    "WITH n AS MATERIALIZED (
+                         SELECT u.* FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[],
+                                                $5::int[], $6::bigint[], $7::text[])
+                             WITH ORDINALITY AS u(queue, unique_key, priority, run_at, max_attempts,
+                                                  timeout_ms, payload, ord)),
+                     i AS (
+                         INSERT INTO {s}.jobs (id, queue, state, priority, run_at, max_attempts,
+                                               timeout_ms, unique_key)
+                         SELECT nextval('{s}.jobs_id_seq'), queue,
+                             CASE WHEN run_at > $8::bigint THEN 'scheduled' ELSE 'queued' END,
+                             priority, to_timestamp(run_at / 1000.0), max_attempts, timeout_ms,
+                             unique_key
+                         FROM n ORDER BY ord
+                         ON CONFLICT (queue, unique_key)
+                             WHERE unique_key IS NOT NULL AND state IN ('queued', 'scheduled', 'running')
+                             DO NOTHING
+                         RETURNING id, queue, unique_key),
+                     d AS (
+                         INSERT INTO {s}.job_data (job_id, payload)
+                         SELECT i.id, n.payload::jsonb FROM i JOIN n USING (queue, unique_key))
+                     SELECT n.ord, i.id, true, n.run_at FROM n JOIN i USING (queue, unique_key)"
+                ),
+                &[
+                    &queues, &keys, &priorities, &run_at, &attempts, &timeouts, &payloads,
+                    &now_ms(),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        let mut settled = vec![false; left.len()];
+        for r in rows {
+            let ord: i64 = r.get(0);
+            let Some(k) = usize::try_from(ord - 1).ok().filter(|k| *k < left.len()) else {
+                continue;
+            };
+            settled[k] = true;
+            out[left[k]] = Some(Submitted {
+                id: r.get(1),
+                existing: false,
+                run_at_ms: r.get(3),
+            });
+        }
+        let held: Vec<usize> = (0..left.len()).filter(|k| !settled[*k]).collect();
+        if !held.is_empty() {
+            let hq: Vec<&str> = held.iter().map(|&k| queues[k]).collect();
+            let hk: Vec<&str> = held.iter().map(|&k| keys[k]).collect();
+            let rows = tx
+                .query(
+                    &format!(
+                        "SELECT u.ord, j.id, {} FROM unnest($1::text[], $2::text[])
+                             WITH ORDINALITY AS u(queue, unique_key, ord)
+                         JOIN {s}.jobs j ON j.queue = u.queue AND j.unique_key = u.unique_key
+                             AND j.state IN ('queued', 'scheduled', 'running')",
+                        ms("j.run_at")
+                    ),
+                    &[&hq, &hk],
+                )
+                .await
+                .map_err(db)?;
+            for r in rows {
+                let ord: i64 = r.get(0);
+                let Some(&k) = usize::try_from(ord - 1).ok().and_then(|o| held.get(o)) else {
+                    continue;
+                };
+                settled[k] = true;
+                out[left[k]] = Some(Submitted {
+                    id: r.get(1),
+                    existing: true,
+                    run_at_ms: r.get(2),
+                });
+            }
+        }
+        left = (0..left.len())
+            .filter(|k| !settled[*k])
+            .map(|k| left[k])
+            .collect();
+    }
+    Err(format!(
+        "{} jobs with unique keys could not be stored: their keys kept changing hands",
+        left.len()
+    ))
+}
+
 /// Store `jobs` in one transaction, telling listening daemons of the queues in
 /// `notify` when it commits.
 async fn submit(
@@ -1029,70 +1147,34 @@ async fn submit(
             });
         }
     }
-    for (i, j) in jobs.iter().enumerate() {
-        let Some(key) = &j.key else { continue };
-        let max_attempts = i32::try_from(j.max_attempts).unwrap_or(i32::MAX);
-        loop {
-            let row = tx
-                .query_opt(
-                    &format!(
-                        "SELECT id, {} FROM {s}.jobs WHERE queue = $1 AND unique_key = $2
-                         AND state IN ('queued', 'scheduled', 'running')",
-                        ms("run_at")
-                    ),
-                    &[&j.queue, key],
-                )
-                .await
-                .map_err(db)
-                .map_err(io)?;
-            if let Some(r) = row {
-                out[i] = Some(Submitted {
-                    id: r.get(0),
-                    existing: true,
-                    run_at_ms: r.get(1),
-                });
-                break;
+    // Jobs with a unique key: the first of each (queue, key) in the batch, inserted in
+    // one statement where no unfinished job holds the key; the others of the batch
+    // share its answer.
+    let mut leaders: Vec<usize> = Vec::new();
+    let mut followers: Vec<(usize, usize)> = Vec::new();
+    {
+        let mut first: HashMap<(&str, &str), usize> = HashMap::new();
+        for (i, j) in jobs.iter().enumerate() {
+            let Some(key) = &j.key else { continue };
+            match first.get(&(j.queue.as_str(), key.as_str())) {
+                Some(&l) => followers.push((i, l)),
+                None => {
+                    first.insert((j.queue.as_str(), key.as_str()), i);
+                    leaders.push(i);
+                }
             }
-            let row = tx
-                .query_opt(
-                    &format!(
-                        "INSERT INTO {s}.jobs (queue, state, priority, run_at, max_attempts, timeout_ms, unique_key)
-                         VALUES ($1, CASE WHEN $3::bigint > $7::bigint THEN 'scheduled' ELSE 'queued' END,
-                                 $2, to_timestamp($3::bigint / 1000.0), $4, $5, $6)
-                         ON CONFLICT (queue, unique_key)
-                             WHERE unique_key IS NOT NULL AND state IN ('queued', 'scheduled', 'running')
-                             DO NOTHING
-                         RETURNING id"
-                    ),
-                    &[
-                        &j.queue,
-                        &j.priority,
-                        &j.run_at_ms,
-                        &max_attempts,
-                        &j.timeout_ms,
-                        &j.key,
-                        &now_ms(),
-                    ],
-                )
-                .await
-                .map_err(db)
-                .map_err(io)?;
-            let Some(row) = row else { continue };
-            let id: i64 = row.get(0);
-            tx.execute(
-                &format!("INSERT INTO {s}.job_data (job_id, payload) VALUES ($1, $2::text::jsonb)"),
-                &[&id, &j.payload],
-            )
-            .await
-            .map_err(db)
-            .map_err(io)?;
-            out[i] = Some(Submitted {
-                id,
-                existing: false,
-                run_at_ms: j.run_at_ms,
-            });
-            break;
         }
+    }
+    if !leaders.is_empty() {
+        keyed_submit(&tx, s, jobs, &leaders, &mut out)
+            .await
+            .map_err(io)?;
+    }
+    for (i, l) in followers {
+        out[i] = out[l].as_ref().map(|leader| Submitted {
+            existing: true,
+            ..*leader
+        });
     }
     let Some(out) = out.into_iter().collect::<Option<Vec<Submitted>>>() else {
         return Err(io("a submitted job got no id from PostgreSQL".to_string()));
