@@ -32,7 +32,7 @@ crate::on_both_journals! {
             // Its payload and history went with it.
             for table in ["job_data", "attempts"] {
                 let left = pg::count(pg, &format!(
-                    "SELECT count(*) FROM steward.{table} t WHERE NOT EXISTS (SELECT 1 FROM steward.jobs j WHERE j.id = t.job_id)"));
+                    "SELECT count(*) FROM steward.{table} t WHERE NOT EXISTS (SELECT 1 FROM steward.jobs_all j WHERE j.id = t.job_id)"));
                 assert_eq!(left, 0, "rows of pruned jobs left in {table}");
             }
             assert_eq!(pg::count(pg, "SELECT count(*) FROM steward.job_data"), 1);

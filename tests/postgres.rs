@@ -79,7 +79,7 @@ fn three_daemons_on_one_database_run_each_job_once() {
     wait_for(Duration::from_secs(120), "3000 jobs succeeded", || {
         (count(
             &pg,
-            "SELECT count(*) FROM steward.jobs WHERE state = 'succeeded'",
+            "SELECT count(*) FROM steward.jobs_all WHERE state = 'succeeded'",
         ) == 3000)
             .then_some(())
     });
@@ -110,7 +110,7 @@ fn a_killed_daemons_jobs_are_rescued_by_another_host() {
     wait_for(TIMEOUT, "both jobs running on vm-a", || {
         (count(
             &pg,
-            "SELECT count(*) FROM steward.jobs WHERE state = 'running' AND lease_host = 'vm-a'",
+            "SELECT count(*) FROM steward.jobs_all WHERE state = 'running' AND lease_host = 'vm-a'",
         ) == 2)
             .then_some(())
     });
@@ -534,7 +534,7 @@ fn jobs_added_elsewhere_wake_idle_workers_and_a_killed_listener_is_replaced() {
             &pg,
             &format!(
                 "SELECT extract(epoch FROM a.started_at - j.created_at)::float8 FROM steward.attempts a
-                 JOIN steward.jobs j ON j.id = a.job_id WHERE j.id = {} AND a.attempt = 1",
+                 JOIN steward.jobs_all j ON j.id = a.job_id WHERE j.id = {} AND a.attempt = 1",
                 j.id
             ),
         )[0]
@@ -623,7 +623,7 @@ fn an_sqlite_journals_unfinished_jobs_move_to_postgres_once() {
     );
     assert!(said.contains("4 jobs would move"), "{said}");
     assert_eq!(
-        count(&pg, "SELECT count(*) FROM steward.jobs"),
+        count(&pg, "SELECT count(*) FROM steward.jobs_all"),
         1,
         "a dry run moved jobs"
     );
@@ -644,7 +644,7 @@ fn an_sqlite_journals_unfinished_jobs_move_to_postgres_once() {
         said.contains("0 jobs moved") && said.contains("3 were moved by an earlier run"),
         "{said}"
     );
-    assert_eq!(count(&pg, "SELECT count(*) FROM steward.jobs"), 4);
+    assert_eq!(count(&pg, "SELECT count(*) FROM steward.jobs_all"), 4);
     let moved = |old: i64| -> i64 {
         count(
             &pg,
@@ -655,7 +655,7 @@ fn an_sqlite_journals_unfinished_jobs_move_to_postgres_once() {
     let row = &sql(
         &pg,
         &format!(
-            "SELECT state, priority, (run_at > now() + interval '50 minutes') FROM steward.jobs WHERE id = {}",
+            "SELECT state, priority, (run_at > now() + interval '50 minutes') FROM steward.jobs_all WHERE id = {}",
             moved(later)
         ),
     )[0];
@@ -670,7 +670,7 @@ fn an_sqlite_journals_unfinished_jobs_move_to_postgres_once() {
     let row = &sql(
         &pg,
         &format!(
-            "SELECT j.state, j.attempts, a.outcome, a.error FROM steward.jobs j JOIN steward.attempts a ON a.job_id = j.id WHERE j.id = {}",
+            "SELECT j.state, j.attempts, a.outcome, a.error FROM steward.jobs_all j JOIN steward.attempts a ON a.job_id = j.id WHERE j.id = {}",
             moved(failed_once)
         ),
     )[0];
@@ -745,5 +745,5 @@ fn a_submit_whose_commit_went_unanswered_is_reported_uncertain_not_refused() {
             .flatten()
     });
     assert!(id > 0);
-    assert_eq!(count(&pg, "SELECT count(*) FROM steward.jobs"), 2);
+    assert_eq!(count(&pg, "SELECT count(*) FROM steward.jobs_all"), 2);
 }

@@ -162,7 +162,7 @@ pub(super) async fn latency(
         }
         until_false(
             &db,
-            &format!("SELECT EXISTS (SELECT 1 FROM {schema}.jobs WHERE state <> 'succeeded')"),
+            &format!("SELECT EXISTS (SELECT 1 FROM {schema}.jobs_all WHERE state <> 'succeeded')"),
             Duration::from_secs(60),
             "the latency jobs did not all succeed",
         )
@@ -268,7 +268,7 @@ pub(super) async fn sql_submits(cluster: &Cluster, s: &Sizes) -> Result<Vec<f64>
         }
         let secs = t0.elapsed().as_secs_f64();
         let stored: i64 = db
-            .query_one(&format!("SELECT count(*) FROM {name}.jobs"), &[])
+            .query_one(&format!("SELECT count(*) FROM {name}.jobs_all"), &[])
             .await
             .map_err(fail)?
             .get(0);
@@ -286,7 +286,7 @@ pub(super) async fn sql_submits(cluster: &Cluster, s: &Sizes) -> Result<Vec<f64>
 /// Jobs by state and host, for a message.
 async fn states(db: &Db, schema: &str) -> String {
     let q = format!(
-        "SELECT state || ' ' || coalesce(lease_host, '-') || ' ' || count(*) FROM {schema}.jobs GROUP BY state, lease_host"
+        "SELECT state || ' ' || coalesce(lease_host, '-') || ' ' || count(*) FROM {schema}.jobs_all GROUP BY state, lease_host"
     );
     match db.query(&q, &[]).await {
         Ok(rows) => rows

@@ -85,22 +85,32 @@ pub async fn import(
                          WITH ORDINALITY AS u(source_id, queue, failed, priority, run_at, created,
                              attempts, tries, crashes, interruptions, max_attempts, timeout_ms,
                              unique_key, error, payload, ord)),
-                 j AS (
+                 -- Quarantined jobs arrive finished, in `jobs_done`; the others in `jobs`.
+                 l AS (
                      INSERT INTO {s}.jobs (id, queue, state, priority, run_at, created_at,
-                         finished_at, attempts, tries, crashes, interruptions, max_attempts,
-                         timeout_ms, unique_key, error)
+                         attempts, tries, crashes, interruptions, max_attempts, timeout_ms,
+                         unique_key, error)
                      SELECT id, queue,
-                         CASE WHEN failed THEN 'failed'
-                              WHEN run_at > (extract(epoch FROM now()) * 1000)::bigint THEN 'scheduled'
+                         CASE WHEN run_at > (extract(epoch FROM now()) * 1000)::bigint THEN 'scheduled'
                               ELSE 'queued' END,
                          priority, to_timestamp(run_at / 1000.0), to_timestamp(created / 1000.0),
-                         CASE WHEN failed THEN now() END, attempts, tries, crashes, interruptions,
-                         max_attempts, timeout_ms, unique_key, error
-                     FROM n ORDER BY ord
+                         attempts, tries, crashes, interruptions, max_attempts, timeout_ms,
+                         unique_key, error
+                     FROM n WHERE NOT failed ORDER BY ord
                      ON CONFLICT (queue, unique_key)
                          WHERE unique_key IS NOT NULL AND state IN ('queued', 'scheduled', 'running')
                          DO NOTHING
                      RETURNING id),
+                 f AS (
+                     INSERT INTO {s}.jobs_done (id, queue, state, priority, run_at, created_at,
+                         updated_at, finished_at, attempts, tries, crashes, interruptions,
+                         max_attempts, timeout_ms, unique_key, lease_token, error)
+                     SELECT id, queue, 'failed', priority, to_timestamp(run_at / 1000.0),
+                         to_timestamp(created / 1000.0), now(), now(), attempts, tries, crashes,
+                         interruptions, max_attempts, timeout_ms, unique_key, 0, error
+                     FROM n WHERE failed ORDER BY ord
+                     RETURNING id),
+                 j AS (SELECT id FROM l UNION ALL SELECT id FROM f),
                  d AS (
                      INSERT INTO {s}.job_data (job_id, payload)
                      SELECT n.id, n.payload::jsonb FROM n JOIN j USING (id)),

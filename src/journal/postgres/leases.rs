@@ -92,17 +92,33 @@ impl Hot {
         );
         // Successful ends, many in one statement: fenced on (id, token, running), the
         // rows locked in id order so that two daemons finishing at once cannot deadlock.
+        // The finished rows leave `jobs` for `jobs_done`.
+        let to_done = super::schema::move_job(
+            schema,
+            "jobs_done",
+            "g",
+            &[
+                ("state", "'succeeded'"),
+                ("finished_at", "now()"),
+                ("updated_at", "now()"),
+                ("error", "NULL"),
+                ("worker", "NULL"),
+                ("lease_host", "NULL"),
+                ("lease_run", "NULL"),
+            ],
+        );
         let succeed = format!(
             "WITH f AS (
                  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS f(id, token, result)),
              l AS (
                  SELECT j.id FROM {schema}.jobs j JOIN f ON f.id = j.id AND f.token = j.lease_token
-                 WHERE j.state = 'running' ORDER BY j.id FOR NO KEY UPDATE OF j),
+                 WHERE j.state = 'running' ORDER BY j.id FOR UPDATE OF j),
+             g AS (
+                 DELETE FROM {schema}.jobs j USING l WHERE j.id = l.id RETURNING j.*),
+             m AS ({to_done}),
              u AS (
-                 UPDATE {schema}.jobs j SET state = 'succeeded', finished_at = now(), error = NULL,
-                     updated_at = now(), worker = NULL, lease_host = NULL, lease_run = NULL
-                 FROM l WHERE j.id = l.id
-                 RETURNING j.id, j.attempts, (extract(epoch FROM j.run_at) * 1000)::bigint AS run_at_ms),
+                 SELECT g.id, g.attempts, (extract(epoch FROM g.run_at) * 1000)::bigint AS run_at_ms
+                 FROM g),
              a AS (
                  UPDATE {schema}.attempts t SET ended_at = now(), outcome = 'succeeded', error = NULL
                  FROM u WHERE t.job_id = u.id AND t.attempt = u.attempts),
@@ -251,31 +267,51 @@ async fn end_attempt(
         _ => state.as_str(),
     };
     let to_i32 = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
-    let run_at_ms: i64 = tx
-        .query_one(
-            &format!(
-                "UPDATE {schema}.jobs SET state = $2, tries = $3, crashes = $4, interruptions = $5,
-                     run_at = CASE WHEN $6::bigint IS NULL THEN run_at
-                                   ELSE now() + make_interval(secs => $6::bigint / 1000.0) END,
-                     finished_at = CASE WHEN $7 THEN now() END,
-                     error = $8, updated_at = now(), worker = NULL, lease_host = NULL, lease_run = NULL
-                 WHERE id = $1
-                 RETURNING (extract(epoch FROM run_at) * 1000)::bigint"
-            ),
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+        &id,
+        &stored_state,
+        &to_i32(c.tries),
+        &to_i32(c.crashes),
+        &to_i32(c.interruptions),
+        &delay_ms,
+        &reason,
+    ];
+    let run_at = "CASE WHEN $6::bigint IS NULL THEN run_at
+                  ELSE now() + make_interval(secs => $6::bigint / 1000.0) END";
+    let sql = if state.is_final() {
+        // A final state: the row leaves `jobs` for `jobs_done`.
+        let to_done = super::schema::move_job(
+            schema,
+            "jobs_done",
+            "g",
             &[
-                &id,
-                &stored_state,
-                &to_i32(c.tries),
-                &to_i32(c.crashes),
-                &to_i32(c.interruptions),
-                &delay_ms,
-                &state.is_final(),
-                &reason,
+                ("state", "$2::text"),
+                ("tries", "$3::integer"),
+                ("crashes", "$4::integer"),
+                ("interruptions", "$5::integer"),
+                ("run_at", run_at),
+                ("finished_at", "now()"),
+                ("error", "$7::text"),
+                ("updated_at", "now()"),
+                ("worker", "NULL"),
+                ("lease_host", "NULL"),
+                ("lease_run", "NULL"),
             ],
+        );
+        format!(
+            "WITH g AS (DELETE FROM {schema}.jobs WHERE id = $1 RETURNING *)
+             {to_done} RETURNING (extract(epoch FROM run_at) * 1000)::bigint"
         )
-        .await
-        .map_err(&e)?
-        .get(0);
+    } else {
+        format!(
+            "UPDATE {schema}.jobs SET state = $2, tries = $3, crashes = $4, interruptions = $5,
+                 run_at = {run_at}, error = $7, updated_at = now(),
+                 worker = NULL, lease_host = NULL, lease_run = NULL
+             WHERE id = $1
+             RETURNING (extract(epoch FROM run_at) * 1000)::bigint"
+        )
+    };
+    let run_at_ms: i64 = tx.query_one(&sql, &params).await.map_err(&e)?.get(0);
     tx.execute(
         &format!(
             "UPDATE {schema}.attempts SET ended_at = now(), outcome = $3, error = $4
@@ -594,7 +630,7 @@ mod tests {
         );
         let rows = c
             .query(
-                "SELECT j.id, j.state, d.result::text, a.outcome FROM steward.jobs j
+                "SELECT j.id, j.state, d.result::text, a.outcome FROM steward.jobs_all j
                  JOIN steward.job_data d ON d.job_id = j.id
                  JOIN steward.attempts a ON a.job_id = j.id ORDER BY j.id",
                 &[],
@@ -654,7 +690,7 @@ mod tests {
         assert!(matches!(again, Ok(Finished::Stale)), "{again:?}");
         let row = c
             .query_one(
-                "SELECT j.state, d.result::text, a.outcome FROM steward.jobs j
+                "SELECT j.state, d.result::text, a.outcome FROM steward.jobs_all j
                  JOIN steward.job_data d ON d.job_id = j.id
                  JOIN steward.attempts a ON a.job_id = j.id WHERE j.id = $1",
                 &[&job.id],
@@ -690,7 +726,10 @@ mod tests {
         let in_ms = run_at_ms - crate::time::now_ms();
         assert!((55_000..=60_000).contains(&in_ms), "{in_ms}");
         let state: String = c
-            .query_one("SELECT state FROM steward.jobs WHERE id = $1", &[&job.id])
+            .query_one(
+                "SELECT state FROM steward.jobs_all WHERE id = $1",
+                &[&job.id],
+            )
             .await
             .unwrap()
             .get(0);
@@ -744,7 +783,7 @@ mod tests {
         // The live host's job is untouched, and the rescued ones run again (attempt 2).
         let state: String = c
             .query_one(
-                "SELECT state FROM steward.jobs WHERE id = $1",
+                "SELECT state FROM steward.jobs_all WHERE id = $1",
                 &[&alive[0].id],
             )
             .await
@@ -769,7 +808,7 @@ mod tests {
         assert!(matches!(late, Ok(Finished::Stale)), "{late:?}");
         let state: String = c
             .query_one(
-                "SELECT state FROM steward.jobs WHERE id = $1",
+                "SELECT state FROM steward.jobs_all WHERE id = $1",
                 &[&held[1].id],
             )
             .await
@@ -778,7 +817,7 @@ mod tests {
         assert_eq!(state, "running");
         let row = c
             .query_one(
-                "SELECT interruptions, tries FROM steward.jobs WHERE id = $1",
+                "SELECT interruptions, tries FROM steward.jobs_all WHERE id = $1",
                 &[&held[0].id],
             )
             .await

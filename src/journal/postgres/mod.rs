@@ -211,6 +211,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn finished_jobs_of_an_older_schema_move_out_of_the_hot_table() {
+        let Some(pg) = Cluster::start() else { return };
+        let mut c = connect(&pg.url()).await.unwrap();
+        // Version 3 kept every job in `jobs`.
+        assert_eq!(
+            super::schema::migrate_to_for_test(&mut c, S, 3)
+                .await
+                .unwrap(),
+            0
+        );
+        c.batch_execute(
+            "INSERT INTO steward.jobs (queue, state, run_at, finished_at, max_attempts, unique_key)
+             VALUES ('q', 'queued', now(), NULL, 3, 'k'), ('q', 'running', now(), NULL, 3, NULL),
+                    ('q', 'succeeded', now(), now(), 3, 'k'), ('q', 'failed', now(), now(), 3, NULL),
+                    ('q', 'cancelled', now(), now(), 3, NULL), ('q', 'scheduled', now(), NULL, 3, NULL);
+             INSERT INTO steward.job_data (job_id, payload) SELECT id, '{}' FROM steward.jobs;",
+        )
+        .await
+        .unwrap();
+        assert_eq!(migrate(&mut c, S).await.unwrap(), 3);
+        let states = |table: &str| {
+            let q = format!("SELECT string_agg(state, ',' ORDER BY id) FROM steward.{table}");
+            let c = &c;
+            async move { c.query_one(&q, &[]).await.unwrap().get::<_, String>(0) }
+        };
+        assert_eq!(states("jobs").await, "queued,running,scheduled");
+        assert_eq!(states("jobs_done").await, "succeeded,failed,cancelled");
+        assert_eq!(
+            states("jobs_all").await.split(',').count(),
+            6,
+            "a job was lost moving"
+        );
+        // Each table takes only its own states; new ids go on after the old ones.
+        let e = c
+            .execute(
+                "INSERT INTO steward.jobs (queue, state, run_at, max_attempts) VALUES ('q', 'failed', now(), 3)",
+                &[],
+            )
+            .await
+            .unwrap_err();
+        assert!(describe(&e).contains("jobs_unfinished"), "{}", describe(&e));
+        let id: i64 = c
+            .query_one("SELECT steward.submit('q', '{}')", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(id > 6, "{id}");
+    }
+
+    #[tokio::test]
     async fn a_role_without_privileges_is_told_what_to_grant() {
         let Some(pg) = Cluster::start() else { return };
         let c = connect(&pg.url()).await.unwrap();

@@ -168,7 +168,72 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE {s}.job_data DROP CONSTRAINT IF EXISTS job_data_job_id_fkey;
     ALTER TABLE {s}.attempts DROP CONSTRAINT IF EXISTS attempts_job_id_fkey;
     "#,
+    // 4: finished jobs move out of the hot table into `jobs_done` (same columns, same
+    // order), so that claims, promotions and vacuum on `jobs` see only unfinished rows
+    // however long finished ones are kept, and retention deletes from `jobs_done`
+    // alone. `jobs_all` reads both. A column added later goes into both tables.
+    r#"
+    CREATE TABLE {s}.jobs_done (LIKE {s}.jobs INCLUDING CONSTRAINTS);
+    ALTER TABLE {s}.jobs_done ADD PRIMARY KEY (id);
+    INSERT INTO {s}.jobs_done SELECT * FROM {s}.jobs
+        WHERE state IN ('succeeded', 'failed', 'cancelled');
+    DELETE FROM {s}.jobs WHERE state IN ('succeeded', 'failed', 'cancelled');
+    DROP INDEX {s}.jobs_finished;
+    ALTER TABLE {s}.jobs ADD CONSTRAINT jobs_unfinished
+        CHECK (state IN ('queued', 'scheduled', 'running'));
+    ALTER TABLE {s}.jobs_done ADD CONSTRAINT jobs_done_finished
+        CHECK (state IN ('succeeded', 'failed', 'cancelled') AND finished_at IS NOT NULL);
+    CREATE INDEX jobs_done_finished_at ON {s}.jobs_done (queue, finished_at);
+    CREATE INDEX jobs_done_failed ON {s}.jobs_done (id) WHERE state = 'failed';
+    CREATE VIEW {s}.jobs_all AS
+        SELECT * FROM {s}.jobs UNION ALL SELECT * FROM {s}.jobs_done;
+    "#,
 ];
+
+/// The columns of `jobs` and `jobs_done`, in their order.
+pub const JOB_COLUMNS: &[&str] = &[
+    "id",
+    "queue",
+    "state",
+    "priority",
+    "run_at",
+    "created_at",
+    "updated_at",
+    "finished_at",
+    "attempts",
+    "tries",
+    "crashes",
+    "interruptions",
+    "max_attempts",
+    "timeout_ms",
+    "unique_key",
+    "lease_token",
+    "lease_host",
+    "lease_run",
+    "worker",
+    "claimed_at",
+    "error",
+    "progress",
+    "progress_message",
+];
+
+/// `INSERT INTO <schema>.<table> (...) SELECT ... FROM <from>`: every job column taken
+/// from `from` except those `set` gives an expression for. Moves a job between `jobs`
+/// and `jobs_done` with the rows a `DELETE ... RETURNING *` gave.
+pub fn move_job(schema: &str, table: &str, from: &str, set: &[(&str, &str)]) -> String {
+    let values: Vec<String> = JOB_COLUMNS
+        .iter()
+        .map(|c| match set.iter().find(|(k, _)| k == c) {
+            Some((_, v)) => format!("{v} AS {c}"),
+            None => format!("{from}.{c}"),
+        })
+        .collect();
+    format!(
+        "INSERT INTO {schema}.{table} ({}) SELECT {} FROM {from}",
+        JOB_COLUMNS.join(", "),
+        values.join(", ")
+    )
+}
 
 /// The schema version this build knows.
 pub const VERSION: i32 = MIGRATIONS.len() as i32;
@@ -204,6 +269,11 @@ fn sql(template: &str, schema: &str) -> String {
 
 /// Bring `schema` to [`VERSION`], creating it if need be: the version it had before.
 pub async fn migrate(client: &mut Client, schema: &str) -> Result<i32, MigrateError> {
+    migrate_to(client, schema, VERSION).await
+}
+
+/// Bring `schema` to version `target` (at most [`VERSION`]); the version it had before.
+async fn migrate_to(client: &mut Client, schema: &str, target: i32) -> Result<i32, MigrateError> {
     check_schema_name(schema).map_err(|detail| MigrateError::Other {
         schema: schema.to_string(),
         detail,
@@ -246,7 +316,13 @@ pub async fn migrate(client: &mut Client, schema: &str) -> Result<i32, MigrateEr
             found,
         });
     }
-    for m in MIGRATIONS.iter().skip(usize::try_from(found).unwrap_or(0)) {
+    let target = target.clamp(found, VERSION);
+    let todo = usize::try_from(target - found).unwrap_or(0);
+    for m in MIGRATIONS
+        .iter()
+        .skip(usize::try_from(found).unwrap_or(0))
+        .take(todo)
+    {
         tx.batch_execute(&sql(m, schema)).await.map_err(err)?;
     }
     tx.execute(
@@ -254,12 +330,21 @@ pub async fn migrate(client: &mut Client, schema: &str) -> Result<i32, MigrateEr
             "INSERT INTO {schema}.meta (name, value) VALUES ('schema_version', $1)
              ON CONFLICT (name) DO UPDATE SET value = excluded.value"
         ),
-        &[&VERSION.to_string()],
+        &[&target.to_string()],
     )
     .await
     .map_err(err)?;
     tx.commit().await.map_err(err)?;
     Ok(found)
+}
+
+#[cfg(test)]
+pub(super) async fn migrate_to_for_test(
+    client: &mut Client,
+    schema: &str,
+    target: i32,
+) -> Result<i32, MigrateError> {
+    migrate_to(client, schema, target).await
 }
 
 fn classify(schema: &str, e: tokio_postgres::Error) -> MigrateError {

@@ -911,7 +911,7 @@ impl Conn {
         );
         if finished_too {
             sql.push_str(&format!(
-                " UNION ALL SELECT queue, state, count(*) FROM {s}.jobs WHERE finished_at IS NOT NULL GROUP BY queue, state"
+                " UNION ALL SELECT queue, state, count(*) FROM {s}.jobs_done GROUP BY queue, state"
             ));
         }
         let Ok(rows) = c.query(&sql, &[]).await else {
@@ -1289,16 +1289,40 @@ async fn cancel(c: &mut Client, s: &str, id: i64) -> Result<CancelResult, Journa
         .await
         .map_err(io)?
     else {
-        return Err(JournalError::NotFound(id));
+        // Finished already, or no such job.
+        let done = tx
+            .query_opt(
+                &format!("SELECT state FROM {s}.jobs_done WHERE id = $1"),
+                &[&id],
+            )
+            .await
+            .map_err(io)?;
+        return match done {
+            Some(row) => {
+                let state: String = row.get(0);
+                Ok(CancelResult::AlreadyFinal(
+                    JobState::parse(&state).unwrap_or(JobState::Cancelled),
+                ))
+            }
+            None => Err(JournalError::NotFound(id)),
+        };
     };
     let state: String = row.get(0);
     let result = match state.as_str() {
         "queued" | "scheduled" => {
+            let to_done = super::schema::move_job(
+                s,
+                "jobs_done",
+                "g",
+                &[
+                    ("state", "'cancelled'"),
+                    ("finished_at", "now()"),
+                    ("updated_at", "now()"),
+                    ("error", "'cancelled by steward cancel'"),
+                ],
+            );
             tx.execute(
-                &format!(
-                    "UPDATE {s}.jobs SET state = 'cancelled', finished_at = now(), updated_at = now(),
-                         error = 'cancelled by steward cancel' WHERE id = $1"
-                ),
+                &format!("WITH g AS (DELETE FROM {s}.jobs WHERE id = $1 RETURNING *) {to_done}"),
                 &[&id],
             )
             .await
@@ -1326,7 +1350,7 @@ async fn retry(c: &mut Client, s: &str, id: i64) -> Result<Submitted, JournalErr
     let tx = c.transaction().await.map_err(io)?;
     let Some(row) = tx
         .query_opt(
-            &format!("SELECT state, queue, unique_key FROM {s}.jobs WHERE id = $1 FOR UPDATE"),
+            &format!("SELECT state, queue, unique_key FROM {s}.jobs_all WHERE id = $1"),
             &[&id],
         )
         .await
@@ -1364,19 +1388,41 @@ async fn retry(c: &mut Client, s: &str, id: i64) -> Result<Submitted, JournalErr
             )));
         }
     }
-    let run_at: i64 = tx
-        .query_one(
+    // Back from `jobs_done` into `jobs`. A unique key taken since the check above makes
+    // the insert fail, and nothing changes.
+    let to_jobs = super::schema::move_job(
+        s,
+        "jobs",
+        "g",
+        &[
+            ("state", "'queued'"),
+            ("tries", "0"),
+            ("crashes", "0"),
+            ("interruptions", "0"),
+            ("run_at", "now()"),
+            ("finished_at", "NULL::timestamptz"),
+            ("error", "NULL::text"),
+            ("updated_at", "now()"),
+        ],
+    );
+    let Some(row) = tx
+        .query_opt(
             &format!(
-                "UPDATE {s}.jobs SET state = 'queued', tries = 0, crashes = 0, interruptions = 0,
-                     run_at = now(), finished_at = NULL, error = NULL, updated_at = now()
-                 WHERE id = $1 RETURNING {}",
+                "WITH g AS (DELETE FROM {s}.jobs_done WHERE id = $1 AND state IN ('failed', 'cancelled')
+                     RETURNING *)
+                 {to_jobs} RETURNING {}",
                 ms("run_at")
             ),
             &[&id],
         )
         .await
         .map_err(io)?
-        .get(0);
+    else {
+        return Err(JournalError::Invalid(format!(
+            "job {id} changed while it was retried; look at it again with steward job {id}"
+        )));
+    };
+    let run_at: i64 = row.get(0);
     tx.commit().await.map_err(io)?;
     Ok(Submitted {
         id,
@@ -1394,8 +1440,8 @@ async fn prune(c: &Client, s: &str, rules: &[(String, i64, i64)]) -> Result<u64,
             .query_one(
                 &format!(
                     "WITH gone AS (
-                         DELETE FROM {s}.jobs WHERE id IN (
-                             SELECT id FROM {s}.jobs WHERE queue = $1 AND finished_at IS NOT NULL AND (
+                         DELETE FROM {s}.jobs_done WHERE id IN (
+                             SELECT id FROM {s}.jobs_done WHERE queue = $1 AND (
                                  (state = 'succeeded' AND finished_at < to_timestamp($2::bigint / 1000.0))
                                  OR (state IN ('failed', 'cancelled') AND finished_at < to_timestamp($3::bigint / 1000.0)))
                              LIMIT 1000)
@@ -1472,7 +1518,7 @@ async fn list(c: &Client, s: &str, f: &JobFilter) -> Result<Page, String> {
     let rows = c
         .query(
             &format!(
-                "SELECT {} FROM {s}.jobs j JOIN {s}.job_data d ON d.job_id = j.id
+                "SELECT {} FROM {s}.jobs_all j JOIN {s}.job_data d ON d.job_id = j.id
                  WHERE ($1::text IS NULL OR j.queue = $1)
                    AND (cardinality($2::text[]) = 0 OR j.state = ANY($2))
                    AND ($3::bigint IS NULL OR j.id < $3)
@@ -1519,7 +1565,7 @@ async fn get(c: &Client, s: &str, id: i64) -> Result<Option<JobRecord>, JournalE
     let Some(row) = c
         .query_opt(
             &format!(
-                "SELECT {} FROM {s}.jobs j JOIN {s}.job_data d ON d.job_id = j.id WHERE j.id = $1",
+                "SELECT {} FROM {s}.jobs_all j JOIN {s}.job_data d ON d.job_id = j.id WHERE j.id = $1",
                 columns(true)
             ),
             &[&id],
@@ -1568,7 +1614,7 @@ async fn overview(c: &Client, s: &str, queues: &[String], now: i64) -> Result<Ov
             .query_one(
                 &format!(
                     "SELECT count(*) FILTER (WHERE state = 'succeeded'), count(*) FILTER (WHERE state = 'failed')
-                     FROM {s}.jobs WHERE queue = $1 AND finished_at >= to_timestamp($2::bigint / 1000.0)"
+                     FROM {s}.jobs_done WHERE queue = $1 AND finished_at >= to_timestamp($2::bigint / 1000.0)"
                 ),
                 &[q, &hour_ago],
             )
@@ -1595,7 +1641,7 @@ async fn overview(c: &Client, s: &str, queues: &[String], now: i64) -> Result<Ov
     let rows = c
         .query(
             &format!(
-                "SELECT id, queue, error, {} FROM {s}.jobs WHERE state = 'failed' ORDER BY id DESC LIMIT 5",
+                "SELECT id, queue, error, {} FROM {s}.jobs_done WHERE state = 'failed' ORDER BY id DESC LIMIT 5",
                 ms("finished_at")
             ),
             &[],

@@ -33,7 +33,7 @@ pub const LOOK_EVERY: Duration = Duration::from_secs(2);
 const ANALYZE_AFTER: i64 = 1_000;
 
 /// The tables whose statistics are watched.
-const TABLES: [&str; 3] = ["jobs", "job_data", "attempts"];
+const TABLES: [&str; 4] = ["jobs", "jobs_done", "job_data", "attempts"];
 
 /// Run until the daemon ends: look every [`LOOK_EVERY`] while `claimed` grows.
 pub async fn vacuum_when_due(url: String, schema: String, claimed: Arc<AtomicU64>) {
