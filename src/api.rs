@@ -30,6 +30,16 @@ pub struct DaemonStatus {
     /// The latest jobs that failed for good, newest first.
     #[serde(default)]
     pub recent_failures: Vec<FailureView>,
+    /// Whether workers have cgroups of their own, and where (or why not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroups: Option<CgroupsView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CgroupsView {
+    pub enabled: bool,
+    /// Where they are and which controllers they have, or why there are none.
+    pub detail: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,6 +77,12 @@ pub struct PoolStatus {
     /// `health` (`ready`).
     #[serde(default)]
     pub ready: String,
+    /// Its `[pool.NAME.limits]`, as "memory_max 512M".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<String>,
+    /// Limits configured and not enforced here, with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits_not_enforced: Vec<String>,
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -95,6 +111,15 @@ pub struct WorkerStatus {
     /// What the worker last said with `STATUS=` on its notify socket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// Memory of its cgroup (or of its process without cgroups), in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// CPU time of its current run, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_secs: Option<f64>,
+    /// Its own cgroup, where workers have them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 /// A worker's last health probe.

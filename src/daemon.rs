@@ -43,6 +43,30 @@ pub fn run(config_path: &Path, accept_damaged: bool) -> Result<(), Failure> {
             "cannot become a child subreaper ({e}); orphans of workers will not be reaped by steward"
         );
     }
+    // Before any worker exists and before READY=1: the daemon leaves the unit's cgroup
+    // for a leaf of its own so that workers can have theirs.
+    let cgroups = if config.daemon.cgroups {
+        process::cgroup::Tree::set_up()
+    } else {
+        Err(process::cgroup::Without::Off)
+    };
+    match &cgroups {
+        Ok(t) => tracing::info!(
+            "each worker and job process runs in a cgroup of its own under {}/w (controllers: {})",
+            t.root.display(),
+            if t.controllers.is_empty() {
+                "none delegated".to_string()
+            } else {
+                t.controllers.join(" ")
+            }
+        ),
+        Err(process::cgroup::Without::Failed(why)) => {
+            tracing::warn!("workers run without cgroups of their own (process groups only): {why}")
+        }
+        Err(why) => {
+            tracing::info!("workers run in process groups, without cgroups of their own: {why}")
+        }
+    }
     let run_id = format!("{:016x}", rand::random::<u64>());
     let metrics = Arc::new(Metrics::default());
     let (journal, owner, reclaimed) = match &config.journal.backend {
@@ -113,6 +137,7 @@ pub fn run(config_path: &Path, accept_damaged: bool) -> Result<(), Failure> {
             journal.clone(),
             config_tx,
             observed,
+            cgroups,
         )
         .map_err(|e| Failure::Failed(format!("cannot start the supervisor: {e}")))?;
         if let Some(mut wakeups) = journal.take_wakeups() {

@@ -54,6 +54,9 @@ pub struct Snapshot {
     pub pools: Vec<PoolHealth>,
     /// Trouble of the daemon itself (processes that cannot be started), for the reasons.
     pub trouble: Vec<String>,
+    /// Where each running worker's memory and CPU are read at scrape time (pool,
+    /// instance, source): read here, off the supervision loop.
+    pub usage: Vec<(String, u32, crate::process::cgroup::UsageSource)>,
 }
 
 /// Shared between the loop, the journal writer and the HTTP handlers.
@@ -243,6 +246,22 @@ async fn metrics(State(st): State<AppState>) -> Response {
     }
     g.jobs.sort();
     g.log_dropped = crate::logging::dropped();
+    let sources = st
+        .observed
+        .snapshot
+        .lock()
+        .map(|s| s.usage.clone())
+        .unwrap_or_default();
+    for (pool, instance, source) in sources {
+        if let Some((memory_bytes, cpu_seconds)) = crate::process::cgroup::read_usage(&source) {
+            g.usage.push(crate::metrics::WorkerUsage {
+                pool,
+                instance,
+                memory_bytes,
+                cpu_seconds,
+            });
+        }
+    }
     let body = st.observed.metrics.render(&g);
     (
         [(

@@ -84,6 +84,7 @@ pub struct Metrics {
     /// Jobs whose "submitted" line `log.max_job_lines` left out.
     pub job_lines_skipped_submits: AtomicU64,
     worker_restarts: Mutex<BTreeMap<String, u64>>,
+    worker_oom_kills: Mutex<BTreeMap<String, u64>>,
     jobs_finished: Mutex<BTreeMap<(String, String), u64>>,
     reclaimed: Mutex<BTreeMap<String, u64>>,
     run_duration: Mutex<BTreeMap<String, Histogram>>,
@@ -102,6 +103,7 @@ impl Default for Metrics {
             job_lines_skipped_starts: AtomicU64::new(0),
             job_lines_skipped_submits: AtomicU64::new(0),
             worker_restarts: Mutex::default(),
+            worker_oom_kills: Mutex::default(),
             jobs_finished: Mutex::default(),
             reclaimed: Mutex::default(),
             run_duration: Mutex::default(),
@@ -137,6 +139,11 @@ fn esc(v: &str) -> String {
 impl Metrics {
     pub fn worker_restarted(&self, pool: &str) {
         bump(&self.worker_restarts, pool.to_string(), 1);
+    }
+
+    /// A worker or job process of `pool` was killed by the kernel's OOM killer.
+    pub fn worker_oom_killed(&self, pool: &str) {
+        bump(&self.worker_oom_kills, pool.to_string(), 1);
     }
 
     pub fn job_finished(&self, queue: &str, outcome: &str) {
@@ -227,6 +234,51 @@ impl Metrics {
                     esc(pool)
                 );
             }
+        }
+        head(
+            &mut o,
+            "steward_worker_oom_kills_total",
+            "counter",
+            "Workers and job processes killed by the kernel's OOM killer (their cgroup's memory_max), by pool.",
+        );
+        if let Ok(m) = self.worker_oom_kills.lock() {
+            for (pool, n) in m.iter() {
+                let _ = writeln!(
+                    o,
+                    "steward_worker_oom_kills_total{{pool=\"{}\"}} {n}",
+                    esc(pool)
+                );
+            }
+        }
+        head(
+            &mut o,
+            "steward_worker_memory_bytes",
+            "gauge",
+            "Memory of each worker (its cgroup's memory.current, or its process's resident set without cgroups).",
+        );
+        for u in &gauges.usage {
+            let _ = writeln!(
+                o,
+                "steward_worker_memory_bytes{{pool=\"{}\",instance=\"{}\"}} {}",
+                esc(&u.pool),
+                u.instance,
+                u.memory_bytes
+            );
+        }
+        head(
+            &mut o,
+            "steward_worker_cpu_seconds_total",
+            "counter",
+            "CPU time of each worker's current run (its cgroup's, or its process's without cgroups).",
+        );
+        for u in &gauges.usage {
+            let _ = writeln!(
+                o,
+                "steward_worker_cpu_seconds_total{{pool=\"{}\",instance=\"{}\"}} {:.3}",
+                esc(&u.pool),
+                u.instance,
+                u.cpu_seconds
+            );
         }
         head(
             &mut o,
@@ -417,6 +469,16 @@ pub struct Gauges {
     pub jobs: Vec<(String, String, u64)>,
     /// Log lines dropped: (steward's own, worker output).
     pub log_dropped: (u64, u64),
+    /// Memory and CPU of each running worker.
+    pub usage: Vec<WorkerUsage>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WorkerUsage {
+    pub pool: String,
+    pub instance: u32,
+    pub memory_bytes: u64,
+    pub cpu_seconds: f64,
 }
 
 #[cfg(test)]

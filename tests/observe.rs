@@ -349,3 +349,69 @@ fn a_job_shows_its_last_progress_and_consistent_times() {
     );
     d.wait_job(long, "succeeded", TIMEOUT);
 }
+
+#[test]
+fn without_cgroups_limits_are_said_not_enforced_and_usage_comes_from_the_process() {
+    let env = Env::new();
+    let port = free_port();
+    // INVOCATION_ID as under systemd: still not the unit's main process (its parent is
+    // the test), so the daemon must leave the cgroup it runs in alone.
+    env.write_config(&format!(
+        "[http]\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [pool.big]\ncommand = [\"sleep\", \"1000\"]\ninstances = 2\nstable_after = \"200ms\"\n\n\
+         [pool.big.limits]\nmemory_max = \"256M\"\npids_max = 16\n"
+    ));
+    let d = Daemon::start_with(&env, &[("INVOCATION_ID", "0123456789abcdef")]);
+    let pids = d.running_pids("big");
+    assert_eq!(pids.len(), 2);
+    d.wait_log("pool big: limits not enforced: memory_max (no cgroups), pids_max (no cgroups)");
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    for pid in &pids {
+        let theirs = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert_eq!(theirs, own, "a worker was moved to another cgroup");
+    }
+    let s = d.status();
+    let c = s.cgroups.as_ref().expect("cgroups in status");
+    assert!(!c.enabled);
+    assert_eq!(c.detail, "not started by systemd as a service");
+    let p = d.pool("big");
+    assert_eq!(p.limits, vec!["memory_max 256M", "pids_max 16"]);
+    assert_eq!(
+        p.limits_not_enforced,
+        vec!["memory_max (no cgroups)", "pids_max (no cgroups)"]
+    );
+    for w in &p.workers {
+        let m = w.memory_bytes.expect("memory of a running worker");
+        // `sleep`'s resident set: more than a page, far less than the limit.
+        assert!(m > 4096 && m < 64 << 20, "{m}");
+        assert!(w.cpu_secs.is_some());
+        assert!(w.cgroup.is_none());
+    }
+    let out = d.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("cgroups  none (process groups only): not started by systemd as a service"),
+        "{text}"
+    );
+    assert!(
+        text.contains("limits NOT enforced: memory_max (no cgroups), pids_max (no cgroups)"),
+        "{text}"
+    );
+    let (_, body) = wait_for(TIMEOUT, "/metrics with worker memory", || {
+        http_get(port, "/metrics").filter(|(_, b)| b.contains("steward_worker_memory_bytes{"))
+    });
+    let m = metric(
+        &body,
+        "steward_worker_memory_bytes{pool=\"big\",instance=\"0\"}",
+    );
+    assert!(m > 4096.0, "{body}");
+    assert!(body.contains("steward_worker_cpu_seconds_total{pool=\"big\",instance=\"1\"}"));
+    // check-config says the same of this machine, and still passes.
+    let out = env.run(&["check-config"]);
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("limits are enforced when steward runs as its systemd unit"),
+        "{err}"
+    );
+}

@@ -285,6 +285,49 @@ fn check_config(path: &Path) -> Result<(), Failure> {
             errors: c.unmet,
         }));
     }
+    // Limits are enforced only through cgroups: say which ones this machine cannot.
+    let offered = crate::process::cgroup::machine_controllers();
+    for p in c.pools.values() {
+        let missing: Vec<String> = p
+            .limits
+            .settings()
+            .iter()
+            .filter(|s| !s.optional)
+            .filter_map(|s| {
+                let why = match &offered {
+                    _ if !c.daemon.cgroups => "cgroups = \"off\" in [daemon]".to_string(),
+                    None => "this machine has no cgroup v2".to_string(),
+                    Some(list) if !list.iter().any(|x| x == s.controller) => {
+                        format!("this machine offers no {} controller", s.controller)
+                    }
+                    Some(_) => return None,
+                };
+                Some(format!("{} ({why})", s.key))
+            })
+            .fold(Vec::new(), |mut acc, item| {
+                if !acc.contains(&item) {
+                    acc.push(item);
+                }
+                acc
+            });
+        if !missing.is_empty() {
+            eprintln!(
+                "{}: warning: pool {}: limits not enforced: {}",
+                c.path.display(),
+                p.name,
+                missing.join(", ")
+            );
+        }
+    }
+    if c.pools
+        .values()
+        .any(|p| p.limits != config::Limits::default())
+    {
+        eprintln!(
+            "{}: note: limits are enforced when steward runs as its systemd unit (Delegate=cpu memory pids); `steward status` shows what is enforced",
+            c.path.display()
+        );
+    }
     let pools: Vec<String> = c
         .pools
         .values()

@@ -15,6 +15,25 @@ pub fn format_secs(secs: f64) -> String {
     }
 }
 
+/// A pool's limits, and those that are not enforced here.
+fn limits(out: &mut String, p: &Paint, pool: &crate::api::PoolStatus) {
+    if !pool.limits.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {}",
+            p.dim(&format!("limits: {}", pool.limits.join(", ")))
+        );
+    }
+    if !pool.limits_not_enforced.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {} {}",
+            p.wrap("1;33", "limits NOT enforced:"),
+            pool.limits_not_enforced.join(", ")
+        );
+    }
+}
+
 fn last_exit(w: &WorkerStatus) -> String {
     let mut s = w
         .last_exit
@@ -112,6 +131,14 @@ pub fn render(s: &DaemonStatus, colour: bool) -> String {
         }
     }
     let _ = writeln!(out, "  {}  {}", p.dim("socket "), s.socket);
+    if let Some(c) = &s.cgroups {
+        let text = if c.enabled {
+            format!("one per worker under {}", c.detail)
+        } else {
+            format!("none (process groups only): {}", c.detail)
+        };
+        let _ = writeln!(out, "  {}  {}", p.dim("cgroups"), text);
+    }
     if let Some(r) = s.last_reload.as_ref().filter(|r| !r.ok) {
         let _ = writeln!(
             out,
@@ -146,6 +173,7 @@ pub fn render(s: &DaemonStatus, colour: bool) -> String {
                 pool.instances,
                 p.dim(&pool.command.join(" "))
             );
+            limits(&mut out, &p, pool);
             for w in &pool.workers {
                 let _ = writeln!(
                     out,
@@ -167,12 +195,13 @@ pub fn render(s: &DaemonStatus, colour: bool) -> String {
             pool.instances,
             p.dim(&pool.command.join(" "))
         );
+        limits(&mut out, &p, pool);
         let _ = writeln!(
             out,
             "  {}",
             p.dim(&format!(
-                "{:<4} {:<14} {:<8} {:<9} {:<9} {:<10} LAST EXIT",
-                "#", "STATE", "PID", "UPTIME", "RESTARTS", "JOB"
+                "{:<4} {:<14} {:<8} {:<9} {:<9} {:<10} {:>7} {:>8}  LAST EXIT",
+                "#", "STATE", "PID", "UPTIME", "RESTARTS", "JOB", "MEM", "CPU"
             ))
         );
         for w in &pool.workers {
@@ -187,13 +216,19 @@ pub fn render(s: &DaemonStatus, colour: bool) -> String {
             };
             let _ = writeln!(
                 out,
-                "  {:<4} {} {:<8} {:<9} {:<9} {:<10} {}",
+                "  {:<4} {} {:<8} {:<9} {:<9} {:<10} {:>7} {:>8}  {}",
                 w.instance,
                 p.state(&w.state, 14),
                 w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 w.uptime_secs.map(format_secs).unwrap_or_else(|| "-".into()),
                 w.restarts,
                 jobs,
+                w.memory_bytes
+                    .map(crate::config::human_size)
+                    .unwrap_or_else(|| "-".into()),
+                w.cpu_secs
+                    .map(|c| format!("{c:.1}s"))
+                    .unwrap_or_else(|| "-".into()),
                 last_exit(w)
             );
             if let (Some(h), false) = (&w.health, w.health.as_ref().is_some_and(|h| h.ok)) {

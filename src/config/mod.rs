@@ -238,6 +238,8 @@ pub struct DaemonConfig {
     pub shutdown_timeout: Duration,
     /// This host's name in a journal that many hosts share.
     pub host: String,
+    /// Whether workers get cgroups of their own where the unit delegates them.
+    pub cgroups: bool,
 }
 
 impl DaemonConfig {
@@ -432,6 +434,8 @@ pub struct PoolSpec {
     pub ready: Readiness,
     /// A running worker must send `WATCHDOG=1` on its notify socket this often.
     pub watchdog: Option<Duration>,
+    /// Resource limits of each worker's (exec pools: each job's) cgroup.
+    pub limits: Limits,
 }
 
 impl PoolSpec {
@@ -739,6 +743,7 @@ fn parse_daemon(ctx: &mut Ctx, root: &Section, base: &Path, env: &Environment) -
             .unwrap_or_else(|| PathBuf::from("/run/steward/steward.sock")),
         shutdown_timeout: Duration::from_secs(60),
         host: hostname(),
+        cgroups: true,
     };
     let Some(s) = root.table(ctx, "daemon") else {
         return d;
@@ -770,7 +775,20 @@ fn parse_daemon(ctx: &mut Ctx, root: &Section, base: &Path, env: &Environment) -
             );
         }
     }
-    s.finish(ctx, &["state_dir", "socket", "shutdown_timeout", "host"]);
+    if let Some((v, span)) = s.string(ctx, "cgroups") {
+        match v.as_str() {
+            "auto" => d.cgroups = true,
+            "off" => d.cgroups = false,
+            other => ctx.error(
+                span,
+                format!("cgroups = \"{other}\": use \"auto\" (a cgroup per worker where the unit has Delegate=) or \"off\" (process groups only)"),
+            ),
+        }
+    }
+    s.finish(
+        ctx,
+        &["state_dir", "socket", "shutdown_timeout", "host", "cgroups"],
+    );
     d
 }
 
@@ -802,7 +820,197 @@ const POOL_KEYS: &[&str] = &[
     "env_from_credentials",
     "ready",
     "watchdog",
+    "limits",
 ];
+
+/// A pool's `[pool.NAME.limits]`: enforced through each worker's (or job's) own cgroup.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes; past it the kernel's OOM killer kills the worker's whole cgroup (no swap).
+    pub memory_max: Option<u64>,
+    /// Bytes; past it the worker is throttled and its memory reclaimed hard.
+    pub memory_high: Option<u64>,
+    pub pids_max: Option<u64>,
+    /// 1–10,000 (the kernel's default is 100).
+    pub cpu_weight: Option<u64>,
+    /// Percent of one CPU (150 = one and a half).
+    pub cpu_max_percent: Option<u64>,
+    /// Bytes; a worker whose memory passes it is restarted gracefully.
+    pub recycle_above: Option<u64>,
+}
+
+/// One cgroup file a limit is written to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupSetting {
+    /// The controller that provides the file.
+    pub controller: &'static str,
+    pub file: &'static str,
+    pub value: String,
+    /// The config key it comes from (for the "not enforced" warning).
+    pub key: &'static str,
+    /// Whether a kernel without the file (e.g. no swap accounting) is fine.
+    pub optional: bool,
+}
+
+impl Limits {
+    /// Each limit set, as "memory_max 512M".
+    pub fn describe(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (key, v) in [
+            ("memory_max", self.memory_max),
+            ("memory_high", self.memory_high),
+            ("recycle_above", self.recycle_above),
+        ] {
+            if let Some(n) = v {
+                out.push(format!("{key} {}", human_size(n)));
+            }
+        }
+        if let Some(n) = self.pids_max {
+            out.push(format!("pids_max {n}"));
+        }
+        if let Some(n) = self.cpu_weight {
+            out.push(format!("cpu_weight {n}"));
+        }
+        if let Some(p) = self.cpu_max_percent {
+            out.push(format!("cpu_max {p}%"));
+        }
+        out
+    }
+
+    /// The cgroup files these limits are written to, in order.
+    pub fn settings(&self) -> Vec<CgroupSetting> {
+        let mut out = Vec::new();
+        let mut add = |controller, file, value: String, key, optional| {
+            out.push(CgroupSetting {
+                controller,
+                file,
+                value,
+                key,
+                optional,
+            })
+        };
+        if let Some(n) = self.memory_max {
+            add("memory", "memory.max", n.to_string(), "memory_max", false);
+            add("memory", "memory.swap.max", "0".into(), "memory_max", true);
+            add(
+                "memory",
+                "memory.oom.group",
+                "1".into(),
+                "memory_max",
+                false,
+            );
+        }
+        if let Some(n) = self.memory_high {
+            add("memory", "memory.high", n.to_string(), "memory_high", false);
+        }
+        if let Some(n) = self.pids_max {
+            add("pids", "pids.max", n.to_string(), "pids_max", false);
+        }
+        if let Some(n) = self.cpu_weight {
+            add("cpu", "cpu.weight", n.to_string(), "cpu_weight", false);
+        }
+        if let Some(p) = self.cpu_max_percent {
+            // A period of 100 ms; the quota is the share of it, in µs.
+            add(
+                "cpu",
+                "cpu.max",
+                format!("{} 100000", p * 1000),
+                "cpu_max",
+                false,
+            );
+        }
+        out
+    }
+}
+
+/// A size in bytes for memory limits: "512M", "2G", "1GiB", "500MB", a number of bytes.
+fn memory_size(ctx: &mut Ctx, s: &Section, name: &str, key: &str) -> Option<u64> {
+    let (v, span) = s.string(ctx, key)?;
+    match parse_size(&v) {
+        Some(n) if (1024 * 1024..=1u64 << 50).contains(&n) => Some(n),
+        _ => {
+            ctx.error(
+                span,
+                format!("pool.{name}.limits.{key} = \"{v}\" is not a size between 1M and 1P: write e.g. \"512M\" or \"2G\""),
+            );
+            None
+        }
+    }
+}
+
+fn parse_limits(ctx: &mut Ctx, s: Section, name: &str) -> Limits {
+    let mut l = Limits {
+        memory_max: memory_size(ctx, &s, name, "memory_max"),
+        memory_high: memory_size(ctx, &s, name, "memory_high"),
+        recycle_above: memory_size(ctx, &s, name, "recycle_above"),
+        ..Limits::default()
+    };
+    if let Some(n) = s.integer(ctx, "pids_max", 1, 4_194_304) {
+        l.pids_max = Some(n as u64);
+    }
+    if let Some(n) = s.integer(ctx, "cpu_weight", 1, 10_000) {
+        l.cpu_weight = Some(n as u64);
+    }
+    if let Some((v, span)) = s.string(ctx, "cpu_max") {
+        match v.strip_suffix('%').and_then(|n| n.trim().parse::<u64>().ok()) {
+            Some(p) if (1..=100_000).contains(&p) => l.cpu_max_percent = Some(p),
+            _ => ctx.error(
+                span,
+                format!("pool.{name}.limits.cpu_max = \"{v}\" is not a share of CPU: write a percentage of one CPU from 1% to 100000%, e.g. \"50%\" or \"150%\" (one and a half CPUs)"),
+            ),
+        }
+    }
+    if let (Some(high), Some(max)) = (l.memory_high, l.memory_max)
+        && high > max
+    {
+        ctx.error(
+            s.span(),
+            format!("pool.{name}.limits: memory_high ({}) is above memory_max ({}); memory_high throttles before memory_max kills, so it must be lower", human_size(high), human_size(max)),
+        );
+    }
+    if let (Some(r), Some(max)) = (l.recycle_above, l.memory_max)
+        && r >= max
+    {
+        ctx.error(
+            s.span(),
+            format!("pool.{name}.limits: recycle_above ({}) is not below memory_max ({}): a worker would be OOM-killed before it is recycled", human_size(r), human_size(max)),
+        );
+    }
+    s.finish(
+        ctx,
+        &[
+            "memory_max",
+            "memory_high",
+            "pids_max",
+            "cpu_weight",
+            "cpu_max",
+            "recycle_above",
+        ],
+    );
+    l
+}
+
+/// 536870912 → "512M", 1610612736 → "1.5G": how limits are shown.
+pub fn human_size(n: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [
+        ("T", 1 << 40),
+        ("G", 1 << 30),
+        ("M", 1 << 20),
+        ("K", 1 << 10),
+    ];
+    for (u, size) in UNITS {
+        if n >= size {
+            let whole = n / size;
+            let tenth = (n % size) * 10 / size;
+            return if tenth == 0 || whole >= 100 {
+                format!("{whole}{u}")
+            } else {
+                format!("{whole}.{tenth}{u}")
+            };
+        }
+    }
+    format!("{n}B")
+}
 
 /// This machine's name: the kernel's host name, or `localhost` without one.
 fn hostname() -> String {
@@ -1190,6 +1398,7 @@ fn parse_pool(
         credentials: Vec::new(),
         ready: Readiness::Stable,
         watchdog: None,
+        limits: Limits::default(),
     };
     if let Some((v, span)) = s.string(ctx, "mode") {
         match v.as_str() {
@@ -1393,6 +1602,9 @@ fn parse_pool(
             }
         }
     }
+    if let Some(l) = s.table(ctx, "limits") {
+        spec.limits = parse_limits(ctx, l, name);
+    }
     if let Some(h) = s.table(ctx, "health") {
         spec.health = parse_health(ctx, &h, name, base);
         h.finish(
@@ -1544,6 +1756,12 @@ fn parse_pool(
             ctx.error(
                 s.span(),
                 format!("`exit_codes` applies to worker pools; exec pool `{name}` has no_retry_exit_codes for codes that fail a job at once"),
+            );
+        }
+        if spec.limits.recycle_above.is_some() {
+            ctx.error(
+                s.span(),
+                format!("`limits.recycle_above` applies to worker pools; exec pool `{name}` starts a process per job (memory_max bounds each job)"),
             );
         }
     } else if s.has("no_retry_exit_codes") {
@@ -1949,6 +2167,80 @@ stop_timeout = "5s"
         assert_eq!(p.give_up_after, 7);
         assert_eq!(p.stop_signal, Signal::SIGINT);
         assert_eq!(p.working_dir, PathBuf::from("/tmp"));
+    }
+
+    #[test]
+    fn pool_limits_become_cgroup_files_and_bad_ones_are_positioned() {
+        let c = parse_str(
+            "[daemon]\ncgroups = \"off\"\n[pool.a]\ncommand = [\"/bin/sh\"]\n[pool.a.limits]\nmemory_max = \"512M\"\nmemory_high = \"400M\"\npids_max = 64\ncpu_weight = 50\ncpu_max = \"150%\"\nrecycle_above = \"300M\"\n",
+        )
+        .expect("valid");
+        assert!(!c.daemon.cgroups);
+        let l = &c.pools["a"].limits;
+        assert_eq!(l.memory_max, Some(512 << 20));
+        let files: Vec<(&str, String)> = l
+            .settings()
+            .into_iter()
+            .map(|s| (s.file, s.value))
+            .collect();
+        assert_eq!(
+            files,
+            vec![
+                ("memory.max", (512u64 << 20).to_string()),
+                ("memory.swap.max", "0".into()),
+                ("memory.oom.group", "1".into()),
+                ("memory.high", (400u64 << 20).to_string()),
+                ("pids.max", "64".into()),
+                ("cpu.weight", "50".into()),
+                ("cpu.max", "150000 100000".into()),
+            ]
+        );
+        assert_eq!(
+            l.describe(),
+            vec![
+                "memory_max 512M",
+                "memory_high 400M",
+                "recycle_above 300M",
+                "pids_max 64",
+                "cpu_weight 50",
+                "cpu_max 150%"
+            ]
+        );
+        // No limits: no files, and the default is cgroups where delegated.
+        let c = parse_str("[pool.a]\ncommand = [\"/bin/sh\"]\n").expect("valid");
+        assert!(c.pools["a"].limits.settings().is_empty());
+        assert!(c.daemon.cgroups);
+
+        let err = parse_str(
+            "[pool.a]\ncommand = [\"/bin/sh\"]\n[pool.a.limits]\nmemory_max = \"lots\"\ncpu_max = \"2\"\npids_max = 0\ncpu_weight = 20000\nswap = 1\n[pool.b]\ncommand = [\"/bin/sh\"]\n[pool.b.limits]\nmemory_max = \"100M\"\nmemory_high = \"200M\"\nrecycle_above = \"100M\"\n[daemon]\ncgroups = \"yes\"\n",
+        )
+        .expect_err("invalid");
+        let msgs: Vec<String> = err.errors.iter().map(|e| e.to_string()).collect();
+        let has = |needle: &str| msgs.iter().any(|m| m.contains(needle));
+        assert!(
+            has(":4:14: pool.a.limits.memory_max = \"lots\" is not a size"),
+            "{msgs:#?}"
+        );
+        assert!(
+            has(":5:11: pool.a.limits.cpu_max = \"2\" is not a share of CPU"),
+            "{msgs:#?}"
+        );
+        assert!(has(":6:"), "pids_max 0: {msgs:#?}");
+        assert!(has(":7:"), "cpu_weight 20000: {msgs:#?}");
+        assert!(has(":8:1: unknown key `swap`"), "{msgs:#?}");
+        assert!(
+            has("memory_high (200M) is above memory_max (100M)"),
+            "{msgs:#?}"
+        );
+        assert!(
+            has("recycle_above (100M) is not below memory_max (100M)"),
+            "{msgs:#?}"
+        );
+        assert!(has("cgroups = \"yes\": use \"auto\""), "{msgs:#?}");
+        // Sizes as shown.
+        assert_eq!(human_size(1536 << 20), "1.5G");
+        assert_eq!(human_size(530 << 20), "530M");
+        assert_eq!(human_size(512), "512B");
     }
 
     #[test]

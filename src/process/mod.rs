@@ -21,6 +21,7 @@ use nix::unistd::Pid;
 
 use crate::model::Exit;
 
+pub mod cgroup;
 mod spawn;
 
 /// Variables that belong to the daemon's own relation with systemd and must not leak into
@@ -74,6 +75,8 @@ pub struct Command {
     pub inherit_fd: Option<OwnedFd>,
     /// Whether the child gets a pipe on stdin (else /dev/null).
     pub stdin_pipe: bool,
+    /// The `cgroup.procs` of the cgroup the child joins before `execve`.
+    pub cgroup: Option<OwnedFd>,
 }
 
 /// A started child: the leader of a new process group.

@@ -65,6 +65,7 @@ enum Step {
     KeepDescriptor,
     Directory,
     Limit,
+    Cgroup,
     Exec,
 }
 
@@ -78,6 +79,7 @@ impl Step {
             5 => "cannot pass it the worker socket",
             6 => "cannot change to its working directory",
             7 => "cannot set its limit on open files",
+            8 => "cannot join its cgroup",
             _ => "cannot execute the program",
         }
     }
@@ -129,6 +131,7 @@ pub(super) fn spawn(cmd: Command, stack: &mut Stack) -> io::Result<Child> {
         rlim_cur: nofile,
         rlim_max: hard,
     };
+    let cgroup_fd = cmd.cgroup.as_ref().map(|fd| fd.as_raw_fd());
     let failed_step = AtomicI32::new(0);
     let failed_errno = AtomicI32::new(0);
 
@@ -142,6 +145,12 @@ pub(super) fn spawn(cmd: Command, stack: &mut Stack) -> io::Result<Child> {
                 libc::_exit(127)
             };
             reset_signals();
+            // Into its own cgroup first, so that nothing of it runs outside.
+            if let Some(fd) = cgroup_fd
+                && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
+            {
+                return fail(Step::Cgroup);
+            }
             if libc::setpgid(0, 0) != 0 {
                 return fail(Step::ProcessGroup);
             }
@@ -399,6 +408,7 @@ mod tests {
             cwd: cwd.into(),
             inherit_fd: None,
             stdin_pipe,
+            cgroup: None,
         }
     }
 

@@ -33,6 +33,10 @@ pub(super) struct Lane {
     pub run: ExecRun,
     pub stdout: Arc<Mutex<Capture>>,
     pub stderr: Arc<Mutex<Capture>>,
+    /// The job process's own cgroup, where there are cgroups.
+    pub cgroup: Option<crate::process::cgroup::Group>,
+    /// Set when its process was killed by the OOM killer: how to say so.
+    pub oom: Option<String>,
 }
 
 /// The exec side of a pool.
@@ -220,15 +224,29 @@ impl Supervisor {
                     continue;
                 }
             };
-            let Some(pool) = self.pools.get_mut(&name) else {
-                continue;
-            };
             env.push(("STEWARD_POOL".into(), name.clone()));
             env.push(("STEWARD_INSTANCE".into(), lane.to_string()));
             env.push(("STEWARD_SOCKET".into(), socket.clone()));
             env.push(("STEWARD_JOB_ID".into(), job.id.to_string()));
             env.push(("STEWARD_QUEUE".into(), job.queue.clone()));
             env.push(("STEWARD_ATTEMPT".into(), job.attempt.to_string()));
+            let mut cgroup = match self.resources.create(&pspec, lane) {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::error!(POOL = %name, "cannot make a cgroup for job {}: {e}; the job goes back to the queue", job.id);
+                    self.finish_job(
+                        job.id,
+                        job.token,
+                        &job.queue,
+                        job.attempt,
+                        Outcome::Released,
+                    );
+                    continue;
+                }
+            };
+            let Some(pool) = self.pools.get_mut(&name) else {
+                continue;
+            };
             let cmd = process::Command {
                 program: command.first().cloned().unwrap_or_default().into(),
                 args: command.iter().skip(1).cloned().collect(),
@@ -236,6 +254,7 @@ impl Supervisor {
                 cwd: pspec.working_dir.clone(),
                 inherit_fd: None,
                 stdin_pipe: true,
+                cgroup: cgroup.as_mut().and_then(|g| g.take_procs()),
             };
             pool.exec.runs.insert(
                 lane,
@@ -247,6 +266,8 @@ impl Supervisor {
                     run: ExecRun::new(now, timeout, pspec.stop_timeout),
                     stdout: Arc::default(),
                     stderr: Arc::default(),
+                    cgroup,
+                    oom: None,
                 },
             );
             let tx = self.events_tx.clone();
@@ -368,6 +389,24 @@ impl Supervisor {
     }
 
     pub(super) fn on_exec_exit(&mut self, name: &str, lane: u32, exit: Exit, now: Instant) {
+        if let Some(pool) = self.pools.get_mut(name)
+            && let Some(l) = pool.exec.runs.get_mut(&lane)
+            && let Some(g) = l.cgroup.take()
+        {
+            let limits = pool.spec.limits.clone();
+            // Whatever the job process left behind goes with it.
+            let ended = self.resources.release(g, now);
+            if let Some(oom) = ended.oom(&limits) {
+                self.observed.metrics.worker_oom_killed(name);
+                if let Some(l) = self
+                    .pools
+                    .get_mut(name)
+                    .and_then(|p| p.exec.runs.get_mut(&lane))
+                {
+                    l.oom = Some(oom);
+                }
+            }
+        }
         self.exec_step(name, lane, Input::Exited(exit), now);
     }
 
@@ -483,7 +522,14 @@ impl Supervisor {
             Some(ExecStop::Shutdown) => Outcome::Interrupted {
                 reason: "steward stopped while the job process ran".to_string(),
             },
-            None => jobs::exec_outcome(exit, &no_retry, out_last.as_deref(), err_last.as_deref()),
+            None => match &l.oom {
+                Some(oom) => Outcome::Crashed {
+                    reason: format!("the job process was {oom}"),
+                },
+                None => {
+                    jobs::exec_outcome(exit, &no_retry, out_last.as_deref(), err_last.as_deref())
+                }
+            },
         };
         self.observed.metrics.job_ran(&l.queue, ran);
         if matches!(outcome, Outcome::Crashed { .. }) {

@@ -102,6 +102,7 @@ impl Supervisor {
             cwd: slot.spec.working_dir.clone(),
             inherit_fd: None,
             stdin_pipe: false,
+            cgroup: None,
         };
         self.probes.spawning.insert(id);
         self.spawn_asked();

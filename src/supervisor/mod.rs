@@ -18,6 +18,7 @@ mod health;
 mod held;
 pub mod policy;
 mod requests;
+mod resources;
 mod worker;
 mod worker_io;
 mod worker_notify;
@@ -111,8 +112,11 @@ struct Slot {
     stderr: Option<(Arc<Mutex<Capture>>, oneshot::Receiver<()>)>,
     /// Counts the runs that ended, so that a late stderr tail goes to its own exit.
     exits: u64,
-    /// When this run reaches the pool's `max_lifetime` (less its share of jitter).
+    /// When this run reaches the pool's `max_lifetime` (less its share of jitter), or
+    /// now once its memory passed `recycle_above`.
     retire_at: Option<Instant>,
+    /// Why it is to be recycled, when it is for its memory.
+    recycle: Option<String>,
     /// This run's probe results, and the task that probes it while it runs.
     health: health::Health,
     last_probe: health::LastProbe,
@@ -130,6 +134,8 @@ struct Slot {
     notify_status: Option<String>,
     /// It sent `STOPPING=1` in this run.
     announced_stop: bool,
+    /// The cgroup of the run being started or running, where workers have their own.
+    cgroup: Option<process::cgroup::Group>,
 }
 
 impl Slot {
@@ -139,6 +145,15 @@ impl Slot {
             "running" if self.health.unhealthy => "unhealthy",
             s => s,
         }
+    }
+
+    /// Where its memory and CPU are read, while it has a process.
+    fn usage_source(&self) -> Option<process::cgroup::UsageSource> {
+        let pid = self.run.pid()?;
+        Some(match &self.cgroup {
+            Some(g) => process::cgroup::UsageSource::Cgroup(g.path().to_path_buf()),
+            None => process::cgroup::UsageSource::Process(pid),
+        })
     }
 
     fn stop_probing(&mut self) {
@@ -438,6 +453,8 @@ pub struct Supervisor {
     /// The lease in a shared journal could not be renewed in time: no jobs are taken,
     /// and what was held has been stopped.
     fenced: bool,
+    /// Workers' and job processes' own cgroups.
+    resources: resources::Resources,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -463,6 +480,7 @@ impl Supervisor {
         journal: Journal,
         config_tx: watch::Sender<Arc<Config>>,
         observed: crate::http::Observed,
+        cgroups: Result<process::cgroup::Tree, process::cgroup::Without>,
     ) -> io::Result<Supervisor> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let now = Instant::now();
@@ -500,10 +518,12 @@ impl Supervisor {
             job_lines: Arc::new(JobLines::new(config.log.max_job_lines, now)),
             next_lines_report: now + crate::logging::JOB_LINES_REPORT_EVERY,
             fenced: false,
+            resources: resources::Resources::new(cgroups),
             env,
             config,
         };
         for (name, spec) in s.config.pools.clone() {
+            s.resources.warn_unenforced(&spec);
             s.pools.insert(
                 name,
                 Pool {
@@ -608,6 +628,8 @@ impl Supervisor {
                 next_housekeeping = now + HOUSEKEEPING_EVERY;
                 // A safety net for coalesced SIGCHLDs.
                 self.reap();
+                self.resources.tick(now);
+                self.check_recycling(now);
                 self.publish_status();
                 self.publish_snapshot();
                 self.report_job_lines();
@@ -640,12 +662,35 @@ impl Supervisor {
                 break;
             }
         }
+        self.resources.finish();
         let orphans = process::kill_adopted_orphans();
         if orphans > 0 {
             tracing::warn!("killed {orphans} leftover processes that workers had left behind");
         }
         tracing::info!("steward stopped: all workers are gone");
         Ok(())
+    }
+
+    /// Workers whose memory passed their pool's `recycle_above` are marked to be
+    /// restarted gracefully, one at a time per pool (see `reconcile`).
+    fn check_recycling(&mut self, now: Instant) {
+        for s in self.slots.values_mut() {
+            let (Some(limit), Some(g)) = (s.spec.limits.recycle_above, &s.cgroup) else {
+                continue;
+            };
+            if s.recycle.is_some() || s.run.state_name() != "running" {
+                continue;
+            }
+            let used = g.usage().memory_bytes;
+            if used > limit {
+                s.recycle = Some(format!(
+                    "uses {} of memory, above its pool's recycle_above ({})",
+                    config::human_size(used),
+                    config::human_size(limit)
+                ));
+                s.retire_at = Some(now);
+            }
+        }
     }
 
     fn finished(&self, now: Instant) -> bool {
@@ -897,6 +942,7 @@ impl Supervisor {
             })),
         );
         slot.stderr = Some((tail, closed));
+        slot.recycle = None;
         slot.retire_at = slot.spec.max_lifetime.map(|l| {
             let share = l.mul_f64(0.1 * rand::random::<f64>());
             crate::time::after(now, l.saturating_sub(share))
@@ -931,6 +977,12 @@ impl Supervisor {
         };
         slot.pending_conn = None;
         slot.pending_notify = None;
+        if let Some(g) = slot.cgroup.take() {
+            self.resources.release(g, now);
+        }
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
         if shortage {
             let effects = slot.run.step(Input::ShortOfResources, now, shutdown);
             return self.carry_out(id, effects, now, &e.to_string());
@@ -983,7 +1035,21 @@ impl Supervisor {
     }
 
     fn on_exit(&mut self, id: SlotId, exit: Exit, now: Instant) {
-        self.after_run(id, exit, policy::describe_exit(exit), now);
+        let mut description = policy::describe_exit(exit);
+        if let Some(slot) = self.slots.get_mut(&id)
+            && let Some(g) = slot.cgroup.take()
+        {
+            let limits = slot.spec.limits.clone();
+            let pool = slot.pool.clone();
+            // Whatever is left of its tree (children that left its process group) goes
+            // with it.
+            let ended = self.resources.release(g, now);
+            if let Some(oom) = ended.oom(&limits) {
+                self.observed.metrics.worker_oom_killed(&pool);
+                description = oom;
+            }
+        }
+        self.after_run(id, exit, description, now);
     }
 
     /// A run of slot `id` is over, either because its process exited or because it
@@ -1543,6 +1609,7 @@ impl Supervisor {
                 stderr: None,
                 exits: 0,
                 retire_at: None,
+                recycle: None,
                 health: health::Health::default(),
                 last_probe: health::LastProbe::default(),
                 prober: None,
@@ -1552,6 +1619,7 @@ impl Supervisor {
                 notify: None,
                 notify_status: None,
                 announced_stop: false,
+                cgroup: None,
             },
         );
         Some(id)
@@ -1626,6 +1694,21 @@ impl Supervisor {
                 Err(e) => return self.spawn_failed(id, e, Instant::now()),
             }
         }
+        if let Some(old) = slot.cgroup.take() {
+            self.resources.release(old, Instant::now());
+        }
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let mut cgroup = match self.resources.create(&slot.spec, slot.index) {
+            Ok(g) => g,
+            Err(e) => {
+                slot.pending_conn = None;
+                return self.spawn_failed(id, e, Instant::now());
+            }
+        };
+        let cgroup_procs = cgroup.as_mut().and_then(|g| g.take_procs());
+        slot.cgroup = cgroup;
         let cmd = process::Command {
             program: command.first().cloned().unwrap_or_default().into(),
             args: command.iter().skip(1).cloned().collect(),
@@ -1633,6 +1716,7 @@ impl Supervisor {
             cwd,
             inherit_fd,
             stdin_pipe: false,
+            cgroup: cgroup_procs,
         };
         let tx = self.events_tx.clone();
         self.spawn_asked();
@@ -1769,9 +1853,13 @@ impl Supervisor {
                 if let Some(id) = old
                     && let Some(s) = self.slots.get(&id)
                 {
-                    tracing::info!(POOL = %s.pool, INSTANCE = s.index,
-                        "worker {} has run for its max_lifetime ({}): restarting it gracefully",
-                        s.name(), human(s.spec.max_lifetime.unwrap_or_default()));
+                    match &s.recycle {
+                        Some(why) => tracing::info!(POOL = %s.pool, INSTANCE = s.index,
+                            "worker {} {why}: restarting it gracefully", s.name()),
+                        None => tracing::info!(POOL = %s.pool, INSTANCE = s.index,
+                            "worker {} has run for its max_lifetime ({}): restarting it gracefully",
+                            s.name(), human(s.spec.max_lifetime.unwrap_or_default())),
+                    }
                     self.request_stop(id, Retire::Replace, now);
                 }
             }
@@ -1945,6 +2033,12 @@ impl Supervisor {
             );
             new.daemon.state_dir = old.state_dir.clone();
         }
+        if new.daemon.cgroups != old.cgroups {
+            tracing::warn!(
+                "[daemon] cgroups changed; workers' cgroups are set up at start, so the change takes effect when steward restarts"
+            );
+            new.daemon.cgroups = old.cgroups;
+        }
         let (mut added, mut removed, mut changed, mut scaled, mut same) =
             (vec![], vec![], vec![], vec![], 0);
         for (name, pool) in self.pools.iter_mut() {
@@ -1985,6 +2079,12 @@ impl Supervisor {
                     changed.push(name.clone());
                 }
             }
+        }
+        for name in &removed {
+            self.resources.forget_pool(name);
+        }
+        for spec in new.pools.values() {
+            self.resources.warn_unenforced(spec);
         }
         self.config = new;
         self.config_tx.send_replace(Arc::new(self.config.clone()));
@@ -2112,6 +2212,9 @@ impl Supervisor {
     fn snapshot(&mut self) -> DaemonStatus {
         self.update_status_line();
         let now = Instant::now();
+        let usage = |source: Option<process::cgroup::UsageSource>| {
+            source.and_then(|s| process::cgroup::read_usage(&s))
+        };
         let pools = self
             .pools
             .iter()
@@ -2150,6 +2253,9 @@ impl Supervisor {
                             },
                         ),
                         status: s.notify_status.clone(),
+                        memory_bytes: usage(s.usage_source()).map(|u| u.0),
+                        cpu_secs: usage(s.usage_source()).map(|u| u.1),
+                        cgroup: s.cgroup.as_ref().map(|g| g.path().display().to_string()),
                     })
                     .collect();
                 let mut workers = workers;
@@ -2170,6 +2276,9 @@ impl Supervisor {
                         jobs: vec![r.job],
                         health: None,
                         status: None,
+                        memory_bytes: None,
+                        cpu_secs: None,
+                        cgroup: r.cgroup.as_ref().map(|g| g.path().display().to_string()),
                     });
                 }
                 PoolStatus {
@@ -2194,6 +2303,8 @@ impl Supervisor {
                     } else {
                         pool.spec.ready.as_str().to_string()
                     },
+                    limits: pool.spec.limits.describe(),
+                    limits_not_enforced: self.resources.unenforced(&pool.spec),
                     workers,
                 }
             })
@@ -2224,6 +2335,10 @@ impl Supervisor {
                 size_bytes: self.journal.size_bytes(),
                 error: self.journal.stats().problem(),
             }),
+            cgroups: {
+                let (enabled, detail) = self.resources.describe();
+                Some(crate::api::CgroupsView { enabled, detail })
+            },
         }
     }
 
@@ -2275,9 +2390,15 @@ impl Supervisor {
             .map(|(why, _)| why.clone())
             .into_iter()
             .collect();
+        let usage = self
+            .slots
+            .values()
+            .filter_map(|s| Some((s.pool.clone(), s.index, s.usage_source()?)))
+            .collect();
         if let Ok(mut snap) = self.observed.snapshot.lock() {
             snap.pools = pools;
             snap.trouble = trouble;
+            snap.usage = usage;
         }
     }
 

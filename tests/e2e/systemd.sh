@@ -205,6 +205,51 @@ step2() {
 }
 check "2. reload with a pool: workers running, same daemon PID" step2
 
+# ------------------------------------------------------------- 2b. cgroups
+# The container delegates cgroups but has no resource controllers: the tree is real,
+# the limits are not enforced (and steward says so).
+UNIT_CG=/sys/fs/cgroup/system.slice/steward.service
+ESCAPE_POOL='
+[pool.escape]
+command = ["/bin/sh", "-c", "setsid sleep 4242 & exec sleep 4343"]
+stable_after = "1s"
+
+[pool.escape.limits]
+memory_max = "64M"
+pids_max = 32
+'
+step2b() {
+    local main cg wpid gpid
+    main=$(prop MainPID)
+    cg=$(ctr grep '^0::' "/proc/$main/cgroup")
+    [[ "$cg" == "0::/system.slice/steward.service/supervisor" ]] || { say "the daemon is in $cg"; return 1; }
+    for wpid in $(worker_pids); do
+        cg=$(ctr grep '^0::' "/proc/$wpid/cgroup")
+        [[ "$cg" == 0::/system.slice/steward.service/w/python.* ]] || { say "worker $wpid is in $cg"; return 1; }
+    done
+    journal_has "each worker and job process runs in a cgroup of its own" || { say "no cgroup line at start"; return 1; }
+    ctr cp $CONF /root/steward.toml.before-escape
+    printf '%s' "$ESCAPE_POOL" | ctr sh -c "cat >> $CONF"
+    ctr systemctl reload steward.service || return 1
+    wait_in 30 "pgrep -f '^sleep 4242\$' >/dev/null && pgrep -f '^sleep 4343\$' >/dev/null" || { say "escape pool not up"; return 1; }
+    gpid=$(ctr pgrep -f '^sleep 4242$'); wpid=$(ctr pgrep -f '^sleep 4343$')
+    # The grandchild left its worker's process group and session, not its cgroup.
+    [[ "$(ctr ps -o pgid= -p "$gpid" | tr -d ' ')" != "$(ctr ps -o pgid= -p "$wpid" | tr -d ' ')" ]] || { say "the grandchild did not leave the process group"; return 1; }
+    [[ "$(ctr grep '^0::' "/proc/$gpid/cgroup")" == "$(ctr grep '^0::' "/proc/$wpid/cgroup")" ]] || { say "grandchild and worker in different cgroups"; return 1; }
+    ctr kill -9 "$wpid"
+    wait_in 20 "! test -d /proc/$gpid || grep -q '^State:.*Z' /proc/$gpid/status" || { say "the escaped grandchild $gpid outlived its worker"; return 1; }
+    # Restarted in a fresh cgroup; the old one is gone.
+    wait_in 30 "pgrep -f '^sleep 4343\$' >/dev/null && [ \$(ls -d $UNIT_CG/w/escape.* | wc -l) -eq 1 ]" || { say "cgroups left: $(ctr ls $UNIT_CG/w)"; return 1; }
+    journal_has "pool escape: limits not enforced: memory_max (no memory controller), pids_max (no pids controller)" || { say "no 'limits not enforced' warning"; return 1; }
+    local st; st=$(ctr steward status)
+    grep -q "limits NOT enforced: memory_max (no memory controller)" <<<"$st" || { say "status: $st"; return 1; }
+    grep -q "cgroups  one per worker under $UNIT_CG/w" <<<"$st" || { say "status: $st"; return 1; }
+    ctr cp /root/steward.toml.before-escape $CONF
+    ctr systemctl reload steward.service || return 1
+    wait_in 30 "! pgrep -f '^sleep 4343\$' >/dev/null && ! pgrep -f '^sleep 4242\$' >/dev/null && [ -z \"\$(ls $UNIT_CG/w | grep escape)\" ]" || { say "the removed pool left processes or cgroups"; return 1; }
+}
+check "2b. cgroups: daemon in <unit>/supervisor, a cgroup per worker, an escaped grandchild dies with its worker, unenforced limits said" step2b
+
 # ------------------------------------------------------- 3. submit as a member
 step3() {
     ctr useradd -m alice && ctr usermod -aG steward alice || return 1
@@ -306,6 +351,9 @@ step8() {
     took=$((SECONDS - t0))
     say "systemctl stop took ${took}s; Result=$(prop Result) ActiveState=$(prop ActiveState)"
     [[ "$(prop ActiveState)" == inactive && "$(prop Result)" == success && $took -lt 90 ]] || return 1
+    # Nothing left behind: no process in the unit's cgroup or below.
+    local left; left=$(ctr sh -c "find $UNIT_CG -name cgroup.procs -exec cat {} + 2>/dev/null" || true)
+    [[ -z "$left" ]] || { say "processes left in the unit's cgroups after stop: $left"; return 1; }
     ctr -t 60 systemctl start steward.service || return 1
     [[ "$(job_state "$a")" == succeeded && "$(job_state "$b")" == succeeded ]] || { say "jobs were not drained"; return 1; }
 }
