@@ -259,14 +259,10 @@ impl Tree {
                 ));
             }
         }
-        let procs = fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path.join("cgroup.procs"))
-            .map_err(context(&path, "open cgroup.procs of"))?;
+        let procs = group.open_procs()?;
         Ok(Group {
             path,
-            procs: Some(OwnedFd::from(procs)),
+            procs: Some(procs),
         })
     }
 }
@@ -279,15 +275,6 @@ pub struct Group {
     procs: Option<OwnedFd>,
 }
 
-/// What a group's memory and CPU accounting says.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub memory_bytes: u64,
-    pub memory_peak_bytes: Option<u64>,
-    pub cpu_usec: u64,
-    pub oom_kills: u64,
-}
-
 impl Group {
     pub fn path(&self) -> &Path {
         &self.path
@@ -296,6 +283,16 @@ impl Group {
     /// The open `cgroup.procs` the child writes "0" to before `execve`.
     pub fn take_procs(&mut self) -> Option<OwnedFd> {
         self.procs.take()
+    }
+
+    /// `cgroup.procs` opened for writing, for one more child to join (a group reused).
+    pub fn open_procs(&self) -> io::Result<OwnedFd> {
+        fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(self.path.join("cgroup.procs"))
+            .map(OwnedFd::from)
+            .map_err(context(&self.path, "open cgroup.procs of"))
     }
 
     /// Kill every process in the group and its descendants (`cgroup.kill`, Linux 5.14;
@@ -363,21 +360,28 @@ impl Group {
         }
     }
 
-    /// Memory, CPU and OOM kills, as far as the controllers tell (0 where one is
-    /// missing).
-    pub fn usage(&self) -> Usage {
-        let read = |f: &str| fs::read_to_string(self.path.join(f)).ok();
-        let number = |f: &str| read(f).and_then(|t| t.trim().parse::<u64>().ok());
-        Usage {
-            memory_bytes: number("memory.current").unwrap_or(0),
-            memory_peak_bytes: number("memory.peak"),
-            cpu_usec: read("cpu.stat")
-                .and_then(|t| keyed(&t, "usage_usec"))
-                .unwrap_or(0),
-            oom_kills: read("memory.events")
-                .and_then(|t| keyed(&t, "oom_kill"))
-                .unwrap_or(0),
-        }
+    fn number(&self, file: &str) -> Option<u64> {
+        fs::read_to_string(self.path.join(file))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+    }
+
+    /// Processes the kernel's OOM killer killed in it so far (0 without the memory
+    /// controller).
+    pub fn oom_kills(&self) -> u64 {
+        fs::read_to_string(self.path.join("memory.events"))
+            .ok()
+            .and_then(|t| keyed(&t, "oom_kill"))
+            .unwrap_or(0)
+    }
+
+    /// The most memory it has used (Linux 5.19 and later).
+    pub fn memory_peak(&self) -> Option<u64> {
+        self.number("memory.peak")
+    }
+
+    pub fn memory_current(&self) -> Option<u64> {
+        self.number("memory.current")
     }
 }
 

@@ -33,8 +33,8 @@ pub(super) struct Lane {
     pub run: ExecRun,
     pub stdout: Arc<Mutex<Capture>>,
     pub stderr: Arc<Mutex<Capture>>,
-    /// The job process's own cgroup, where there are cgroups.
-    pub cgroup: Option<crate::process::cgroup::Group>,
+    /// The lane's cgroup the job process runs in, where there are cgroups.
+    pub cgroup: Option<std::path::PathBuf>,
     /// Set when its process was killed by the OOM killer: how to say so.
     pub oom: Option<String>,
 }
@@ -230,8 +230,9 @@ impl Supervisor {
             env.push(("STEWARD_JOB_ID".into(), job.id.to_string()));
             env.push(("STEWARD_QUEUE".into(), job.queue.clone()));
             env.push(("STEWARD_ATTEMPT".into(), job.attempt.to_string()));
-            let mut cgroup = match self.resources.create(&pspec, lane) {
-                Ok(g) => g,
+            let (cgroup, cgroup_procs) = match self.resources.for_job(&pspec, lane, now) {
+                Ok(Some((path, fd))) => (Some(path), Some(fd)),
+                Ok(None) => (None, None),
                 Err(e) => {
                     tracing::error!(POOL = %name, "cannot make a cgroup for job {}: {e}; the job goes back to the queue", job.id);
                     self.finish_job(
@@ -254,7 +255,7 @@ impl Supervisor {
                 cwd: pspec.working_dir.clone(),
                 inherit_fd: None,
                 stdin_pipe: true,
-                cgroup: cgroup.as_mut().and_then(|g| g.take_procs()),
+                cgroup: cgroup_procs,
             };
             pool.exec.runs.insert(
                 lane,
@@ -389,14 +390,17 @@ impl Supervisor {
     }
 
     pub(super) fn on_exec_exit(&mut self, name: &str, lane: u32, exit: Exit, now: Instant) {
-        if let Some(pool) = self.pools.get_mut(name)
-            && let Some(l) = pool.exec.runs.get_mut(&lane)
-            && let Some(g) = l.cgroup.take()
+        if let Some(pool) = self.pools.get(name)
+            && pool
+                .exec
+                .runs
+                .get(&lane)
+                .is_some_and(|l| l.cgroup.is_some())
         {
             let limits = pool.spec.limits.clone();
             // Whatever the job process left behind goes with it.
-            let ended = self.resources.release(g, now);
-            if let Some(oom) = ended.oom(&limits) {
+            let ended = self.resources.job_ended(name, lane);
+            if let Some(oom) = ended.and_then(|e| e.oom(&limits)) {
                 self.observed.metrics.worker_oom_killed(name);
                 if let Some(l) = self
                     .pools

@@ -681,7 +681,7 @@ impl Supervisor {
             if s.recycle.is_some() || s.run.state_name() != "running" {
                 continue;
             }
-            let used = g.usage().memory_bytes;
+            let used = g.memory_current().unwrap_or(0);
             if used > limit {
                 s.recycle = Some(format!(
                     "uses {} of memory, above its pool's recycle_above ({})",
@@ -2081,7 +2081,7 @@ impl Supervisor {
             }
         }
         for name in &removed {
-            self.resources.forget_pool(name);
+            self.resources.forget_pool(name, Instant::now());
         }
         for spec in new.pools.values() {
             self.resources.warn_unenforced(spec);
@@ -2278,7 +2278,7 @@ impl Supervisor {
                         status: None,
                         memory_bytes: None,
                         cpu_secs: None,
-                        cgroup: r.cgroup.as_ref().map(|g| g.path().display().to_string()),
+                        cgroup: r.cgroup.as_ref().map(|p| p.display().to_string()),
                     });
                 }
                 PoolStatus {

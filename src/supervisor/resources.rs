@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::{Limits, PoolSpec, human_size};
-use crate::process::cgroup::{Group, Tree, Usage, Without};
+use crate::process::cgroup::{Group, Tree, Without};
 
 /// A cgroup that could not be removed yet (still emptying, or busy right after an OOM
 /// kill) is tried again on every turn of housekeeping for this long, then given up on
@@ -24,25 +24,39 @@ pub(super) struct Resources {
     removing: Vec<(Group, Instant)>,
     /// Pools already warned of limits that cannot be enforced, with what they lacked.
     warned: std::collections::BTreeMap<String, Vec<String>>,
+    /// Exec pools' lanes keep their cgroup from job to job (emptied in between): making
+    /// and removing a memory cgroup per job would cost more than many jobs themselves.
+    lanes: std::collections::HashMap<(String, u32), LaneGroup>,
+}
+
+struct LaneGroup {
+    group: Group,
+    /// The limits it was made with: other limits, a new group.
+    limits: Limits,
+    /// OOM kills of earlier jobs in it (its counter only grows).
+    oom_seen: u64,
 }
 
 /// What a finished run's cgroup said.
 pub(super) struct Ended {
-    pub usage: Usage,
+    /// OOM kills in this run.
+    oom_kills: u64,
+    /// The group's peak memory, read when there was an OOM kill.
+    peak: Option<u64>,
 }
 
 impl Ended {
     /// "killed by the OOM killer (memory_max 512M, peak 530M)" if the kernel's OOM
     /// killer ended it.
     pub fn oom(&self, limits: &Limits) -> Option<String> {
-        if self.usage.oom_kills == 0 {
+        if self.oom_kills == 0 {
             return None;
         }
         let mut parts = Vec::new();
         if let Some(m) = limits.memory_max {
             parts.push(format!("memory_max {}", human_size(m)));
         }
-        if let Some(p) = self.usage.memory_peak_bytes {
+        if let Some(p) = self.peak {
             parts.push(format!("peak {}", human_size(p)));
         }
         Some(if parts.is_empty() {
@@ -65,6 +79,7 @@ impl Resources {
             next: 0,
             removing: Vec::new(),
             warned: Default::default(),
+            lanes: Default::default(),
         }
     }
 
@@ -132,8 +147,82 @@ impl Resources {
         self.warned.insert(spec.name.clone(), missing);
     }
 
-    pub fn forget_pool(&mut self, name: &str) {
+    /// Pool `name` is gone: its lanes' cgroups go too.
+    pub fn forget_pool(&mut self, name: &str, now: Instant) {
         self.warned.remove(name);
+        let keys: Vec<(String, u32)> = self
+            .lanes
+            .keys()
+            .filter(|(p, _)| p == name)
+            .cloned()
+            .collect();
+        for k in keys {
+            if let Some(lg) = self.lanes.remove(&k) {
+                self.release(lg.group, now);
+            }
+        }
+    }
+
+    /// The cgroup of lane `lane` of exec pool `spec` for its next job, made once and
+    /// reused while it is empty and its limits are the pool's: (its path, the open
+    /// `cgroup.procs` the job process joins). `Ok(None)` without cgroups.
+    pub fn for_job(
+        &mut self,
+        spec: &PoolSpec,
+        lane: u32,
+        now: Instant,
+    ) -> std::io::Result<Option<(std::path::PathBuf, std::os::fd::OwnedFd)>> {
+        if self.tree.is_none() {
+            return Ok(None);
+        }
+        let key = (spec.name.clone(), lane);
+        if let Some(lg) = self.lanes.get(&key) {
+            if lg.limits == spec.limits && !lg.group.populated() {
+                let fd = lg.group.open_procs()?;
+                return Ok(Some((lg.group.path().to_path_buf(), fd)));
+            }
+            // Other limits now, or what the last job left is still dying: a new one.
+            if let Some(old) = self.lanes.remove(&key) {
+                self.release(old.group, now);
+            }
+        }
+        let Some(mut group) = self.create(spec, lane)? else {
+            return Ok(None);
+        };
+        let fd = match group.take_procs() {
+            Some(fd) => fd,
+            None => group.open_procs()?,
+        };
+        let path = group.path().to_path_buf();
+        self.lanes.insert(
+            key,
+            LaneGroup {
+                group,
+                limits: spec.limits.clone(),
+                oom_seen: 0,
+            },
+        );
+        Ok(Some((path, fd)))
+    }
+
+    /// A job process of lane `lane` of pool `pool` exited: what its cgroup says of it
+    /// (OOM kills since the job began), and whatever it left behind killed.
+    pub fn job_ended(&mut self, pool: &str, lane: u32) -> Option<Ended> {
+        let lg = self.lanes.get_mut(&(pool.to_string(), lane))?;
+        let kills = lg.group.oom_kills();
+        let new_kills = kills.saturating_sub(lg.oom_seen);
+        lg.oom_seen = kills;
+        let peak = (new_kills > 0).then(|| lg.group.memory_peak()).flatten();
+        if let Err(e) = lg.group.kill() {
+            tracing::warn!(
+                "cannot kill what is left in cgroup {}: {e}",
+                lg.group.path().display()
+            );
+        }
+        Some(Ended {
+            oom_kills: new_kills,
+            peak,
+        })
     }
 
     /// A cgroup for the next run of `pool`'s instance `index`, with the pool's limits
@@ -157,7 +246,8 @@ impl Resources {
     /// A run is over: read its cgroup, kill whatever is left in it, and remove it (now,
     /// or on a later turn once it is empty).
     pub fn release(&mut self, group: Group, now: Instant) -> Ended {
-        let usage = group.usage();
+        let oom_kills = group.oom_kills();
+        let peak = (oom_kills > 0).then(|| group.memory_peak()).flatten();
         if let Err(e) = group.kill() {
             tracing::warn!(
                 "cannot kill what is left in cgroup {}: {e}",
@@ -169,7 +259,7 @@ impl Resources {
             Ok(false) => self.queue_removal(group, now),
             Err(e) => tracing::warn!("{e}"),
         }
-        Ended { usage }
+        Ended { oom_kills, peak }
     }
 
     fn queue_removal(&mut self, group: Group, now: Instant) {
@@ -208,7 +298,12 @@ impl Resources {
 
     /// At the end of a stop: wait a little for the last cgroups to empty and remove them.
     pub fn finish(&mut self) {
-        for (g, _) in std::mem::take(&mut self.removing) {
+        let lanes: Vec<Group> = self.lanes.drain().map(|(_, lg)| lg.group).collect();
+        let removing = std::mem::take(&mut self.removing)
+            .into_iter()
+            .map(|(g, _)| g)
+            .chain(lanes);
+        for g in removing {
             let _ = g.kill();
             g.wait_empty(Duration::from_secs(2));
             let _ = g.remove();

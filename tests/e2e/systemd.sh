@@ -359,6 +359,23 @@ step8() {
 }
 check "8. systemctl stop with jobs running: drained, inactive (dead), Result=success" step8
 
+# ------------------------------------------- 8b. stop with an escaped grandchild
+step8b() {
+    ctr cp $CONF /root/steward.toml.before-escape
+    printf '%s' "$ESCAPE_POOL" | ctr sh -c "cat >> $CONF"
+    ctr systemctl reload steward.service || return 1
+    wait_in 30 "pgrep -f '^sleep 4242\$' >/dev/null" || { say "escape pool not up"; return 1; }
+    local since; since=$(ctr date '+%Y-%m-%d %H:%M:%S')
+    ctr -t 120 systemctl stop steward.service || return 1
+    ! ctr pgrep -f '^sleep 4242$' >/dev/null || { say "the escaped grandchild outlived the stop"; return 1; }
+    # steward killed it itself: systemd found nothing left to kill after steward exited.
+    local j; j=$(ctr journalctl -u steward.service --since "$since" --no-pager)
+    ! grep -q "Killing process .* with signal SIGKILL" <<<"$j" || { say "systemd had to kill leftovers: $(grep 'Killing process' <<<"$j")"; return 1; }
+    ctr cp /root/steward.toml.before-escape $CONF
+    ctr -t 60 systemctl start steward.service
+}
+check "8b. systemctl stop with a grandchild that left its worker's process group: steward kills it, systemd finds nothing left" step8b
+
 # ---------------------------------------------------------------- 9. upgrade
 step9() {
     local pid0; pid0=$(prop MainPID)
