@@ -75,7 +75,7 @@ crate::on_both_journals! {
         assert!(a.stdout.as_deref().unwrap().contains("working\n"), "{a:?}");
         assert!(a.stderr.as_deref().unwrap().contains("a warning"), "{a:?}");
         assert!(
-            a.pid.is_some() && a.worker.as_deref().unwrap().starts_with("x/"),
+            a.pid.is_some_and(|p| p > 0) && a.worker.as_deref().unwrap().starts_with("x/"),
             "{a:?}"
         );
         assert_eq!(d.wait_job(plain, "succeeded", TIMEOUT).result, None);

@@ -233,13 +233,7 @@ impl Supervisor {
         for job in claimed.jobs {
             let spec = self.queue_spec(&job.queue);
             if !usable {
-                self.finish_job(
-                    job.id,
-                    job.token,
-                    &job.queue,
-                    job.attempt,
-                    Outcome::Released,
-                );
+                self.give_back(&job);
                 continue;
             }
             let timeout = job.timeout(spec.timeout);
@@ -431,6 +425,17 @@ impl Supervisor {
                     slot.name());
             }
         }
+    }
+
+    /// A job claimed that cannot run here after all goes back to its queue untouched.
+    pub(super) fn give_back(&self, job: &crate::journal::Leased) {
+        self.finish_job(
+            job.id,
+            job.token,
+            &job.queue,
+            job.attempt,
+            Outcome::Released,
+        );
     }
 
     /// Record how an attempt ended.

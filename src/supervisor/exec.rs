@@ -37,6 +37,8 @@ pub(super) struct Lane {
     pub cgroup: Option<std::path::PathBuf>,
     /// Set when its process was killed by the OOM killer: how to say so.
     pub oom: Option<String>,
+    /// Its process, once started (kept for the attempt's history after it exits).
+    pub pid: Option<i32>,
 }
 
 /// The exec side of a pool.
@@ -187,13 +189,7 @@ impl Supervisor {
                 .filter(|p| !p.removing && self.shutdown.is_none())
                 .and_then(|p| (0..p.spec.instances).find(|l| !p.exec.runs.contains_key(l)));
             let (Some(lane), Some(pool)) = (lane, self.pools.get_mut(&name)) else {
-                self.finish_job(
-                    job.id,
-                    job.token,
-                    &job.queue,
-                    job.attempt,
-                    Outcome::Released,
-                );
+                self.give_back(&job);
                 continue;
             };
             let timeout = job.timeout(spec.timeout);
@@ -214,13 +210,7 @@ impl Supervisor {
                 Err(why) => {
                     // Changed since the claim: the job goes back, untouched.
                     self.exec_blocked(&name, Some(why));
-                    self.finish_job(
-                        job.id,
-                        job.token,
-                        &job.queue,
-                        job.attempt,
-                        Outcome::Released,
-                    );
+                    self.give_back(&job);
                     continue;
                 }
             };
@@ -235,13 +225,7 @@ impl Supervisor {
                 Ok(None) => (None, None),
                 Err(e) => {
                     tracing::error!(POOL = %name, "cannot make a cgroup for job {}: {e}; the job goes back to the queue", job.id);
-                    self.finish_job(
-                        job.id,
-                        job.token,
-                        &job.queue,
-                        job.attempt,
-                        Outcome::Released,
-                    );
+                    self.give_back(&job);
                     continue;
                 }
             };
@@ -269,6 +253,7 @@ impl Supervisor {
                     stderr: Arc::default(),
                     cgroup,
                     oom: None,
+                    pid: None,
                 },
             );
             let tx = self.events_tx.clone();
@@ -347,6 +332,7 @@ impl Supervisor {
             }
             Ok(child) => {
                 let pid = child.pid;
+                run.pid = Some(pid);
                 let started = child.started;
                 self.exec_pids.insert(pid, (name.clone(), lane));
                 if let Some(stdin) = child.stdin {
@@ -542,7 +528,7 @@ impl Supervisor {
         tracing::debug!(JOB_ID = l.job, POOL = %name, "job {} process ended: {} after {}", l.job, super::policy::describe_exit(exit), human(ran));
         let output = AttemptOutput {
             worker: Some(format!("{name}/{lane}")),
-            pid: l.run.pid(),
+            pid: l.pid.or(l.run.pid()),
             stdout_tail: out_tail,
             stderr_tail: err_tail,
         };
