@@ -2223,39 +2223,42 @@ impl Supervisor {
                     .slots
                     .values()
                     .filter_map(|id| self.slots.get(id))
-                    .map(|s| WorkerStatus {
-                        instance: s.index,
-                        state: s.shown_state().to_string(),
-                        pid: s.run.pid(),
-                        uptime_secs: s
-                            .run
-                            .since()
-                            .map(|t| now.saturating_duration_since(t).as_secs_f64()),
-                        restarts: s.restarts,
-                        unstable_exits: s.run.level,
-                        next_restart_in_secs: match s.run.phase {
-                            worker::Phase::BackingOff { until, .. } => {
-                                Some(until.saturating_duration_since(now).as_secs_f64())
-                            }
-                            _ => None,
-                        },
-                        last_exit: s.last_exit.clone(),
-                        reason: s.reason.clone(),
-                        generation: s.generation,
-                        jobs: s.held.keys().copied().collect(),
-                        health: s.last_probe.lock().ok().and_then(|l| l.clone()).map(
-                            |(ok, detail, ms, body)| crate::api::ProbeView {
-                                ok,
-                                detail,
-                                latency_ms: ms,
-                                body,
-                                failures: s.health.failures,
+                    .map(|s| {
+                        let used = usage(s.usage_source());
+                        WorkerStatus {
+                            instance: s.index,
+                            state: s.shown_state().to_string(),
+                            pid: s.run.pid(),
+                            uptime_secs: s
+                                .run
+                                .since()
+                                .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+                            restarts: s.restarts,
+                            unstable_exits: s.run.level,
+                            next_restart_in_secs: match s.run.phase {
+                                worker::Phase::BackingOff { until, .. } => {
+                                    Some(until.saturating_duration_since(now).as_secs_f64())
+                                }
+                                _ => None,
                             },
-                        ),
-                        status: s.notify_status.clone(),
-                        memory_bytes: usage(s.usage_source()).map(|u| u.0),
-                        cpu_secs: usage(s.usage_source()).map(|u| u.1),
-                        cgroup: s.cgroup.as_ref().map(|g| g.path().display().to_string()),
+                            last_exit: s.last_exit.clone(),
+                            reason: s.reason.clone(),
+                            generation: s.generation,
+                            jobs: s.held.keys().copied().collect(),
+                            health: s.last_probe.lock().ok().and_then(|l| l.clone()).map(
+                                |(ok, detail, ms, body)| crate::api::ProbeView {
+                                    ok,
+                                    detail,
+                                    latency_ms: ms,
+                                    body,
+                                    failures: s.health.failures,
+                                },
+                            ),
+                            status: s.notify_status.clone(),
+                            memory_bytes: used.map(|u| u.0),
+                            cpu_secs: used.map(|u| u.1),
+                            cgroup: s.cgroup.as_ref().map(|g| g.path().display().to_string()),
+                        }
                     })
                     .collect();
                 let mut workers = workers;
