@@ -17,8 +17,8 @@ const REMOVE_FOR: Duration = Duration::from_secs(60);
 const REMOVALS_MAX: usize = 4096;
 
 pub(super) struct Resources {
-    tree: Option<Tree>,
-    without: Option<Without>,
+    /// The unit's delegated cgroup set up for workers, or why there is none.
+    set_up: Result<Tree, Without>,
     /// Names cgroups uniquely in this run.
     next: u64,
     removing: Vec<(Group, Instant)>,
@@ -69,13 +69,8 @@ impl Ended {
 
 impl Resources {
     pub fn new(set_up: Result<Tree, Without>) -> Resources {
-        let (tree, without) = match set_up {
-            Ok(t) => (Some(t), None),
-            Err(w) => (None, Some(w)),
-        };
         Resources {
-            tree,
-            without,
+            set_up,
             next: 0,
             removing: Vec::new(),
             warned: Default::default(),
@@ -85,8 +80,8 @@ impl Resources {
 
     /// For `steward status`: where workers' cgroups are, or why there are none.
     pub fn describe(&self) -> (bool, String) {
-        match (&self.tree, &self.without) {
-            (Some(t), _) => (
+        match &self.set_up {
+            Ok(t) => (
                 true,
                 format!(
                     "{}/w (controllers: {})",
@@ -98,8 +93,7 @@ impl Resources {
                     }
                 ),
             ),
-            (None, Some(w)) => (false, w.to_string()),
-            (None, None) => (false, "off".into()),
+            Err(w) => (false, w.to_string()),
         }
     }
 
@@ -117,10 +111,10 @@ impl Resources {
             keys.push(("recycle_above", "memory"));
         }
         for (key, controller) in keys {
-            let why = match &self.tree {
-                None => "no cgroups".to_string(),
-                Some(t) if !t.has(controller) => format!("no {controller} controller"),
-                Some(_) => continue,
+            let why = match &self.set_up {
+                Err(_) => "no cgroups".to_string(),
+                Ok(t) if !t.has(controller) => format!("no {controller} controller"),
+                Ok(_) => continue,
             };
             let item = format!("{key} ({why})");
             if !out.contains(&item) {
@@ -138,9 +132,9 @@ impl Resources {
             return;
         }
         if !missing.is_empty() {
-            let how = match &self.without {
-                Some(w) => format!("workers have no cgroups of their own: {w}. Run steward as the packaged systemd unit (Delegate=cpu memory pids)"),
-                None => "the unit's cgroup lacks those controllers: the kernel or the unit's Delegate= does not provide them".to_string(),
+            let how = match &self.set_up {
+                Err(w) => format!("workers have no cgroups of their own: {w}. Run steward as the packaged systemd unit (Delegate=cpu memory pids)"),
+                Ok(_) => "the unit's cgroup lacks those controllers: the kernel or the unit's Delegate= does not provide them".to_string(),
             };
             tracing::warn!(POOL = %spec.name, "pool {}: limits not enforced: {}; {how}", spec.name, missing.join(", "));
         }
@@ -172,7 +166,7 @@ impl Resources {
         lane: u32,
         now: Instant,
     ) -> std::io::Result<Option<(std::path::PathBuf, std::os::fd::OwnedFd)>> {
-        if self.tree.is_none() {
+        if self.set_up.is_err() {
             return Ok(None);
         }
         let key = (spec.name.clone(), lane);
@@ -228,7 +222,7 @@ impl Resources {
     /// A cgroup for the next run of `pool`'s instance `index`, with the pool's limits
     /// (those whose controller is there). `Ok(None)` without cgroups.
     pub fn create(&mut self, spec: &PoolSpec, index: u32) -> std::io::Result<Option<Group>> {
-        let Some(tree) = &self.tree else {
+        let Ok(tree) = &self.set_up else {
             return Ok(None);
         };
         self.next += 1;
