@@ -54,11 +54,7 @@ pub fn run(config_path: &Path, accept_damaged: bool) -> Result<(), Failure> {
         Ok(t) => tracing::info!(
             "each worker and job process runs in a cgroup of its own under {}/w (controllers: {})",
             t.root.display(),
-            if t.controllers.is_empty() {
-                "none delegated".to_string()
-            } else {
-                t.controllers.join(" ")
-            }
+            t.controller_list()
         ),
         Err(process::cgroup::Without::Failed(why)) => {
             tracing::warn!("workers run without cgroups of their own (process groups only): {why}")

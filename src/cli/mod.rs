@@ -290,26 +290,20 @@ fn check_config(path: &Path) -> Result<(), Failure> {
     for p in c.pools.values() {
         let missing: Vec<String> = p
             .limits
-            .settings()
-            .iter()
-            .filter(|s| !s.optional)
-            .filter_map(|s| {
+            .needs()
+            .into_iter()
+            .filter_map(|(key, controller)| {
                 let why = match &offered {
                     _ if !c.daemon.cgroups => "cgroups = \"off\" in [daemon]".to_string(),
                     None => "this machine has no cgroup v2".to_string(),
-                    Some(list) if !list.iter().any(|x| x == s.controller) => {
-                        format!("this machine offers no {} controller", s.controller)
+                    Some(list) if !list.iter().any(|x| x == controller) => {
+                        format!("this machine offers no {controller} controller")
                     }
                     Some(_) => return None,
                 };
-                Some(format!("{} ({why})", s.key))
+                Some(format!("{key} ({why})"))
             })
-            .fold(Vec::new(), |mut acc, item| {
-                if !acc.contains(&item) {
-                    acc.push(item);
-                }
-                acc
-            });
+            .collect();
         if !missing.is_empty() {
             eprintln!(
                 "{}: warning: pool {}: limits not enforced: {}",

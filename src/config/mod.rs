@@ -877,6 +877,24 @@ impl Limits {
         out
     }
 
+    /// What each limit set needs: (its key, the controller that enforces it), once each.
+    pub fn needs(&self) -> Vec<(&'static str, &'static str)> {
+        let mut out: Vec<(&'static str, &'static str)> = Vec::new();
+        let recycle = self.recycle_above.map(|_| ("recycle_above", "memory"));
+        for need in self
+            .settings()
+            .iter()
+            .filter(|s| !s.optional)
+            .map(|s| (s.key, s.controller))
+            .chain(recycle)
+        {
+            if !out.contains(&need) {
+                out.push(need);
+            }
+        }
+        out
+    }
+
     /// The cgroup files these limits are written to, in order.
     pub fn settings(&self) -> Vec<CgroupSetting> {
         let mut out = Vec::new();
@@ -2204,6 +2222,17 @@ stop_timeout = "5s"
                 "pids_max 64",
                 "cpu_weight 50",
                 "cpu_max 150%"
+            ]
+        );
+        assert_eq!(
+            l.needs(),
+            vec![
+                ("memory_max", "memory"),
+                ("memory_high", "memory"),
+                ("pids_max", "pids"),
+                ("cpu_weight", "cpu"),
+                ("cpu_max", "cpu"),
+                ("recycle_above", "memory"),
             ]
         );
         // No limits: no files, and the default is cgroups where delegated.

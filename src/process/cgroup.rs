@@ -219,6 +219,15 @@ impl Tree {
         }
     }
 
+    /// Its controllers as "cpu memory pids", or "none".
+    pub fn controller_list(&self) -> String {
+        if self.controllers.is_empty() {
+            "none".to_string()
+        } else {
+            self.controllers.join(" ")
+        }
+    }
+
     pub fn has(&self, controller: &str) -> bool {
         self.controllers.iter().any(|c| c == controller)
     }

@@ -86,11 +86,7 @@ impl Resources {
                 format!(
                     "{}/w (controllers: {})",
                     t.root.display(),
-                    if t.controllers.is_empty() {
-                        "none".to_string()
-                    } else {
-                        t.controllers.join(" ")
-                    }
+                    t.controller_list()
                 ),
             ),
             Err(w) => (false, w.to_string()),
@@ -101,25 +97,13 @@ impl Resources {
     /// controller)".
     pub fn unenforced(&self, spec: &PoolSpec) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        let settings = spec.limits.settings();
-        let mut keys: Vec<(&str, &str)> = settings
-            .iter()
-            .filter(|s| !s.optional)
-            .map(|s| (s.key, s.controller))
-            .collect();
-        if spec.limits.recycle_above.is_some() {
-            keys.push(("recycle_above", "memory"));
-        }
-        for (key, controller) in keys {
+        for (key, controller) in spec.limits.needs() {
             let why = match &self.set_up {
                 Err(_) => "no cgroups".to_string(),
                 Ok(t) if !t.has(controller) => format!("no {controller} controller"),
                 Ok(_) => continue,
             };
-            let item = format!("{key} ({why})");
-            if !out.contains(&item) {
-                out.push(item);
-            }
+            out.push(format!("{key} ({why})"));
         }
         out
     }
