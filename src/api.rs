@@ -67,7 +67,17 @@ pub struct PoolStatus {
     #[serde(default)]
     pub mode: String,
     pub command: Vec<String>,
+    /// Workers it runs now (0 when stopped by the operator).
     pub instances: u32,
+    /// `instances` in the configuration.
+    #[serde(default)]
+    pub configured_instances: u32,
+    /// The queues it takes jobs from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<String>,
+    /// What the operator set with `steward stop` or `scale`, said in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
     pub running: u32,
     /// Bumped by every change that restarts the pool's workers (reload, `steward restart`).
     pub generation: u64,

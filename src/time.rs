@@ -50,6 +50,14 @@ pub fn ms_after(ms: i64, d: Duration) -> i64 {
     ms.saturating_add(i64::try_from(d.min(MAX_DURATION).as_millis()).unwrap_or(i64::MAX))
 }
 
+/// An RFC 3339 time (`2026-12-03T10:00:00Z`, also with a fraction or without the `Z`)
+/// as ms since the epoch; `None` if it is not one or is before 1970.
+pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    let t = humantime::parse_rfc3339_weak(text.trim()).ok()?;
+    let d = t.duration_since(UNIX_EPOCH).ok()?;
+    i64::try_from(d.as_millis()).ok()
+}
+
 /// RFC 3339 with milliseconds, clamped to 1970 … 9999.
 pub fn rfc3339_ms(ms: i64) -> String {
     let ms = ms.clamp(0, LAST_MS);
@@ -111,6 +119,12 @@ mod tests {
     #[test]
     fn formatting_never_fails() {
         assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:01.5Z"), Some(1500));
+        assert_eq!(
+            parse_rfc3339_ms("2026-12-03T10:00:00Z"),
+            Some(1_764_756_000_000)
+        );
+        assert_eq!(parse_rfc3339_ms("yesterday"), None);
         assert_eq!(rfc3339_ms(-5), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339_ms(i64::MAX), "9999-12-31T23:59:59.999Z");
         assert_eq!(rfc3339_ms(LAST_MS + 1), "9999-12-31T23:59:59.999Z");

@@ -58,6 +58,154 @@ fn worker_lines_are_logged_with_fields() {
     assert_eq!(pieces, vec![16384, 16384, 7232]);
 }
 
+fn app_logger() -> String {
+    format!("{}/tests/workers/app_logger.py", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The worker records of `pool` in the daemon's JSON log.
+fn records(d: &Daemon, pool: &str) -> Vec<serde_json::Value> {
+    d.log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["POOL"] == pool && v["STREAM"].is_string())
+        .collect()
+}
+
+fn record<'a>(records: &'a [serde_json::Value], message: &str) -> &'a serde_json::Value {
+    records
+        .iter()
+        .find(|r| r["message"] == message)
+        .unwrap_or_else(|| panic!("no record {message:?} in {records:#?}"))
+}
+
+#[test]
+fn json_lines_of_pino_and_structlog_become_messages_priorities_and_fields() {
+    let env = Env::new();
+    let w = app_logger();
+    env.write_config(&format!(
+        "[pool.pino]\ncommand = [\"python3\", \"{w}\", \"--style\", \"pino\"]\n\n\
+         [pool.structlog]\ncommand = [\"python3\", \"{w}\", \"--style\", \"structlog\"]\n\n\
+         [pool.raw]\nlog_format = \"text\"\ncommand = [\"python3\", \"{w}\", \"--style\", \"pino\"]\n\n\
+         [pool.pretty]\ncommand = [\"python3\", \"{w}\", \"--style\", \"pretty\"]\n\n\
+         [pool.words]\nlog_level_from_text = true\ncommand = [\"python3\", \"{w}\", \"--style\", \"text\"]\n\n\
+         [pool.nowords]\ncommand = [\"python3\", \"{w}\", \"--style\", \"text\"]\n"
+    ));
+    let d = Daemon::spawn(&env, &[], &["--log-format", "json"]);
+    d.wait_running();
+    wait_for(TIMEOUT, "every pool's lines", || {
+        let log = d.log();
+        (log.contains("out of disk #1")
+            && log.contains("cache down #1")
+            && log.contains("pretty failure #1")
+            && log.matches("plain text #1").count() == 2
+            && records(&d, "raw").len() >= 4)
+            .then_some(())
+    });
+
+    // pino: msg, numeric levels, scalar keys as APP_ fields, objects left out.
+    let pino = records(&d, "pino");
+    for (msg, priority) in [
+        ("listening #1", 6),
+        ("slow upstream #1", 4),
+        ("upload failed #1", 3),
+        ("out of disk #1", 2),
+    ] {
+        let r = record(&pino, msg);
+        assert_eq!(r["priority"], priority, "{r}");
+        assert_eq!(r["APP_REQID"], "r-1", "{r}");
+        assert_eq!(r["APP_ATTEMPT"], "2", "{r}");
+        assert_eq!(r["APP_OK"], "false", "{r}");
+        assert_eq!(r["APP_HOSTNAME"], "vm-7", "{r}");
+        assert_eq!(r["STREAM"], "stdout");
+        assert!(r.get("APP_NESTED").is_none(), "{r}");
+        assert!(
+            r.get("APP_MSG").is_none() && r.get("APP_LEVEL").is_none(),
+            "{r}"
+        );
+    }
+    assert_eq!(record(&pino, "upload failed #1")["level"], "ERROR");
+
+    // structlog: event, level names, on stderr.
+    let sl = records(&d, "structlog");
+    for (event, priority) in [
+        ("cache warm #1", 6),
+        ("cache miss #1", 4),
+        ("cache down #1", 3),
+    ] {
+        let r = record(&sl, event);
+        assert_eq!(r["priority"], priority, "{r}");
+        assert_eq!(r["APP_LOGGER"], "app.cache");
+        assert_eq!(r["APP_KEY"], "user:1");
+        assert_eq!(r["STREAM"], "stderr");
+    }
+
+    // log_format = "text": the line as it was, at info.
+    let raw = records(&d, "raw");
+    assert!(raw.iter().all(|r| r["priority"] == 6), "{raw:#?}");
+    assert!(
+        raw.iter()
+            .any(|r| r["message"].as_str().unwrap().starts_with("{\"time\"")),
+        "{raw:#?}"
+    );
+
+    // Colours removed (steward's output is not a terminal).
+    let pretty = records(&d, "pretty");
+    record(&pretty, "[10:00:00.000] ERROR (4242): pretty failure #1");
+
+    // Level words only with log_level_from_text.
+    let words = records(&d, "words");
+    assert_eq!(record(&words, "ERROR: text failure #1")["priority"], 3);
+    assert_eq!(record(&words, "WARN text warning #1")["priority"], 4);
+    assert_eq!(record(&words, "plain text #1")["priority"], 6);
+    let nowords = records(&d, "nowords");
+    assert_eq!(record(&nowords, "ERROR: text failure #1")["priority"], 6);
+}
+
+#[test]
+fn a_reload_changes_how_lines_are_read_without_restarting_workers() {
+    let env = Env::new();
+    let w = app_logger();
+    let config = |extra: &str| {
+        format!(
+            "[pool.app]\n{extra}command = [\"python3\", \"{w}\", \"--style\", \"text\", \"--every\", \"0.2\"]\n"
+        )
+    };
+    env.write_config(&config(""));
+    let d = Daemon::spawn(&env, &[], &["--log-format", "json"]);
+    d.wait_running();
+    let pid = d.running_pids("app")[0];
+    let priority_of = |n: u32| {
+        records(&d, "app")
+            .into_iter()
+            .find(|r| r["message"] == format!("ERROR: text failure #{n}"))
+            .map(|r| r["priority"].as_u64().unwrap())
+    };
+    wait_for(TIMEOUT, "a first line", || priority_of(1));
+    assert_eq!(priority_of(1), Some(6));
+    env.write_config(&config("log_level_from_text = true\n"));
+    let out = d.cli(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        said.contains("log settings of app (applied to running workers)"),
+        "{said}"
+    );
+    // Some line after the reload has its level read from its text.
+    let later = wait_for(TIMEOUT, "a line read with the new rule", || {
+        let log = records(&d, "app");
+        log.iter()
+            .filter(|r| {
+                r["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("ERROR: text failure"))
+            })
+            .find(|r| r["priority"] == 3)
+            .cloned()
+    });
+    assert_eq!(later["WORKER_PID"], pid, "the worker was restarted");
+    assert_eq!(d.running_pids("app"), vec![pid]);
+}
+
 #[test]
 fn job_events_carry_job_queue_and_attempt_fields() {
     let env = Env::new();
@@ -288,11 +436,16 @@ fn a_burst_of_worker_output_into_a_file_loses_nothing() {
 fn a_stalled_log_output_never_stalls_supervision_and_drops_are_counted() {
     let env = Env::new();
     let port = free_port();
+    // The last error line the alarm worker wrote.
+    let alarms = env.path("alarms");
     env.write_config(&format!(
         "[http]\nlisten = \"127.0.0.1:{port}\"\n\n{}\n\
          [pool.flood]\nstable_after = \"100ms\"\ncommand = [\"sh\", \"-c\", \"yes flooding the log\"]\n\n\
-         [pool.quiet]\ncommand = [\"sleep\", \"1000\"]\nstable_after = \"100ms\"\n",
-        jobs_config(1, "", "")
+         [pool.quiet]\ncommand = [\"sleep\", \"1000\"]\nstable_after = \"100ms\"\n\n\
+         [pool.alarm]\nstable_after = \"100ms\"\ncommand = [\"python3\", \"{w}\", \"--style\", \"alarm\", \"--every\", \"0.2\", \"--count-file\", \"{alarms}\"]\n",
+        jobs_config(1, "", ""),
+        alarms = alarms.display(),
+        w = app_logger(),
     ));
     // stderr is a pipe that nobody reads until the end.
     let (mut reader, writer) = std::io::pipe().unwrap();
@@ -357,23 +510,48 @@ fn a_stalled_log_output_never_stalls_supervision_and_drops_are_counted() {
         ) > 0.0,
         "{metrics}"
     );
-    // Once the output moves again, the drops are reported in it.
+    // Error lines are never dropped: every alarm written while the output was stalled
+    // comes out once it moves again, and so does the report of the drops.
+    let written: u32 = std::fs::read_to_string(&alarms)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .expect("the alarm worker wrote");
+    // 10 KB a second, more than the room a stalled output leaves over.
+    assert!(written >= 200, "only {written} alarms in the stall");
     let drain = std::thread::spawn(move || {
         let mut seen = Vec::new();
         let mut buf = vec![0u8; 1 << 20];
         let end = Instant::now() + TIMEOUT;
+        let mut missing: std::collections::BTreeSet<u32> = (1..=written).collect();
+        let mut reported = false;
+        let mut carry = String::new();
         while Instant::now() < end {
             use std::io::Read;
             match reader.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => seen.extend_from_slice(&buf[..n]),
             }
-            if String::from_utf8_lossy(&seen).contains("lines of this worker's output were dropped")
-            {
-                return true;
+            carry.push_str(&String::from_utf8_lossy(&seen));
+            seen.clear();
+            let cut = carry.rfind('\n').map_or(0, |i| i + 1);
+            for line in carry[..cut].lines() {
+                reported |= line.contains("lines of this worker's output were dropped");
+                if let Some(rest) = line.split(" ERROR alarm ").nth(1)
+                    && let Some(n) = rest.split(' ').next().and_then(|n| n.parse::<u32>().ok())
+                {
+                    missing.remove(&n);
+                }
+            }
+            carry.drain(..cut);
+            if reported && missing.is_empty() {
+                return Ok(());
             }
         }
-        false
+        Err(format!(
+            "reported: {reported}; alarms missing: {} of {written} (first {:?})",
+            missing.len(),
+            missing.iter().next()
+        ))
     });
-    assert!(drain.join().unwrap(), "no report of the dropped lines");
+    drain.join().unwrap().unwrap();
 }

@@ -17,6 +17,7 @@ mod layers;
 mod logs;
 mod notify;
 mod observe;
+mod operator;
 mod packaging;
 mod postgres;
 mod readiness;

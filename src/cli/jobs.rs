@@ -156,7 +156,11 @@ pub async fn wait(client: &Client, id: i64) -> Result<(), Failure> {
 }
 
 pub struct ListArgs {
-    pub queue: Option<String>,
+    /// Queues to list (empty: all).
+    pub queues: Vec<String>,
+    /// RFC 3339 times of creation.
+    pub since: Option<String>,
+    pub until: Option<String>,
     pub state: Option<String>,
     pub limit: usize,
     pub before: Option<i64>,
@@ -166,8 +170,14 @@ pub struct ListArgs {
 
 pub async fn list(client: &Client, a: ListArgs) -> Result<(), Failure> {
     let mut path = format!("/v1/jobs?limit={}", a.limit);
-    if let Some(q) = &a.queue {
-        let _ = write!(path, "&queue={}", encode(q));
+    if !a.queues.is_empty() {
+        let _ = write!(path, "&queue={}", encode(&a.queues.join(",")));
+    }
+    if let Some(t) = &a.since {
+        let _ = write!(path, "&since={}", encode(t));
+    }
+    if let Some(t) = &a.until {
+        let _ = write!(path, "&until={}", encode(t));
     }
     if let Some(s) = &a.state {
         let _ = write!(path, "&state={}", encode(s));
@@ -190,11 +200,18 @@ pub async fn list(client: &Client, a: ListArgs) -> Result<(), Failure> {
         }
         return out::line(&text);
     }
+    use std::io::IsTerminal;
+    let relative = std::io::stdout().is_terminal();
+    let now = crate::time::now_ms();
     let mut o = format!(
         "{:<10} {:<16} {:<10} {:<8} {:<24} DETAIL\n",
         "ID", "QUEUE", "STATE", "ATTEMPT", "CREATED"
     );
     for j in &l.jobs {
+        let created = match crate::time::parse_rfc3339_ms(&j.created_at) {
+            Some(t) if relative => ago(now.saturating_sub(t)),
+            _ => j.created_at.clone(),
+        };
         let detail = match j.state.as_str() {
             "succeeded" => j.result.as_ref().map(|r| r.to_string()).unwrap_or_default(),
             "running" => j.worker.clone().unwrap_or_default(),
@@ -207,17 +224,51 @@ pub async fn list(client: &Client, a: ListArgs) -> Result<(), Failure> {
             j.queue,
             j.state,
             format!("{}/{}", j.tries, j.max_attempts),
-            j.created_at,
+            created,
             truncate(&detail, 60)
         );
     }
+    if l.jobs.is_empty() {
+        o.push_str("(no jobs)\n");
+    }
     if let Some(n) = l.next {
-        let _ = writeln!(o, "(more: steward jobs --before {n})");
+        let _ = writeln!(o, "(more: the same command with --before {n})");
     }
     out::print(&o)
 }
 
-fn encode(s: &str) -> String {
+/// "just now", "42 s ago", "3 min ago", "5 h ago", "2 days ago".
+pub fn ago(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..=4 => "just now".to_string(),
+        5..=59 => format!("{s} s ago"),
+        60..=3599 => format!("{} min ago", s / 60),
+        3600..=86_399 => format!("{} h ago", s / 3600),
+        86_400..=172_799 => "1 day ago".to_string(),
+        _ => format!("{} days ago", s / 86_400),
+    }
+}
+
+/// How long an attempt ran (or has run so far).
+fn attempt_duration(started: Option<&str>, ended: Option<&str>, now_ms: i64) -> String {
+    let Some(start) = started.and_then(crate::time::parse_rfc3339_ms) else {
+        return "-".into();
+    };
+    let (end, running) = match ended.and_then(crate::time::parse_rfc3339_ms) {
+        Some(e) => (e, false),
+        None => (now_ms, true),
+    };
+    let ms = end.saturating_sub(start).max(0);
+    let text = if ms < 10_000 {
+        format!("{:.2}s", ms as f64 / 1000.0)
+    } else {
+        super::status::format_secs(ms as f64 / 1000.0)
+    };
+    if running { format!("{text}…") } else { text }
+}
+
+pub(super) fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
@@ -291,17 +342,19 @@ fn render(j: &JobView) -> String {
     if !j.history.is_empty() {
         let _ = writeln!(
             o,
-            "\n  {:<4} {:<14} {:<8} {:<26} {:<12} ERROR",
-            "#", "WORKER", "PID", "STARTED", "OUTCOME"
+            "\n  {:<4} {:<14} {:<8} {:<26} {:<9} {:<12} ERROR",
+            "#", "WORKER", "PID", "STARTED", "DURATION", "OUTCOME"
         );
+        let now = crate::time::now_ms();
         for a in &j.history {
             let _ = writeln!(
                 o,
-                "  {:<4} {:<14} {:<8} {:<26} {:<12} {}",
+                "  {:<4} {:<14} {:<8} {:<26} {:<9} {:<12} {}",
                 a.attempt,
                 a.worker.as_deref().unwrap_or("-"),
                 a.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 a.started_at.as_deref().unwrap_or("-"),
+                attempt_duration(a.started_at.as_deref(), a.ended_at.as_deref(), now),
                 a.outcome.as_deref().unwrap_or("running"),
                 a.error.as_deref().unwrap_or("")
             );
@@ -333,16 +386,116 @@ fn render(j: &JobView) -> String {
     o
 }
 
-pub async fn cancel(client: &Client, id: i64) -> Result<(), Failure> {
-    let m: Message = client
-        .call(Method::POST, &format!("/v1/jobs/{id}/cancel"), None::<&()>)
-        .await?;
-    out::line(&m.message)
+/// The jobs `cancel` and `retry` act on: ids, or a selection.
+pub struct Selection {
+    pub ids: Vec<i64>,
+    pub queue: Option<String>,
+    pub state: Option<String>,
+    /// Act on a selection of more than [`CONFIRM_ABOVE`] jobs.
+    pub yes: bool,
 }
 
-pub async fn retry(client: &Client, id: i64) -> Result<(), Failure> {
-    let m: Message = client
-        .call(Method::POST, &format!("/v1/jobs/{id}/retry"), None::<&()>)
-        .await?;
-    out::line(&m.message)
+/// A selection of more jobs than this needs `--yes`.
+pub const CONFIRM_ABOVE: usize = 10;
+/// The most jobs one command acts on.
+pub const MAX_SELECTED: usize = 100_000;
+
+/// The ids a selection names, newest first.
+async fn select(client: &Client, s: &Selection, verb: &str) -> Result<Vec<i64>, Failure> {
+    if !s.ids.is_empty() {
+        return Ok(s.ids.clone());
+    }
+    let mut ids = Vec::new();
+    let mut before: Option<i64> = None;
+    loop {
+        let mut path = "/v1/jobs?limit=10000".to_string();
+        if let Some(q) = &s.queue {
+            let _ = write!(path, "&queue={}", encode(q));
+        }
+        if let Some(st) = &s.state {
+            let _ = write!(path, "&state={}", encode(st));
+        }
+        if let Some(b) = before {
+            let _ = write!(path, "&before={b}");
+        }
+        let l: JobList = client.get(&path).await?;
+        ids.extend(l.jobs.iter().map(|j| j.id));
+        if ids.len() > MAX_SELECTED {
+            return Err(Failure::Failed(format!(
+                "the selection holds more than {MAX_SELECTED} jobs; {verb} them in parts (--queue, or ids)"
+            )));
+        }
+        match l.next {
+            Some(n) => before = Some(n),
+            None => break,
+        }
+    }
+    if ids.len() > CONFIRM_ABOVE && !s.yes {
+        let what = [
+            s.queue.as_ref().map(|q| format!("queue {q}")),
+            s.state.as_ref().map(|st| format!("state {st}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(", ");
+        return Err(Failure::Failed(format!(
+            "this would {verb} {} jobs ({what}; ids {} to {}); nothing was changed. Run it again with --yes to {verb} them",
+            ids.len(),
+            ids.last().copied().unwrap_or_default(),
+            ids.first().copied().unwrap_or_default()
+        )));
+    }
+    Ok(ids)
+}
+
+/// `steward cancel|retry`: each job in turn; fails if any could not be.
+pub async fn act(client: &Client, s: Selection, retry: bool) -> Result<(), Failure> {
+    let verb = if retry { "retry" } else { "cancel" };
+    let ids = select(client, &s, verb).await?;
+    if ids.is_empty() {
+        return out::line(&format!("no jobs match; nothing to {verb}"));
+    }
+    let quiet = ids.len() > CONFIRM_ABOVE;
+    let (mut done, mut refused) = (0usize, Vec::new());
+    for id in &ids {
+        match client
+            .call::<Message>(Method::POST, &format!("/v1/jobs/{id}/{verb}"), None::<&()>)
+            .await
+        {
+            Ok(m) => {
+                done += 1;
+                if !quiet {
+                    out::line(&m.message)?;
+                }
+            }
+            Err(e @ crate::control::client::ClientError::Api { .. }) => {
+                refused.push(format!("job {id}: {e}"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if quiet || !refused.is_empty() {
+        let past = if retry { "queued again" } else { "cancelled" };
+        out::line(&format!("{done} of {} jobs {past}", ids.len()))?;
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    for r in refused.iter().take(20) {
+        let _ = writeln!(std::io::stderr(), "steward: {r}");
+    }
+    if refused.len() > 20 {
+        let _ = writeln!(
+            std::io::stderr(),
+            "steward: … and {} more",
+            refused.len() - 20
+        );
+    }
+    Err(Failure::Failed(format!(
+        "{} of {} jobs could not be {}",
+        refused.len(),
+        ids.len(),
+        if retry { "retried" } else { "cancelled" }
+    )))
 }

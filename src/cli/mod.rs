@@ -3,6 +3,7 @@
 
 mod jobs;
 mod migrate;
+mod pools;
 pub(crate) use crate::stdout as out;
 mod status;
 
@@ -93,6 +94,59 @@ pub enum Command {
     },
     /// Re-read the configuration file and apply it; reports whether it was valid.
     Reload,
+    /// Stop a pool's workers gracefully (protocol workers drain first; an exec pool
+    /// takes no new jobs and lets running ones finish). The pool stays stopped across
+    /// reloads and daemon restarts until `steward start POOL`.
+    Stop {
+        /// The pool, as named in the configuration ([pool.NAME]).
+        pool: String,
+    },
+    /// Start a pool stopped with `steward stop`.
+    Start {
+        /// The pool, as named in the configuration ([pool.NAME]).
+        pool: String,
+    },
+    /// Run N workers (exec pools: N job processes at once) instead of the configured
+    /// number. Kept across reloads and daemon restarts, until the configuration's
+    /// `instances` for the pool changes (the edited file wins) or `scale` sets it back.
+    Scale {
+        /// The pool, as named in the configuration ([pool.NAME]).
+        pool: String,
+        /// How many (0 to 10000).
+        #[arg(value_parser = clap::value_parser!(u32).range(0..=10_000))]
+        instances: u32,
+    },
+    /// List every worker and job process: pool, instance, pid, state, uptime, restarts,
+    /// memory, CPU and the jobs it holds.
+    Ps {
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show steward's records in the journal: all of them, one pool's, or one job's
+    /// (through journalctl; needs membership of systemd-journal or adm, or root).
+    Logs {
+        /// Only this pool's records (its workers' output and steward's lines about it).
+        #[arg(conflicts_with = "job")]
+        pool: Option<String>,
+        /// Only this job's records.
+        #[arg(long, value_name = "ID")]
+        job: Option<i64>,
+        /// Keep printing new records as they come.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the latest records to show first.
+        #[arg(short = 'n', long, default_value_t = 50, value_name = "N")]
+        lines: u32,
+        /// journalctl's output format, e.g. short-precise, cat, json, verbose.
+        #[arg(short, long, value_name = "FORMAT")]
+        output: Option<String>,
+        /// steward's systemd unit.
+        #[arg(long, default_value = "steward.service", value_name = "UNIT")]
+        unit: String,
+    },
+    /// Print this program's version and the running daemon's.
+    Version,
     /// Submit a job; prints its id.
     Submit {
         /// The queue, as named in the configuration ([queue.NAME]).
@@ -129,11 +183,21 @@ pub enum Command {
         /// Only jobs of this queue.
         #[arg(long, value_name = "QUEUE")]
         queue: Option<String>,
+        /// Only jobs of this pool's queues.
+        #[arg(long, value_name = "POOL", conflicts_with = "queue")]
+        pool: Option<String>,
+        /// Only jobs created since then: a duration back from now (1h, 30m, 2d) or a
+        /// time (2026-12-03T10:00:00Z).
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Only jobs created before then: a duration back from now or a time.
+        #[arg(long, value_name = "WHEN")]
+        until: Option<String>,
         /// Only jobs in this state.
         #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(STATES))]
         state: Option<String>,
         /// How many jobs to show at most (1 to 10000).
-        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=10_000), value_name = "N")]
+        #[arg(short = 'n', long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=10_000), value_name = "N")]
         limit: u16,
         /// Only jobs older than this id (where the previous page ended).
         #[arg(long, value_name = "ID")]
@@ -156,15 +220,37 @@ pub enum Command {
         #[arg(long, conflicts_with = "json")]
         follow: bool,
     },
-    /// Cancel a job: a queued one at once, a running one on its worker.
+    /// Cancel jobs: a queued one at once, a running one on its worker. Give ids, or a
+    /// selection (--queue, --state); more than 10 jobs need --yes.
     Cancel {
-        /// The job's id.
-        id: i64,
+        /// The jobs' ids.
+        #[arg(required_unless_present_any = ["queue", "state"], conflicts_with_all = ["queue", "state"])]
+        ids: Vec<i64>,
+        /// Every job of this queue (with --state: in that state).
+        #[arg(long, value_name = "QUEUE")]
+        queue: Option<String>,
+        /// Every job in this state (queued or running).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["queued", "running"]))]
+        state: Option<String>,
+        /// Go ahead with a selection of more than 10 jobs.
+        #[arg(long)]
+        yes: bool,
     },
-    /// Queue a failed or cancelled job again, with a fresh attempt budget.
+    /// Queue failed or cancelled jobs again, each with a fresh attempt budget. Give ids,
+    /// or a selection (--state, --queue); more than 10 jobs need --yes.
     Retry {
-        /// The job's id.
-        id: i64,
+        /// The jobs' ids.
+        #[arg(required_unless_present = "state", conflicts_with_all = ["queue", "state"])]
+        ids: Vec<i64>,
+        /// Only jobs of this queue (with --state).
+        #[arg(long, value_name = "QUEUE", requires = "state")]
+        queue: Option<String>,
+        /// Every job in this state.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["failed", "cancelled"]))]
+        state: Option<String>,
+        /// Go ahead with a selection of more than 10 jobs.
+        #[arg(long)]
+        yes: bool,
     },
     /// Copy the job journal to DEST: a consistent snapshot, safe while steward runs.
     Backup {
@@ -429,14 +515,23 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
         }
         Command::Jobs {
             queue,
+            pool,
+            since,
+            until,
             state,
             limit,
             before,
             payload,
             json,
         } => {
+            let queues = match pool {
+                Some(p) => pool_queues(&client, p).await?,
+                None => queue.iter().cloned().collect(),
+            };
             let args = jobs::ListArgs {
-                queue: queue.clone(),
+                queues,
+                since: since.as_deref().map(when).transpose()?,
+                until: until.as_deref().map(when).transpose()?,
                 state: state.clone(),
                 limit: usize::from(*limit),
                 before: *before,
@@ -449,8 +544,57 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
             id, follow: true, ..
         } => jobs::wait(&client, *id).await,
         Command::Job { id, json, .. } => jobs::show(&client, *id, *json).await,
-        Command::Cancel { id } => jobs::cancel(&client, *id).await,
-        Command::Retry { id } => jobs::retry(&client, *id).await,
+        Command::Cancel {
+            ids,
+            queue,
+            state,
+            yes,
+        } => {
+            let s = jobs::Selection {
+                ids: ids.clone(),
+                queue: queue.clone(),
+                state: state.clone(),
+                yes: *yes,
+            };
+            jobs::act(&client, s, false).await
+        }
+        Command::Retry {
+            ids,
+            queue,
+            state,
+            yes,
+        } => {
+            let s = jobs::Selection {
+                ids: ids.clone(),
+                queue: queue.clone(),
+                state: state.clone(),
+                yes: *yes,
+            };
+            jobs::act(&client, s, true).await
+        }
+        Command::Stop { pool } => pools::stop_start(&client, pool, true).await,
+        Command::Start { pool } => pools::stop_start(&client, pool, false).await,
+        Command::Scale { pool, instances } => pools::scale(&client, pool, *instances).await,
+        Command::Ps { json } => pools::ps(&client, *json).await,
+        Command::Version => pools::version(&client, &socket_path(cli)).await,
+        Command::Logs {
+            pool,
+            job,
+            follow,
+            lines,
+            output,
+            unit,
+        } => {
+            let a = pools::LogsArgs {
+                pool: pool.clone(),
+                job: *job,
+                follow: *follow,
+                lines: *lines,
+                unit: unit.clone(),
+                output: output.clone(),
+            };
+            pools::logs(&client, a).await
+        }
         Command::Daemon { .. }
         | Command::CheckConfig
         | Command::Backup { .. }
@@ -460,6 +604,46 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
         | Command::BenchWorker
         | Command::Completions { .. } => Ok(()),
     }
+}
+
+/// `--since`/`--until`: a duration back from now, or a time; as RFC 3339.
+fn when(text: &str) -> Result<String, Failure> {
+    if let Some(ms) = crate::time::parse_rfc3339_ms(text) {
+        return Ok(crate::time::rfc3339_ms(ms));
+    }
+    match config::parse_duration(text) {
+        Ok(d) => {
+            let back = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+            Ok(crate::time::rfc3339_ms(
+                crate::time::now_ms().saturating_sub(back),
+            ))
+        }
+        Err(_) => Err(Failure::Failed(format!(
+            "`{text}` is neither a duration back from now (e.g. 1h, 30m, 2d) nor a time (e.g. 2026-12-03T10:00:00Z)"
+        ))),
+    }
+}
+
+/// The queues a pool takes jobs from, as the daemon says.
+async fn pool_queues(client: &Client, pool: &str) -> Result<Vec<String>, Failure> {
+    let s: DaemonStatus = client.get("/v1/status").await?;
+    let Some(p) = s.pools.iter().find(|p| p.name == pool) else {
+        let known: Vec<&str> = s.pools.iter().map(|p| p.name.as_str()).collect();
+        return Err(Failure::Failed(format!(
+            "no pool named `{pool}`; configured pools: {}",
+            if known.is_empty() {
+                "(none)".to_string()
+            } else {
+                known.join(", ")
+            }
+        )));
+    };
+    if p.queues.is_empty() {
+        return Err(Failure::Failed(format!(
+            "pool {pool} takes no jobs (it has no queues)"
+        )));
+    }
+    Ok(p.queues.clone())
 }
 
 async fn reload(client: &Client) -> Result<(), Failure> {

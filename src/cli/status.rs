@@ -15,8 +15,11 @@ pub fn format_secs(secs: f64) -> String {
     }
 }
 
-/// A pool's limits, and those that are not enforced here.
+/// A pool's limits, and those that are not enforced here; and what the operator set.
 fn limits(out: &mut String, p: &Paint, pool: &crate::api::PoolStatus) {
+    if let Some(o) = &pool.operator {
+        let _ = writeln!(out, "  {}", p.wrap("1;33", o));
+    }
     if !pool.limits.is_empty() {
         let _ = writeln!(
             out,

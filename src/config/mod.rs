@@ -436,6 +436,11 @@ pub struct PoolSpec {
     pub watchdog: Option<Duration>,
     /// Resource limits of each worker's (exec pools: each job's) cgroup.
     pub limits: Limits,
+    /// How the workers' output lines are read (`log_format`).
+    pub log_format: crate::logging::LineFormat,
+    pub log_level_from_text: bool,
+    /// None: strip unless steward itself writes to a terminal.
+    pub strip_ansi: Option<bool>,
 }
 
 impl PoolSpec {
@@ -517,10 +522,26 @@ impl PoolSpec {
 
     /// True when `other` differs from `self` only in the number of instances, so the
     /// pool can be scaled without restarting the workers it already has.
-    pub fn same_except_instances(&self, other: &PoolSpec) -> bool {
+    /// Whether `other` differs from this at most in what applies to running workers
+    /// (the number of instances, how output lines are read).
+    pub fn same_except_live(&self, other: &PoolSpec) -> bool {
         let mut a = self.clone();
         a.instances = other.instances;
+        a.log_format = other.log_format;
+        a.log_level_from_text = other.log_level_from_text;
+        a.strip_ansi = other.strip_ansi;
         &a == other
+    }
+
+    /// The rules its workers' output lines are read by.
+    pub fn line_rules(&self) -> crate::logging::LineRules {
+        crate::logging::LineRules {
+            format: self.log_format,
+            level_from_text: self.log_level_from_text,
+            strip_ansi: self
+                .strip_ansi
+                .unwrap_or_else(crate::logging::strip_ansi_by_default),
+        }
     }
 }
 
@@ -821,6 +842,9 @@ const POOL_KEYS: &[&str] = &[
     "ready",
     "watchdog",
     "limits",
+    "log_format",
+    "log_level_from_text",
+    "strip_ansi",
 ];
 
 /// A pool's `[pool.NAME.limits]`: enforced through each worker's (or job's) own cgroup.
@@ -1417,6 +1441,9 @@ fn parse_pool(
         ready: Readiness::Stable,
         watchdog: None,
         limits: Limits::default(),
+        log_format: crate::logging::LineFormat::Auto,
+        log_level_from_text: false,
+        strip_ansi: None,
     };
     if let Some((v, span)) = s.string(ctx, "mode") {
         match v.as_str() {
@@ -1650,6 +1677,23 @@ fn parse_pool(
         } else {
             spec.max_lifetime = Some(d);
         }
+    }
+    if let Some((v, span)) = s.string(ctx, "log_format") {
+        match v.as_str() {
+            "auto" => spec.log_format = crate::logging::LineFormat::Auto,
+            "json" => spec.log_format = crate::logging::LineFormat::Json,
+            "text" => spec.log_format = crate::logging::LineFormat::Text,
+            other => ctx.error(
+                span,
+                format!("log_format = \"{other}\": use \"auto\" (a JSON object with msg, message or event is read as a structured line), \"json\" (every JSON object is) or \"text\" (no line is)"),
+            ),
+        }
+    }
+    if let Some(b) = s.boolean(ctx, "log_level_from_text") {
+        spec.log_level_from_text = b;
+    }
+    if let Some(b) = s.boolean(ctx, "strip_ansi") {
+        spec.strip_ansi = Some(b);
     }
     if let Some((v, span)) = s.string(ctx, "kill_mode") {
         match v.as_str() {
@@ -2311,13 +2355,40 @@ stop_timeout = "5s"
     }
 
     #[test]
+    fn log_keys_of_a_pool() {
+        let c = parse_str("[pool.a]\ncommand=[\"sh\"]\n").expect("valid");
+        let p = &c.pools["a"];
+        assert_eq!(p.log_format, crate::logging::LineFormat::Auto);
+        assert!(!p.log_level_from_text);
+        assert_eq!(p.strip_ansi, None);
+        let c = parse_str(
+            "[pool.a]\ncommand=[\"sh\"]\nlog_format = \"json\"\nlog_level_from_text = true\nstrip_ansi = false\n",
+        )
+        .expect("valid");
+        let p = &c.pools["a"];
+        assert_eq!(p.log_format, crate::logging::LineFormat::Json);
+        assert!(p.log_level_from_text);
+        assert!(!p.line_rules().strip_ansi);
+        let err =
+            parse_str("[pool.a]\ncommand=[\"sh\"]\nlog_format = \"pino\"\nstrip_ansi = \"yes\"\n")
+                .expect_err("invalid");
+        assert_eq!(err.errors.len(), 2, "{err}");
+        assert_eq!((err.errors[0].line, err.errors[0].column), (3, 14), "{err}");
+        assert!(err.errors[0].message.contains("use \"auto\""), "{err}");
+        assert_eq!(err.errors[1].line, 4, "{err}");
+    }
+
+    #[test]
     fn instances_only_change_is_detected() {
         let c = parse_str("[pool.a]\ncommand=[\"sh\"]\n").expect("valid");
         let mut b = c.pools["a"].clone();
         b.instances = 3;
-        assert!(c.pools["a"].same_except_instances(&b));
+        assert!(c.pools["a"].same_except_live(&b));
+        b.log_format = crate::logging::LineFormat::Text;
+        b.strip_ansi = Some(false);
+        assert!(c.pools["a"].same_except_live(&b));
         b.stop_timeout = Duration::from_secs(1);
-        assert!(!c.pools["a"].same_except_instances(&b));
+        assert!(!c.pools["a"].same_except_live(&b));
     }
 
     #[test]

@@ -87,6 +87,9 @@ pub(crate) async fn serve(listener: UnixListener, state: State) -> io::Result<()
         .route("/v1/status", get(status))
         .route("/v1/reload", post(reload))
         .route("/v1/pools/{pool}/restart", post(restart))
+        .route("/v1/pools/{pool}/stop", post(stop_pool))
+        .route("/v1/pools/{pool}/start", post(start_pool))
+        .route("/v1/pools/{pool}/scale", post(scale_pool))
         .route("/v1/jobs", post(submit).get(list_jobs))
         .route("/v1/jobs/batch", post(submit_batch))
         .route("/v1/queues", get(queues))
@@ -206,6 +209,55 @@ async fn restart(AxState(st): AxState<State>, UrlPath(pool): UrlPath<String>) ->
         Ok(_) => unexpected(),
         Err(r) => r,
     }
+}
+
+async fn operate(st: &State, pool: String, action: supervisor::PoolAction) -> Response {
+    match ask(&st.requests, Request::Pool(pool, action)).await {
+        Ok(Reply::Pool(Ok(message))) => {
+            (StatusCode::ACCEPTED, Json(Message { message })).into_response()
+        }
+        Ok(Reply::Pool(Err(e))) if e.starts_with("no pool named") => {
+            error(StatusCode::NOT_FOUND, e)
+        }
+        Ok(Reply::Pool(Err(e))) => error(StatusCode::BAD_REQUEST, e),
+        Ok(_) => unexpected(),
+        Err(r) => r,
+    }
+}
+
+async fn stop_pool(AxState(st): AxState<State>, UrlPath(pool): UrlPath<String>) -> Response {
+    operate(&st, pool, supervisor::PoolAction::Stop).await
+}
+
+async fn start_pool(AxState(st): AxState<State>, UrlPath(pool): UrlPath<String>) -> Response {
+    operate(&st, pool, supervisor::PoolAction::Start).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScaleRequest {
+    instances: u32,
+}
+
+async fn scale_pool(
+    AxState(st): AxState<State>,
+    UrlPath(pool): UrlPath<String>,
+    body: Body,
+) -> Response {
+    let body = match read_body(body, 4096, "a scale request").await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let req: ScaleRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(msg) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{msg}; send {{\"instances\": N}}"),
+            );
+        }
+    };
+    operate(&st, pool, supervisor::PoolAction::Scale(req.instances)).await
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {
@@ -573,7 +625,12 @@ fn log_batch(st: &State, stored: &[crate::journal::Submitted], queues: &[String]
 
 #[derive(Debug, Deserialize)]
 struct ListParams {
+    /// One queue, or several separated by commas.
     queue: Option<String>,
+    /// Only jobs created at or after this time (RFC 3339).
+    since: Option<String>,
+    /// Only jobs created before this time (RFC 3339).
+    until: Option<String>,
     state: Option<String>,
     limit: Option<usize>,
     /// Only jobs older than this id: the `next` of the previous page.
@@ -592,7 +649,7 @@ async fn list_jobs(
             return error(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "{}; the parameters are queue, state, limit (1 to 10000), before (a job id) and payload (true or false), e.g. ?state=failed&limit=20",
+                    "{}; the parameters are queue (one, or several separated by commas), state, since and until (RFC 3339 times of creation), limit (1 to 10000), before (a job id) and payload (true or false), e.g. ?state=failed&limit=20",
                     e.body_text()
                 ),
             );
@@ -612,8 +669,37 @@ async fn list_jobs(
             }
         },
     };
+    let mut times = [None, None];
+    for (slot, (name, value)) in times
+        .iter_mut()
+        .zip([("since", &p.since), ("until", &p.until)])
+    {
+        if let Some(v) = value {
+            match crate::time::parse_rfc3339_ms(v) {
+                Some(ms) => *slot = Some(ms),
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "{name} = `{v}` is not an RFC 3339 time, e.g. 2026-12-03T10:00:00Z"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    let queues: Vec<String> = p
+        .queue
+        .iter()
+        .flat_map(|q| q.split(','))
+        .filter(|q| !q.is_empty())
+        .take(1000)
+        .map(str::to_string)
+        .collect();
     let filter = JobFilter {
-        queue: p.queue,
+        queues,
+        since_ms: times[0],
+        until_ms: times[1],
         state,
         limit: p.limit.unwrap_or(50).clamp(1, 10_000),
         before: p.before,

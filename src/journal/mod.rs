@@ -257,7 +257,12 @@ pub struct Reclaimed {
 
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
-    pub queue: Option<String>,
+    /// Only jobs of these queues (none: every queue).
+    pub queues: Vec<String>,
+    /// Only jobs created at or after this (ms since the epoch).
+    pub since_ms: Option<i64>,
+    /// Only jobs created before this (ms since the epoch).
+    pub until_ms: Option<i64>,
     pub state: Option<JobState>,
     pub limit: usize,
     /// Only jobs with a smaller id (the cursor of the previous page).

@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::io::AsyncReadExt;
-use tracing::Level;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -25,12 +24,14 @@ mod budget;
 mod output;
 mod record;
 mod sink;
+mod structured;
 mod text;
 
 pub use budget::{JobLines, REPORT_EVERY as JOB_LINES_REPORT_EVERY};
 pub use output::Output;
 pub use record::{Origin, Stream};
 pub use sink::STALLED_AFTER;
+pub use structured::{Format as LineFormat, Rules as LineRules, SharedRules};
 
 /// Longest worker output line kept whole; longer lines are split into pieces this long.
 pub const MAX_LINE: usize = 16 * 1024;
@@ -74,6 +75,13 @@ fn stderr_is_journal() -> bool {
 }
 
 static SINK: OnceLock<sink::Sink> = OnceLock::new();
+/// Whether steward writes coloured text to a terminal (where workers' colours may stay).
+static ON_TERMINAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `strip_ansi`'s default: on, unless steward writes to a terminal.
+pub fn strip_ansi_by_default() -> bool {
+    !ON_TERMINAL.load(Ordering::Relaxed)
+}
 static STARTED: OnceLock<()> = OnceLock::new();
 
 /// The sink everything is logged to.
@@ -108,7 +116,10 @@ pub fn init(format: LogFormat) {
             }
         },
         LogFormat::Json => Output::json(),
-        LogFormat::Text | LogFormat::Auto => Output::text(text_colour()),
+        LogFormat::Text | LogFormat::Auto => {
+            ON_TERMINAL.store(std::io::stderr().is_terminal(), Ordering::Relaxed);
+            Output::text(text_colour())
+        }
     };
     start(|| output);
     tracing_subscriber::registry()
@@ -279,27 +290,28 @@ impl Lines {
         }
     }
 
-    fn line(&self, level: Level, text: String) -> record::WorkerLine {
+    fn line(&self, priority: u8, text: String) -> record::WorkerLine {
         record::WorkerLine {
             time: SystemTime::now(),
-            level,
+            priority,
             pool: self.origin.pool.clone(),
             instance: self.origin.instance,
             pid: self.origin.pid,
             stream: self.stream,
             job: self.origin.job.load(Ordering::Relaxed),
             text,
+            fields: Vec::new(),
+            reserve: false,
         }
     }
 
     fn add(&mut self, raw: &[u8]) {
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let (level, raw) = split_priority(raw);
-        if level > tracing::level_filters::LevelFilter::current() {
-            return;
-        }
-        let line = self.line(level, String::from_utf8_lossy(raw).into_owned());
-        self.room = self.room.saturating_add(sink::cost(line.text.len()));
+        let (priority, raw) = split_priority(raw);
+        let read = structured::read(raw, priority, self.origin.rules.get());
+        let mut line = self.line(read.priority, read.message);
+        line.fields = read.fields;
+        self.room = self.room.saturating_add(sink::cost(line.size()));
         self.batch.push(line);
     }
 
@@ -310,7 +322,7 @@ impl Lines {
         }
         let note = (self.dropped > 0).then(|| {
             self.line(
-                Level::WARN,
+                4,
                 format!(
                     "[steward: {} lines of this worker's output were dropped because the log output made no progress for {}s]",
                     self.dropped,
@@ -327,8 +339,20 @@ impl Lines {
             self.dropped = 0;
             sink.workers(note.into_iter().chain(batch));
         } else {
-            self.dropped += batch.len() as u64;
-            sink.dropped_worker_lines(batch.len() as u64);
+            // The output is stalled: error lines (and worse) still go, from the reserve.
+            let mut kept = Vec::new();
+            let mut dropped = 0u64;
+            for mut line in batch {
+                if line.priority <= structured::ERR && sink.reserve(sink::cost(line.size())) {
+                    line.reserve = true;
+                    kept.push(line);
+                } else {
+                    dropped += 1;
+                }
+            }
+            self.dropped += dropped;
+            sink.dropped_worker_lines(dropped);
+            sink.workers(kept);
         }
     }
 }
@@ -404,17 +428,11 @@ impl Capture {
 }
 
 /// A line starting with `<N>` (N = 0..7, as in sd-daemon(3)) carries its syslog priority.
-pub fn split_priority(raw: &[u8]) -> (Level, &[u8]) {
+pub fn split_priority(raw: &[u8]) -> (u8, &[u8]) {
     if raw.len() >= 3 && raw[0] == b'<' && raw[2] == b'>' && (b'0'..=b'7').contains(&raw[1]) {
-        let level = match raw[1] - b'0' {
-            0..=3 => Level::ERROR,
-            4 => Level::WARN,
-            5 | 6 => Level::INFO,
-            _ => Level::DEBUG,
-        };
-        (level, &raw[3..])
+        (raw[1] - b'0', &raw[3..])
     } else {
-        (Level::INFO, raw)
+        (structured::INFO, raw)
     }
 }
 
@@ -424,13 +442,11 @@ mod tests {
 
     #[test]
     fn priority_prefixes() {
-        assert_eq!(split_priority(b"<3>boom"), (Level::ERROR, &b"boom"[..]));
-        assert_eq!(
-            split_priority(b"<4>careful"),
-            (Level::WARN, &b"careful"[..])
-        );
-        assert_eq!(split_priority(b"<7>noise"), (Level::DEBUG, &b"noise"[..]));
-        assert_eq!(split_priority(b"<9>x"), (Level::INFO, &b"<9>x"[..]));
-        assert_eq!(split_priority(b"plain"), (Level::INFO, &b"plain"[..]));
+        assert_eq!(split_priority(b"<3>boom"), (3, &b"boom"[..]));
+        assert_eq!(split_priority(b"<4>careful"), (4, &b"careful"[..]));
+        assert_eq!(split_priority(b"<5>note"), (5, &b"note"[..]));
+        assert_eq!(split_priority(b"<7>noise"), (7, &b"noise"[..]));
+        assert_eq!(split_priority(b"<9>x"), (6, &b"<9>x"[..]));
+        assert_eq!(split_priority(b"plain"), (6, &b"plain"[..]));
     }
 }

@@ -116,7 +116,7 @@ impl Journald {
     }
 
     fn worker(&mut self, w: &WorkerLine) {
-        self.begin(w.level, w.text.as_bytes());
+        self.begin_priority(w.priority, w.text.as_bytes());
         put(&mut self.buf, "POOL", w.pool.as_bytes());
         put(&mut self.buf, "INSTANCE", w.instance.to_string().as_bytes());
         put(&mut self.buf, "WORKER_PID", w.pid.to_string().as_bytes());
@@ -124,18 +124,25 @@ impl Journald {
         if w.job > 0 {
             put(&mut self.buf, "JOB_ID", w.job.to_string().as_bytes());
         }
+        for (name, value) in &w.fields {
+            put(&mut self.buf, name, value.as_bytes());
+        }
         self.send();
     }
 
     fn begin(&mut self, level: Level, message: &[u8]) {
-        self.buf.clear();
         let priority = match level {
-            Level::ERROR => "3",
-            Level::WARN => "4",
-            Level::INFO => "6",
-            Level::DEBUG | Level::TRACE => "7",
+            Level::ERROR => 3,
+            Level::WARN => 4,
+            Level::INFO => 6,
+            Level::DEBUG | Level::TRACE => 7,
         };
-        put(&mut self.buf, "PRIORITY", priority.as_bytes());
+        self.begin_priority(priority, message);
+    }
+
+    fn begin_priority(&mut self, priority: u8, message: &[u8]) {
+        self.buf.clear();
+        put(&mut self.buf, "PRIORITY", &[b'0' + priority.min(7)]);
         put(&mut self.buf, "SYSLOG_IDENTIFIER", b"steward");
         let cut = message.len().min(JOURNALD_MESSAGE_MAX);
         put(&mut self.buf, "MESSAGE", &message[..cut]);

@@ -68,13 +68,16 @@ pub struct Origin {
     pub pid: i32,
     /// The job the worker is running, when it holds exactly one (0 otherwise).
     pub job: Arc<AtomicI64>,
+    /// How its pool's lines are read.
+    pub rules: super::structured::SharedRules,
 }
 
 /// One line of a worker's output.
 #[derive(Debug)]
 pub struct WorkerLine {
     pub time: SystemTime,
-    pub level: Level,
+    /// journald's priority, 0–7.
+    pub priority: u8,
     pub pool: Arc<str>,
     pub instance: u32,
     pub pid: i32,
@@ -82,6 +85,29 @@ pub struct WorkerLine {
     /// The job it belongs to (0: none, or several).
     pub job: i64,
     pub text: String,
+    /// `APP_…` fields of a structured line.
+    pub fields: Vec<(String, String)>,
+    /// Queued from the sink's reserve for error lines, not from its room.
+    pub reserve: bool,
+}
+
+impl WorkerLine {
+    /// The level shown in text and JSON output.
+    pub fn level(&self) -> Level {
+        match self.priority {
+            0..=3 => Level::ERROR,
+            4 => Level::WARN,
+            5 | 6 => Level::INFO,
+            _ => Level::DEBUG,
+        }
+    }
+
+    /// Bytes of text it carries.
+    pub fn size(&self) -> usize {
+        self.fields
+            .iter()
+            .fold(self.text.len(), |n, (k, v)| n + k.len() + v.len() + 2)
+    }
 }
 
 /// The tracing layer that turns steward's events into [`Entry`]s for the sink.

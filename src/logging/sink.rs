@@ -30,6 +30,11 @@ pub const WORKER_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 /// Worker lines are dropped instead of waited on once the output has made no progress
 /// for this long.
 pub const STALLED_AFTER: Duration = Duration::from_secs(5);
+/// Bytes of worker lines at error priority or worse that may wait beyond the room, so
+/// that they are not dropped while the output is stalled.
+pub const RESERVE_BYTES: usize = 1024 * 1024;
+/// steward's own error records queued beyond [`OWN_QUEUE`].
+pub const OWN_ERROR_RESERVE: usize = 1024;
 /// Bytes of worker output taken into one batch.
 const BATCH_BYTES: usize = 256 * 1024;
 
@@ -47,6 +52,8 @@ pub struct Sink {
     changed: Condvar,
     /// Room for worker output, in bytes.
     room: Semaphore,
+    /// Room for error lines once the output is stalled.
+    reserve: Semaphore,
     /// When the writer last finished a batch, or last found nothing to write (ms since
     /// `started`).
     progress_ms: AtomicU64,
@@ -66,6 +73,7 @@ impl Sink {
             queues: Mutex::new(Queues::default()),
             changed: Condvar::new(),
             room: Semaphore::new(WORKER_QUEUE_BYTES),
+            reserve: Semaphore::new(RESERVE_BYTES),
             progress_ms: AtomicU64::new(0),
             started: Instant::now(),
             dropped_own: AtomicU64::new(0),
@@ -86,7 +94,12 @@ impl Sink {
         let Ok(mut q) = self.queues.lock() else {
             return;
         };
-        if q.own.len() >= OWN_QUEUE {
+        let limit = if entry.level == tracing::Level::ERROR {
+            OWN_QUEUE + OWN_ERROR_RESERVE
+        } else {
+            OWN_QUEUE
+        };
+        if q.own.len() >= limit {
             self.dropped_own.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -115,7 +128,19 @@ impl Sink {
         }
     }
 
-    /// Queue worker lines whose room [`room_for`](Self::room_for) granted.
+    /// Take `bytes` of the reserve for error lines, without waiting.
+    pub fn reserve(&self, bytes: u32) -> bool {
+        match self.reserve.try_acquire_many(bytes) {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Queue worker lines whose room [`room_for`](Self::room_for) or
+    /// [`reserve`](Self::reserve) granted.
     pub fn workers(&self, lines: impl IntoIterator<Item = WorkerLine>) {
         let Ok(mut q) = self.queues.lock() else {
             return;
@@ -189,7 +214,7 @@ impl Sink {
                 while bytes < BATCH_BYTES
                     && let Some(w) = q.workers.pop_front()
                 {
-                    bytes += w.text.len();
+                    bytes += w.size();
                     workers.push(w);
                 }
                 q.writing = own.len() + workers.len();
@@ -209,14 +234,19 @@ impl Sink {
             for e in &own {
                 output.own(e);
             }
-            let mut room = 0usize;
+            let (mut room, mut reserve) = (0usize, 0usize);
             for w in &workers {
                 output.worker(w);
-                room += cost(w.text.len()) as usize;
+                if w.reserve {
+                    reserve += cost(w.size()) as usize;
+                } else {
+                    room += cost(w.size()) as usize;
+                }
             }
             output.flush();
             self.mark_progress();
             self.room.add_permits(room);
+            self.reserve.add_permits(reserve);
         }
     }
 }

@@ -110,8 +110,12 @@ pub fn entry_line(out: &mut String, clock: &mut Clock, ansi: bool, e: &Entry) {
 
 /// A worker's line as a text line.
 pub fn worker_line(out: &mut String, clock: &mut Clock, ansi: bool, w: &WorkerLine) {
-    begin(out, clock, ansi, w.time, w.level);
-    push_escaped(out, &w.text);
+    begin(out, clock, ansi, w.time, w.level());
+    if ansi {
+        push_keeping_colours(out, &w.text);
+    } else {
+        push_escaped(out, &w.text);
+    }
     fields(out, ansi, |out| {
         let _ = write!(
             out,
@@ -123,6 +127,14 @@ pub fn worker_line(out: &mut String, clock: &mut Clock, ansi: bool, w: &WorkerLi
         );
         if w.job > 0 {
             let _ = write!(out, " JOB_ID={}", w.job);
+        }
+        for (name, value) in &w.fields {
+            let _ = write!(out, " {name}=");
+            if value.is_empty() || value.contains([' ', '"', '=']) {
+                let _ = write!(Escaped(out), "{value:?}");
+            } else {
+                push_escaped(out, value);
+            }
         }
     });
     out.push('\n');
@@ -174,7 +186,8 @@ pub fn entry_json(out: &mut String, clock: &mut Clock, e: &Entry) {
 
 /// A worker's line as a JSON object on one line.
 pub fn worker_json(out: &mut String, clock: &mut Clock, w: &WorkerLine) {
-    json_begin(out, clock, w.time, w.level, &w.text);
+    json_begin(out, clock, w.time, w.level(), &w.text);
+    let _ = write!(out, ",\"priority\":{}", w.priority);
     out.push_str(",\"POOL\":");
     json_str(out, &w.pool);
     let _ = write!(
@@ -186,6 +199,12 @@ pub fn worker_json(out: &mut String, clock: &mut Clock, w: &WorkerLine) {
     );
     if w.job > 0 {
         let _ = write!(out, ",\"JOB_ID\":{}", w.job);
+    }
+    for (name, value) in &w.fields {
+        out.push(',');
+        json_str(out, name);
+        out.push(':');
+        json_str(out, value);
     }
     out.push_str(",\"target\":\"worker\"}\n");
 }
@@ -214,6 +233,37 @@ fn push_escaped(out: &mut String, s: &str) {
         } else {
             let _ = write!(out, "\\u{{{:x}}}", c as u32);
         }
+    }
+}
+
+/// As [`push_escaped`], but a worker's colours (SGR sequences, `ESC [ … m`) stay, for a
+/// terminal; the colour is reset after the text.
+fn push_keeping_colours(out: &mut String, s: &str) {
+    let mut rest = s;
+    let mut coloured = false;
+    while let Some(at) = rest.find('\x1b') {
+        push_escaped(out, &rest[..at]);
+        let seq = &rest[at..];
+        let params = seq[1..].strip_prefix('[').map(|p| {
+            p.len()
+                - p.trim_start_matches(|c: char| c.is_ascii_digit() || c == ';')
+                    .len()
+        });
+        match params {
+            Some(n) if seq[2 + n..].starts_with('m') => {
+                out.push_str(&seq[..3 + n]);
+                coloured = true;
+                rest = &seq[3 + n..];
+            }
+            _ => {
+                push_escaped(out, "\x1b");
+                rest = &seq[1..];
+            }
+        }
+    }
+    push_escaped(out, rest);
+    if coloured {
+        out.push_str("\x1b[0m");
     }
 }
 
@@ -308,19 +358,21 @@ mod tests {
     fn worker_lines_carry_their_origin_as_text_and_json() {
         let w = WorkerLine {
             time: SystemTime::now(),
-            level: Level::WARN,
+            priority: 4,
             pool: Arc::from("web"),
             instance: 2,
             pid: 4242,
             stream: super::super::record::Stream::Stderr,
             job: 7,
             text: "disk \x07 slow".into(),
+            fields: vec![("APP_DISK".into(), "sda 1".into())],
+            reserve: false,
         };
         let mut out = String::new();
         let mut clock = Clock::default();
         worker_line(&mut out, &mut clock, false, &w);
         assert!(
-            out.ends_with(" WARN disk \\u{7} slow POOL=web INSTANCE=2 WORKER_PID=4242 STREAM=stderr JOB_ID=7\n"),
+            out.ends_with(" WARN disk \\u{7} slow POOL=web INSTANCE=2 WORKER_PID=4242 STREAM=stderr JOB_ID=7 APP_DISK=\"sda 1\"\n"),
             "{out:?}"
         );
         out.clear();
@@ -330,7 +382,19 @@ mod tests {
         assert_eq!(v["level"], "WARN");
         assert_eq!(v["INSTANCE"], 2);
         assert_eq!(v["JOB_ID"], 7);
+        assert_eq!(v["APP_DISK"], "sda 1");
+        assert_eq!(v["priority"], 4);
         assert_eq!(v["target"], "worker");
+    }
+
+    #[test]
+    fn a_terminal_keeps_a_workers_colours_but_nothing_else() {
+        let mut out = String::new();
+        push_keeping_colours(&mut out, "\x1b[31mred\x1b[0m \x1b[2Jclear \x07");
+        assert_eq!(out, "\x1b[31mred\x1b[0m \\u{1b}[2Jclear \\u{7}\x1b[0m");
+        out.clear();
+        push_keeping_colours(&mut out, "plain\x1b");
+        assert_eq!(out, "plain\\u{1b}");
     }
 
     #[test]

@@ -123,7 +123,7 @@ impl Supervisor {
                 continue;
             }
             let busy = pool.exec.runs.len() + pool.exec.claiming;
-            let free = (pool.spec.instances as usize).saturating_sub(busy);
+            let free = (pool.instances() as usize).saturating_sub(busy);
             if free == 0 {
                 continue;
             }
@@ -187,7 +187,7 @@ impl Supervisor {
                 .pools
                 .get(&name)
                 .filter(|p| !p.removing && self.shutdown.is_none())
-                .and_then(|p| (0..p.spec.instances).find(|l| !p.exec.runs.contains_key(l)));
+                .and_then(|p| (0..p.instances()).find(|l| !p.exec.runs.contains_key(l)));
             let (Some(lane), Some(pool)) = (lane, self.pools.get_mut(&name)) else {
                 self.give_back(&job);
                 continue;
@@ -291,6 +291,11 @@ impl Supervisor {
         {
             p.exec.resources_wait = None;
         }
+        let rules = self
+            .pools
+            .get(&name)
+            .map(|p| p.rules.clone())
+            .unwrap_or_default();
         let run = self
             .pools
             .get_mut(&name)
@@ -348,6 +353,7 @@ impl Supervisor {
                     instance: lane,
                     pid,
                     job: Arc::new(std::sync::atomic::AtomicI64::new(job)),
+                    rules: rules.clone(),
                 };
                 for (fd, stream, capture) in [
                     (child.stdout, Stream::Stdout, run.stdout.clone()),

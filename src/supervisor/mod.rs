@@ -16,6 +16,7 @@ mod exec_probe;
 mod exec_run;
 mod health;
 mod held;
+mod operator;
 pub mod policy;
 mod requests;
 mod resources;
@@ -23,7 +24,7 @@ mod worker;
 mod worker_io;
 mod worker_notify;
 
-pub use requests::{Reply, Request, RequestRx, RequestTx};
+pub use requests::{PoolAction, Reply, Request, RequestRx, RequestTx};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
@@ -278,6 +279,18 @@ struct Pool {
     removing: bool,
     /// Running job processes (exec pools).
     exec: exec::ExecLanes,
+    /// How its workers' output lines are read; changed in place by a reload.
+    rules: crate::logging::SharedRules,
+    /// What `steward stop|start|scale` set.
+    operator: operator::Override,
+}
+
+impl Pool {
+    /// The workers (exec pools: job processes) it runs now: the configuration's,
+    /// unless the operator stopped or scaled it.
+    fn instances(&self) -> u32 {
+        self.operator.instances(self.spec.instances)
+    }
 }
 
 struct Shutdown {
@@ -527,6 +540,8 @@ impl Supervisor {
             s.pools.insert(
                 name,
                 Pool {
+                    rules: crate::logging::SharedRules::new(spec.line_rules()),
+                    operator: operator::Override::default(),
                     spec: Arc::new(spec),
                     generation: 1,
                     slots: BTreeMap::new(),
@@ -535,6 +550,7 @@ impl Supervisor {
                 },
             );
         }
+        s.load_overrides();
         Ok(s)
     }
 
@@ -814,6 +830,7 @@ impl Supervisor {
             Request::Status => Reply::Status(Box::new(self.snapshot())),
             Request::Reload => return self.reload(Some(reply)),
             Request::RestartPool(name) => Reply::Restart(self.restart_pool(&name)),
+            Request::Pool(name, action) => Reply::Pool(self.operate(&name, action)),
             Request::Cancel(job) => return self.cancel_job(job, reply),
             #[cfg(debug_assertions)]
             Request::Stall(d) => {
@@ -925,6 +942,11 @@ impl Supervisor {
             instance: slot.index,
             pid,
             job: slot.current_job.clone(),
+            rules: self
+                .pools
+                .get(&slot.pool)
+                .map(|p| p.rules.clone())
+                .unwrap_or_default(),
         };
         tracing::info!(POOL = %slot.pool, INSTANCE = slot.index, WORKER_PID = pid,
             "started worker {} (pid {pid}): {}", slot.name(), slot.spec.command.join(" "));
@@ -1444,7 +1466,7 @@ impl Supervisor {
                     Some(body) => format!("{}: {}", outcome.detail, body.trim()),
                     None => outcome.detail.clone(),
                 };
-                match health::act(&spec, pool.spec.instances, unhealthy, restarting) {
+                match health::act(&spec, pool.instances(), unhealthy, restarting) {
                     health::Act::Restart => {
                         tracing::warn!(POOL = %pool_name, INSTANCE = index,
                             "worker {name} is unhealthy: {failures} health probes in a row failed (last: {last}); restarting it");
@@ -1799,7 +1821,7 @@ impl Supervisor {
                 }
                 continue;
             }
-            let instances = pool.spec.instances;
+            let instances = pool.instances();
             let generation = pool.generation;
             let missing: Vec<u32> = (0..instances)
                 .filter(|i| !pool.slots.contains_key(i))
@@ -2039,8 +2061,8 @@ impl Supervisor {
             );
             new.daemon.cgroups = old.cgroups;
         }
-        let (mut added, mut removed, mut changed, mut scaled, mut same) =
-            (vec![], vec![], vec![], vec![], 0);
+        let (mut added, mut removed, mut changed, mut scaled, mut logs, mut same) =
+            (vec![], vec![], vec![], vec![], vec![], 0);
         for (name, pool) in self.pools.iter_mut() {
             if !new.pools.contains_key(name) && !pool.removing {
                 pool.removing = true;
@@ -2053,6 +2075,8 @@ impl Supervisor {
                     self.pools.insert(
                         name.clone(),
                         Pool {
+                            rules: crate::logging::SharedRules::new(spec.line_rules()),
+                            operator: operator::Override::default(),
                             spec: Arc::new(spec.clone()),
                             generation: 1,
                             slots: BTreeMap::new(),
@@ -2064,16 +2088,23 @@ impl Supervisor {
                 }
                 Some(pool) if pool.removing => {
                     pool.removing = false;
+                    pool.rules.set(spec.line_rules());
                     pool.spec = Arc::new(spec.clone());
                     pool.generation += 1;
                     added.push(name.clone());
                 }
                 Some(pool) if *pool.spec == *spec => same += 1,
-                Some(pool) if pool.spec.same_except_instances(spec) => {
-                    scaled.push(format!("{name} {}→{}", pool.spec.instances, spec.instances));
+                Some(pool) if pool.spec.same_except_live(spec) => {
+                    if pool.spec.instances != spec.instances {
+                        scaled.push(format!("{name} {}→{}", pool.spec.instances, spec.instances));
+                    } else {
+                        logs.push(name.clone());
+                    }
+                    pool.rules.set(spec.line_rules());
                     pool.spec = Arc::new(spec.clone());
                 }
                 Some(pool) => {
+                    pool.rules.set(spec.line_rules());
                     pool.spec = Arc::new(spec.clone());
                     pool.generation += 1;
                     changed.push(name.clone());
@@ -2083,6 +2114,7 @@ impl Supervisor {
         for name in &removed {
             self.resources.forget_pool(name, Instant::now());
         }
+        self.settle_overrides();
         for spec in new.pools.values() {
             self.resources.warn_unenforced(spec);
         }
@@ -2101,15 +2133,143 @@ impl Supervisor {
         if !scaled.is_empty() {
             parts.push(format!("scaled {}", scaled.join(", ")));
         }
+        if !logs.is_empty() {
+            parts.push(format!(
+                "log settings of {} (applied to running workers)",
+                logs.join(", ")
+            ));
+        }
         parts.push(format!("{same} unchanged"));
         parts.join("; ")
+    }
+
+    /// Apply the overrides kept in the state directory to the configured pools.
+    fn load_overrides(&mut self) {
+        let (kept, warning) = operator::load(&self.config.daemon.state_dir);
+        if let Some(w) = warning {
+            tracing::warn!("{w}");
+        }
+        for (name, o) in kept {
+            match self.pools.get_mut(&name) {
+                Some(pool) => {
+                    pool.operator = o;
+                    if let Some(said) = o.describe(&name, pool.spec.instances) {
+                        tracing::info!(POOL = %name, "pool {name}: {said}");
+                    }
+                }
+                None => tracing::info!(
+                    "pool {name} was stopped or scaled by the operator but is no longer configured: forgotten"
+                ),
+            }
+        }
+        self.settle_overrides();
+    }
+
+    /// Drop what no longer applies (a scale the configuration's `instances` changed
+    /// under, a pool that is gone) and keep the file in step.
+    fn settle_overrides(&mut self) {
+        for (name, pool) in self.pools.iter_mut() {
+            if let Some(sc) = pool.operator.scale
+                && sc.configured != pool.spec.instances
+            {
+                tracing::info!(POOL = %name,
+                    "pool {name}: instances changed in the configuration ({}→{}), so the operator's scale to {} no longer applies",
+                    sc.configured, pool.spec.instances, sc.instances);
+                pool.operator.scale = None;
+            }
+        }
+        self.save_overrides();
+    }
+
+    fn save_overrides(&self) {
+        let all: BTreeMap<String, operator::Override> = self
+            .pools
+            .iter()
+            .filter(|(_, p)| !p.removing)
+            .map(|(n, p)| (n.clone(), p.operator))
+            .collect();
+        if let Err(e) = operator::save(&self.config.daemon.state_dir, &all) {
+            tracing::warn!(
+                "cannot keep the operator's pool settings in {}: {e}; they hold until the daemon restarts",
+                self.config.daemon.state_dir.join(operator::FILE).display()
+            );
+        }
+    }
+
+    /// `steward stop|start|scale POOL`.
+    fn operate(&mut self, name: &str, action: PoolAction) -> Result<String, String> {
+        let Some(pool) = self.pools.get_mut(name).filter(|p| !p.removing) else {
+            return Err(self.no_such_pool(name));
+        };
+        let configured = pool.spec.instances;
+        let before = pool.instances();
+        let said = match action {
+            PoolAction::Stop if pool.operator.stopped => format!("pool {name} is already stopped"),
+            PoolAction::Stop => {
+                pool.operator.stopped = true;
+                format!(
+                    "stopping pool {name}: {before} workers, gracefully (`steward start {name}` starts it again)"
+                )
+            }
+            PoolAction::Start if !pool.operator.stopped => {
+                format!("pool {name} is not stopped ({before} of {before} wanted)")
+            }
+            PoolAction::Start => {
+                pool.operator.stopped = false;
+                format!("starting pool {name}: {} workers", pool.instances())
+            }
+            PoolAction::Scale(n) if n > operator::MAX_INSTANCES => {
+                return Err(format!(
+                    "cannot scale pool {name} to {n}: at most {} instances",
+                    operator::MAX_INSTANCES
+                ));
+            }
+            PoolAction::Scale(n) => {
+                pool.operator.scale = (n != configured).then_some(operator::Scale {
+                    instances: n,
+                    configured,
+                });
+                if pool.operator.stopped {
+                    format!(
+                        "pool {name} will run {n} workers once started (it is stopped: `steward start {name}`)"
+                    )
+                } else if n == configured {
+                    format!("scaling pool {name} {before}→{n} (as configured)")
+                } else {
+                    format!(
+                        "scaling pool {name} {before}→{n} (the configuration says {configured}; kept across reloads and restarts until instances changes there)"
+                    )
+                }
+            }
+        };
+        tracing::info!(POOL = %name, "{said}");
+        self.save_overrides();
+        self.reconcile(Instant::now());
+        Ok(said)
+    }
+
+    fn no_such_pool(&self, name: &str) -> String {
+        let known: Vec<&str> = self
+            .pools
+            .iter()
+            .filter(|(_, p)| !p.removing)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        format!(
+            "no pool named `{name}`; configured pools: {}",
+            if known.is_empty() {
+                "(none)".to_string()
+            } else {
+                known.join(", ")
+            }
+        )
     }
 
     fn restart_pool(&mut self, name: &str) -> Result<String, String> {
         match self.pools.get_mut(name) {
             Some(pool) if !pool.removing => {
                 pool.generation += 1;
-                let n = pool.spec.instances;
+                let n = pool.instances();
                 tracing::info!(POOL = %name, "restarting pool {name}: {n} workers, one at a time");
                 self.reconcile(Instant::now());
                 Ok(format!(
@@ -2154,7 +2314,7 @@ impl Supervisor {
             .values()
             .filter(|p| !p.removing && !p.spec.is_exec())
         {
-            total += pool.spec.instances;
+            total += pool.instances();
             for id in pool.slots.values() {
                 match self.slots.get(id).map(|s| s.shown_state()) {
                     Some("running") => running += 1,
@@ -2293,11 +2453,10 @@ impl Supervisor {
                     }
                     .to_string(),
                     command: pool.spec.command.clone(),
-                    instances: if pool.removing {
-                        0
-                    } else {
-                        pool.spec.instances
-                    },
+                    instances: if pool.removing { 0 } else { pool.instances() },
+                    configured_instances: pool.spec.instances,
+                    queues: pool.spec.queues.clone(),
+                    operator: pool.operator.describe(name, pool.spec.instances),
                     running: workers.iter().filter(|w| w.state == "running").count() as u32,
                     generation: pool.generation,
                     rolling: workers.iter().any(|w| w.generation < pool.generation),
@@ -2359,7 +2518,7 @@ impl Supervisor {
                     instances: if pool.spec.is_exec() {
                         0
                     } else {
-                        pool.spec.instances
+                        pool.instances()
                     },
                     running: pool.exec.runs.len() as u32,
                     ..Default::default()

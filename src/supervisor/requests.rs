@@ -9,6 +9,7 @@ pub enum Request {
     Status,
     Reload,
     RestartPool(String),
+    Pool(String, PoolAction),
     Cancel(i64),
     /// Debug builds only, for tests: block the supervision loop this long (the rest of
     /// the daemon runs on), as a loop stuck in a long computation would be.
@@ -16,10 +17,19 @@ pub enum Request {
     Stall(std::time::Duration),
 }
 
+/// What the operator does to a pool.
+#[derive(Debug, Clone, Copy)]
+pub enum PoolAction {
+    Stop,
+    Start,
+    Scale(u32),
+}
+
 pub enum Reply {
     Status(Box<DaemonStatus>),
     Reload(ReloadReport),
     Restart(Result<String, String>),
+    Pool(Result<String, String>),
     Cancel(Result<String, String>),
     #[cfg(debug_assertions)]
     Stalling,

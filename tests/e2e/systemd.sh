@@ -15,6 +15,7 @@ set -Eeuo pipefail
 
 OLD_DEB=$(readlink -f "${1:?usage: systemd.sh OLD.deb NEW.deb}")
 NEW_DEB=$(readlink -f "${2:?usage: systemd.sh OLD.deb NEW.deb}")
+HERE=$(cd "$(dirname "$0")" && pwd)
 WORK="${E2E_DIR:-/var/tmp/steward-e2e}"
 # python3 (not just python3-minimal, which lacks json) for the example workers; procps
 # for the `kill` this script sends into the container.
@@ -250,6 +251,59 @@ step2b() {
 }
 check "2b. cgroups: daemon in <unit>/supervisor, a cgroup per worker, an escaped grandchild dies with its worker, unenforced limits said" step2b
 
+# ------------------------------------------------------- 2c. worker log lines
+# JSON lines of pino and structlog become journal records with their message, priority
+# and APP_ fields; pino-pretty's colours are removed, so the message is text, not a blob.
+LOG_POOLS='
+[pool.pino]
+command = ["/usr/bin/python3", "/usr/local/lib/app_logger.py", "--style", "pino"]
+stable_after = "1s"
+
+[pool.structlog]
+command = ["/usr/bin/python3", "/usr/local/lib/app_logger.py", "--style", "structlog"]
+stable_after = "1s"
+
+[pool.pretty]
+command = ["/usr/bin/python3", "/usr/local/lib/app_logger.py", "--style", "pretty"]
+stable_after = "1s"
+'
+step2c() {
+    ctr sh -c 'cat > /usr/local/lib/app_logger.py' <"$HERE/../workers/app_logger.py" || return 1
+    ctr cp $CONF /root/steward.toml.before-logs
+    printf '%s' "$LOG_POOLS" | ctr sh -c "cat >> $CONF"
+    ctr systemctl reload steward.service || return 1
+    wait_in 30 "journalctl -u steward.service POOL=structlog -o cat | grep -q 'cache down #1' && journalctl -u steward.service POOL=pino -o cat | grep -q 'out of disk #1' && journalctl -u steward.service POOL=pretty -o cat | grep -q 'pretty failure #1'" ||
+        { say "the log pools' lines are not in the journal"; return 1; }
+    ctr journalctl -u steward.service -o json --no-pager POOL=pino + POOL=structlog + POOL=pretty >"$RUN/log-pools.json" || return 1
+    python3 - "$RUN/log-pools.json" <<'PY' >>"$LOG" 2>&1 || { say "journal fields: see $LOG"; return 1; }
+import json, sys
+records = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+def one(message):
+    found = [r for r in records if r.get("MESSAGE") == message]
+    assert found, f"no record {message!r}; messages: {[r.get('MESSAGE') for r in records]}"
+    return found[0]
+r = one("upload failed #1")
+assert (r["PRIORITY"], r["POOL"], r["STREAM"]) == ("3", "pino", "stdout"), r
+assert (r["APP_REQID"], r["APP_HOSTNAME"], r["APP_ATTEMPT"], r["APP_OK"]) == ("r-1", "vm-7", "2", "false"), r
+assert "APP_MSG" not in r and "APP_LEVEL" not in r and "APP_NESTED" not in r, r
+assert one("out of disk #1")["PRIORITY"] == "2"
+assert one("slow upstream #1")["PRIORITY"] == "4"
+assert one("listening #1")["PRIORITY"] == "6"
+r = one("cache miss #1")
+assert (r["PRIORITY"], r["APP_LOGGER"], r["APP_KEY"], r["STREAM"]) == ("4", "app.cache", "user:1", "stderr"), r
+assert one("cache down #1")["PRIORITY"] == "3"
+# A blob would be a list of byte values, not this string.
+assert one("[10:00:00.000] ERROR (4242): pretty failure #1")["POOL"] == "pretty"
+print("journal fields and priorities as expected")
+PY
+    # journalctl's own priority filter sees them.
+    local errs; errs=$(ctr journalctl -u steward.service -p err -o cat --no-pager POOL=pino)
+    grep -q "upload failed #1" <<<"$errs" && ! grep -q "slow upstream #1" <<<"$errs" || { say "journalctl -p err: $errs"; return 1; }
+    ctr cp /root/steward.toml.before-logs $CONF
+    ctr systemctl reload steward.service || return 1
+}
+check "2c. worker logs: pino and structlog JSON lines as journal records with priority and APP_ fields, colours removed" step2c
+
 # ------------------------------------------------------- 3. submit as a member
 step3() {
     ctr useradd -m alice && ctr usermod -aG steward alice || return 1
@@ -260,6 +314,28 @@ step3() {
     wait_in 90 "[ \$(steward jobs --state succeeded --limit 500 --json | grep -c '\"state\": \"succeeded\"') -eq 100 ]"
 }
 check "3. a user in group steward submits 100 jobs; all succeed" step3
+
+# ------------------------------------------- 3b. logs, stop and start a pool
+step3b() {
+    local out
+    out=$(ctr steward logs python -n 200 -o cat) || { say "steward logs python failed: $out"; return 1; }
+    grep -q "started worker python/" <<<"$out" || { say "steward logs python: $out"; return 1; }
+    ! grep -q "steward is ready" <<<"$out" || { say "steward logs python shows other records"; return 1; }
+    out=$(ctr steward logs --job 42 -o cat) || return 1
+    grep -q "job 42" <<<"$out" || { say "steward logs --job 42: $out"; return 1; }
+    # alice may use the socket, not read the system journal: she is told what to do.
+    out=$(as_alice logs -n 1 2>&1) && { say "alice read the journal"; return 1; }
+    grep -q "systemd-journal" <<<"$out" || { say "alice was told: $out"; return 1; }
+    as_alice stop python >/dev/null || return 1
+    wait_in 30 "[ -z \"\$(pgrep -f examples/worker.py)\" ]" || { say "workers left after stop"; return 1; }
+    ctr -t 90 systemctl restart steward.service || return 1
+    sleep 2
+    [[ -z "$(ctr pgrep -f examples/worker.py)" ]] || { say "the stopped pool came back after a restart"; return 1; }
+    ctr steward status | grep -q "stopped by the operator" || { say "status does not say stopped"; return 1; }
+    as_alice start python >/dev/null || return 1
+    wait_in 30 "steward status --json | grep -c '\"state\": \"running\"' | grep -qx 3" || { say "pool not back after start"; return 1; }
+}
+check "3b. steward logs for a pool and a job (and a clear refusal without journal access); stop holds across a restart, start brings the pool back" step3b
 
 # ------------------------------------------------------------------ 4. journal
 step4() {

@@ -1519,13 +1519,22 @@ async fn list(c: &Client, s: &str, f: &JobFilter) -> Result<Page, String> {
         .query(
             &format!(
                 "SELECT {} FROM {s}.jobs_all j JOIN {s}.job_data d ON d.job_id = j.id
-                 WHERE ($1::text IS NULL OR j.queue = $1)
+                 WHERE (cardinality($1::text[]) = 0 OR j.queue = ANY($1))
                    AND (cardinality($2::text[]) = 0 OR j.state = ANY($2))
                    AND ($3::bigint IS NULL OR j.id < $3)
+                   AND ($5::bigint IS NULL OR j.created_at >= to_timestamp($5 / 1000.0))
+                   AND ($6::bigint IS NULL OR j.created_at < to_timestamp($6 / 1000.0))
                  ORDER BY j.id DESC LIMIT $4",
                 columns(f.payloads)
             ),
-            &[&f.queue, &states, &f.before, &limit],
+            &[
+                &f.queues,
+                &states,
+                &f.before,
+                &limit,
+                &f.since_ms,
+                &f.until_ms,
+            ],
         )
         .await
         .map_err(db)?;

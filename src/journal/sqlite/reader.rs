@@ -201,9 +201,27 @@ fn list(conn: &Connection, f: &JobFilter) -> rusqlite::Result<Page> {
 fn list_sql(f: &JobFilter) -> (String, Vec<String>) {
     let mut args: Vec<String> = Vec::new();
     let mut cond = String::new();
-    if let Some(q) = &f.queue {
-        args.push(q.clone());
-        cond.push_str(&format!(" AND j.queue = ?{}", args.len()));
+    if !f.queues.is_empty() {
+        let mut marks = Vec::new();
+        for q in &f.queues {
+            args.push(q.clone());
+            marks.push(format!("?{}", args.len()));
+        }
+        cond.push_str(&format!(" AND j.queue IN ({})", marks.join(", ")));
+    }
+    if let Some(t) = f.since_ms {
+        args.push(t.to_string());
+        cond.push_str(&format!(
+            " AND j.created_at >= CAST(?{} AS INTEGER)",
+            args.len()
+        ));
+    }
+    if let Some(t) = f.until_ms {
+        args.push(t.to_string());
+        cond.push_str(&format!(
+            " AND j.created_at < CAST(?{} AS INTEGER)",
+            args.len()
+        ));
     }
     if let Some(b) = f.before {
         args.push(b.to_string());
@@ -302,7 +320,9 @@ mod tests {
         ] {
             for (queue, before) in [(None, None), (Some("q".to_string()), Some(1000))] {
                 let (sql, args) = list_sql(&JobFilter {
-                    queue,
+                    queues: queue.into_iter().collect(),
+                    since_ms: None,
+                    until_ms: None,
                     state: Some(state),
                     limit: 50,
                     before,
