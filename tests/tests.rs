@@ -4,6 +4,7 @@ mod helper;
 
 mod api;
 mod bench;
+mod clients;
 mod config;
 mod damage;
 mod environment;

@@ -1,70 +1,42 @@
 #!/usr/bin/env python3
-"""An example steward worker in Python, using only the standard library.
+"""An example steward worker in Python, written with the steward_worker library.
 
-steward starts it with a connected Unix socket whose descriptor number is in
-STEWARD_FD. Both sides send one JSON object per line. This worker handles jobs whose
-payload looks like {"seconds": 2.5} (it "works" that long, reporting progress) or
-{"fail": "why"} (it reports a failure); anything else is echoed back as the result.
+Jobs whose payload looks like {"seconds": 2.5} "work" that long, reporting progress;
+{"fail": "why"} fails (add "retry": false to fail at once); anything else is echoed
+back as the result. Install the library with `pip install ./clients/python` (the .deb
+installs it for the system's python3); from a checkout this example finds it by itself.
 """
-import json
 import os
-import select
-import socket
 import sys
 import time
 
-sock = socket.socket(fileno=int(os.environ["STEWARD_FD"]))
-reader = sock.makefile("r", encoding="utf-8", newline="\n")
-name = f"{os.environ.get('STEWARD_POOL', '?')}/{os.environ.get('STEWARD_INSTANCE', '?')}"
-cancelled = set()
-draining = False
+try:
+    import steward_worker
+except ImportError:  # a checkout of steward, not installed
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, os.path.join(here, "..", "..", "clients", "python"))
+    import steward_worker
+
+from steward_worker import Fail, Worker
+
+worker = Worker()
+name = f"{worker.pool}/{worker.instance}"
 
 
-def send(msg):
-    sock.sendall((json.dumps(msg) + "\n").encode())
-
-
-def read_nowait():
-    """Handle messages that arrived while a job runs (cancel, drain)."""
-    global draining
-    while select.select([sock], [], [], 0)[0]:
-        line = reader.readline()
-        if not line:
-            sys.exit(0)
-        msg = json.loads(line)
-        if msg["type"] == "cancel":
-            cancelled.add(msg["id"])
-        elif msg["type"] == "drain":
-            draining = True
-
-
+@worker.job()
 def work(job):
-    payload = job["payload"]
+    payload = job.payload
     if isinstance(payload, dict) and "fail" in payload:
-        send({"type": "fail", "id": job["id"], "error": str(payload["fail"]), "retry": bool(payload.get("retry", True))})
-        return
+        raise Fail(str(payload["fail"]), retry=bool(payload.get("retry", True)))
     seconds = float(payload.get("seconds", 0)) if isinstance(payload, dict) else 0.0
     started = time.monotonic()
-    while time.monotonic() - started < seconds:
-        time.sleep(min(0.2, seconds))
-        read_nowait()
-        if job["id"] in cancelled:
-            send({"type": "fail", "id": job["id"], "error": "cancelled", "retry": False})
-            return
-        elapsed = time.monotonic() - started
-        done = min(1.0, elapsed / seconds)
-        send({"type": "progress", "id": job["id"], "progress": done,
-              "message": f"{min(elapsed, seconds):.1f} of {seconds:g} s"})
-    print(f"job {job['id']} done on {name}", flush=True)
-    send({"type": "done", "id": job["id"], "result": {"echo": payload, "worker": name, "pid": os.getpid()}})
+    while (elapsed := time.monotonic() - started) < seconds:
+        if job.wait_cancelled(min(0.2, seconds - elapsed)):
+            job.check_cancelled()
+        elapsed = min(time.monotonic() - started, seconds)
+        job.progress(elapsed / seconds, f"{elapsed:.1f} of {seconds:g} s")
+    print(f"job {job.id} done on {name}", flush=True)
+    return {"echo": payload, "worker": name, "pid": os.getpid()}
 
 
-send({"type": "ready"})
-for line in reader:
-    msg = json.loads(line)
-    if msg["type"] == "job":
-        work(msg)
-    elif msg["type"] == "drain":
-        draining = True
-    elif msg["type"] == "error":
-        print(f"steward says: {msg['message']}", file=sys.stderr, flush=True)
+worker.run()

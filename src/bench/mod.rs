@@ -5,6 +5,7 @@
 //! and keeps the default durability (`synchronous = "full"`). Results are medians over
 //! several runs with min–max, because machines are noisy.
 
+mod clients;
 mod postgres;
 mod probes;
 pub mod worker;
@@ -1205,6 +1206,32 @@ pub fn run(quick: bool, json_out: bool, only: &[u8]) -> Result<(), Failure> {
                     median(&mut p.cpu_with)
                 ),
             ));
+        }
+        for (n, lang) in [(17, clients::Lang::Python), (18, clients::Lang::Node)] {
+            if !want(n) {
+                continue;
+            }
+            progress(&format!("{n}. {} library workers", lang.name()));
+            let name = format!(
+                "{n}. {} library workers, no-op handler, {} jobs, 4 × 8",
+                lang.name(),
+                s.protocol_jobs
+            );
+            match clients::library_throughput(&exe, s, lang).await? {
+                Ok(v) => out.push(summarize(
+                    &name,
+                    "jobs/s",
+                    v,
+                    "",
+                    |_| true,
+                    "compare with scenario 1 (the bare protocol)".into(),
+                )),
+                Err(why) => {
+                    if !json_out {
+                        eprintln!("skipped {n}: {why}");
+                    }
+                }
+            }
         }
         if want(9) {
             progress("9. worker output");

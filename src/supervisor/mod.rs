@@ -1667,6 +1667,20 @@ impl Supervisor {
         env.push(("STEWARD_POOL".into(), slot.pool.clone()));
         env.push(("STEWARD_INSTANCE".into(), slot.index.to_string()));
         env.push(("STEWARD_SOCKET".into(), socket));
+        if !spec.queues.is_empty() {
+            // For worker libraries: how many jobs at once, and how often to heartbeat
+            // (a third of the shortest lease of the pool's queues).
+            env.push(("STEWARD_CONCURRENCY".into(), spec.concurrency.to_string()));
+            let lease = spec
+                .queues
+                .iter()
+                .filter_map(|q| self.config.queues.get(q))
+                .map(|q| q.lease)
+                .min()
+                .unwrap_or(Duration::from_secs(60));
+            let every = (lease / 3).max(Duration::from_millis(100));
+            env.push(("STEWARD_HEARTBEAT_MS".into(), every.as_millis().to_string()));
+        }
         for (var, cred) in &spec.credentials {
             match config::read_credential(self.env.credentials_directory.as_deref(), cred) {
                 Ok(v) => env.push((var.clone(), v)),

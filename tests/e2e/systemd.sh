@@ -319,7 +319,7 @@ check "3. a user in group steward submits 100 jobs; all succeed" step3
 step3b() {
     local out
     out=$(ctr steward logs python -n 200 -o cat) || { say "steward logs python failed: $out"; return 1; }
-    grep -q "started worker python/" <<<"$out" || { say "steward logs python: $out"; return 1; }
+    grep -q "done on python/" <<<"$out" || { say "steward logs python: $out"; return 1; }
     ! grep -q "steward is ready" <<<"$out" || { say "steward logs python shows other records"; return 1; }
     out=$(ctr steward logs --job 42 -o cat) || return 1
     grep -q "job 42" <<<"$out" || { say "steward logs --job 42: $out"; return 1; }
