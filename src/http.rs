@@ -245,7 +245,22 @@ async fn metrics(State(st): State<AppState>) -> Response {
         }
     }
     g.jobs.sort();
+    // How long the job due longest has waited, per queue (0: none is due).
+    let mut names: Vec<String> = st.journal.stats().queues.keys().cloned().collect();
+    names.sort();
+    let now = crate::time::now_ms();
+    if let Ok(o) = st.journal.overview(names.clone(), now).await {
+        for q in names {
+            let secs = o
+                .oldest_queued
+                .get(&q)
+                .map_or(0.0, |t| ((now - t).max(0) as f64) / 1000.0);
+            g.oldest_due.push((q, secs));
+        }
+    }
     g.log_dropped = crate::logging::dropped();
+    g.journal_writable = st.journal.stats().problem().is_none();
+    g.loop_age_secs = st.observed.loop_age().as_secs_f64();
     let sources = st
         .observed
         .snapshot

@@ -209,6 +209,41 @@ impl Metrics {
 
         head(
             &mut o,
+            "steward_queue_oldest_due_seconds",
+            "gauge",
+            "How long the queued job that has been due longest has waited (a delayed or retried job counts from its run time); 0 when none is due.",
+        );
+        for (queue, secs) in &gauges.oldest_due {
+            let _ = writeln!(
+                o,
+                "steward_queue_oldest_due_seconds{{queue=\"{}\"}} {secs:.3}",
+                esc(queue)
+            );
+        }
+        head(
+            &mut o,
+            "steward_journal_writable",
+            "gauge",
+            "1 while the job journal accepts writes, 0 while writes fail (see /health).",
+        );
+        let _ = writeln!(
+            o,
+            "steward_journal_writable {}",
+            u8::from(gauges.journal_writable)
+        );
+        head(
+            &mut o,
+            "steward_loop_last_turn_seconds",
+            "gauge",
+            "Seconds since the supervision loop last turned (it turns at least once a second).",
+        );
+        let _ = writeln!(
+            o,
+            "steward_loop_last_turn_seconds {:.3}",
+            gauges.loop_age_secs
+        );
+        head(
+            &mut o,
             "steward_workers",
             "gauge",
             "Workers by pool and state.",
@@ -471,6 +506,12 @@ pub struct Gauges {
     pub log_dropped: (u64, u64),
     /// Memory and CPU of each running worker.
     pub usage: Vec<WorkerUsage>,
+    /// (queue, seconds the job due longest has waited; 0 when none is due)
+    pub oldest_due: Vec<(String, f64)>,
+    /// Whether the journal accepts writes.
+    pub journal_writable: bool,
+    /// Seconds since the supervision loop last turned.
+    pub loop_age_secs: f64,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -15,6 +15,7 @@ mod hostile;
 mod jobs;
 mod journal;
 mod layers;
+mod monitoring;
 mod logs;
 mod notify;
 mod observe;
