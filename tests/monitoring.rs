@@ -7,10 +7,7 @@ use std::process::Command;
 use crate::helper::*;
 
 fn monitoring(file: &str) -> String {
-    format!(
-        "{}/packaging/monitoring/{file}",
-        env!("CARGO_MANIFEST_DIR")
-    )
+    format!("{}/packaging/monitoring/{file}", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// `steward_…` names in a query, histogram suffixes taken off.
@@ -86,7 +83,10 @@ fn the_dashboard_and_the_rules_use_only_metrics_the_daemon_exports() {
         "OOM kills",
         "Health checks",
     ] {
-        assert!(titles.iter().any(|t| t == want), "no panel {want:?}: {titles:?}");
+        assert!(
+            titles.iter().any(|t| t == want),
+            "no panel {want:?}: {titles:?}"
+        );
     }
     let rules = std::fs::read_to_string(monitoring("steward-alerts.yml")).unwrap();
     let mut in_rules = BTreeSet::new();
@@ -114,7 +114,10 @@ fn the_alerting_rules_pass_promtool_check_and_test() {
     ] {
         let out = Command::new("promtool")
             .args(&args)
-            .current_dir(format!("{}/packaging/monitoring", env!("CARGO_MANIFEST_DIR")))
+            .current_dir(format!(
+                "{}/packaging/monitoring",
+                env!("CARGO_MANIFEST_DIR")
+            ))
             .output()
             .expect("promtool (apt-get install prometheus)");
         assert!(

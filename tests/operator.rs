@@ -1,6 +1,7 @@
 //! What operators type first: stop, start and scale a pool; ps; version; logs; cancel
 //! and retry several jobs; jobs by pool and by time.
 
+use std::process::Command;
 use std::time::Duration;
 
 use crate::helper::*;
@@ -268,4 +269,74 @@ fn ps_version_and_logs_say_what_they_can() {
         assert!(!out.status.success());
         assert!(text(&out).contains("standard error"), "{}", text(&out));
     }
+}
+
+#[test]
+fn top_runs_in_a_real_terminal_until_q_and_prints_plain_blocks_elsewhere() {
+    let env = Env::new();
+    env.write_config(&jobs_config(2, "", ""));
+    let d = Daemon::start(&env);
+    d.wait_running();
+    let f = d.submit("q", r#"{"fail": "disk on fire", "retry": false}"#, &[]);
+    d.wait_job(f, "failed", TIMEOUT);
+    for _ in 0..5 {
+        d.submit("q", "{}", &[]);
+    }
+
+    // Not a terminal: one block per refresh, no escape codes.
+    let out = d.cli(&["top", "--count", "2", "--interval", "200ms"]);
+    let plain = text(&out);
+    assert!(out.status.success(), "{plain}");
+    assert_eq!(plain.matches("--- ").count(), 2, "{plain}");
+    for want in ["POOL", "QUEUE", "RECENT FAILURES", "disk on fire", "2/2"] {
+        assert!(plain.contains(want), "no {want:?} in {plain}");
+    }
+    assert!(!plain.contains('\x1b'), "escape codes in plain output");
+
+    // A real terminal (tmux, a private server).
+    let server = format!("steward-top-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(["-L", &server])
+            .args(args)
+            .output()
+            .expect("tmux (apt-get install tmux)")
+    };
+    let command = format!(
+        "{} top --socket {} --interval 300ms",
+        bin(),
+        env.socket().display()
+    );
+    let started = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "150",
+        "-y",
+        "40",
+        &command,
+    ]);
+    assert!(started.status.success(), "{}", text(&started));
+    let pane = wait_for(TIMEOUT, "top on the terminal", || {
+        let p =
+            String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "top"]).stdout).to_string();
+        (p.contains("RECENT FAILURES") && p.contains("disk on fire") && p.contains("q quits"))
+            .then_some(p)
+    });
+    assert!(pane.contains("steward "), "{pane}");
+    assert!(pane.lines().any(|l| l.starts_with("w ")), "{pane}");
+    assert!(pane.lines().any(|l| l.starts_with("q ")), "{pane}");
+    assert!(pane.contains('▁'), "no sparkline: {pane}");
+    // It refreshes: the uptime moves on.
+    std::thread::sleep(Duration::from_millis(1500));
+    let later =
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "top"]).stdout).to_string();
+    assert_ne!(pane.lines().next(), later.lines().next(), "no refresh");
+    tmux(&["send-keys", "-t", "top", "q"]);
+    wait_for(TIMEOUT, "top to quit on q", || {
+        (!tmux(&["has-session", "-t", "top"]).status.success()).then_some(())
+    });
+    tmux(&["kill-server"]);
 }

@@ -3,13 +3,14 @@
 //
 // Jobs whose payload looks like {"seconds": 2} take that long, reporting progress;
 // {"fail": "why"} fails (add "retry": false to fail at once); anything else is echoed
-// back. Install the library with `npm install ./clients/node` (the .deb installs it
-// under /usr/share/nodejs); from a checkout this example finds it by itself.
+// back. Install the library with `npm install ./clients/node` (or
+// `npm install /usr/share/steward/clients/node` where the .deb is installed); without
+// that, this example finds it in a checkout or in /usr/share/steward/clients/node.
 'use strict';
 const path = require('path');
 
 function library() {
-  for (const where of ['steward-worker', path.join(__dirname, '..', '..', 'clients', 'node'), '/usr/share/nodejs/steward-worker']) {
+  for (const where of ['steward-worker', path.join(__dirname, '..', '..', 'clients', 'node'), '/usr/share/steward/clients/node']) {
     try {
       return require(where);
     } catch (e) {

@@ -3,8 +3,9 @@
 
 Jobs whose payload looks like {"seconds": 2.5} "work" that long, reporting progress;
 {"fail": "why"} fails (add "retry": false to fail at once); anything else is echoed
-back as the result. Install the library with `pip install ./clients/python` (the .deb
-installs it for the system's python3); from a checkout this example finds it by itself.
+back as the result. Install the library with `pip install ./clients/python` (or
+`pip install /usr/share/steward/clients/python` where the .deb is installed); without
+that, this example finds it in a checkout or in /usr/share/steward/clients/python.
 """
 import os
 import sys
@@ -12,9 +13,9 @@ import time
 
 try:
     import steward_worker
-except ImportError:  # a checkout of steward, not installed
+except ImportError:  # not installed: a checkout of steward, or the .deb's copy
     here = os.path.dirname(os.path.abspath(__file__))
-    sys.path.insert(0, os.path.join(here, "..", "..", "clients", "python"))
+    sys.path[:0] = [os.path.join(here, "..", "..", "clients", "python"), "/usr/share/steward/clients/python"]
     import steward_worker
 
 from steward_worker import Fail, Worker

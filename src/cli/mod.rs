@@ -6,6 +6,7 @@ mod migrate;
 mod pools;
 pub(crate) use crate::stdout as out;
 mod status;
+mod top;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -147,6 +148,16 @@ pub enum Command {
     },
     /// Print this program's version and the running daemon's.
     Version,
+    /// A live view: pools, queues with throughput and a sparkline of their wait, recent
+    /// failures; `q` quits. Not on a terminal, it prints the same every interval.
+    Top {
+        /// How often to refresh.
+        #[arg(long, default_value = "2s", value_parser = parse_duration_arg, value_name = "DURATION")]
+        interval: Duration,
+        /// Stop after this many refreshes.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
     /// Submit a job; prints its id.
     Submit {
         /// The queue, as named in the configuration ([queue.NAME]).
@@ -577,6 +588,9 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
         Command::Scale { pool, instances } => pools::scale(&client, pool, *instances).await,
         Command::Ps { json } => pools::ps(&client, *json).await,
         Command::Version => pools::version(&client, &socket_path(cli)).await,
+        Command::Top { interval, count } => {
+            top::run(&client, (*interval).max(Duration::from_millis(200)), *count).await
+        }
         Command::Logs {
             pool,
             job,

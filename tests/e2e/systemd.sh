@@ -327,10 +327,10 @@ step3b() {
     out=$(as_alice logs -n 1 2>&1) && { say "alice read the journal"; return 1; }
     grep -q "systemd-journal" <<<"$out" || { say "alice was told: $out"; return 1; }
     as_alice stop python >/dev/null || return 1
-    wait_in 30 "[ -z \"\$(pgrep -f examples/worker.py)\" ]" || { say "workers left after stop"; return 1; }
+    wait_in 30 "[ -z \"\$(pgrep -f examples/[w]orker.py)\" ]" || { say "workers left after stop"; return 1; }
     ctr -t 90 systemctl restart steward.service || return 1
     sleep 2
-    [[ -z "$(ctr pgrep -f examples/worker.py)" ]] || { say "the stopped pool came back after a restart"; return 1; }
+    [[ -z "$(ctr pgrep -f "examples/[w]orker.py")" ]] || { say "the stopped pool came back after a restart"; return 1; }
     ctr steward status | grep -q "stopped by the operator" || { say "status does not say stopped"; return 1; }
     as_alice start python >/dev/null || return 1
     wait_in 30 "steward status --json | grep -c '\"state\": \"running\"' | grep -qx 3" || { say "pool not back after start"; return 1; }
