@@ -366,3 +366,18 @@ fn a_reload_of_a_huge_bad_file_does_not_stop_the_loop() {
     }
     assert_eq!(d.status().state, "running");
 }
+
+#[test]
+fn a_huge_configuration_file_is_refused_before_it_is_read() {
+    let env = Env::new();
+    let mut text = String::from("[daemon]\nstate_dir = \"state\"\n");
+    text.push_str(&"# padding\n".repeat(500_000));
+    std::fs::write(env.config_path(), text).unwrap();
+    let out = env.run(&["check-config"]);
+    assert_eq!(out.status.code(), Some(78));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("more than the 4194304 steward reads"),
+        "{said}"
+    );
+}

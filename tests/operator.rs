@@ -340,3 +340,54 @@ fn top_runs_in_a_real_terminal_until_q_and_prints_plain_blocks_elsewhere() {
     });
     tmux(&["kill-server"]);
 }
+
+#[test]
+fn bash_completion_offers_the_configured_pool_and_queue_names() {
+    let env = Env::new();
+    env.write_config(&format!(
+        "{}\n[queue.mail]\n\n[pool.cron]\ncommand = [\"sleep\", \"1000\"]\n",
+        jobs_config(1, "", "")
+    ));
+    let config = env.config_path();
+    let complete = |line: &str| {
+        let script = format!(
+            "source <({bin} completions bash)\n\
+             read -ra COMP_WORDS <<<\"$LINE\"\n\
+             [[ \"$LINE\" == *' ' ]] && COMP_WORDS+=('')\n\
+             COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); COMP_LINE=\"$LINE\"; COMP_POINT=${{#LINE}}\n\
+             _steward_with_names steward \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"\n\
+             echo \"${{COMPREPLY[*]}}\"",
+            bin = bin()
+        );
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .env("LINE", line.replace("CONFIG", config.to_str().unwrap()))
+            .env(
+                "PATH",
+                format!(
+                    "{}:/usr/bin:/bin",
+                    std::path::Path::new(bin()).parent().unwrap().display()
+                ),
+            )
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(complete("steward --config CONFIG stop "), "cron w");
+    assert_eq!(complete("steward --config CONFIG scale c"), "cron");
+    assert_eq!(complete("steward --config CONFIG submit "), "mail q");
+    assert_eq!(complete("steward --config CONFIG jobs --queue m"), "mail");
+    assert_eq!(complete("steward --config CONFIG jobs --pool "), "cron w");
+    // Commands still complete as before.
+    assert!(complete("steward --config CONFIG st").contains("stop"));
+    // A file that cannot be read offers nothing, quietly.
+    assert_eq!(complete("steward --config /nonexistent.toml stop "), "");
+    let zsh = text(
+        &Command::new(bin())
+            .args(["completions", "zsh"])
+            .output()
+            .unwrap(),
+    );
+    assert!(zsh.contains(":_steward_pools'") && zsh.contains(":_steward_queues'"));
+}

@@ -1,6 +1,7 @@
 //! The `steward` command line: the daemon entry point and the client commands that talk
 //! to a running daemon over its control socket.
 
+mod completion;
 mod jobs;
 mod migrate;
 mod pools;
@@ -305,10 +306,17 @@ pub enum Command {
     /// The minimal protocol worker used by `steward bench`.
     #[command(hide = true)]
     BenchWorker,
-    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell). bash's and
+    /// zsh's also complete the pool and queue names of the configuration file.
     Completions {
         /// The shell to complete for.
         shell: clap_complete::Shell,
+    },
+    /// The pool or queue names of the configuration file, one a line (for completion).
+    #[command(hide = true)]
+    CompleteNames {
+        /// `pools` or `queues`.
+        kind: String,
     },
 }
 
@@ -345,7 +353,11 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             let mut cmd = completion_command();
             let mut script = Vec::new();
             clap_complete::generate(*shell, &mut cmd, "steward", &mut script);
-            out::write_bytes(&script)
+            out::write_bytes(&completion::with_names(*shell, script))
+        }
+        Command::CompleteNames { kind } => {
+            let names = completion::names(&cli.config, kind);
+            out::print(&names.iter().map(|n| format!("{n}\n")).collect::<String>())
         }
         _ => {
             // Client commands only need timers (their requests are blocking calls).
@@ -616,7 +628,8 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
         | Command::Bench { .. }
         | Command::MigrateJournal { .. }
         | Command::BenchWorker
-        | Command::Completions { .. } => Ok(()),
+        | Command::Completions { .. }
+        | Command::CompleteNames { .. } => Ok(()),
     }
 }
 

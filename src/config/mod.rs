@@ -659,9 +659,29 @@ impl Environment {
     }
 }
 
+/// The largest configuration file read (a real one is a few KiB).
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Read and validate the configuration file at `path`.
 pub fn load(path: &Path, env: &Environment) -> Result<Config, ConfigErrors> {
     let abs = absolute(path);
+    if let Ok(m) = std::fs::metadata(&abs)
+        && m.len() > MAX_CONFIG_BYTES
+    {
+        return Err(ConfigErrors {
+            file: abs.clone(),
+            errors: vec![ConfigError {
+                file: abs,
+                line: 0,
+                column: 0,
+                message: format!(
+                    "the configuration file is {} bytes, more than the {MAX_CONFIG_BYTES} steward reads: is it the right file?",
+                    m.len()
+                ),
+            }],
+            total: 1,
+        });
+    }
     let text = match std::fs::read_to_string(&abs) {
         Ok(t) => t,
         Err(e) => {
