@@ -322,13 +322,18 @@ class Worker:
                 traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
             msg = {"type": "fail", "id": job.id, "error": text[:MAX_ERROR], "retry": retry}
         try:
-            self._send(msg)
-        except TypeError as e:
-            # A result that is not JSON: the job fails, saying so.
-            self._send({"type": "fail", "id": job.id, "error": f"the handler's result cannot be sent as JSON: {e}", "retry": False})
-        with self._idle:
-            self._jobs.pop(job.id, None)
-            self._idle.notify_all()
+            try:
+                self._send(msg)
+            except TypeError as e:
+                # A result that is not JSON: the job fails, saying so.
+                self._send({"type": "fail", "id": job.id, "error": f"the handler's result cannot be sent as JSON: {e}", "retry": False})
+        except OSError:
+            # steward is gone: it takes the job back when it returns.
+            pass
+        finally:
+            with self._idle:
+                self._jobs.pop(job.id, None)
+                self._idle.notify_all()
         if self._draining.is_set():
             with self._jobs_lock:
                 if not self._jobs:

@@ -51,6 +51,7 @@ class FakeSteward:
         self.send({"type": "job", "id": job_id, "queue": queue, "attempt": 1, "payload": payload or {}, "deadline": None})
 
     def close(self):
+        self.reader.close()
         self.ours.close()
 
 
@@ -253,6 +254,23 @@ class WorkerTests(unittest.TestCase):
         self.assertEqual((m["type"], m["retry"]), ("fail", False))
         self.assertIn("cannot be sent as JSON", m["error"])
         s.close()
+
+    def test_steward_going_away_mid_job_ends_run(self):
+        s = FakeSteward()
+        w = Worker()
+
+        @w.job("q")
+        def handle(job):
+            time.sleep(0.3)
+            return "nobody to tell"
+
+        t = start(w)
+        s.recv()
+        s.job(1)
+        time.sleep(0.05)
+        s.close()
+        t.join(5)
+        self.assertFalse(t.is_alive(), "run() hung after steward closed the socket")
 
     def test_run_without_handlers_is_refused(self):
         FakeSteward()
