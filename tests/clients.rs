@@ -36,6 +36,8 @@ fn library_against_the_daemon(lang: &str) {
     env.write_config(&config(lang));
     let mut d = Daemon::start(&env);
     d.wait_running();
+    // Idle for longer than the lease first: an idle worker holds nothing to renew.
+    std::thread::sleep(Duration::from_millis(3500));
 
     // Heartbeats: 4 s of silence from the handler under a 1.5 s lease (alone on its
     // worker: any line of the worker renews the leases of all it holds).

@@ -223,11 +223,12 @@ pub async fn run(client: &Client, every: Duration, count: Option<u64>) -> Result
     let mut view = View::default();
     let mut keys = None;
     let _screen = live.then(|| {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<u8>();
+        // Keys wait here at most 16 deep; a paste of many waits on the terminal instead.
+        let (tx, rx) = tokio::sync::mpsc::channel::<u8>(16);
         std::thread::spawn(move || {
             let mut b = [0u8; 1];
             while let Ok(1) = std::io::stdin().read(&mut b) {
-                if tx.send(b[0]).is_err() {
+                if tx.blocking_send(b[0]).is_err() {
                     break;
                 }
             }

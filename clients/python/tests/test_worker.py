@@ -304,6 +304,7 @@ class SubmitTests(unittest.TestCase):
             c.close()
 
         threading.Thread(target=serve, daemon=True).start()
+        self.addCleanup(server.close)
         job_id = steward_worker.submit("emails", {"to": "a@b"}, delay=1.5, key="k", socket_path=path)
         self.assertEqual(job_id, 42)
         self.assertTrue(got["head"].startswith("POST /v1/jobs "))
