@@ -39,7 +39,10 @@ fn stop_start_and_scale_hold_across_a_reload_and_a_restart_until_the_config_chan
 
     let said = ok(&d, &["scale", "w", "3"]);
     assert!(said.contains("scaling pool w 2→3"), "{said}");
-    wait_running_count(&d, "w", 3);
+    // It waited for the third worker.
+    assert!(said.contains("pool w: 3/3 running"), "{said}");
+    let p = d.pool("w");
+    assert_eq!(p.running, 3, "{p:?}");
     let p = d.pool("w");
     assert_eq!((p.instances, p.configured_instances), (3, 2));
     assert!(
@@ -59,7 +62,8 @@ fn stop_start_and_scale_hold_across_a_reload_and_a_restart_until_the_config_chan
 
     let said = ok(&d, &["stop", "w"]);
     assert!(said.contains("stopping pool w"), "{said}");
-    wait_running_count(&d, "w", 0);
+    assert!(said.contains("pool w stopped: no workers left"), "{said}");
+    assert!(d.pool("w").workers.is_empty());
     let p = d.pool("w");
     assert_eq!(p.instances, 0);
     assert!(
@@ -390,4 +394,42 @@ fn bash_completion_offers_the_configured_pool_and_queue_names() {
             .unwrap(),
     );
     assert!(zsh.contains(":_steward_pools'") && zsh.contains(":_steward_queues'"));
+}
+
+#[test]
+fn an_exec_pool_stopped_finishes_its_running_jobs_and_takes_no_more_until_started() {
+    let env = Env::new();
+    env.write_config(&format!(
+        "[queue.q]\n\n[pool.x]\nmode = \"exec\"\ncommand = [\"python3\", \"{}/tests/workers/exec_job.py\"]\nqueues = [\"q\"]\ninstances = 2\n",
+        env!("CARGO_MANIFEST_DIR")
+    ));
+    let d = Daemon::start(&env);
+    wait_for(TIMEOUT, "the daemon answering", || d.try_status());
+    let running: Vec<i64> = (0..2)
+        .map(|_| d.submit("q", r#"{"sleep": 1.5}"#, &[]))
+        .collect();
+    for id in &running {
+        d.wait_job(*id, "running", TIMEOUT);
+    }
+    // --no-wait returns while the jobs run; they finish.
+    let said = ok(&d, &["stop", "x", "--no-wait"]);
+    assert!(!said.contains("no workers left"), "{said}");
+    let waiting = d.submit("q", "{}", &[]);
+    for id in &running {
+        let j = d.wait_job(*id, "succeeded", TIMEOUT);
+        assert_eq!((j.tries, j.interruptions), (1, 0), "{j:?}");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        d.job(waiting).state,
+        "queued",
+        "a stopped exec pool took a job"
+    );
+    assert_eq!(d.pool("x").instances, 0);
+    // Scaled to 1 while stopped: it runs one at a time once started.
+    ok(&d, &["scale", "x", "1"]);
+    assert_eq!(d.job(waiting).state, "queued");
+    ok(&d, &["start", "x"]);
+    d.wait_job(waiting, "succeeded", TIMEOUT);
+    assert_eq!(d.pool("x").instances, 1);
 }

@@ -102,11 +102,23 @@ pub enum Command {
     Stop {
         /// The pool, as named in the configuration ([pool.NAME]).
         pool: String,
+        /// Return at once instead of waiting until no worker of the pool is left.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "10m", value_parser = parse_duration_arg, value_name = "DURATION")]
+        timeout: Duration,
     },
-    /// Start a pool stopped with `steward stop`.
+    /// Start a pool stopped with `steward stop`; waits until its workers run.
     Start {
         /// The pool, as named in the configuration ([pool.NAME]).
         pool: String,
+        /// Return at once instead of waiting until its workers run.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "10m", value_parser = parse_duration_arg, value_name = "DURATION")]
+        timeout: Duration,
     },
     /// Run N workers (exec pools: N job processes at once) instead of the configured
     /// number. Kept across reloads and daemon restarts, until the configuration's
@@ -117,6 +129,12 @@ pub enum Command {
         /// How many (0 to 10000).
         #[arg(value_parser = clap::value_parser!(u32).range(0..=10_000))]
         instances: u32,
+        /// Return at once instead of waiting until the pool runs that many.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "10m", value_parser = parse_duration_arg, value_name = "DURATION")]
+        timeout: Duration,
     },
     /// List every worker and job process: pool, instance, pid, state, uptime, restarts,
     /// memory, CPU and the jobs it holds.
@@ -595,9 +613,40 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
             };
             jobs::act(&client, s, true).await
         }
-        Command::Stop { pool } => pools::stop_start(&client, pool, true).await,
-        Command::Start { pool } => pools::stop_start(&client, pool, false).await,
-        Command::Scale { pool, instances } => pools::scale(&client, pool, *instances).await,
+        Command::Stop {
+            pool,
+            no_wait,
+            timeout,
+        } => {
+            let w = pools::Wait {
+                no_wait: *no_wait,
+                timeout: *timeout,
+            };
+            pools::stop_start(&client, pool, true, w).await
+        }
+        Command::Start {
+            pool,
+            no_wait,
+            timeout,
+        } => {
+            let w = pools::Wait {
+                no_wait: *no_wait,
+                timeout: *timeout,
+            };
+            pools::stop_start(&client, pool, false, w).await
+        }
+        Command::Scale {
+            pool,
+            instances,
+            no_wait,
+            timeout,
+        } => {
+            let w = pools::Wait {
+                no_wait: *no_wait,
+                timeout: *timeout,
+            };
+            pools::scale(&client, pool, *instances, w).await
+        }
         Command::Ps { json } => pools::ps(&client, *json).await,
         Command::Version => pools::version(&client, &socket_path(cli)).await,
         Command::Top { interval, count } => {

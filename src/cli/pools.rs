@@ -12,8 +12,14 @@ use crate::api::{DaemonStatus, Message};
 use crate::control::client::Client;
 use crate::error::Failure;
 
+/// How `stop`, `start` and `scale` wait for their result.
+pub struct Wait {
+    pub no_wait: bool,
+    pub timeout: Duration,
+}
+
 /// `steward stop|start POOL`.
-pub async fn stop_start(client: &Client, pool: &str, stop: bool) -> Result<(), Failure> {
+pub async fn stop_start(client: &Client, pool: &str, stop: bool, w: Wait) -> Result<(), Failure> {
     let what = if stop { "stop" } else { "start" };
     let m: Message = client
         .call(
@@ -22,11 +28,15 @@ pub async fn stop_start(client: &Client, pool: &str, stop: bool) -> Result<(), F
             None::<&()>,
         )
         .await?;
-    out::line(&m.message)
+    out::line(&m.message)?;
+    if w.no_wait {
+        return Ok(());
+    }
+    settle(client, pool, w.timeout).await
 }
 
 /// `steward scale POOL N`.
-pub async fn scale(client: &Client, pool: &str, instances: u32) -> Result<(), Failure> {
+pub async fn scale(client: &Client, pool: &str, instances: u32, w: Wait) -> Result<(), Failure> {
     let m: Message = client
         .call(
             Method::POST,
@@ -34,7 +44,64 @@ pub async fn scale(client: &Client, pool: &str, instances: u32) -> Result<(), Fa
             Some(&serde_json::json!({ "instances": instances })),
         )
         .await?;
-    out::line(&m.message)
+    out::line(&m.message)?;
+    if w.no_wait {
+        return Ok(());
+    }
+    settle(client, pool, w.timeout).await
+}
+
+/// Wait until the pool runs what it now wants: no worker left when it is stopped, every
+/// wanted worker running otherwise (an exec pool, no more job processes than its lanes).
+async fn settle(client: &Client, pool: &str, timeout: Duration) -> Result<(), Failure> {
+    let begun = std::time::Instant::now();
+    loop {
+        let s: DaemonStatus = client.get("/v1/status").await?;
+        let Some(p) = s.pools.iter().find(|p| p.name == pool) else {
+            return Err(Failure::Failed(format!(
+                "pool {pool} disappeared (was it removed by a reload?)"
+            )));
+        };
+        if let Some(w) = p
+            .workers
+            .iter()
+            .find(|w| matches!(w.state.as_str(), "failed" | "crash-looping"))
+        {
+            return Err(Failure::Failed(format!(
+                "{pool}/{} is {}: {}. See: journalctl -u steward POOL={pool}",
+                w.instance,
+                w.state,
+                w.reason
+                    .clone()
+                    .or_else(|| w.last_exit.as_ref().map(|e| e.description.clone()))
+                    .unwrap_or_default()
+            )));
+        }
+        let live = p.workers.len() as u32;
+        let done = if p.mode == "exec" {
+            live <= p.instances
+        } else {
+            live == p.instances && p.running == p.instances
+        };
+        if done {
+            return out::line(&if p.instances == 0 {
+                format!("pool {pool} stopped: no workers left")
+            } else if p.mode == "exec" {
+                format!("pool {pool}: up to {} job processes at once", p.instances)
+            } else {
+                format!("pool {pool}: {}/{} running", p.running, p.instances)
+            });
+        }
+        if begun.elapsed() > timeout {
+            return Err(Failure::Failed(format!(
+                "pool {pool} did not settle within {} ({live} workers, {} running, {} wanted); see `steward status`",
+                humantime::format_duration(timeout),
+                p.running,
+                p.instances
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// `steward ps`: one line per worker and job process.
