@@ -245,11 +245,18 @@ async fn metrics(State(st): State<AppState>) -> Response {
         }
     }
     g.jobs.sort();
-    // How long the job due longest has waited, per queue (0: none is due).
+    // How long the job due longest has waited, per queue (0: none is due). Left out
+    // when the journal does not answer within a second: a scrape must not hang on it,
+    // least of all while the journal is in trouble (steward_journal_writable says so).
     let mut names: Vec<String> = st.journal.stats().queues.keys().cloned().collect();
     names.sort();
     let now = crate::time::now_ms();
-    if let Ok(o) = st.journal.overview(names.clone(), now).await {
+    let overview = tokio::time::timeout(
+        Duration::from_secs(1),
+        st.journal.overview(names.clone(), now),
+    )
+    .await;
+    if let Ok(Ok(o)) = overview {
         for q in names {
             let secs = o
                 .oldest_queued
