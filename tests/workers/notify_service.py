@@ -56,6 +56,9 @@ time.sleep(float(os.environ.get("READY_AFTER", "0")))
 if os.environ.get("CHILD_READY") == "1":
     if os.fork() == 0:
         notify("READY=1")
+        # A sender that exits at once may be gone before steward reads its datagram,
+        # and a sender steward cannot see is not heard (as under systemd).
+        time.sleep(1)
         os._exit(0)
     os.wait()
 else:
