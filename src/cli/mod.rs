@@ -590,16 +590,8 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
             queue,
             state,
             yes,
-        } => {
-            let s = jobs::Selection {
-                ids: ids.clone(),
-                queue: queue.clone(),
-                state: state.clone(),
-                yes: *yes,
-            };
-            jobs::act(&client, s, false).await
         }
-        Command::Retry {
+        | Command::Retry {
             ids,
             queue,
             state,
@@ -611,7 +603,8 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
                 state: state.clone(),
                 yes: *yes,
             };
-            jobs::act(&client, s, true).await
+            let retry = matches!(cli.command, Command::Retry { .. });
+            jobs::act(&client, s, retry).await
         }
         Command::Stop {
             pool,
@@ -704,15 +697,7 @@ fn when(text: &str) -> Result<String, Failure> {
 async fn pool_queues(client: &Client, pool: &str) -> Result<Vec<String>, Failure> {
     let s: DaemonStatus = client.get("/v1/status").await?;
     let Some(p) = s.pools.iter().find(|p| p.name == pool) else {
-        let known: Vec<&str> = s.pools.iter().map(|p| p.name.as_str()).collect();
-        return Err(Failure::Failed(format!(
-            "no pool named `{pool}`; configured pools: {}",
-            if known.is_empty() {
-                "(none)".to_string()
-            } else {
-                known.join(", ")
-            }
-        )));
+        return Err(pools::no_such_pool(pool, &s));
     };
     if p.queues.is_empty() {
         return Err(Failure::Failed(format!(

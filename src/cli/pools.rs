@@ -181,6 +181,19 @@ fn mib(bytes: u64) -> String {
     format!("{:.1}M", bytes as f64 / (1024.0 * 1024.0))
 }
 
+/// "no pool named `x`; configured pools: a, b", from the daemon's status.
+pub fn no_such_pool(pool: &str, s: &DaemonStatus) -> Failure {
+    let known: Vec<&str> = s.pools.iter().map(|p| p.name.as_str()).collect();
+    Failure::Failed(format!(
+        "no pool named `{pool}`; configured pools: {}",
+        if known.is_empty() {
+            "(none)".to_string()
+        } else {
+            known.join(", ")
+        }
+    ))
+}
+
 /// `steward version`: this program's version, and the running daemon's if it answers.
 pub async fn version(client: &Client, socket: &Path) -> Result<(), Failure> {
     out::line(&format!("steward {}", env!("CARGO_PKG_VERSION")))?;
@@ -263,15 +276,7 @@ pub async fn logs(client: &Client, a: LogsArgs) -> Result<(), Failure> {
         .await
             && !s.pools.iter().any(|p| &p.name == pool)
         {
-            let known: Vec<&str> = s.pools.iter().map(|p| p.name.as_str()).collect();
-            return Err(Failure::Failed(format!(
-                "no pool named `{pool}`; configured pools: {}",
-                if known.is_empty() {
-                    "(none)".to_string()
-                } else {
-                    known.join(", ")
-                }
-            )));
+            return Err(no_such_pool(pool, &s));
         }
     }
     use std::os::unix::process::CommandExt;

@@ -2290,22 +2290,7 @@ impl Supervisor {
                     "restarting pool {name}: {n} workers, one at a time"
                 ))
             }
-            _ => {
-                let known: Vec<&str> = self
-                    .pools
-                    .iter()
-                    .filter(|(_, p)| !p.removing)
-                    .map(|(n, _)| n.as_str())
-                    .collect();
-                Err(format!(
-                    "no pool named `{name}`; configured pools: {}",
-                    if known.is_empty() {
-                        "(none)".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ))
-            }
+            _ => Err(self.no_such_pool(name)),
         }
     }
 
