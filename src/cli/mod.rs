@@ -20,6 +20,7 @@ use crate::config::{self, DEFAULT_CONFIG_PATH, Environment};
 use crate::control::client::{Client, ClientError};
 use crate::error::Failure;
 use crate::logging::LogFormat;
+use crate::supervisor::PoolAction;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -610,35 +611,28 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
             pool,
             no_wait,
             timeout,
-        } => {
-            let w = pools::Wait {
-                no_wait: *no_wait,
-                timeout: *timeout,
-            };
-            pools::stop_start(&client, pool, true, w).await
         }
-        Command::Start {
+        | Command::Start {
             pool,
             no_wait,
             timeout,
-        } => {
-            let w = pools::Wait {
-                no_wait: *no_wait,
-                timeout: *timeout,
-            };
-            pools::stop_start(&client, pool, false, w).await
         }
-        Command::Scale {
+        | Command::Scale {
             pool,
-            instances,
             no_wait,
             timeout,
+            ..
         } => {
+            let action = match &cli.command {
+                Command::Stop { .. } => PoolAction::Stop,
+                Command::Scale { instances, .. } => PoolAction::Scale(*instances),
+                _ => PoolAction::Start,
+            };
             let w = pools::Wait {
                 no_wait: *no_wait,
                 timeout: *timeout,
             };
-            pools::scale(&client, pool, *instances, w).await
+            pools::operate(&client, pool, action, w).await
         }
         Command::Ps { json } => pools::ps(&client, *json).await,
         Command::Version => pools::version(&client, &socket_path(cli)).await,

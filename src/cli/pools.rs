@@ -11,6 +11,7 @@ use super::status::format_secs;
 use crate::api::{DaemonStatus, Message};
 use crate::control::client::Client;
 use crate::error::Failure;
+use crate::supervisor::PoolAction;
 
 /// How `stop`, `start` and `scale` wait for their result.
 pub struct Wait {
@@ -18,30 +19,24 @@ pub struct Wait {
     pub timeout: Duration,
 }
 
-/// `steward stop|start POOL`.
-pub async fn stop_start(client: &Client, pool: &str, stop: bool, w: Wait) -> Result<(), Failure> {
-    let what = if stop { "stop" } else { "start" };
+/// `steward stop|start|scale POOL`: ask, say what the daemon answered, and wait (unless
+/// told not to) until the pool has settled.
+pub async fn operate(
+    client: &Client,
+    pool: &str,
+    action: PoolAction,
+    w: Wait,
+) -> Result<(), Failure> {
+    let (what, body) = match action {
+        PoolAction::Stop => ("stop", None),
+        PoolAction::Start => ("start", None),
+        PoolAction::Scale(n) => ("scale", Some(serde_json::json!({ "instances": n }))),
+    };
     let m: Message = client
         .call(
             Method::POST,
             &format!("/v1/pools/{}/{what}", super::jobs::encode(pool)),
-            None::<&()>,
-        )
-        .await?;
-    out::line(&m.message)?;
-    if w.no_wait {
-        return Ok(());
-    }
-    settle(client, pool, w.timeout).await
-}
-
-/// `steward scale POOL N`.
-pub async fn scale(client: &Client, pool: &str, instances: u32, w: Wait) -> Result<(), Failure> {
-    let m: Message = client
-        .call(
-            Method::POST,
-            &format!("/v1/pools/{}/scale", super::jobs::encode(pool)),
-            Some(&serde_json::json!({ "instances": instances })),
+            body.as_ref(),
         )
         .await?;
     out::line(&m.message)?;
