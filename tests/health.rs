@@ -91,6 +91,52 @@ fn an_unhealthy_worker_is_restarted_and_a_frozen_one_is_found_by_its_timeout() {
     );
 }
 
+#[test]
+fn a_connection_the_service_keeps_carries_the_probes_and_a_freeze_behind_it_is_found() {
+    let env = Env::new();
+    let config = service(&env, 1, free_ports(), "").replace(
+        "env = { PORT = \"{port}\" }",
+        "env = { PORT = \"{port}\", KEEP_ALIVE = \"1\" }",
+    );
+    env.write_config(&config);
+    let d = Daemon::start(&env);
+    let pid = wait_for(TIMEOUT, "a passing probe", || {
+        let w = d.pool("web").workers.remove(0);
+        w.health
+            .as_ref()
+            .filter(|h| h.ok && w.state == "running")
+            .and(w.pid)
+    });
+    // Probes every 200 ms for 3 s: some 15 of them, on one connection.
+    std::thread::sleep(Duration::from_secs(3));
+    let passed = metric(
+        &http_get_metrics(&d),
+        "steward_health_checks_total{pool=\"web\",result=\"pass\"}",
+    );
+    let connections = std::fs::read_to_string(env.path("connections-0"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(passed >= 10.0, "{passed} probes passed");
+    assert!(
+        connections <= 2,
+        "{connections} connections for {passed} probes"
+    );
+    // Frozen with the connection open: the kernel still takes the request, nothing
+    // answers, and the probe's timeout finds it as on a new connection.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    d.wait_log("(last: no answer within 500ms); restarting it");
+    wait_for(TIMEOUT, "a new worker in its place", || {
+        let w = d.pool("web").workers.remove(0);
+        (w.pid.is_some_and(|p| p != pid) && w.state == "running").then_some(())
+    });
+    assert!(!alive(pid), "the frozen worker is still there");
+}
+
 fn http_get_metrics(d: &Daemon) -> String {
     http_get(http_port(d), "/metrics").expect("/metrics").1
 }

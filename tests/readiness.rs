@@ -311,6 +311,11 @@ fn check_config_refuses_readiness_that_cannot_work_at_its_position() {
             "has more than one of http, tcp and exec",
         ),
         (
+            "[pool.a]\ncommand = [\"true\"]\n[pool.a.health]\ntcp = \"127.0.0.1:1\"\nkeep_alive = false\n",
+            5,
+            "pool.a.health.keep_alive is for http probes only",
+        ),
+        (
             "[pool.a]\ncommand = [\"true\"]\n[pool.a.health]\nexec = []\n",
             4,
             "pool.a.health.exec is empty",

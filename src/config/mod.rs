@@ -318,6 +318,9 @@ pub struct HealthSpec {
     /// From the worker's start, how long failed probes do not count (probing every 2 s,
     /// or `interval` if shorter, until it is ready); `None`: the pool's start_timeout.
     pub start_period: Option<Duration>,
+    /// HTTP probes: keep the connection for the next probe while the server allows it
+    /// (a new one at least every minute, and after any failure).
+    pub keep_alive: bool,
 }
 
 /// What a probe asks; `{port}` and `{instance}` are filled in per worker.
@@ -1684,6 +1687,7 @@ fn parse_pool(
                 "successes",
                 "on_failure",
                 "start_period",
+                "keep_alive",
             ],
         );
     }
@@ -1933,7 +1937,18 @@ fn health_spec(ctx: &mut Ctx, h: &Section, name: &str, probe: ProbeSpec) -> Heal
         successes: 1,
         on_failure: OnUnhealthy::Restart,
         start_period: None,
+        keep_alive: true,
     };
+    if let Some((b, span)) = h.boolean_spanned(ctx, "keep_alive") {
+        if matches!(spec.probe, ProbeSpec::Http(_)) {
+            spec.keep_alive = b;
+        } else {
+            ctx.error(
+                span,
+                format!("pool.{name}.health.keep_alive is for http probes only: remove it"),
+            );
+        }
+    }
     if let Some(d) = h.duration(ctx, "start_period") {
         spec.start_period = Some(d);
     }

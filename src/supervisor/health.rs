@@ -1,7 +1,34 @@
 //! What a run of health probe results means for one worker, and what to do about an
 //! unhealthy one given the rest of its pool. Pure: no probes, no clocks.
 
+use std::time::{Duration, Instant};
+
 use crate::config::{HealthSpec, OnUnhealthy};
+use crate::time::after;
+
+/// Probes start on a tick of this length shared by every worker, so that 1,000 workers
+/// probed every second wake the daemon 50 times a second, not 1,000 times, and their
+/// connections go out together.
+pub const PROBE_TICK: Duration = Duration::from_millis(50);
+
+/// When the next probe is due: `pace` after the last one was due, or `pace` from `now`
+/// if the last one ran past that (a slow probe does not bring on a burst of them).
+pub fn next_due(last_due: Instant, pace: Duration, now: Instant) -> Instant {
+    let next = after(last_due, pace);
+    if next < now { after(now, pace) } else { next }
+}
+
+/// `due`, put off to the next [`PROBE_TICK`] counted from `epoch`.
+pub fn on_tick(due: Instant, epoch: Instant) -> Instant {
+    let Some(since) = due.checked_duration_since(epoch) else {
+        return due;
+    };
+    let tick = PROBE_TICK.as_nanos();
+    match since.as_nanos() % tick {
+        0 => due,
+        rest => after(due, Duration::from_nanos((tick - rest) as u64)),
+    }
+}
 
 /// One worker's probe record.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -113,6 +140,30 @@ mod tests {
     use super::*;
     use crate::config::ProbeSpec;
 
+    #[test]
+    fn probes_keep_their_pace_on_the_shared_tick() {
+        let epoch = Instant::now();
+        let ms = Duration::from_millis;
+        // Due at 1,005 ms: waits for the tick at 1,020 ms.
+        assert_eq!(on_tick(epoch + ms(1005), epoch), epoch + ms(1020));
+        assert_eq!(on_tick(epoch + ms(1020), epoch), epoch + ms(1020));
+        assert_eq!(on_tick(epoch + ms(1), epoch), epoch + ms(20));
+        // The next time is counted from when the last was due, not from the tick, so
+        // rounding does not add up: ten probes a second apart take ten seconds.
+        let mut due = epoch + ms(5);
+        for _ in 0..10 {
+            due = next_due(due, ms(1000), due);
+        }
+        assert_eq!(due, epoch + ms(10_005));
+        // A probe that ran 3 s past its time: the next is an interval from now.
+        let late = epoch + ms(13_000);
+        assert_eq!(next_due(due, ms(1000), late), late + ms(1000));
+        // Nothing overflows, whatever the interval.
+        let far = next_due(due, Duration::MAX, late);
+        assert!(far > late);
+        assert!(on_tick(far, epoch) >= far);
+    }
+
     fn spec(failures: u32, successes: u32) -> HealthSpec {
         HealthSpec {
             probe: ProbeSpec::Tcp("127.0.0.1:1".into()),
@@ -122,6 +173,7 @@ mod tests {
             successes,
             on_failure: OnUnhealthy::Restart,
             start_period: None,
+            keep_alive: true,
         }
     }
 

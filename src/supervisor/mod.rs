@@ -189,6 +189,9 @@ impl Slot {
         let (last, pool) = (self.last_probe.clone(), self.pool.clone());
         self.prober = Some(tokio::spawn(async move {
             let mut passes = 0u32;
+            let mut prober = crate::probe::Prober::new(target, h.keep_alive);
+            let epoch = *PROBE_EPOCH.get_or_init(Instant::now);
+            let mut due = Instant::now();
             loop {
                 let starting =
                     !up.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < start_end;
@@ -197,15 +200,16 @@ impl Slot {
                 } else {
                     h.interval
                 };
-                tokio::time::sleep(pace).await;
-                if let crate::probe::Target::Exec(_) = target {
+                due = health::next_due(due, pace, Instant::now());
+                tokio::time::sleep_until(health::on_tick(due, epoch).into()).await;
+                if let crate::probe::Target::Exec(_) = prober.target() {
                     // A command is started by the loop, which reaps every child.
                     if events.send(Event::ProbeDue { slot: id, pid }).is_err() {
                         return;
                     }
                     continue;
                 }
-                let outcome = crate::probe::run(&target, h.timeout).await;
+                let outcome = prober.run(h.timeout).await;
                 health::note(&metrics, &pool, &last, &outcome);
                 let is_up = up.load(std::sync::atomic::Ordering::Relaxed);
                 let quiet = health::quiet(outcome.ok, is_up, passes, h.successes);
@@ -231,6 +235,9 @@ impl Slot {
         }));
     }
 }
+
+/// Where the probe tick of every worker is counted from.
+static PROBE_EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
 /// How often a worker is probed during its start period.
 const START_PROBE_EVERY: Duration = Duration::from_secs(2);
