@@ -180,7 +180,7 @@ pub async fn claim_many(
     .await;
     promoted.map_err(err("make scheduled jobs due"))?;
     let mut out = Vec::with_capacity(requests.len());
-    for ((r, n), rows) in requests.iter().zip(&ns).zip(claimed) {
+    for rows in claimed {
         let rows = rows.map_err(err("claim jobs"))?;
         let jobs: Vec<Leased> = rows
             .iter()
@@ -194,20 +194,32 @@ pub async fn claim_many(
                 payload: r.get(6),
             })
             .collect();
-        let mut next_run_at_ms = None;
-        if (jobs.len() as i64) < *n {
-            next_run_at_ms = client
+        out.push(Claimed {
+            jobs,
+            next_run_at_ms: None,
+        });
+    }
+    Ok(out)
+}
+
+/// For each claim that got fewer jobs than it asked for, when the next scheduled job of
+/// its queues is due (read after the claims' commit: it changes nothing).
+pub async fn note_next_runs(
+    client: &impl GenericClient,
+    hot: &Hot,
+    requests: &[ClaimRequest<'_>],
+    claimed: &mut [Claimed],
+) -> Result<(), String> {
+    for (r, c) in requests.iter().zip(claimed.iter_mut()) {
+        if c.jobs.len() < r.n {
+            c.next_run_at_ms = client
                 .query_one(&hot.next_run, &[&r.queues])
                 .await
                 .map_err(err("look for scheduled jobs"))?
                 .get(0);
         }
-        out.push(Claimed {
-            jobs,
-            next_run_at_ms,
-        });
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The ends of successful attempts (`(id, token, result)`), in one statement: what it
@@ -521,10 +533,10 @@ mod tests {
             n,
             taker: *taker,
         };
-        Ok(claim_many(c, hot, &[request])
-            .await?
-            .pop()
-            .unwrap_or_default())
+        let requests = [request];
+        let mut claimed = claim_many(c, hot, &requests).await?;
+        note_next_runs(c, hot, &requests, &mut claimed).await?;
+        Ok(claimed.pop().unwrap_or_default())
     }
 
     /// One end in a transaction of its own.

@@ -605,6 +605,11 @@ impl Conn {
     /// The group's operations in one transaction: successful ends in one statement, other
     /// ends one by one, then every claim (sent together). The answers are in the
     /// group's order.
+    ///
+    /// A group of successes and claims only, the usual kind, is sent in one write,
+    /// `BEGIN` to `COMMIT`, and answered in one round trip. That is safe because every
+    /// statement's answer is checked: after an error PostgreSQL refuses the rest of the
+    /// transaction, and its `COMMIT` rolls back.
     async fn in_one_transaction(
         &self,
         client: &mut Client,
@@ -612,85 +617,120 @@ impl Conn {
         group: &[Op],
     ) -> Result<Vec<Option<Answer>>, String> {
         let s = self.opts.schema.as_str();
-        let tx = client.transaction().await.map_err(db)?;
         let mut answers: Vec<Option<Answer>> = group.iter().map(|_| None).collect();
         let mut succeeded = Vec::new();
-        for (i, op) in group.iter().enumerate() {
-            if let Op::Finish {
-                id,
-                token,
-                outcome,
-                backoff,
-                output,
-                ..
-            } = op
-            {
-                match (outcome, output) {
-                    (Outcome::Succeeded { result }, None) => {
-                        succeeded.push((i, (*id, *token, result.as_deref())))
-                    }
-                    _ => {
-                        answers[i] = Some(Answer::Finished(
-                            leases::finish_in(
-                                &tx,
-                                s,
-                                *id,
-                                *token,
-                                outcome,
-                                backoff,
-                                output.as_ref(),
-                            )
-                            .await?,
-                        ))
-                    }
-                }
-            }
-        }
-        if !succeeded.is_empty() {
-            let done: Vec<_> = succeeded.iter().map(|(_, d)| *d).collect();
-            let applied = leases::succeed_many(&tx, hot, &done).await?;
-            for (i, (id, _, _)) in succeeded {
-                answers[i] = Some(Answer::Finished(match applied.get(&id) {
-                    Some(&run_at_ms) => Finished::Applied {
-                        state: JobState::Succeeded,
-                        run_at_ms,
-                        reason: None,
-                    },
-                    None => Finished::Stale,
-                }));
-            }
-        }
+        let mut others = Vec::new();
         let mut at = Vec::new();
         let mut requests = Vec::new();
         for (i, op) in group.iter().enumerate() {
-            if let Op::Claim {
-                queues,
-                n,
-                worker,
-                pid,
-                ..
-            } = op
-            {
-                at.push(i);
-                requests.push(leases::ClaimRequest {
+            match op {
+                Op::Finish {
+                    id,
+                    token,
+                    outcome: Outcome::Succeeded { result },
+                    output: None,
+                    ..
+                } => succeeded.push((i, (*id, *token, result.as_deref()))),
+                Op::Finish { .. } => others.push(i),
+                Op::Claim {
                     queues,
-                    n: *n,
-                    taker: Taker {
-                        host: &self.opts.host,
-                        run_id: &self.opts.run_id,
-                        worker,
-                        pid: *pid,
-                    },
-                });
+                    n,
+                    worker,
+                    pid,
+                    ..
+                } => {
+                    at.push(i);
+                    requests.push(leases::ClaimRequest {
+                        queues,
+                        n: *n,
+                        taker: Taker {
+                            host: &self.opts.host,
+                            run_id: &self.opts.run_id,
+                            worker,
+                            pid: *pid,
+                        },
+                    });
+                }
+                _ => {}
             }
         }
-        if !requests.is_empty() {
-            let claimed = leases::claim_many(&tx, hot, &requests).await?;
-            for (i, c) in at.into_iter().zip(claimed) {
-                answers[i] = Some(Answer::Claimed(c));
+        let done: Vec<_> = succeeded.iter().map(|(_, d)| *d).collect();
+        let (applied, mut claimed) = if others.is_empty() {
+            let c = &*client;
+            let succeed = async {
+                if done.is_empty() {
+                    Ok(HashMap::new())
+                } else {
+                    leases::succeed_many(c, hot, &done).await
+                }
+            };
+            let claim = async {
+                if requests.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    leases::claim_many(c, hot, &requests).await
+                }
+            };
+            // Polled in this order, each sends its statement at its first poll.
+            let (begun, applied, claimed, committed) = futures_util::future::join4(
+                c.batch_execute("BEGIN"),
+                succeed,
+                claim,
+                c.batch_execute("COMMIT"),
+            )
+            .await;
+            begun.map_err(db)?;
+            let (applied, claimed) = (applied?, claimed?);
+            committed.map_err(db)?;
+            (applied, claimed)
+        } else {
+            let tx = client.transaction().await.map_err(db)?;
+            for &i in &others {
+                if let Op::Finish {
+                    id,
+                    token,
+                    outcome,
+                    backoff,
+                    output,
+                    ..
+                } = &group[i]
+                {
+                    answers[i] = Some(Answer::Finished(
+                        leases::finish_in(&tx, s, *id, *token, outcome, backoff, output.as_ref())
+                            .await?,
+                    ));
+                }
             }
+            let applied = if done.is_empty() {
+                HashMap::new()
+            } else {
+                leases::succeed_many(&tx, hot, &done).await?
+            };
+            let claimed = if requests.is_empty() {
+                Vec::new()
+            } else {
+                leases::claim_many(&tx, hot, &requests).await?
+            };
+            tx.commit().await.map_err(db)?;
+            (applied, claimed)
+        };
+        // Committed: what is no longer in doubt.
+        if let Err(e) = leases::note_next_runs(&*client, hot, &requests, &mut claimed).await {
+            tracing::debug!("{e}");
         }
-        tx.commit().await.map_err(db)?;
+        for (i, (id, _, _)) in succeeded {
+            answers[i] = Some(Answer::Finished(match applied.get(&id) {
+                Some(&run_at_ms) => Finished::Applied {
+                    state: JobState::Succeeded,
+                    run_at_ms,
+                    reason: None,
+                },
+                None => Finished::Stale,
+            }));
+        }
+        for (i, c) in at.into_iter().zip(claimed) {
+            answers[i] = Some(Answer::Claimed(c));
+        }
         Ok(answers)
     }
 
