@@ -62,29 +62,42 @@ impl Hot {
         // Each queue's head is read from the dispatch index on its own (`queue = ANY`
         // would sort every queued row of the queues); with several queues, up to `n`
         // rows of each are locked until the commit, and only the first `n` are taken.
+        // One statement claims for every worker of the group that asks for the same
+        // queues: the jobs, best first, are dealt out in the workers' order, `n` each
+        // ($7), so the first worker gets the first jobs as if it had asked alone.
         let claim = format!(
-            "WITH c AS MATERIALIZED (
-                 SELECT k.id FROM unnest($1::text[]) AS q(name) CROSS JOIN LATERAL (
+            "WITH r AS (
+                 SELECT worker, pid, ord, (sum(n) OVER (ORDER BY ord) - n)::bigint AS lo,
+                     (sum(n) OVER (ORDER BY ord))::bigint AS hi
+                 FROM unnest($5::text[], $6::integer[], $7::bigint[])
+                     WITH ORDINALITY AS r(worker, pid, n, ord)),
+             c AS MATERIALIZED (
+                 SELECT k.id, k.priority, k.run_at FROM unnest($1::text[]) AS q(name) CROSS JOIN LATERAL (
                      SELECT id, priority, run_at FROM {schema}.jobs
                      WHERE state = 'queued' AND queue = q.name
                      ORDER BY priority DESC, run_at, id
                      LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED) k
                  ORDER BY k.priority DESC, k.run_at, k.id LIMIT $2),
+             w AS (
+                 SELECT n.id, r.worker, r.pid, r.ord FROM (
+                     SELECT id, row_number() OVER (ORDER BY priority DESC, run_at, id) - 1 AS k
+                     FROM c) n
+                 JOIN r ON n.k >= r.lo AND n.k < r.hi),
              u AS (
                  UPDATE {schema}.jobs j SET state = 'running', attempts = j.attempts + 1,
                      tries = j.tries + 1, lease_token = j.lease_token + 1,
-                     lease_host = $3, lease_run = $4, worker = $5, claimed_at = now(),
+                     lease_host = $3, lease_run = $4, worker = w.worker, claimed_at = now(),
                      updated_at = now(), progress = NULL, progress_message = NULL
-                 FROM c WHERE j.id = c.id
+                 FROM w WHERE j.id = w.id
                  RETURNING j.id, j.queue, j.attempts, j.lease_token, j.timeout_ms,
-                     j.created_at, j.priority, j.run_at),
+                     j.created_at, j.priority, j.run_at, w.worker, w.pid, w.ord),
              a AS (
                  INSERT INTO {schema}.attempts (job_id, attempt, host, worker, pid, started_at)
-                 SELECT id, attempts, $3, $5, $6, now() FROM u)
+                 SELECT id, attempts, $3, worker, pid, now() FROM u)
              SELECT u.id, u.queue, u.attempts, u.lease_token, u.timeout_ms,
-                 (extract(epoch FROM u.created_at) * 1000)::bigint, d.payload::text
+                 (extract(epoch FROM u.created_at) * 1000)::bigint, d.payload::text, u.ord
              FROM u JOIN {schema}.job_data d ON d.job_id = u.id
-             ORDER BY u.priority DESC, u.run_at, u.id"
+             ORDER BY u.ord, u.priority DESC, u.run_at, u.id"
         );
         let next_run = format!(
             "SELECT (extract(epoch FROM min(run_at)) * 1000)::bigint FROM {schema}.jobs
@@ -143,9 +156,10 @@ pub struct ClaimRequest<'a> {
     pub taker: Taker<'a>,
 }
 
-/// Several workers' claims, in order, sent together (one round trip for all of them,
-/// not one each): the statements still run one after another on the server, so a job
-/// goes to the first request that reaches it.
+/// Several workers' claims, in order: one statement for the workers that ask for the
+/// same queues, the statements sent together (one round trip for all of them). They
+/// run one after another on the server, so a job goes to the first request that
+/// reaches it.
 pub async fn claim_many(
     client: &impl GenericClient,
     hot: &Hot,
@@ -154,22 +168,57 @@ pub async fn claim_many(
     let mut queues: Vec<String> = requests.iter().flat_map(|r| r.queues.to_vec()).collect();
     queues.sort();
     queues.dedup();
-    let ns: Vec<i64> = requests
+    // The requests of each statement, by their queues and their daemon run.
+    let mut sets: Vec<Vec<usize>> = Vec::new();
+    for (i, r) in requests.iter().enumerate() {
+        let same = |j: &usize| {
+            let o = &requests[*j];
+            o.queues == r.queues && o.taker.host == r.taker.host && o.taker.run_id == r.taker.run_id
+        };
+        match sets.iter_mut().find(|set| set.first().is_some_and(same)) {
+            Some(set) => set.push(i),
+            None => sets.push(vec![i]),
+        }
+    }
+    struct Statement<'a> {
+        queues: &'a [String],
+        total: i64,
+        host: &'a str,
+        run_id: &'a str,
+        workers: Vec<&'a str>,
+        pids: Vec<i32>,
+        ns: Vec<i64>,
+    }
+    let n_of = |r: &ClaimRequest| i64::try_from(r.n).unwrap_or(i64::MAX);
+    let statements: Vec<Statement> = sets
         .iter()
-        .map(|r| i64::try_from(r.n).unwrap_or(i64::MAX))
+        .map(|set| {
+            let first = &requests[set[0]];
+            Statement {
+                queues: first.queues,
+                total: set
+                    .iter()
+                    .fold(0i64, |t, &i| t.saturating_add(n_of(&requests[i]))),
+                host: first.taker.host,
+                run_id: first.taker.run_id,
+                workers: set.iter().map(|&i| requests[i].taker.worker).collect(),
+                pids: set.iter().map(|&i| requests[i].taker.pid).collect(),
+                ns: set.iter().map(|&i| n_of(&requests[i])).collect(),
+            }
+        })
         .collect();
     let promote_params: [&(dyn ToSql + Sync); 2] = [&queues, &PROMOTE_AT_MOST];
-    let params: Vec<[&(dyn ToSql + Sync); 6]> = requests
+    let params: Vec<[&(dyn ToSql + Sync); 7]> = statements
         .iter()
-        .zip(&ns)
-        .map(|(r, n)| -> [&(dyn ToSql + Sync); 6] {
+        .map(|st| -> [&(dyn ToSql + Sync); 7] {
             [
-                &r.queues,
-                n,
-                &r.taker.host,
-                &r.taker.run_id,
-                &r.taker.worker,
-                &r.taker.pid,
+                &st.queues,
+                &st.total,
+                &st.host,
+                &st.run_id,
+                &st.workers,
+                &st.pids,
+                &st.ns,
             ]
         })
         .collect();
@@ -179,12 +228,15 @@ pub async fn claim_many(
     )
     .await;
     promoted.map_err(err("make scheduled jobs due"))?;
-    let mut out = Vec::with_capacity(requests.len());
-    for rows in claimed {
-        let rows = rows.map_err(err("claim jobs"))?;
-        let jobs: Vec<Leased> = rows
-            .iter()
-            .map(|r| Leased {
+    let mut out: Vec<Claimed> = requests.iter().map(|_| Claimed::default()).collect();
+    for (set, rows) in sets.iter().zip(claimed) {
+        for r in rows.map_err(err("claim jobs"))? {
+            // The worker's place in its statement, from 1.
+            let ord: i64 = r.get(7);
+            let Some(&i) = usize::try_from(ord - 1).ok().and_then(|k| set.get(k)) else {
+                continue;
+            };
+            out[i].jobs.push(Leased {
                 id: r.get(0),
                 queue: r.get(1),
                 attempt: u32::try_from(r.get::<_, i32>(2)).unwrap_or(0),
@@ -192,12 +244,8 @@ pub async fn claim_many(
                 timeout_ms: r.get(4),
                 created_ms: r.get(5),
                 payload: r.get(6),
-            })
-            .collect();
-        out.push(Claimed {
-            jobs,
-            next_run_at_ms: None,
-        });
+            });
+        }
     }
     Ok(out)
 }
@@ -613,6 +661,81 @@ mod tests {
         let next = claimed.next_run_at_ms.expect("the scheduled job's time");
         let in_ms = next - crate::time::now_ms();
         assert!((3_500_000..=3_600_000).contains(&in_ms), "{in_ms}");
+    }
+
+    #[tokio::test]
+    async fn workers_asking_together_share_one_statement_in_their_order() {
+        let Some(pg) = Cluster::start() else { return };
+        let c = with_jobs(&pg, 0).await;
+        let mut ids = Vec::new();
+        for p in [1, 5, 3, 9, 7] {
+            let sql = format!("SELECT steward.submit('q', '{p}', priority => {p})");
+            ids.push((
+                p,
+                c.query_one(sql.as_str(), &[])
+                    .await
+                    .unwrap()
+                    .get::<_, i64>(0),
+            ));
+        }
+        ids.sort_by_key(|(p, _)| -p);
+        let best: Vec<i64> = ids.iter().map(|(_, id)| *id).collect();
+        c.execute("SELECT steward.submit('other', '0')", &[])
+            .await
+            .unwrap();
+        let hot = Hot::prepare(&c, S).await.unwrap();
+        let (q, other) = (vec!["q".to_string()], vec!["other".to_string()]);
+        let ask = |queues, n, worker, pid| ClaimRequest {
+            queues,
+            n,
+            taker: Taker {
+                host: "h",
+                run_id: "r",
+                worker,
+                pid,
+            },
+        };
+        let requests = [
+            ask(&q[..], 2, "w/0", 10),
+            ask(&other[..], 5, "x/0", 20),
+            ask(&q[..], 2, "w/1", 11),
+            ask(&q[..], 4, "w/2", 12),
+        ];
+        let claimed = claim_many(&c, &hot, &requests).await.unwrap();
+        let got = |i: usize| claimed[i].jobs.iter().map(|j| j.id).collect::<Vec<_>>();
+        // The best two to the first worker, the next two to the next, the last to the
+        // third; the other queue's statement apart.
+        assert_eq!(got(0), best[0..2]);
+        assert_eq!(got(2), best[2..4]);
+        assert_eq!(got(3), best[4..5]);
+        assert_eq!(claimed[1].jobs.len(), 1);
+        // Each job's row and attempt name its own worker and pid.
+        for (i, worker, pid) in [
+            (0, "w/0", 10),
+            (2, "w/1", 11),
+            (3, "w/2", 12),
+            (1, "x/0", 20),
+        ] {
+            for job in &claimed[i].jobs {
+                let row = c
+                    .query_one(
+                        "SELECT j.worker, a.worker, a.pid FROM steward.jobs j
+                         JOIN steward.attempts a ON a.job_id = j.id AND a.attempt = j.attempts
+                         WHERE j.id = $1 AND j.state = 'running' AND j.lease_run = 'r'",
+                        &[&job.id],
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    (
+                        row.get::<_, String>(0),
+                        row.get::<_, String>(1),
+                        row.get::<_, i32>(2)
+                    ),
+                    (worker.to_string(), worker.to_string(), pid)
+                );
+            }
+        }
     }
 
     #[tokio::test]
