@@ -144,10 +144,11 @@ mod tests {
     fn probes_keep_their_pace_on_the_shared_tick() {
         let epoch = Instant::now();
         let ms = Duration::from_millis;
-        // Due at 1,005 ms: waits for the tick at 1,020 ms.
-        assert_eq!(on_tick(epoch + ms(1005), epoch), epoch + ms(1020));
-        assert_eq!(on_tick(epoch + ms(1020), epoch), epoch + ms(1020));
-        assert_eq!(on_tick(epoch + ms(1), epoch), epoch + ms(20));
+        let tick = PROBE_TICK;
+        // Due 5 ms past a tick: waits for the next one; due on a tick: goes at once.
+        assert_eq!(on_tick(epoch + tick * 20 + ms(5), epoch), epoch + tick * 21);
+        assert_eq!(on_tick(epoch + tick * 21, epoch), epoch + tick * 21);
+        assert_eq!(on_tick(epoch + ms(1), epoch), epoch + tick);
         // The next time is counted from when the last was due, not from the tick, so
         // rounding does not add up: ten probes a second apart take ten seconds.
         let mut due = epoch + ms(5);
