@@ -250,6 +250,47 @@ pub async fn claim_many(
     Ok(out)
 }
 
+/// Successful ends and claims in one transaction sent in one write, `BEGIN` to
+/// `COMMIT`, and answered in one round trip. Safe because every statement's answer is
+/// checked: after an error PostgreSQL refuses the rest of the transaction and its
+/// `COMMIT` rolls back, so an `Err` means nothing of it was applied. (A statement the
+/// client refused to send would break that, but none can be: the statements are
+/// prepared and their parameters are integers, strings and arrays of them, whose types
+/// are fixed here and whose encoding cannot fail. A closed connection sends nothing.)
+pub async fn succeed_and_claim(
+    client: &Client,
+    hot: &Hot,
+    done: &[(i64, i64, Option<&str>)],
+    requests: &[ClaimRequest<'_>],
+) -> Result<(HashMap<i64, i64>, Vec<Claimed>), String> {
+    let succeed = async {
+        if done.is_empty() {
+            Ok(HashMap::new())
+        } else {
+            succeed_many(client, hot, done).await
+        }
+    };
+    let claim = async {
+        if requests.is_empty() {
+            Ok(Vec::new())
+        } else {
+            claim_many(client, hot, requests).await
+        }
+    };
+    // Polled in this order, each sends its statement at its first poll.
+    let (begun, applied, claimed, committed) = futures_util::future::join4(
+        client.batch_execute("BEGIN"),
+        succeed,
+        claim,
+        client.batch_execute("COMMIT"),
+    )
+    .await;
+    begun.map_err(err("begin a transaction"))?;
+    let (applied, claimed) = (applied?, claimed?);
+    committed.map_err(err("commit"))?;
+    Ok((applied, claimed))
+}
+
 /// For each claim that got fewer jobs than it asked for, when the next scheduled job of
 /// its queues is due (read after the claims' commit: it changes nothing).
 pub async fn note_next_runs(
@@ -736,6 +777,55 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_group_sent_in_one_write_applies_all_of_it_or_nothing() {
+        let Some(pg) = Cluster::start() else { return };
+        let c = with_jobs(&pg, 4).await;
+        let hot = Hot::prepare(&c, S).await.unwrap();
+        let q = vec!["q".to_string()];
+        let jobs = claim(&c, &hot, &q, 2, &taker("h", "r")).await.unwrap().jobs;
+        let done = [(jobs[0].id, jobs[0].token, None)];
+        // A claim PostgreSQL refuses (a queue name no text can hold) after a success
+        // that would apply: the success is rolled back with it.
+        let bad = ["q\0".to_string()];
+        let ask = |queues| ClaimRequest {
+            queues,
+            n: 1,
+            taker: taker("h", "r"),
+        };
+        let refused = succeed_and_claim(&c, &hot, &done, &[ask(&q[..]), ask(&bad[..])]).await;
+        assert!(refused.is_err(), "{:?}", refused.map(|r| r.0));
+        async fn states(c: &Client) -> Vec<(String, i64)> {
+            c.query(
+                "SELECT state, count(*) FROM steward.jobs_all GROUP BY state ORDER BY state",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+            .collect()
+        }
+        assert_eq!(
+            states(&c).await,
+            vec![("queued".to_string(), 2), ("running".to_string(), 2)]
+        );
+        // The connection is fit for the next group, which applies.
+        let (applied, claimed) = succeed_and_claim(&c, &hot, &done, &[ask(&q[..])])
+            .await
+            .unwrap();
+        assert!(applied.contains_key(&jobs[0].id));
+        assert_eq!(claimed[0].jobs.len(), 1);
+        assert_eq!(
+            states(&c).await,
+            vec![
+                ("queued".to_string(), 1),
+                ("running".to_string(), 2),
+                ("succeeded".to_string(), 1)
+            ]
+        );
     }
 
     #[tokio::test]

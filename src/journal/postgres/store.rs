@@ -606,10 +606,8 @@ impl Conn {
     /// ends one by one, then every claim (sent together). The answers are in the
     /// group's order.
     ///
-    /// A group of successes and claims only, the usual kind, is sent in one write,
-    /// `BEGIN` to `COMMIT`, and answered in one round trip. That is safe because every
-    /// statement's answer is checked: after an error PostgreSQL refuses the rest of the
-    /// transaction, and its `COMMIT` rolls back.
+    /// A group of successes and claims only, the usual kind, is sent in one write
+    /// ([`leases::succeed_and_claim`]).
     async fn in_one_transaction(
         &self,
         client: &mut Client,
@@ -656,33 +654,7 @@ impl Conn {
         }
         let done: Vec<_> = succeeded.iter().map(|(_, d)| *d).collect();
         let (applied, mut claimed) = if others.is_empty() {
-            let c = &*client;
-            let succeed = async {
-                if done.is_empty() {
-                    Ok(HashMap::new())
-                } else {
-                    leases::succeed_many(c, hot, &done).await
-                }
-            };
-            let claim = async {
-                if requests.is_empty() {
-                    Ok(Vec::new())
-                } else {
-                    leases::claim_many(c, hot, &requests).await
-                }
-            };
-            // Polled in this order, each sends its statement at its first poll.
-            let (begun, applied, claimed, committed) = futures_util::future::join4(
-                c.batch_execute("BEGIN"),
-                succeed,
-                claim,
-                c.batch_execute("COMMIT"),
-            )
-            .await;
-            begun.map_err(db)?;
-            let (applied, claimed) = (applied?, claimed?);
-            committed.map_err(db)?;
-            (applied, claimed)
+            leases::succeed_and_claim(client, hot, &done, &requests).await?
         } else {
             let tx = client.transaction().await.map_err(db)?;
             for &i in &others {
