@@ -58,24 +58,8 @@ fn an_unhealthy_worker_is_restarted_and_a_frozen_one_is_found_by_its_timeout() {
     assert_eq!(d.pool("web").workers[0].state, "starting");
     std::fs::remove_file(env.path("sick-0")).unwrap();
     // A frozen worker: the kernel still takes the connection, nothing answers.
-    let pid = wait_for(TIMEOUT, "a healthy run", || {
-        let w = d.pool("web").workers.remove(0);
-        w.health
-            .as_ref()
-            .filter(|h| h.ok && w.state == "running")
-            .and(w.pid)
-    });
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGSTOP,
-    )
-    .unwrap();
-    d.wait_log("(last: no answer within 500ms); restarting it");
-    wait_for(TIMEOUT, "a new worker in its place", || {
-        let w = d.pool("web").workers.remove(0);
-        (w.pid.is_some_and(|p| p != pid) && w.state == "running").then_some(())
-    });
-    assert!(!alive(pid), "the frozen worker is still there");
+    let pid = healthy_pid(&d);
+    freeze_until_replaced(&d, pid);
     let metrics = http_get_metrics(&d);
     assert!(
         metric(
@@ -100,13 +84,7 @@ fn a_connection_the_service_keeps_carries_the_probes_and_a_freeze_behind_it_is_f
     );
     env.write_config(&config);
     let d = Daemon::start(&env);
-    let pid = wait_for(TIMEOUT, "a passing probe", || {
-        let w = d.pool("web").workers.remove(0);
-        w.health
-            .as_ref()
-            .filter(|h| h.ok && w.state == "running")
-            .and(w.pid)
-    });
+    let pid = healthy_pid(&d);
     // Probes every 200 ms for 3 s: some 15 of them, on one connection.
     std::thread::sleep(Duration::from_secs(3));
     let passed = metric(
@@ -124,6 +102,23 @@ fn a_connection_the_service_keeps_carries_the_probes_and_a_freeze_behind_it_is_f
     );
     // Frozen with the connection open: the kernel still takes the request, nothing
     // answers, and the probe's timeout finds it as on a new connection.
+    freeze_until_replaced(&d, pid);
+}
+
+/// The pid of pool web's worker once it runs and its last probe passed.
+fn healthy_pid(d: &Daemon) -> i32 {
+    wait_for(TIMEOUT, "a running worker whose probe passed", || {
+        let w = d.pool("web").workers.remove(0);
+        w.health
+            .as_ref()
+            .filter(|h| h.ok && w.state == "running")
+            .and(w.pid)
+    })
+}
+
+/// SIGSTOP the worker `pid`: the kernel still takes the connection and the request,
+/// nothing answers, so its probes time out and it is replaced.
+fn freeze_until_replaced(d: &Daemon, pid: i32) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGSTOP,
