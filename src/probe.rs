@@ -79,23 +79,16 @@ impl Prober {
     /// A prober of `target`; an HTTP target that does not parse fails every probe
     /// with the reason (the configuration checks it first).
     pub fn new(target: Target, keep_alive: bool) -> Prober {
-        let http =
-            match &target {
-                Target::Http(url) => split_url(url).ok().map(|(addr, host, path)| {
-                    Http {
+        let http = match &target {
+            Target::Http(url) => split_url(url).ok().map(|(addr, host, path)| Http {
                 addr,
-                request: format!(
-                    "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: steward-health\r\n{}\r\n",
-                    if keep_alive { "" } else { "Connection: close\r\n" }
-                )
-                .into_bytes(),
+                request: request(&host, &path, keep_alive),
                 keep_alive,
                 kept: None,
                 answer: Vec::with_capacity(1024),
-            }
-                }),
-                _ => None,
-            };
+            }),
+            _ => None,
+        };
         Prober { target, http }
     }
 
@@ -144,6 +137,17 @@ impl Prober {
 }
 
 type Found = (bool, String, Option<String>);
+
+/// The GET of a probe; without `keep_alive` it asks the server to close the connection.
+fn request(host: &str, path: &str, keep_alive: bool) -> Vec<u8> {
+    let close = if keep_alive {
+        ""
+    } else {
+        "Connection: close\r\n"
+    };
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: steward-health\r\n{close}\r\n")
+        .into_bytes()
+}
 
 async fn tcp(addr: &str) -> Result<Found, String> {
     tokio::net::TcpStream::connect(addr)
