@@ -124,7 +124,11 @@ ctr() {
 prop() { ctr systemctl show -P "$1" steward.service; }
 # Output is captured before it is searched: `producer | grep -q` fails under pipefail
 # whenever grep exits before the producer has finished writing.
-journal_has() { local j; j=$(ctr journalctl -u steward.service --no-pager); grep -q "$1" <<<"$j"; }
+journal_has() { local j; j=$(journal); grep -q "$1" <<<"$j"; }
+# The unit's journal, with every message sent before the call stored first: journald
+# reads its sockets on its own schedule, so a line systemd logged just before
+# `systemctl` returned may not be readable yet without --sync.
+journal() { ctr journalctl --sync && ctr journalctl -u steward.service --no-pager "$@"; }
 
 # Poll a shell snippet inside the container until it succeeds or $1 seconds pass.
 wait_in() {
@@ -182,7 +186,7 @@ step1() {
     ctr -t 60 systemctl start steward.service || return 1
     local s
     s=$(ctr steward status --json) && grep -q '"state": "running"' <<<"$s" || { say "not answering right after start"; return 1; }
-    local j; j=$(ctr journalctl -u steward.service -b --no-pager -o cat)
+    local j; j=$(journal -b -o cat)
     local ready started
     ready=$(grep -n "steward is ready" <<<"$j" | tail -1 | cut -d: -f1)
     started=$(grep -n "Started steward" <<<"$j" | tail -1 | cut -d: -f1)
@@ -274,7 +278,7 @@ step2c() {
     ctr systemctl reload steward.service || return 1
     wait_in 30 "journalctl -u steward.service POOL=structlog -o cat | grep -q 'cache down #1' && journalctl -u steward.service POOL=pino -o cat | grep -q 'out of disk #1' && journalctl -u steward.service POOL=pretty -o cat | grep -q 'pretty failure #1'" ||
         { say "the log pools' lines are not in the journal"; return 1; }
-    ctr journalctl -u steward.service -o json --no-pager POOL=pino + POOL=structlog + POOL=pretty >"$RUN/log-pools.json" || return 1
+    journal -o json POOL=pino + POOL=structlog + POOL=pretty >"$RUN/log-pools.json" || return 1
     python3 - "$RUN/log-pools.json" <<'PY' >>"$LOG" 2>&1 || { say "journal fields: see $LOG"; return 1; }
 import json, sys
 records = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
@@ -297,7 +301,7 @@ assert one("[10:00:00.000] ERROR (4242): pretty failure #1")["POOL"] == "pretty"
 print("journal fields and priorities as expected")
 PY
     # journalctl's own priority filter sees them.
-    local errs; errs=$(ctr journalctl -u steward.service -p err -o cat --no-pager POOL=pino)
+    local errs; errs=$(journal -p err -o cat POOL=pino)
     grep -q "upload failed #1" <<<"$errs" && ! grep -q "slow upstream #1" <<<"$errs" || { say "journalctl -p err: $errs"; return 1; }
     ctr cp /root/steward.toml.before-logs $CONF
     ctr systemctl reload steward.service || return 1
@@ -339,12 +343,12 @@ check "3b. steward logs for a pool and a job (and a clear refusal without journa
 
 # ------------------------------------------------------------------ 4. journal
 step4() {
-    local j; j=$(ctr journalctl -u steward.service -o json --no-pager)
+    local j; j=$(journal -o json)
     grep -q '"POOL":"python"' <<<"$j" && grep -q '"INSTANCE":"0"' <<<"$j" && grep -q '"STREAM":"stdout"' <<<"$j" ||
         { say "no worker output with POOL/INSTANCE/STREAM"; return 1; }
     grep -q '"JOB_ID":"42"' <<<"$j" || { say "no JOB_ID fields"; return 1; }
     grep '"MESSAGE":"steward is ready' <<<"$j" | grep -q '"PRIORITY":"6"' || { say "INFO is not priority 6"; return 1; }
-    local story; story=$(ctr journalctl -u steward.service JOB_ID=42 -o cat --no-pager)
+    local story; story=$(journal JOB_ID=42 -o cat)
     say "journalctl -u steward JOB_ID=42:"; printf '%s\n' "$story" | tee -a "$LOG" >&2
     grep -q "job 42 submitted" <<<"$story" && grep -q "job 42 attempt 1 started on worker" <<<"$story" &&
         grep -q "job 42 done on python/" <<<"$story" && grep -q "job 42 succeeded" <<<"$story"
@@ -445,7 +449,7 @@ step8b() {
     ctr -t 120 systemctl stop steward.service || return 1
     ! ctr pgrep -f '^sleep 4242$' >/dev/null || { say "the escaped grandchild outlived the stop"; return 1; }
     # steward killed it itself: systemd found nothing left to kill after steward exited.
-    local j; j=$(ctr journalctl -u steward.service --since "$since" --no-pager)
+    local j; j=$(journal --since "$since")
     ! grep -q "Killing process .* with signal SIGKILL" <<<"$j" || { say "systemd had to kill leftovers: $(grep 'Killing process' <<<"$j")"; return 1; }
     ctr cp /root/steward.toml.before-escape $CONF
     ctr -t 60 systemctl start steward.service
